@@ -1,0 +1,177 @@
+"""A small synthetic dataset in our shard schema, so training runs offline.
+
+Each image shows 1-4 cartoon people placed like ``pose_template`` with random jitter: a
+stick body, a skin-coloured face ellipse with hair, eyes, nose and mouth drawn exactly at its
+landmarks. Boxes, landmarks, crops and pose keypoints come from the known geometry, so they
+are exact. Everything is a function of (seed, sample index).
+
+CLI: ``python -m datamodules.demo --out DIR [--num-samples 64 --size 128 ...]``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+from PIL import Image, ImageDraw
+
+from datamodules.schema import CROP_SIZE, Sample, encode_sample, validate
+from datamodules.shards import ShardDataModule
+from ldm_ext.pose import Person, face_box, pose_template
+
+PLACES = ("in a park", "at the beach", "in a city street", "in a kitchen", "on a mountain")
+WHO = {1: "a person", 2: "two people", 3: "three people", 4: "four people"}
+SKIN = ((241, 194, 167), (224, 172, 105), (198, 134, 66), (141, 85, 36), (255, 219, 172))
+LIMBS = ((1, 2), (2, 3), (3, 4), (1, 5), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11),
+         (11, 12), (12, 13), (8, 11))  # OpenPose body indices drawn as the figure
+
+
+def _jitter(person: Person, shift: np.ndarray, hw: tuple[int, int]) -> Person:
+    """``person`` moved by ``shift`` (x, y); keypoints leaving the image lose confidence."""
+    def moved(points: np.ndarray) -> np.ndarray:
+        out = points.copy()
+        out[:, :2] += shift
+        outside = ((out[:, :2] < 0) | (out[:, :2] >= hw[::-1])).any(axis=1)
+        out[outside | (points[:, 2] <= 0), 2] = 0.0
+        return out
+    return Person(body=moved(person.body), face=None if person.face is None else moved(person.face))
+
+
+def _landmarks(face: np.ndarray) -> np.ndarray:
+    """(5, 2) eyes, nose tip, mouth corners from the 70 face keypoints (image-left first)."""
+    return np.stack([face[36:42, :2].mean(0), face[42:48, :2].mean(0), face[30, :2],
+                     face[48, :2], face[54, :2]]).astype(np.float32)
+
+
+def _draw(draw: ImageDraw.ImageDraw, person: Person, box: np.ndarray, marks: np.ndarray,
+          rng: np.random.Generator) -> None:
+    """Body sticks, then the face ellipse filling ``box`` with hair, eyes, nose, mouth."""
+    width = max(2, int((box[2] - box[0]) * 0.3))
+    shirt = tuple(int(c) for c in rng.integers(0, 256, 3))
+    for a, b in LIMBS:
+        if person.body[a, 2] > 0 and person.body[b, 2] > 0:
+            draw.line([tuple(person.body[a, :2]), tuple(person.body[b, :2])], shirt, width)
+    draw.ellipse(box.tolist(), fill=SKIN[rng.integers(len(SKIN))])
+    draw.chord(box.tolist(), 200, 340, fill=tuple(int(c) for c in rng.integers(0, 120, 3)))
+    r = max(1.0, (box[2] - box[0]) * 0.07)
+    eye = tuple(int(c) for c in rng.integers(0, 90, 3))
+    for x, y in marks[:2]:
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=eye)
+    x, y = marks[2]
+    draw.ellipse([x - r / 2, y - r / 2, x + r / 2, y + r / 2], fill=(150, 80, 70))
+    draw.line([tuple(marks[3]), tuple(marks[4])], fill=(170, 30, 40), width=max(1, int(r)))
+
+
+def _crop(image: Image.Image, box: np.ndarray) -> np.ndarray:
+    """(3, 160, 160) uint8: the square around the face box, resized."""
+    (cx, cy), side = (box[:2] + box[2:]) / 2, (box[2:] - box[:2]).max()
+    square = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+    crop = image.crop(tuple(round(v) for v in square)).resize((CROP_SIZE, CROP_SIZE))
+    return np.asarray(crop).transpose(2, 0, 1)
+
+
+def demo_sample(index: int, seed: int = 0, hw: tuple[int, int] = (128, 128)) -> Sample:
+    """The synthetic sample ``index`` of the dataset ``seed`` at size ``hw`` (H, W)."""
+    rng = np.random.default_rng([seed, index])
+    count = int(rng.integers(1, 5))
+    template = pose_template(count, hw)
+    spread = np.array([0.08 * hw[1] / count, 0.05 * hw[0]])
+    people = [_jitter(p, rng.uniform(-spread, spread), hw) for p in template]
+    sky, ground = (tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(2))
+    image = Image.new("RGB", hw[::-1], sky)
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([0, int(hw[0] * 0.6), hw[1], hw[0]], fill=ground)
+    boxes = np.stack([face_box(p, margin=0.0) for p in people]).astype(np.float32)
+    boxes = np.clip(boxes, 0, np.array(hw[::-1] * 2, dtype=np.float32))
+    marks = np.stack([_landmarks(p.face) for p in people])
+    for person, box, mark in zip(people, boxes, marks):
+        _draw(draw, person, box, mark, rng)
+    order = np.argsort(-np.prod(boxes[:, 2:] - boxes[:, :2], axis=1), kind="stable")
+    return Sample(
+        key=f"{seed:04d}_{index:06d}", image=np.asarray(image), caption=
+        f"a photo of {WHO[count]} {PLACES[rng.integers(len(PLACES))]}",
+        boxes=boxes[order], landmarks=marks[order], scores=np.ones(count, np.float32),
+        crops=np.stack([_crop(image, boxes[f]) for f in order]), people=people,
+        face_person=order.astype(np.int64), face_model="synthetic", pose_model="synthetic")
+
+
+def demo_shard_paths(out_dir: str | Path, num_samples: int, samples_per_shard: int) -> list[str]:
+    """The shard files ``write_demo_shards`` writes for these sizes."""
+    shards = -(-num_samples // samples_per_shard)
+    return [str(Path(out_dir) / f"demo-{i:05d}.tar") for i in range(shards)]
+
+
+def write_demo_shards(out_dir: str | Path, num_samples: int = 64, size: int = 128,
+                      samples_per_shard: int = 16, seed: int = 0) -> list[str]:
+    """Write the synthetic dataset as webdataset shards; return their paths.
+
+    Deterministic in ``seed`` (byte-identical tars: fixed mtime). Each shard is written to a
+    temporary name and renamed, so a concurrent or interrupted writer leaves no partial shard.
+    """
+    paths = demo_shard_paths(out_dir, num_samples, samples_per_shard)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for i, path in enumerate(paths):
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with wds.TarWriter(tmp, encoder=False, mtime=0) as writer:
+            for index in range(i * samples_per_shard,
+                               min(num_samples, (i + 1) * samples_per_shard)):
+                writer.write(encode_sample(validate(demo_sample(index, seed, (size, size)))))
+        os.replace(tmp, path)
+    return paths
+
+
+def default_root(num_samples: int, size: int, samples_per_shard: int, seed: int) -> Path:
+    """Cache folder of one demo dataset: ``$IDFORGE_CACHE/demo/n.._s.._k.._seed..``."""
+    from ldm_ext.tiny import cache_root  # the project's cache convention
+
+    return cache_root() / "demo" / f"n{num_samples}_s{size}_k{samples_per_shard}_seed{seed}"
+
+
+class DemoDataModule(ShardDataModule):
+    """``ShardDataModule`` over the demo shards, written into ``root`` on first use.
+
+    Args:
+        root: folder of the shards (default: a cache folder named by the other arguments).
+        num_samples, size, samples_per_shard, data_seed: the demo dataset (``write_demo_shards``).
+        num_workers: 0 by default, so demo batches do not depend on the machine.
+        **kwargs: the other ``ShardDataModule`` arguments.
+    """
+
+    def __init__(self, root: str | None = None, num_samples: int = 64, size: int = 128,
+                 samples_per_shard: int = 16, data_seed: int = 0, resolution: int = 128,
+                 num_workers: int = 0, **kwargs):
+        root = Path(root) if root else default_root(num_samples, size, samples_per_shard,
+                                                    data_seed)
+        super().__init__(demo_shard_paths(root, num_samples, samples_per_shard),
+                         resolution=resolution, num_workers=num_workers, **kwargs)
+        self.demo = dict(out_dir=root, num_samples=num_samples, size=size,
+                         samples_per_shard=samples_per_shard, seed=data_seed)
+
+    def prepare_data(self) -> None:
+        """Write the demo shards unless all of them exist."""
+        if not all(os.path.exists(p) for p in self.hparams.shards):
+            write_demo_shards(**self.demo)
+
+    def build_dataset(self, start: int = 0):
+        self.prepare_data()  # also without a Trainer; a no-op once written
+        return super().build_dataset(start)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: write the demo shards into ``--out``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--num-samples", type=int, default=64)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--samples-per-shard", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    paths = write_demo_shards(args.out, args.num_samples, args.size, args.samples_per_shard,
+                              args.seed)
+    print(f"wrote {args.num_samples} samples in {len(paths)} shards to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

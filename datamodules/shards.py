@@ -1,0 +1,228 @@
+"""Webdataset pipeline over our shards, and the Lightning DataModule that streams it.
+
+The stream is a stage list (open_clip ``get_wds_dataset`` style), rebuilt for every epoch::
+
+    shards (shuffled with seed (seed, e)) -> split by node -> split by worker
+    -> tar expand (counting error handler) -> shuffle buffer (seed (seed, e))
+    -> decode (PIL / json / npy, no pickle) -> validate (skip and count by reason)
+    -> [skip the samples a resumed run already consumed]
+    -> transform -> per-method view -> batch + collate
+
+Epochs repeat forever, so training length is ``max_steps``. Every epoch's shard order is
+the same on all ranks and workers (shared epoch); the per-sample generator (slot choice,
+crop, flip) is seeded by (seed, epoch, rank, worker, position in the epoch), never by global
+RNG. The stream is therefore a pure function of (shards, seed, world size, num_workers,
+batch size): ``start`` (samples this rank consumed) fast-forwards it exactly.
+
+Workers: with ``num_workers > 1`` every worker reads its own subset of shards (needs at least
+``world_size * num_workers`` shards) and the DataLoader takes whole batches from workers in
+turn, so which sample lands in which batch depends on ``num_workers``. Resuming is exact only
+with the same world size and ``num_workers``; the demo config uses ``num_workers=0`` so its
+batches do not depend on the machine. Skipping decodes and validates the consumed samples
+(no transform), which costs about one decode per consumed sample.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import multiprocessing
+import random
+from itertools import count, islice
+from typing import Callable, Iterator
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset
+
+from datamodules.schema import REASONS, BadSample, Sample, decode_sample, validate
+from datamodules.transforms import ResizeCrop
+from datamodules.views import build_view
+
+log = logging.getLogger(__name__)
+SHARD_SHUFFLE, SAMPLE_SHUFFLE, SAMPLE_RANDOMNESS = 0, 1, 2  # seed streams
+
+
+def derive_seed(*parts: int) -> int:
+    """A 32-bit seed from integer parts, the same in every process (unlike ``hash``)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+def expand_shards(shards: str | list[str]) -> list[str]:
+    """Shard paths from a list, ``::``-joined patterns, brace patterns and/or globs."""
+    patterns = [shards] if isinstance(shards, str) else list(shards)
+    urls = []
+    for pattern in patterns:
+        for url in wds.shardlists.expand_urls(pattern):
+            urls += sorted(glob.glob(url)) if glob.has_magic(url) else [url]
+    if not urls:
+        raise ValueError(f"no shards match {shards!r}")
+    return urls
+
+
+class SkipCounter:
+    """Counts skipped samples by reason, summed over DataLoader worker processes.
+
+    The counts live in shared memory (created before the workers start), so the training
+    process reads what its workers skipped; ``counts`` is what a callback logs.
+    """
+
+    def __init__(self):
+        self._array = multiprocessing.get_context().Array("q", len(REASONS))
+
+    def add(self, reason: str, n: int = 1) -> None:
+        with self._array.get_lock():
+            self._array[REASONS.index(reason)] += n
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Skipped samples per reason (reasons never seen are left out)."""
+        with self._array.get_lock():
+            return {r: int(n) for r, n in zip(REASONS, self._array[:]) if n}
+
+    def sample_handler(self, exn: Exception) -> bool:
+        """webdataset handler for decode/validate: count a ``BadSample``, re-raise bugs."""
+        if not isinstance(exn, BadSample):
+            raise exn
+        self.add(exn.reason)
+        return True
+
+    def tar_handler(self, exn: Exception) -> bool:
+        """webdataset handler for opening and expanding tars: count and go on."""
+        self.add("tar_error")
+        log.warning("skipping unreadable shard data: %s", exn)
+        return True
+
+
+def worker_start(start: int, batch_size: int, worker: int, num_workers: int) -> int:
+    """Samples already taken from worker ``worker``'s stream when the rank consumed ``start``.
+
+    The DataLoader takes whole batches from its workers in turn (0, 1, ..., 0, 1, ...).
+    """
+    if num_workers <= 1:
+        return start
+    if start % batch_size:
+        raise ValueError(f"start={start} is not a whole number of batches of {batch_size}")
+    batches = start // batch_size
+    return max(0, -(-(batches - worker) // num_workers)) * batch_size
+
+
+def decode_and_validate(raw: dict) -> Sample:
+    """Our decoders, then the schema checks; both raise ``BadSample``."""
+    return validate(decode_sample(raw))
+
+
+class ShardStream(IterableDataset):
+    """Infinite, deterministic, resumable stream of collated batches (see module doc).
+
+    Args:
+        urls: shard paths.
+        transform: ``(Sample, torch.Generator) -> Sample`` at the training resolution.
+        view: per-method view: ``(Sample, Generator) -> dict`` with a ``collate`` method.
+        batch_size: samples per batch (batches are formed in the worker).
+        seed: base seed of every shuffle and of the per-sample randomness.
+        shuffle_buffer: samples in the shuffle buffer (<= 1: no sample shuffle).
+        start: samples this rank already consumed (resume).
+        counter: where skipped samples are counted.
+    """
+
+    def __init__(self, urls: list[str], transform: Callable, view, batch_size: int,
+                 seed: int = 0, shuffle_buffer: int = 1000, start: int = 0,
+                 counter: SkipCounter | None = None):
+        super().__init__()
+        self.urls, self.transform, self.view = list(urls), transform, view
+        self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
+        self.start, self.counter = start, counter or SkipCounter()
+
+    def epoch(self, epoch: int, rank: int, worker: int) -> wds.DataPipeline:
+        """Validated samples of one epoch for this rank and worker."""
+        sample_seed = derive_seed(self.seed, epoch, SAMPLE_SHUFFLE, rank, worker)
+        return wds.DataPipeline(
+            wds.SimpleShardList(self.urls, seed=derive_seed(self.seed, epoch, SHARD_SHUFFLE)),
+            wds.split_by_node,
+            wds.split_by_worker,
+            wds.tarfile_to_samples(handler=self.counter.tar_handler),
+            wds.shuffle(self.shuffle_buffer, self.shuffle_buffer,
+                        rng=random.Random(sample_seed)),
+            wds.map(decode_and_validate, handler=self.counter.sample_handler),
+        )
+
+    def positioned(self, rank: int, worker: int) -> Iterator[tuple[int, int, Sample]]:
+        """(epoch, position in epoch, sample) forever; fails on an epoch without samples."""
+        for epoch in count():
+            position = -1
+            for position, sample in enumerate(self.epoch(epoch, rank, worker)):
+                yield epoch, position, sample
+            if position < 0:
+                raise RuntimeError(
+                    f"rank {rank} worker {worker} found no valid sample in epoch {epoch} of "
+                    f"{len(self.urls)} shards (skipped so far: {self.counter.counts})")
+
+    def prepare(self, item: tuple[int, int, Sample], rank: int, worker: int) -> dict:
+        """Transform and view one sample with its own generator."""
+        epoch, position, sample = item
+        rng = torch.Generator().manual_seed(
+            derive_seed(self.seed, epoch, SAMPLE_RANDOMNESS, rank, worker, position))
+        return self.view(self.transform(sample, rng), rng)
+
+    def __iter__(self) -> Iterator[dict]:
+        rank, world, worker, workers = wds.utils.pytorch_worker_info()
+        if len(self.urls) < world * workers:
+            raise ValueError(f"{len(self.urls)} shards cannot feed {world} ranks x {workers} "
+                             f"workers; write more shards or use fewer workers")
+        skip = worker_start(self.start, self.batch_size, worker, workers)
+        items = islice(self.positioned(rank, worker), skip, None)
+        samples = (self.prepare(item, rank, worker) for item in items)
+        return wds.batched(self.batch_size, collation_fn=self.view.collate,
+                           partial=False)(samples)
+
+
+class ShardDataModule(pl.LightningDataModule):
+    """Training batches from webdataset shards of our schema (datamodules/schema.py).
+
+    Args:
+        shards: list of paths, or a glob / brace / ``::``-joined pattern.
+        resolution: side of the square training images.
+        batch_size: samples per batch and process.
+        num_workers: DataLoader workers (see the module doc for determinism).
+        num_slots: face slots of the view (InstantFamily N).
+        seed: seed of shuffles and per-sample randomness.
+        shuffle_buffer: sample shuffle buffer size.
+        view: which per-method view builds the batch (``views.VIEWS``).
+        random_flip: horizontal flip with probability 0.5.
+        random_crop: random instead of centre crop.
+    """
+
+    def __init__(self, shards: str | list[str], resolution: int = 512, batch_size: int = 8,
+                 num_workers: int = 4, num_slots: int = 4, seed: int = 0,
+                 shuffle_buffer: int = 1000, view: str = "instantfamily",
+                 random_flip: bool = False, random_crop: bool = False):
+        super().__init__()
+        self.save_hyperparameters()
+        self.counter = SkipCounter()
+
+    def consumed_samples(self) -> int:
+        """Samples this rank consumed before now: optimizer steps x batches per step x size."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return trainer.global_step * trainer.accumulate_grad_batches * self.hparams.batch_size
+
+    def build_dataset(self, start: int = 0) -> ShardStream:
+        """The stream of this process, fast-forwarded by ``start`` samples."""
+        hp = self.hparams
+        transform = ResizeCrop(hp.resolution, random_crop=hp.random_crop,
+                               random_flip=hp.random_flip)
+        return ShardStream(expand_shards(hp.shards), transform,
+                           build_view(hp.view, num_slots=hp.num_slots), hp.batch_size,
+                           seed=hp.seed, shuffle_buffer=hp.shuffle_buffer, start=start,
+                           counter=self.counter)
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.build_dataset(self.consumed_samples())
+        return DataLoader(dataset, batch_size=None, num_workers=self.hparams.num_workers)
+
+    def skip_counts(self) -> dict[str, int]:
+        """Skipped samples by reason so far (all workers), for logging."""
+        return self.counter.counts

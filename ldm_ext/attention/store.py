@@ -1,0 +1,68 @@
+"""Softmax maps of chosen attention layers, kept for attention losses and plots.
+
+Only the layers the store wants materialise their softmax (the others run the fused
+`scaled_dot_product_attention`), and the maps keep their autograd graph so the losses of
+SeFi-IDE (Eq. 4), StoryMaker (Eq. 9-12) and PortraitBooth (Eq. 7) backprop through them.
+The store is passed per forward in the `AttentionContext`, never parked on a processor.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class AttentionStore:
+    """Records softmax maps of chosen layers for losses and plots. Only those layers
+    materialise softmax; the processor asks `store.wants(name)`.
+    Maps are stored resized to (size, size) spatially:  (B, heads, K, size, size), grads kept
+    (losses backprop through them).
+
+    Args:
+        layers: layer names to record, or a predicate on the name (e.g.
+            `lambda n: n.endswith("attn2")`). Names are the processor names given by
+            `install_processors`; image-attention maps of decoupled layers are `"<name>:ip"`.
+        size: side of the stored maps (32 in SeFi-IDE).
+    """
+
+    def __init__(self, layers: Callable[[str], bool] | Iterable[str], size: int = 32):
+        if callable(layers):
+            self._wants = layers
+        else:
+            chosen = frozenset(layers)
+            self._wants = chosen.__contains__
+        self.size = size
+        self.maps: dict[str, Tensor] = {}
+
+    def wants(self, name: str) -> bool:
+        """Whether the layer `name` must materialise and record its softmax."""
+        return bool(self._wants(name))
+
+    def record(self, name: str, probs: Tensor, hw: tuple[int, int]) -> None:
+        """probs (B, heads, Q=h*w, K). Stored as (B, heads, K, size, size); a second record
+        of the same name (e.g. gradient-checkpoint recomputation) replaces the first."""
+        batch, heads, queries, keys = probs.shape
+        h, w = hw
+        if h * w != queries:
+            raise ValueError(f"layer {name}: grid {hw} does not match {queries} queries")
+        maps = probs.transpose(2, 3).reshape(batch * heads, keys, h, w)  # (B*heads, K, h, w)
+        if (h, w) != (self.size, self.size):
+            maps = F.interpolate(maps, size=(self.size, self.size), mode="bilinear",
+                                 align_corners=False)
+        self.maps[name] = maps.view(batch, heads, keys, self.size, self.size)
+
+    def clear(self) -> None:
+        """Forget all maps (call before each forward whose maps a loss reads)."""
+        self.maps.clear()
+
+    def stacked(self) -> Tensor:
+        """(layers, B, heads, K, size, size) in recording order; all maps must share
+        batch, heads and keys."""
+        if not self.maps:
+            raise ValueError("no attention maps recorded: check the layer names the store wants")
+        shapes = {tuple(m.shape) for m in self.maps.values()}
+        if len(shapes) > 1:
+            raise ValueError(f"recorded maps differ in shape {sorted(shapes)}; stack them by group")
+        return torch.stack(list(self.maps.values()))

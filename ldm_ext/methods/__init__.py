@@ -1,0 +1,1 @@
+"""One LightningModule per method on top of ``base.IdentityMethod``."""

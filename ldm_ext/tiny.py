@@ -1,0 +1,93 @@
+"""A tiny, random-initialised SD1.5- or SDXL-shaped backbone saved in the diffusers layout.
+
+Same architecture families as the real models (4 UNet resolutions for SD1.5, two text
+encoders and the ``text_time`` embedding for SDXL, an 8x VAE), small widths, and the real
+CLIP tokenizer, so everything downstream runs the code path of the real weights.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+from ldm_ext.tokenizer import build_clip_tokenizer
+
+TEXT_WIDTH = 32  # per text encoder
+
+
+def cache_root() -> Path:
+    """Where built artefacts live: $IDFORGE_CACHE or ~/.cache/idforge."""
+    return Path(os.environ.get("IDFORGE_CACHE", Path.home() / ".cache" / "idforge"))
+
+
+def _unet(family: str) -> UNet2DConditionModel:
+    common = dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+                  norm_num_groups=8, attention_head_dim=4)
+    if family == "sd15":
+        return UNet2DConditionModel(
+            block_out_channels=(16, 32, 32, 32), cross_attention_dim=TEXT_WIDTH,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, **common)
+    return UNet2DConditionModel(
+        block_out_channels=(16, 32, 32), cross_attention_dim=2 * TEXT_WIDTH,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 2), use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + TEXT_WIDTH, **common)
+
+
+def _vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        block_out_channels=(8, 16, 16, 16), norm_num_groups=8, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+
+
+def _text_config() -> CLIPTextConfig:
+    return CLIPTextConfig(hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, vocab_size=49408, max_position_embeddings=77,
+                          projection_dim=TEXT_WIDTH, bos_token_id=49406, eos_token_id=49407,
+                          pad_token_id=49407)
+
+
+def _scheduler() -> DDPMScheduler:
+    """SD's training noise schedule (scaled-linear betas 0.00085-0.012, 1000 steps)."""
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                         beta_schedule="scaled_linear", clip_sample=False,
+                         steps_offset=1)
+
+
+def save_tiny_backbone(folder: str | Path, family: str = "sd15", seed: int = 0) -> Path:
+    """Build the tiny random backbone with a fixed seed and save it to ``folder``."""
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    _unet(family).save_pretrained(folder / "unet")
+    _vae().save_pretrained(folder / "vae")
+    CLIPTextModel(_text_config()).save_pretrained(folder / "text_encoder")
+    build_clip_tokenizer(folder / "tokenizer")
+    if family == "sdxl":
+        CLIPTextModelWithProjection(_text_config()).save_pretrained(folder / "text_encoder_2")
+        build_clip_tokenizer(folder / "tokenizer_2")
+    _scheduler().save_pretrained(folder / "scheduler")
+    return folder
+
+
+def tiny_backbone_dir(family: str = "sd15") -> Path:
+    """The cached tiny backbone for ``family``, built atomically on first use (safe when
+    several DDP processes race to build it)."""
+    target = cache_root() / f"tiny-{family}-v1"
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tiny-{family}-", dir=target.parent))
+    save_tiny_backbone(tmp, family)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process won the race; its copy is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,43 @@
+"""idforge: identity-preserving text-to-image methods on one Lightning code base."""
+from setuptools import find_packages, setup
+
+CORE = [
+    "torch>=2.4,<2.15",
+    "torchvision>=0.19,<0.30",
+    "pytorch-lightning>=2.4",
+    "diffusers>=0.31",
+    "transformers>=4.45",
+    "accelerate>=0.33",
+    "peft>=0.13",
+    "safetensors>=0.4",
+    "facenet-pytorch>=2.5.3,<2.6",  # 2.6 pins torch<2.3 and would downgrade torch
+    "insightface>=0.7.3",
+    "onnxruntime>=1.17",
+    "open_clip_torch>=2.26",
+    "controlnet_aux>=0.0.9",
+    "wandb>=0.17",
+    "omegaconf>=2.3",
+    "webdataset>=0.2.90",
+    "numpy>=1.26",
+    "pillow>=10",
+    "matplotlib>=3.8",
+    "tqdm>=4.66",
+]
+FACE_EXTRA = ["dlib-bin>=19.24", "face-recognition-models>=0.3.0"]
+TEST_EXTRA = ["pytest>=8", "scikit-image>=0.22"]
+
+setup(
+    name="idforge",
+    version="0.1.0",
+    description="Train, run and benchmark identity-preserving text-to-image methods",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ldm_ext*", "datamodules*", "callbacks*"]),
+    py_modules=["train", "eval"],
+    install_requires=CORE,
+    extras_require={
+        "face": FACE_EXTRA,
+        "test": TEST_EXTRA,
+        "dev": FACE_EXTRA + TEST_EXTRA,
+        "deepspeed": ["deepspeed>=0.14"],
+    },
+)

@@ -1,0 +1,25 @@
+"""Test-wide settings: offline hubs, a private cache, deterministic seeds, tiny setups."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a missing model fails at once, no retries
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def idforge_cache(tmp_path_factory):
+    """Tiny backbones and demo shards are built once per test session, not in ~/.cache."""
+    root = tmp_path_factory.mktemp("idforge-cache")
+    os.environ["IDFORGE_CACHE"] = str(root)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
