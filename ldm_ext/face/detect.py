@@ -94,7 +94,7 @@ class InsightFaceDetector:
     Args:
         min_score: detection threshold (``det_thresh``).
         crop_size: aligned crop side, a multiple of 112 or 128 (``norm_crop``).
-        name: model pack; its ``*.onnx`` files must be in ``<root>/models/<name>/``.
+        pack: model pack; its ``*.onnx`` files must be in ``<root>/models/<pack>/``.
         root: insightface root folder.
         det_size: detector input side.
         device: "cpu" or "cuda" (onnxruntime execution provider).
@@ -102,23 +102,23 @@ class InsightFaceDetector:
 
     name = "insightface"
 
-    def __init__(self, min_score: float = 0.5, crop_size: int = 112, name: str = "buffalo_l",
+    def __init__(self, min_score: float = 0.5, crop_size: int = 112, pack: str = "buffalo_l",
                  root: str = "~/.insightface", det_size: int = 640, device: str = "cpu") -> None:
         from insightface.app import FaceAnalysis
 
-        model_dir = os.path.join(os.path.expanduser(root), "models", name)
+        model_dir = os.path.join(os.path.expanduser(root), "models", pack)
         if not glob.glob(os.path.join(model_dir, "*.onnx")):
             raise FaceModelMissing(
-                f"insightface model pack '{name}' not found: expected its .onnx files in "
-                f"{model_dir}. Download {name}.zip from the insightface model zoo "
+                f"insightface model pack '{pack}' not found: expected its .onnx files in "
+                f"{model_dir}. Download {pack}.zip from the insightface model zoo "
                 "(github.com/deepinsight/insightface/releases) and unzip it there, or pass "
-                "root=<folder containing models/{name}>.")
+                f"root=<folder containing models/{pack}>.")
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda"):
             providers.insert(0, "CUDAExecutionProvider")
         self.min_score = min_score
         self.crop_size = crop_size
-        self.app = FaceAnalysis(name=name, root=root, allowed_modules=["detection"],
+        self.app = FaceAnalysis(name=pack, root=root, allowed_modules=["detection"],
                                 providers=providers)
         self.app.prepare(ctx_id=0 if device.startswith("cuda") else -1,
                          det_thresh=min_score, det_size=(det_size, det_size))
@@ -165,7 +165,8 @@ class DlibDetector:
         self.upsample = upsample
         self.padding = padding
         self.detector = dlib.get_frontal_face_detector()
-        self.predictor = dlib.shape_predictor(dlib_model_path("shape_predictor_5_face_landmarks.dat"))
+        landmarks_file = dlib_model_path("shape_predictor_5_face_landmarks.dat")
+        self.predictor = dlib.shape_predictor(landmarks_file)
 
     def detect(self, image: PIL.Image.Image | np.ndarray) -> Faces:
         """Faces in one HWC uint8 RGB image."""
@@ -176,8 +177,8 @@ class DlibDetector:
         if len(rects) == 0:
             return Faces.empty(self.crop_size)
         shapes = [self.predictor(rgb, rect) for rect in rects]
-        boxes = _clip_boxes(np.array([[r.left(), r.top(), r.right() + 1, r.bottom() + 1] for r in rects],
-                                     dtype=np.float32), *rgb.shape[:2])
+        corners = [[r.left(), r.top(), r.right() + 1, r.bottom() + 1] for r in rects]  # inclusive
+        boxes = _clip_boxes(np.array(corners, dtype=np.float32), *rgb.shape[:2])
         landmarks = np.stack([_five_points(shape) for shape in shapes])
         scores = np.asarray(scores, dtype=np.float32)
         order = largest_first(boxes, scores)

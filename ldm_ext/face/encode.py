@@ -50,7 +50,7 @@ def _load_state_dict(path: str, model: str) -> dict[str, torch.Tensor]:
     """Tensors of a ``.pt``/``.pth`` state dict (also inside a ``{"state_dict": ...}``)."""
     if not os.path.isfile(path):
         raise FaceModelMissing(f"{model} weights '{path}' not found: pass the path of a saved "
-                               "state dict (.pt/.pth), or 'random' for a randomly initialised model.")
+                               "state dict (.pt/.pth), or 'random' for a random initialisation.")
     state = torch.load(path, map_location="cpu", weights_only=True)
     return state.get("state_dict", state)
 
@@ -124,7 +124,7 @@ class FaceNetEncoder(_FrozenEncoder):
     def __init__(self, weights: str = "vggface2", shallow_block: str = "mixed_6a") -> None:
         super().__init__()
         if shallow_block not in FACENET_TRUNK:
-            raise ValueError(f"shallow_block '{shallow_block}' is not one of {list(FACENET_TRUNK)}")
+            raise ValueError(f"shallow_block '{shallow_block}' not in {list(FACENET_TRUNK)}")
         self.weights = weights
         self.shallow_block = shallow_block
         self.shallow_dim = FACENET_TRUNK[shallow_block]
@@ -174,7 +174,7 @@ class ArcFaceEncoder(_FrozenEncoder):
                 f"ArcFace {arch} needs weights: pass the path of an arcface_torch backbone.pth "
                 "(insightface model zoo: ms1mv3/glint360k IResNet), or 'random'.")
         if shallow_block not in IRESNET_STAGES:
-            raise ValueError(f"shallow_block '{shallow_block}' is not one of {list(IRESNET_STAGES)}")
+            raise ValueError(f"shallow_block '{shallow_block}' not in {list(IRESNET_STAGES)}")
         self.weights = weights
         self.arch = arch
         self.shallow_block = shallow_block
@@ -266,9 +266,12 @@ class InsightFaceEncoder:
         if not os.path.isfile(path):
             raise FaceModelMissing(
                 f"insightface ArcFace ONNX model not found at {path}: unzip the buffalo_l "
-                "pack (insightface model zoo) into <root>/models/buffalo_l, or pass weights=<.onnx>.")
+                "pack (insightface model zoo) into <root>/models/buffalo_l, or pass "
+                "weights=<path of the .onnx>.")
         cuda = device.startswith("cuda")
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+        providers = ["CPUExecutionProvider"]
+        if cuda:
+            providers.insert(0, "CUDAExecutionProvider")
         self.model = get_model(path, providers=providers)
         if getattr(self.model, "taskname", None) != "recognition":
             raise ValueError(f"{path} is not an insightface recognition model")
@@ -276,7 +279,8 @@ class InsightFaceEncoder:
 
     def encode(self, crops: torch.Tensor) -> FaceFeatures:
         """Embeddings of (B, 3, S, S) crops in [-1, 1] (insightface takes BGR uint8)."""
-        bgr = [np.ascontiguousarray(im[:, :, ::-1]) for im in tensor_to_uint8(crops, self.input_size)]
+        rgb = tensor_to_uint8(crops, self.input_size)  # (B, 112, 112, 3)
+        bgr = [np.ascontiguousarray(image[:, :, ::-1]) for image in rgb]
         vectors = self.model.get_feat(bgr) if bgr else np.zeros((0, self.global_dim))
         embeddings = torch.as_tensor(np.asarray(vectors), dtype=torch.float32)
         return FaceFeatures(F.normalize(embeddings, dim=1).to(crops.device))

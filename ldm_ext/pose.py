@@ -1,0 +1,329 @@
+"""People as OpenPose keypoints; InstantFamily's control image and face regions.
+
+Body keypoints use the COCO-18 order of OpenPose and controlnet_aux (``BODY_PARTS``),
+face keypoints OpenPose's 70 (iBUG 68 + two pupils). "Right" is the subject's right,
+i.e. the image left for a frontal person. Coordinates are pixels; confidence 0 = missing.
+
+InstantFamily (Sec. 3.5, 4.2): the control image is the OpenPose rendering of *all*
+people plus a filled circle, coloured by stacking slot, at each selected face's centre;
+face regions are the face keypoints' box enlarged by 25 %.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import PIL.Image
+
+from .face.align import apply_similarity, fit_similarity, to_rgb_array
+
+BODY_PARTS = ("nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow",
+              "l_wrist", "r_hip", "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle",
+              "r_eye", "l_eye", "r_ear", "l_ear")
+NUM_FACE_POINTS = 70
+# Head keypoints and how far (x their offset from the nose) the face extends around it.
+HEAD_REACH = {0: 0.0, 14: 2.2, 15: 2.2, 16: 1.1, 17: 1.1}
+
+# One colour per stacking slot. Channels avoid OpenPose's palette ({0, 85, 170, 255} and
+# x0.6 of it, limbs) and white (face points), so circles are never confused with skeletons.
+SLOT_COLORS: list[tuple[int, int, int]] = [
+    (224, 32, 32), (32, 224, 32), (32, 32, 224), (224, 224, 32), (224, 32, 224),
+    (32, 224, 224), (224, 128, 32), (128, 32, 224), (32, 128, 224), (128, 224, 32),
+    (224, 32, 128), (32, 224, 128),
+]
+
+
+class PoseModelMissing(RuntimeError):
+    """OpenPose weights are not available locally; the message says how to provide them."""
+
+
+@dataclass
+class Person:
+    """One person: body (18, 3) and optional face (70, 3) keypoints as (x, y, confidence)."""
+
+    body: np.ndarray
+    face: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.body = np.asarray(self.body, dtype=np.float32).reshape(len(BODY_PARTS), 3)
+        if self.face is not None:
+            self.face = np.asarray(self.face, dtype=np.float32).reshape(NUM_FACE_POINTS, 3)
+
+
+def _present(points: np.ndarray | None) -> np.ndarray:
+    """(K, 2) coordinates of the keypoints with confidence > 0."""
+    if points is None:
+        return np.zeros((0, 2), np.float32)
+    return points[points[:, 2] > 0, :2]
+
+
+def _head_extent(body: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Square head box (lo, hi) from nose, eyes and ears: centred on the nose (else on the
+    mean head point), half side = the largest per-axis offset of an eye x 2.2 or ear x 1.1."""
+    present = [k for k in HEAD_REACH if body[k, 2] > 0]
+    if len(present) < 2:
+        return None
+    centre = body[0, :2] if 0 in present else body[present, :2].mean(0)
+    half = max(HEAD_REACH[k] * np.abs(body[k, :2] - centre).max() for k in present)
+    if half <= 0:
+        return None
+    return centre - half, centre + half
+
+
+def face_box(person: Person, margin: float = 0.25) -> np.ndarray | None:
+    """xyxy pixels of the face keypoints' bounding box enlarged by ``margin`` (w, h x 1.25
+    about its centre for the default); falls back to head body keypoints (nose, eyes, ears)
+    when there are no face keypoints. None when neither gives a box."""
+    points = _present(person.face)
+    if len(points) >= 2:
+        lo, hi = points.min(0), points.max(0)
+    else:
+        extent = _head_extent(person.body)
+        if extent is None:
+            return None
+        lo, hi = extent
+    centre, half = (lo + hi) / 2, (hi - lo) / 2 * (1.0 + margin)
+    return np.concatenate([centre - half, centre + half]).astype(np.float32)
+
+
+def face_center(person: Person) -> np.ndarray | None:
+    """(x, y) centre of the face box (see :func:`face_box`), or None."""
+    box = face_box(person, margin=0.0)
+    return None if box is None else (box[:2] + box[2:]) / 2
+
+
+def _openpose_drawing():
+    """controlnet_aux's OpenPose drawing module and Keypoint type (imported lazily: the
+    package imports every annotator it ships, warning about their optional dependencies)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        from controlnet_aux.open_pose import util
+        from controlnet_aux.open_pose.body import Keypoint
+    return util, Keypoint
+
+
+def _body_keypoints(body: np.ndarray, width: int, height: int, keypoint) -> list:
+    """Normalised controlnet_aux keypoints; None marks a missing one."""
+    return [keypoint(x / width, y / height, float(c)) if c > 0 else None for x, y, c in body]
+
+
+def _face_keypoints(face: np.ndarray, width: int, height: int, keypoint) -> list:
+    """Normalised controlnet_aux keypoints; negative coordinates mark missing ones
+    (``draw_facepose`` skips them and cannot take None)."""
+    return [keypoint(x / width, y / height) if c > 0 else keypoint(-1.0, -1.0)
+            for x, y, c in face]
+
+
+def _circle_radius(person: Person) -> int:
+    """Default circle radius: a quarter of the face box's shorter side."""
+    box = face_box(person, margin=0.0)
+    return max(2, int(round(0.25 * min(box[2] - box[0], box[3] - box[1]))))
+
+
+def render_control_image(people: list[Person], size: tuple[int, int],
+                         circle_slots: list[int | None], radius: int | None = None) -> np.ndarray:
+    """InstantFamily control image (Sec. 4.2): (H, W, 3) uint8 RGB on black.
+
+    Args:
+        people: everyone in the image; all get their OpenPose skeleton (body + face),
+            drawn by controlnet_aux's ``draw_bodypose`` / ``draw_facepose``.
+        size: (width, height) in pixels, as PIL's ``Image.size``.
+        circle_slots: per person, the stacking slot k of its face (a filled circle of
+            ``SLOT_COLORS[k]`` at the face centre) or None (skeleton only).
+        radius: circle radius in pixels; default proportional to each face's size.
+    """
+    if len(circle_slots) != len(people):
+        raise ValueError(f"{len(circle_slots)} circle slots for {len(people)} people")
+    width, height = size
+    util, keypoint = _openpose_drawing()
+    canvas = np.zeros((height, width, 3), dtype=np.uint8)
+    for person in people:
+        canvas = util.draw_bodypose(canvas, _body_keypoints(person.body, width, height, keypoint))
+        if person.face is not None:
+            face = _face_keypoints(person.face, width, height, keypoint)
+            canvas = util.draw_facepose(canvas, face)
+    for person, slot in zip(people, circle_slots):
+        if slot is None:
+            continue
+        if not 0 <= slot < len(SLOT_COLORS):
+            raise ValueError(f"slot {slot} has no colour (0..{len(SLOT_COLORS) - 1})")
+        centre = face_center(person)
+        if centre is None:
+            raise ValueError("a person selected for a circle has no face or head keypoints")
+        r = radius if radius is not None else _circle_radius(person)
+        cv2.circle(canvas, tuple(int(round(v)) for v in centre), r, SLOT_COLORS[slot], thickness=-1)
+    return canvas
+
+
+def _face_template() -> np.ndarray:
+    """OpenPose's 70 face points laid out in a unit face box (detector-box-like frame)."""
+    def arc(cx, cy, ax, ay, angles):
+        angles = np.asarray(angles, dtype=np.float64)
+        return np.stack([cx + ax * np.cos(angles), cy - ay * np.sin(angles)], axis=1)
+
+    eye_angles = np.pi - np.arange(6) * np.pi / 3  # outer/inner corner first, upper, lower
+    parts = [
+        arc(0.5, 0.40, 0.45, 0.60, np.linspace(np.pi, 2 * np.pi, 17)),  # 0-16 jaw, chin at 8
+        arc(0.27, 0.30, 0.15, 0.05, np.linspace(np.pi, 0, 5)),  # 17-21 brow (image left)
+        arc(0.73, 0.30, 0.15, 0.05, np.linspace(np.pi, 0, 5)),  # 22-26 brow (image right)
+        np.stack([np.full(4, 0.5), np.linspace(0.40, 0.60, 4)], axis=1),  # 27-30 bridge, tip
+        np.stack([np.linspace(0.42, 0.58, 5), [0.64, 0.65, 0.66, 0.65, 0.64]], axis=1),  # 31-35
+        arc(0.30, 0.40, 0.08, 0.035, eye_angles),  # 36-41 eye (image left)
+        arc(0.70, 0.40, 0.08, 0.035, eye_angles),  # 42-47 eye (image right)
+        arc(0.5, 0.78, 0.16, 0.06, np.pi - np.arange(12) * np.pi / 6),  # 48-59 outer lip
+        arc(0.5, 0.78, 0.11, 0.02, np.pi - np.arange(8) * np.pi / 4),  # 60-67 inner lip
+        np.array([[0.30, 0.40], [0.70, 0.40]]),  # 68-69 pupils
+    ]
+    return np.concatenate(parts).astype(np.float32)
+
+
+FACE_TEMPLATE = _face_template()  # (70, 2)
+# Template points matching the detectors' five landmarks: pupils, nose tip, mouth corners.
+FACE_TEMPLATE_5 = FACE_TEMPLATE[[68, 69, 30, 48, 54]]
+# Head keypoints (index: offset along the eye axis, offset down the face) in eye
+# distances from the eyes' midpoint; the neck follows the head's roll.
+HEAD_LAYOUT = {1: (0.0, 2.2), 16: (-1.2, 0.3), 17: (1.2, 0.3)}
+# Body keypoints (index: image x, image y offsets) in eye distances from the neck: an
+# upright, frontal person with arms down.
+BODY_LAYOUT = {2: (-3.0, 0.5), 3: (-3.4, 3.4), 4: (-3.5, 6.1), 5: (3.0, 0.5), 6: (3.4, 3.4),
+               7: (3.5, 6.1), 8: (-1.7, 6.4), 9: (-1.8, 10.6), 10: (-1.8, 14.8),
+               11: (1.7, 6.4), 12: (1.8, 10.6), 13: (1.8, 14.8)}
+
+
+def _inside(points: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(K, 3) keypoints with confidence 1 inside the image, 0 outside."""
+    xy = points[:, :2]
+    ok = (xy[:, 0] >= 0) & (xy[:, 0] < width) & (xy[:, 1] >= 0) & (xy[:, 1] < height)
+    return np.concatenate([xy, ok[:, None]], axis=1).astype(np.float32)
+
+
+def _body_from_landmarks(landmarks: np.ndarray) -> np.ndarray:
+    """(18, 2) body keypoints from five face landmarks; the eye distance sets the scale."""
+    left, right = landmarks[0], landmarks[1]
+    eye_distance = max(float(np.linalg.norm(right - left)), 1e-3)
+    along = (right - left) / eye_distance  # towards the image right
+    down = np.array([-along[1], along[0]])
+    body = np.zeros((len(BODY_PARTS), 2), np.float32)
+    body[0], body[14], body[15] = landmarks[2], left, right
+    for index, (a, b) in HEAD_LAYOUT.items():
+        body[index] = (left + right) / 2 + eye_distance * (a * along + b * down)
+    for index, offset in BODY_LAYOUT.items():
+        body[index] = body[1] + eye_distance * np.asarray(offset)
+    return body
+
+
+def people_from_faces(boxes: np.ndarray, landmarks: np.ndarray,
+                      image_hw: tuple[int, int]) -> list[Person]:
+    """Fallback pose when no OpenPose model is available.
+
+    Face keypoints: the 70-point template mapped by the similarity that fits its five
+    points to the detected landmarks, kept inside the box enlarged by 25 %. Body: ears and
+    neck in the face's frame (``HEAD_LAYOUT``), an upright frontal skeleton below the neck
+    (``BODY_LAYOUT``), both scaled by the eye distance. Keypoints outside the image get
+    confidence 0.
+
+    Args:
+        boxes: (F, 4) xyxy face boxes; landmarks: (F, 5, 2) as in ``Faces``;
+        image_hw: (height, width).
+    """
+    height, width = image_hw
+    people = []
+    for box, points in zip(np.asarray(boxes, np.float32), np.asarray(landmarks, np.float32)):
+        matrix = fit_similarity(FACE_TEMPLATE_5, points)
+        centre, half = (box[:2] + box[2:]) / 2, (box[2:] - box[:2]) / 2 * 1.25
+        face = np.clip(apply_similarity(matrix, FACE_TEMPLATE), centre - half, centre + half)
+        people.append(Person(body=_inside(_body_from_landmarks(points), height, width),
+                             face=_inside(face, height, width)))
+    return people
+
+
+def pose_template(num_people: int, size: tuple[int, int]) -> list[Person]:
+    """``num_people`` frontal people standing side by side in equal columns, eyes at 30 %
+    of the height; deterministic. ``size`` is (width, height)."""
+    if num_people < 1:
+        raise ValueError("num_people must be >= 1")
+    width, height = size
+    column = width / num_people
+    eye_distance = min(column / 7.0, height / 10.0)
+    side = eye_distance / float(FACE_TEMPLATE_5[1, 0] - FACE_TEMPLATE_5[0, 0])  # face box side
+    boxes, landmarks = [], []
+    for i in range(num_people):
+        origin = np.array([(i + 0.5) * column - side / 2,
+                           0.3 * height - FACE_TEMPLATE_5[0, 1] * side])  # box corner
+        boxes.append(np.concatenate([origin, origin + side]))
+        landmarks.append(origin + FACE_TEMPLATE_5 * side)
+    return people_from_faces(np.stack(boxes), np.stack(landmarks), (height, width))
+
+
+def save_people(people: list[Person], path: str | Path,
+                size: tuple[int, int] | None = None) -> None:
+    """Write OpenPose-style JSON: {"people": [{"body": [[x, y, c], ...], "face": ... | null}],
+    "width": W, "height": H} (width/height null when ``size`` is not given)."""
+    width, height = size if size is not None else (None, None)
+    records = [{"body": p.body.tolist(), "face": None if p.face is None else p.face.tolist()}
+               for p in people]
+    Path(path).write_text(json.dumps({"people": records, "width": width, "height": height}))
+
+
+def load_pose(path: str | Path) -> tuple[list[Person], tuple[int, int] | None]:
+    """People and (width, height) (None if not stored) from :func:`save_people` JSON."""
+    data = json.loads(Path(path).read_text())
+    people = [Person(body=np.array(p["body"]),
+                     face=None if p.get("face") is None else np.array(p["face"]))
+              for p in data["people"]]
+    size = (data["width"], data["height"]) if data.get("width") is not None else None
+    return people, size
+
+
+def load_people(path: str | Path) -> list[Person]:
+    """People from :func:`save_people` JSON."""
+    return load_pose(path)[0]
+
+
+def person_from_pose(pose, width: int, height: int) -> Person:
+    """Person from a controlnet_aux ``PoseResult`` (normalised coordinates)."""
+    body = np.zeros((len(BODY_PARTS), 3), np.float32)
+    for index, point in enumerate(pose.body.keypoints):
+        if point is not None:
+            body[index] = (point.x * width, point.y * height, point.score)
+    face = None
+    if pose.face is not None:
+        face = np.array([(p.x * width, p.y * height, 1.0) if p.x >= 0 and p.y >= 0 else (0, 0, 0)
+                         for p in pose.face], dtype=np.float32)
+    return Person(body=body, face=face)
+
+
+class OpenPoseEstimator:
+    """OpenPose body + face keypoints through controlnet_aux's ``OpenposeDetector``.
+
+    Args:
+        name_or_path: hub id or local folder with ``body_pose_model.pth``,
+            ``hand_pose_model.pth`` and ``facenet.pth`` (default lllyasviel/Annotators).
+        device: torch device.
+        local_files_only: never contact the hub.
+    """
+
+    def __init__(self, name_or_path: str = "lllyasviel/Annotators", device: str = "cpu",
+                 local_files_only: bool = False) -> None:
+        from controlnet_aux import OpenposeDetector
+
+        try:
+            detector = OpenposeDetector.from_pretrained(name_or_path,
+                                                        local_files_only=local_files_only)
+        except (OSError, ValueError) as error:
+            raise PoseModelMissing(
+                f"OpenPose weights (body_pose_model.pth, hand_pose_model.pth, facenet.pth) not "
+                f"found for '{name_or_path}': download the hub repo lllyasviel/Annotators into "
+                f"the Hugging Face cache or pass its local folder. ({error})") from error
+        self.detector = detector.to(device)
+
+    def __call__(self, image: PIL.Image.Image | np.ndarray) -> list[Person]:
+        """People (body + face keypoints, pixels) in an HWC uint8 RGB image."""
+        rgb = to_rgb_array(image)
+        height, width = rgb.shape[:2]
+        poses = self.detector.detect_poses(rgb, include_hand=False, include_face=True)
+        return [person_from_pose(pose, width, height) for pose in poses]
