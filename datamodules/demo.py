@@ -10,6 +10,7 @@ CLI: ``python -m datamodules.demo --out DIR [--num-samples 64 --size 128 ...]``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -17,13 +18,14 @@ import numpy as np
 import webdataset as wds
 from PIL import Image, ImageDraw
 
-from datamodules.schema import CROP_SIZE, Sample, encode_sample, validate
+from datamodules.schema import CROP_SIZE, SCHEMA_VERSION, Sample, encode_sample, validate
 from datamodules.shards import ShardDataModule
 from ldm_ext.pose import Person, face_box, pose_template
 
 PLACES = ("in a park", "at the beach", "in a city street", "in a kitchen", "on a mountain")
 WHO = {1: "a person", 2: "two people", 3: "three people", 4: "four people"}
 SKIN = ((241, 194, 167), (224, 172, 105), (198, 134, 66), (141, 85, 36), (255, 219, 172))
+MANIFEST = "demo.json"  # the parameters the shards beside it were written with
 LIMBS = ((1, 2), (2, 3), (3, 4), (1, 5), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11),
          (11, 12), (12, 13), (8, 11))  # OpenPose body indices drawn as the figure
 
@@ -40,23 +42,24 @@ def _jitter(person: Person, shift: np.ndarray, hw: tuple[int, int]) -> Person:
 
 
 def _landmarks(face: np.ndarray) -> np.ndarray:
-    """(5, 2) eyes, nose tip, mouth corners from the 70 face keypoints (image-left first)."""
-    return np.stack([face[36:42, :2].mean(0), face[42:48, :2].mean(0), face[30, :2],
-                     face[48, :2], face[54, :2]]).astype(np.float32)
+    """(5, 2) pupils, nose tip, mouth corners (image left first) of the 70 face keypoints."""
+    return face[[68, 69, 30, 48, 54], :2].astype(np.float32)
 
 
 def _draw(draw: ImageDraw.ImageDraw, person: Person, box: np.ndarray, marks: np.ndarray,
           rng: np.random.Generator) -> None:
-    """Body sticks, then the face ellipse filling ``box`` with hair, eyes, nose, mouth."""
-    width = max(2, int((box[2] - box[0]) * 0.3))
+    """Body sticks, hair, then the face ellipse filling ``box`` with eyes, nose, mouth."""
+    (x0, y0, x1, y1), (w, h) = box, box[2:] - box[:2]
     shirt = tuple(int(c) for c in rng.integers(0, 256, 3))
     for a, b in LIMBS:
         if person.body[a, 2] > 0 and person.body[b, 2] > 0:
-            draw.line([tuple(person.body[a, :2]), tuple(person.body[b, :2])], shirt, width)
+            draw.line([tuple(person.body[a, :2]), tuple(person.body[b, :2])], shirt,
+                      max(2, int(w * 0.3)))
+    hair = tuple(int(c) for c in rng.integers(0, 120, 3))
+    draw.ellipse([x0 + 0.05 * w, y0 - 0.25 * h, x1 - 0.05 * w, y0 + 0.3 * h], fill=hair)
     draw.ellipse(box.tolist(), fill=SKIN[rng.integers(len(SKIN))])
-    draw.chord(box.tolist(), 200, 340, fill=tuple(int(c) for c in rng.integers(0, 120, 3)))
-    r = max(1.0, (box[2] - box[0]) * 0.07)
-    eye = tuple(int(c) for c in rng.integers(0, 90, 3))
+    r = max(1.5, (box[2] - box[0]) * 0.07)
+    eye = tuple(int(c) for c in rng.integers(0, 60, 3))
     for x, y in marks[:2]:
         draw.ellipse([x - r, y - r, x + r, y + r], fill=eye)
     x, y = marks[2]
@@ -76,7 +79,7 @@ def demo_sample(index: int, seed: int = 0, hw: tuple[int, int] = (128, 128)) -> 
     """The synthetic sample ``index`` of the dataset ``seed`` at size ``hw`` (H, W)."""
     rng = np.random.default_rng([seed, index])
     count = int(rng.integers(1, 5))
-    template = pose_template(count, hw)
+    template = pose_template(count, hw[::-1])
     spread = np.array([0.08 * hw[1] / count, 0.05 * hw[0]])
     people = [_jitter(p, rng.uniform(-spread, spread), hw) for p in template]
     sky, ground = (tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(2))
@@ -90,7 +93,7 @@ def demo_sample(index: int, seed: int = 0, hw: tuple[int, int] = (128, 128)) -> 
         _draw(draw, person, box, mark, rng)
     order = np.argsort(-np.prod(boxes[:, 2:] - boxes[:, :2], axis=1), kind="stable")
     return Sample(
-        key=f"{seed:04d}_{index:06d}", image=np.asarray(image), caption=
+        key=f"{seed:04d}_{index:06d}", image=np.array(image), caption=
         f"a photo of {WHO[count]} {PLACES[rng.integers(len(PLACES))]}",
         boxes=boxes[order], landmarks=marks[order], scores=np.ones(count, np.float32),
         crops=np.stack([_crop(image, boxes[f]) for f in order]), people=people,
@@ -108,10 +111,13 @@ def write_demo_shards(out_dir: str | Path, num_samples: int = 64, size: int = 12
     """Write the synthetic dataset as webdataset shards; return their paths.
 
     Deterministic in ``seed`` (byte-identical tars: fixed mtime). Each shard is written to a
-    temporary name and renamed, so a concurrent or interrupted writer leaves no partial shard.
+    temporary name and renamed, so a concurrent or interrupted writer leaves no partial shard;
+    ``demo.json`` (the parameters) is written last, so it vouches for complete shards.
     """
     paths = demo_shard_paths(out_dir, num_samples, samples_per_shard)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    manifest = Path(out_dir) / MANIFEST
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.unlink(missing_ok=True)
     for i, path in enumerate(paths):
         tmp = f"{path}.{os.getpid()}.tmp"
         with wds.TarWriter(tmp, encoder=False, mtime=0) as writer:
@@ -119,7 +125,14 @@ def write_demo_shards(out_dir: str | Path, num_samples: int = 64, size: int = 12
                                min(num_samples, (i + 1) * samples_per_shard)):
                 writer.write(encode_sample(validate(demo_sample(index, seed, (size, size)))))
         os.replace(tmp, path)
+    manifest.write_text(json.dumps(demo_manifest(num_samples, size, samples_per_shard, seed)))
     return paths
+
+
+def demo_manifest(num_samples: int, size: int, samples_per_shard: int, seed: int) -> dict:
+    """What ``demo.json`` records: the parameters and the schema version."""
+    return {"num_samples": num_samples, "size": size, "samples_per_shard": samples_per_shard,
+            "seed": seed, "schema": SCHEMA_VERSION}
 
 
 def default_root(num_samples: int, size: int, samples_per_shard: int, seed: int) -> Path:
@@ -142,16 +155,18 @@ class DemoDataModule(ShardDataModule):
     def __init__(self, root: str | None = None, num_samples: int = 64, size: int = 128,
                  samples_per_shard: int = 16, data_seed: int = 0, resolution: int = 128,
                  num_workers: int = 0, **kwargs):
-        root = Path(root) if root else default_root(num_samples, size, samples_per_shard,
-                                                    data_seed)
-        super().__init__(demo_shard_paths(root, num_samples, samples_per_shard),
+        folder = str(root or default_root(num_samples, size, samples_per_shard, data_seed))
+        super().__init__(demo_shard_paths(folder, num_samples, samples_per_shard),
                          resolution=resolution, num_workers=num_workers, **kwargs)
-        self.demo = dict(out_dir=root, num_samples=num_samples, size=size,
+        self.demo = dict(out_dir=folder, num_samples=num_samples, size=size,
                          samples_per_shard=samples_per_shard, seed=data_seed)
 
     def prepare_data(self) -> None:
-        """Write the demo shards unless all of them exist."""
-        if not all(os.path.exists(p) for p in self.hparams.shards):
+        """Write the demo shards unless ``root`` holds them for these parameters."""
+        manifest = Path(self.demo["out_dir"]) / MANIFEST
+        wanted = demo_manifest(**{k: v for k, v in self.demo.items() if k != "out_dir"})
+        if not manifest.exists() or json.loads(manifest.read_text()) != wanted or \
+                not all(os.path.exists(p) for p in self.hparams.shards):
             write_demo_shards(**self.demo)
 
     def build_dataset(self, start: int = 0):

@@ -91,7 +91,7 @@ def encode_sample(sample: Sample, quality: int = 95) -> dict[str, bytes | str]:
 def _image(data: bytes) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image.convert("RGB"))
+            return np.array(image.convert("RGB"))  # a writable copy
     except Exception as err:  # PIL raises many types for corrupt files
         raise BadSample("bad_image", str(err)) from None
 

@@ -17,9 +17,10 @@ batch size): ``start`` (samples this rank consumed) fast-forwards it exactly.
 Workers: with ``num_workers > 1`` every worker reads its own subset of shards (needs at least
 ``world_size * num_workers`` shards) and the DataLoader takes whole batches from workers in
 turn, so which sample lands in which batch depends on ``num_workers``. Resuming is exact only
-with the same world size and ``num_workers``; the demo config uses ``num_workers=0`` so its
-batches do not depend on the machine. Skipping decodes and validates the consumed samples
-(no transform), which costs about one decode per consumed sample.
+with the same world size, ``num_workers`` and batch size (a resumed DataLoader's worker 0
+continues the stream of the worker that owed the next batch); the demo config uses
+``num_workers=0`` so its batches do not depend on the machine. Skipping decodes and validates
+the consumed samples (no transform): about one image decode per consumed sample.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import glob
 import logging
 import multiprocessing
 import random
+from functools import partial
 from itertools import count, islice
 from typing import Callable, Iterator
 
@@ -38,10 +40,11 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.schema import REASONS, BadSample, Sample, decode_sample, validate
 from datamodules.transforms import ResizeCrop
-from datamodules.views import build_view
+from datamodules.views import View, build_view
 
 log = logging.getLogger(__name__)
 SHARD_SHUFFLE, SAMPLE_SHUFFLE, SAMPLE_RANDOMNESS = 0, 1, 2  # seed streams
+MAX_EMPTY_EPOCHS = 10  # a worker may draw only bad shards for a few epochs, not forever
 
 
 def derive_seed(*parts: int) -> int:
@@ -96,16 +99,31 @@ class SkipCounter:
 
 
 def worker_start(start: int, batch_size: int, worker: int, num_workers: int) -> int:
-    """Samples already taken from worker ``worker``'s stream when the rank consumed ``start``.
-
-    The DataLoader takes whole batches from its workers in turn (0, 1, ..., 0, 1, ...).
+    """Samples already taken from (logical) worker ``worker``'s stream when the rank
+    consumed ``start``: the DataLoader takes whole batches from its workers in turn.
     """
     if num_workers <= 1:
         return start
     if start % batch_size:
         raise ValueError(f"start={start} is not a whole number of batches of {batch_size}")
-    batches = start // batch_size
-    return max(0, -(-(batches - worker) // num_workers)) * batch_size
+    batches = start // batch_size  # batch i came from worker i % num_workers
+    return (batches - worker + num_workers - 1) // num_workers * batch_size
+
+
+def logical_worker(worker: int, num_workers: int, start: int, batch_size: int) -> int:
+    """Which worker's stream this DataLoader worker continues after ``start`` samples.
+
+    A new DataLoader asks worker 0 first, but batch ``start // batch_size`` came from
+    worker ``(start // batch_size) % num_workers``; rotating the ids keeps the order.
+    """
+    return (worker + start // batch_size) % num_workers
+
+
+def split_every(src: Iterator, index: int, count: int) -> Iterator:
+    """Every ``count``-th item from ``index`` on: webdataset's ``split_by_node`` /
+    ``split_by_worker`` with explicit ids (the rank is read where the dataset is built, so
+    workers need no process group; a worker id may be rotated on resume)."""
+    return islice(src, index, None, count)
 
 
 def decode_and_validate(raw: dict) -> Sample:
@@ -125,55 +143,65 @@ class ShardStream(IterableDataset):
         shuffle_buffer: samples in the shuffle buffer (<= 1: no sample shuffle).
         start: samples this rank already consumed (resume).
         counter: where skipped samples are counted.
+        rank, world_size: this process's shard split; default: torch.distributed (or the
+            RANK / WORLD_SIZE environment) at construction.
     """
 
-    def __init__(self, urls: list[str], transform: Callable, view, batch_size: int,
+    def __init__(self, urls: list[str], transform: Callable, view: View, batch_size: int,
                  seed: int = 0, shuffle_buffer: int = 1000, start: int = 0,
-                 counter: SkipCounter | None = None):
+                 counter: SkipCounter | None = None, rank: int | None = None,
+                 world_size: int | None = None):
         super().__init__()
         self.urls, self.transform, self.view = list(urls), transform, view
         self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
         self.start, self.counter = start, counter or SkipCounter()
+        found_rank, found_world, _, _ = wds.utils.pytorch_worker_info()
+        self.rank = found_rank if rank is None else rank
+        self.world_size = found_world if world_size is None else world_size
 
-    def epoch(self, epoch: int, rank: int, worker: int) -> wds.DataPipeline:
-        """Validated samples of one epoch for this rank and worker."""
-        sample_seed = derive_seed(self.seed, epoch, SAMPLE_SHUFFLE, rank, worker)
+    def epoch(self, epoch: int, worker: int = 0, num_workers: int = 1) -> wds.DataPipeline:
+        """Validated samples of one epoch for this rank and (logical) worker."""
+        sample_seed = derive_seed(self.seed, epoch, SAMPLE_SHUFFLE, self.rank, worker)
         return wds.DataPipeline(
             wds.SimpleShardList(self.urls, seed=derive_seed(self.seed, epoch, SHARD_SHUFFLE)),
-            wds.split_by_node,
-            wds.split_by_worker,
+            partial(split_every, index=self.rank, count=self.world_size),
+            partial(split_every, index=worker, count=num_workers),
             wds.tarfile_to_samples(handler=self.counter.tar_handler),
             wds.shuffle(self.shuffle_buffer, self.shuffle_buffer,
                         rng=random.Random(sample_seed)),
             wds.map(decode_and_validate, handler=self.counter.sample_handler),
         )
 
-    def positioned(self, rank: int, worker: int) -> Iterator[tuple[int, int, Sample]]:
-        """(epoch, position in epoch, sample) forever; fails on an epoch without samples."""
+    def positioned(self, worker: int, num_workers: int) -> Iterator[tuple[int, int, Sample]]:
+        """(epoch, position in epoch, sample) forever; fails after ``MAX_EMPTY_EPOCHS``
+        epochs in a row without a valid sample (rather than looping forever)."""
+        empty = 0
         for epoch in count():
             position = -1
-            for position, sample in enumerate(self.epoch(epoch, rank, worker)):
+            for position, sample in enumerate(self.epoch(epoch, worker, num_workers)):
                 yield epoch, position, sample
-            if position < 0:
+            empty = empty + 1 if position < 0 else 0
+            if empty == MAX_EMPTY_EPOCHS:
                 raise RuntimeError(
-                    f"rank {rank} worker {worker} found no valid sample in epoch {epoch} of "
+                    f"rank {self.rank} worker {worker} found no valid sample in {empty} epochs of "
                     f"{len(self.urls)} shards (skipped so far: {self.counter.counts})")
 
-    def prepare(self, item: tuple[int, int, Sample], rank: int, worker: int) -> dict:
+    def prepare(self, item: tuple[int, int, Sample], worker: int) -> dict:
         """Transform and view one sample with its own generator."""
         epoch, position, sample = item
         rng = torch.Generator().manual_seed(
-            derive_seed(self.seed, epoch, SAMPLE_RANDOMNESS, rank, worker, position))
+            derive_seed(self.seed, epoch, SAMPLE_RANDOMNESS, self.rank, worker, position))
         return self.view(self.transform(sample, rng), rng)
 
     def __iter__(self) -> Iterator[dict]:
-        rank, world, worker, workers = wds.utils.pytorch_worker_info()
-        if len(self.urls) < world * workers:
-            raise ValueError(f"{len(self.urls)} shards cannot feed {world} ranks x {workers} "
-                             f"workers; write more shards or use fewer workers")
+        _, _, worker, workers = wds.utils.pytorch_worker_info()
+        if len(self.urls) < self.world_size * workers:
+            raise ValueError(f"{len(self.urls)} shards cannot feed {self.world_size} ranks x "
+                             f"{workers} workers; write more shards or use fewer workers")
+        worker = logical_worker(worker, workers, self.start, self.batch_size)
         skip = worker_start(self.start, self.batch_size, worker, workers)
-        items = islice(self.positioned(rank, worker), skip, None)
-        samples = (self.prepare(item, rank, worker) for item in items)
+        items = islice(self.positioned(worker, workers), skip, None)
+        samples = (self.prepare(item, worker) for item in items)
         return wds.batched(self.batch_size, collation_fn=self.view.collate,
                            partial=False)(samples)
 
@@ -213,7 +241,7 @@ class ShardDataModule(pl.LightningDataModule):
         """The stream of this process, fast-forwarded by ``start`` samples."""
         hp = self.hparams
         transform = ResizeCrop(hp.resolution, random_crop=hp.random_crop,
-                               random_flip=hp.random_flip)
+                               flip_prob=0.5 if hp.random_flip else 0.0)
         return ShardStream(expand_shards(hp.shards), transform,
                            build_view(hp.view, num_slots=hp.num_slots), hp.batch_size,
                            seed=hp.seed, shuffle_buffer=hp.shuffle_buffer, start=start,

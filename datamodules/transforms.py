@@ -70,14 +70,14 @@ class ResizeCrop:
     Args:
         resolution: output side R.
         random_crop: crop at a random offset instead of the centre.
-        random_flip: flip horizontally with probability 0.5.
+        flip_prob: probability of a horizontal flip.
         min_face: faces whose box is narrower or shorter than this (pixels, after the crop)
             are dropped with their landmarks, crop and person link.
     """
 
     resolution: int
     random_crop: bool = False
-    random_flip: bool = False
+    flip_prob: float = 0.0
     min_face: float = 2.0
 
     def _origin(self, hw: tuple[int, int], rng: torch.Generator) -> tuple[int, int]:
@@ -98,7 +98,7 @@ class ResizeCrop:
         items = [F.resize(t, [size], antialias=True) for t in items]
         top, left = self._origin(items[0].shape[-2:], rng)
         items = [F.crop(t, top, left, size, size) for t in items]
-        flip = self.random_flip and bool(torch.rand((), generator=rng) < 0.5)
+        flip = self.flip_prob > 0 and bool(torch.rand((), generator=rng) < self.flip_prob)
         if flip:
             items = [F.horizontal_flip(t) for t in items]
         image, boxes, points = (t.numpy() for t in items)

@@ -6,11 +6,24 @@ with the sample's own generator, and ``view.collate(items) -> batch``. Add a met
 """
 from __future__ import annotations
 
+from typing import Protocol
+
+import cv2
 import numpy as np
 import torch
 
 from datamodules.schema import Sample
-from ldm_ext.pose import render_control_image
+from ldm_ext.pose import SLOT_COLORS, face_center, render_control_image
+
+
+class View(Protocol):
+    """What ``ShardStream`` needs of a per-method view."""
+
+    name: str
+
+    def __call__(self, sample: Sample, rng: torch.Generator) -> dict: ...
+
+    def collate(self, items: list[dict]) -> dict: ...
 
 
 def select_slots(num_faces: int, num_slots: int, rng: torch.Generator) -> list[int]:
@@ -19,6 +32,14 @@ def select_slots(num_faces: int, num_slots: int, rng: torch.Generator) -> list[i
     InstantFamily Sec. 4.2: random order so that every slot learns, not just the first.
     """
     return torch.randperm(num_faces, generator=rng)[:num_slots].tolist()
+
+
+def draw_box_circle(canvas: np.ndarray, box: np.ndarray, slot: int) -> None:
+    """Filled ``SLOT_COLORS[slot]`` circle at a face box centre, in place; radius a quarter
+    of the box's shorter side, like ``render_control_image``'s default for face keypoints."""
+    centre = tuple(int(round(v)) for v in (box[:2] + box[2:]) / 2)
+    radius = max(2, int(round(0.25 * min(box[2] - box[0], box[3] - box[1]))))
+    cv2.circle(canvas, centre, radius, SLOT_COLORS[slot], thickness=-1)
 
 
 class InstantFamilyView:
@@ -30,11 +51,13 @@ class InstantFamilyView:
         control      (3, R, R) float in [0, 1]  skeleton of ALL people + circle of colour k
                                                 at the face centre of slot k
         caption      str
+        key          str                        the sample's ``__key__`` (logging, checks)
         face_crops   (N, 3, 160, 160) float in [-1, 1], zeros for empty slots
         face_boxes   (N, 4) float xyxy in [0, 1] of the detector box, zeros for empty slots
         face_valid   (N,) bool
 
-    A selected face without a person gets its circle at its box centre.
+    A selected face whose person is unknown (or has no face/head keypoints left after the
+    crop) gets its circle at its detector box centre.
     """
 
     name = "instantfamily"
@@ -45,12 +68,18 @@ class InstantFamilyView:
     def control(self, sample: Sample, slots: list[int]) -> np.ndarray:
         """(R, R, 3) uint8 control image for the faces in ``slots``."""
         circles: list[int | None] = [None] * len(sample.people)
+        loose = []  # (slot, face) drawn at the box centre
         for k, face in enumerate(slots):
             person = int(sample.face_person[face])
-            if person >= 0:
+            if person >= 0 and face_center(sample.people[person]) is not None:
                 circles[person] = k
-        orphans = {k: sample.boxes[f] for k, f in enumerate(slots) if sample.face_person[f] < 0}
-        return render_control_image(sample.people, sample.hw, circles, orphans)
+            else:
+                loose.append((k, face))
+        h, w = sample.hw
+        canvas = render_control_image(sample.people, (w, h), circles)
+        for k, face in loose:
+            draw_box_circle(canvas, sample.boxes[face], k)
+        return canvas
 
     def __call__(self, sample: Sample, rng: torch.Generator) -> dict:
         n, (h, w) = self.num_slots, sample.hw
@@ -76,7 +105,7 @@ class InstantFamilyView:
 VIEWS = {InstantFamilyView.name: InstantFamilyView}
 
 
-def build_view(name: str, **kwargs) -> InstantFamilyView:
+def build_view(name: str, **kwargs) -> View:
     """The view registered as ``name`` (``VIEWS``), built with ``kwargs``."""
     if name not in VIEWS:
         raise ValueError(f"unknown view {name!r}; known: {sorted(VIEWS)}")
