@@ -91,7 +91,7 @@ def build_trainer(cfg, run_dir: Path):
 
     t = cfg.trainer
     callbacks = [
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:07d}",
+        ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="step{step:07d}",
                         auto_insert_metric_name=False, every_n_train_steps=t.checkpoint_every,
                         save_last=True, save_top_k=-1),
         TrainableExport(run_dir / "trainable.safetensors"),

@@ -55,7 +55,7 @@ def _text_config() -> CLIPTextConfig:
                           pad_token_id=49407)
 
 
-def _scheduler() -> DDPMScheduler:
+def sd_noise_scheduler() -> DDPMScheduler:
     """SD's training noise schedule (scaled-linear betas 0.00085-0.012, 1000 steps)."""
     return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                          beta_schedule="scaled_linear", clip_sample=False,
@@ -73,7 +73,7 @@ def save_tiny_backbone(folder: str | Path, family: str = "sd15", seed: int = 0) 
     if family == "sdxl":
         CLIPTextModelWithProjection(_text_config()).save_pretrained(folder / "text_encoder_2")
         build_clip_tokenizer(folder / "tokenizer_2")
-    _scheduler().save_pretrained(folder / "scheduler")
+    sd_noise_scheduler().save_pretrained(folder / "scheduler")
     return folder
 
 

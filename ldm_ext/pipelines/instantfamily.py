@@ -63,8 +63,8 @@ class InstantFamilyPipeline:
         if len(people) < num_ids:
             raise ValueError(f"pose template has {len(people)} people for {num_ids} identities")
         slots = [k if k < num_ids else None for k in range(len(people))]
-        control = to_tensor(render_control_image(people, size, slots))[None]
         height, width = size
+        control = to_tensor(render_control_image(people, (width, height), slots))[None]
         boxes = []
         for person in people[:num_ids]:
             box = face_box(person, margin=0.0)
@@ -78,10 +78,11 @@ class InstantFamilyPipeline:
                  size: tuple[int, int] = (512, 512), steps: int = 50, guidance: float = 7.5,
                  generator: torch.Generator | None = None, negative_prompt: str = "",
                  progress: bool = True) -> Image.Image:
-        """One image of ``len(id_crops)`` identities placed on the pose template."""
+        """One image of ``len(id_crops)`` identities placed on the pose template.
+        ``size`` is (height, width); the first ``len(id_crops)`` people get the identities."""
         method, device = self.method, self.method.device
         num_ids = id_crops.shape[0]
-        people = people if people is not None else pose_template(num_ids, size)
+        people = people if people is not None else pose_template(num_ids, size[::-1])
         control, boxes = self.control_inputs(people, num_ids, size)
         scale = method.backbone.vae_scale
         latent_hw = (size[0] // scale, size[1] // scale)

@@ -1,0 +1,55 @@
+"""An SD1.5-size InstantFamily module with random weights, built in memory (no download),
+shared by the step benchmarks."""
+from __future__ import annotations
+
+import tempfile
+
+import torch
+from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from ldm_ext.backbone import Backbone
+from ldm_ext.config import load_config
+from ldm_ext.face import build_face_encoder
+from ldm_ext.methods.instantfamily import InstantFamily
+from ldm_ext.tiny import sd_noise_scheduler
+from ldm_ext.tokenizer import build_clip_tokenizer
+
+
+def sd15_backbone() -> Backbone:
+    """SD1.5's architecture (UNet 860M, ControlNet from it, VAE, CLIP ViT-L text), random."""
+    unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                        down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512)
+    text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072,
+                                        num_hidden_layers=12, num_attention_heads=12,
+                                        max_position_embeddings=77, vocab_size=49408))
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = build_clip_tokenizer(tmp)
+    return Backbone("sd15", unet, vae, [text], [tokenizer], sd_noise_scheduler(),
+                    ControlNetModel.from_unet(unet))
+
+
+def sd15_method(overrides: list[str] | None = None) -> InstantFamily:
+    """InstantFamily at SD1.5 size with a random-init FaceNet, 512² training images."""
+    cfg = load_config("configs/experiment/demo.yaml",
+                      ["data.resolution=512", "method.face_weights=random", *(overrides or [])])
+    return InstantFamily(cfg, sd15_backbone(), build_face_encoder("facenet", weights="random"))
+
+
+def random_batch(batch_size: int, resolution: int, slots: int = 4, seed: int = 0) -> dict:
+    """A batch shaped like the InstantFamily view: 2 valid faces per image."""
+    gen = torch.Generator().manual_seed(seed)
+    valid = torch.zeros(batch_size, slots, dtype=torch.bool)
+    valid[:, :2] = True
+    boxes = torch.tensor([[0.1, 0.2, 0.35, 0.5], [0.6, 0.2, 0.85, 0.5]] + [[0, 0, 0, 0]] *
+                         (slots - 2)).expand(batch_size, -1, -1).clone()
+    return {
+        "pixel_values": torch.rand(batch_size, 3, resolution, resolution, generator=gen) * 2 - 1,
+        "control": torch.rand(batch_size, 3, resolution, resolution, generator=gen),
+        "caption": ["a photo of two people in a park"] * batch_size,
+        "face_crops": torch.rand(batch_size, slots, 3, 160, 160, generator=gen) * 2 - 1,
+        "face_boxes": boxes,
+        "face_valid": valid,
+    }

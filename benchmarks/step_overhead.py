@@ -1,0 +1,149 @@
+"""Cost of our Lightning training step vs a bare PyTorch loop doing the same diffusers calls.
+
+Both sides train the same InstantFamily model (a mid-size SD1.5-shaped UNet + ControlNet,
+FaceNet, masked attention) on the same in-memory batch:
+
+- ours: ``trainer.fit`` of the ``InstantFamily`` LightningModule (per-step seeded
+  generator, finite-loss guard, logging, progress bar off, no checkpoints);
+- bare: a hand-written loop calling VAE, text encoder, face encoder + projector,
+  ControlNet, UNet, MSE, backward, AdamW step directly.
+
+Per-step wall time is taken from batch start to batch end inside the loop (data loading
+excluded on both sides), after warm-up steps; the two sides alternate over rounds and the
+median step of each is compared.
+
+    python benchmarks/step_overhead.py [--device cpu|cuda] [--steps 6] [--rounds 2]
+
+Ends with ``RESULT step_overhead_ratio=<ours/bare median step time> goal<=1.05``.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from ldm_ext.backbone import Backbone
+from ldm_ext.config import load_config
+from ldm_ext.face import build_face_encoder
+from ldm_ext.methods.instantfamily import InstantFamily
+from ldm_ext.tiny import sd_noise_scheduler
+from ldm_ext.tokenizer import build_clip_tokenizer
+
+GOAL = 1.05
+WARMUP = 2
+
+
+def mid_backbone(tmp: str) -> Backbone:
+    """SD1.5-shaped, about a quarter of its widths: big enough that a step is ~seconds."""
+    unet = UNet2DConditionModel(block_out_channels=(96, 192, 384, 384), cross_attention_dim=384,
+                                attention_head_dim=8, sample_size=32)
+    vae = AutoencoderKL(block_out_channels=(32, 64, 64, 64), norm_num_groups=32,
+                        down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4)
+    text = CLIPTextModel(CLIPTextConfig(hidden_size=384, intermediate_size=1536,
+                                        num_hidden_layers=4, num_attention_heads=6,
+                                        max_position_embeddings=77, vocab_size=49408))
+    return Backbone("sd15", unet, vae, [text], [build_clip_tokenizer(tmp)],
+                    sd_noise_scheduler(), ControlNetModel.from_unet(unet))
+
+
+class StepTimer(pl.Callback):
+    """Wall time of every optimizer step, measured between batch start and end hooks."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.times, self._start = device, [], 0.0
+
+    def on_train_batch_start(self, *args) -> None:
+        _sync(self.device)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, *args) -> None:
+        _sync(self.device)
+        self.times.append(time.perf_counter() - self._start)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def lightning_steps(method: InstantFamily, batch: dict, steps: int, device: str) -> list[float]:
+    timer = StepTimer(device)
+    trainer = pl.Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1,
+                         max_steps=steps, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[timer], num_sanity_val_steps=0, gradient_clip_val=1.0)
+    trainer.fit(method, train_dataloaders=DataLoader([batch] * steps, batch_size=None))
+    return timer.times
+
+
+def bare_steps(method: InstantFamily, batch: dict, steps: int, device: str) -> list[float]:
+    """The same computation as ``InstantFamily.model_step`` + AdamW, written inline."""
+    method.to(device).train()
+    opt = method.configure_optimizers()
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    sched, times = method.backbone.scheduler, []
+    for step in range(steps):
+        _sync(device)
+        start = time.perf_counter()
+        gen = torch.Generator(device=device).manual_seed(step)
+        with torch.no_grad():
+            latents = method.vae.encode(batch["pixel_values"]).latent_dist.sample(gen) * 0.18215
+            ids = method.backbone.tokenizers[0](batch["caption"], padding="max_length",
+                                                max_length=77, return_tensors="pt").input_ids
+            text = method.text_encoders[0](ids.to(device))[0]
+        stack, ctx = method.conditioning(text, batch["face_crops"], batch["face_boxes"],
+                                         batch["face_valid"], tuple(latents.shape[-2:]))
+        noise = torch.randn(latents.shape, generator=gen, device=device)
+        t = torch.randint(0, 1000, (latents.shape[0],), generator=gen, device=device)
+        noisy = sched.add_noise(latents, noise, t)
+        down, mid = method.controlnet(noisy, t, stack, batch["control"],
+                                      cross_attention_kwargs={"ctx": ctx}, return_dict=False)
+        pred = method.unet(noisy, t, stack, down_block_additional_residuals=down,
+                           mid_block_additional_residual=mid,
+                           cross_attention_kwargs={"ctx": ctx}).sample
+        F.mse_loss(pred, noise).backward()
+        torch.nn.utils.clip_grad_norm_(method.trainable_parameters().values(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    import tempfile
+
+    from sd15_random import random_batch  # benchmarks/ is on sys.path
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    cfg = load_config("configs/experiment/demo.yaml", ["method.face_weights=random",
+                                                       "trainer.gradient_clip_val=1.0"])
+    with tempfile.TemporaryDirectory() as tmp:
+        method = InstantFamily(cfg, mid_backbone(tmp), build_face_encoder("facenet",
+                                                                          weights="random"))
+    batch = random_batch(2, 256)
+    ours, bare = [], []
+    for _ in range(args.rounds):
+        ours += lightning_steps(method, batch, args.steps + WARMUP, args.device)[WARMUP:]
+        bare += bare_steps(method, batch, args.steps + WARMUP, args.device)[WARMUP:]
+    med_ours, med_bare = statistics.median(ours), statistics.median(bare)
+    print(f"median step: ours {med_ours:.3f} s, bare loop {med_bare:.3f} s "
+          f"({len(ours)} steps each)")
+    print(f"RESULT step_overhead_ratio={med_ours / med_bare:.3f} goal<={GOAL}")
+
+
+if __name__ == "__main__":
+    main()

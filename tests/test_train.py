@@ -1,0 +1,139 @@
+"""train.py end to end on the tiny demo: outputs, resume after SIGKILL, NaN stop, DDP."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train
+from ldm_ext.methods.instantfamily import InstantFamily
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["trainer.progress_bar=false", "trainer.log_every=1", "logger.wandb=false", "method.sample_steps=2",
+        "method.sample_num_ids=[1,2]", "data.num_demo_samples=16"]
+
+
+def overrides(tmp: Path, name: str, steps: int, *extra: str) -> list[str]:
+    return [f"output_dir={tmp}", f"name={name}", f"trainer.max_steps={steps}",
+            "trainer.checkpoint_every=2", *FAST, *extra]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("runs")
+    assert train.main(overrides(tmp, "e2e", 4, "logger.wandb=true")) == 0
+    return tmp / "e2e"
+
+
+def test_run_folder_has_everything(demo_run: Path):
+    assert (demo_run / "config.yaml").is_file()
+    assert (demo_run / "checkpoints" / "last.ckpt").is_file()
+    assert (demo_run / "checkpoints" / "step0000004.ckpt").is_file()
+    grid = demo_run / "samples" / "step_0000004.png"
+    assert grid.is_file()
+    from PIL import Image
+
+    assert Image.open(grid).size == (2 * 128, 128)  # 1 prompt x [1, 2] identities
+    metrics = (demo_run / "csv" / "metrics.csv").read_text()
+    assert "train/loss" in metrics
+    assert list((demo_run / "wandb").glob("offline-run-*")), "wandb offline run missing"
+
+
+def test_only_trainable_weights_are_saved(demo_run: Path):
+    weights = load_file(demo_run / "trainable.safetensors")
+    assert weights and all(k.split(".")[0] in {"controlnet", "face_projector"} for k in weights)
+    ckpt = torch.load(demo_run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert set(ckpt["state_dict"]) == set(weights)
+    assert ckpt["global_step"] == 4
+
+
+def test_saved_weights_reload_into_fresh_module(demo_run: Path):
+    from ldm_ext.methods.loading import load_run
+
+    method = load_run(demo_run)
+    assert isinstance(method, InstantFamily)
+    saved = load_file(demo_run / "trainable.safetensors")
+    for name, param in method.trainable_parameters().items():
+        torch.testing.assert_close(param.detach(), saved[name])
+
+
+def test_changed_config_is_refused(demo_run: Path):
+    tmp = demo_run.parent
+    assert train.main(overrides(tmp, "e2e", 4, "method.mask_mode=hard")) == 2
+    assert (demo_run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    real = InstantFamily.model_step
+
+    def poisoned(self, batch, generator):
+        losses = real(self, batch, generator)
+        if self.global_step == 3:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(InstantFamily, "model_step", poisoned)
+    assert train.main(overrides(tmp_path, "nan", 6)) == 3
+    assert "step 3" in capsys.readouterr().err
+    ckpt = torch.load(tmp_path / "nan" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 2
+
+
+def _cmd(tmp: Path, name: str, steps: int) -> list[str]:
+    return [sys.executable, "train.py", *overrides(tmp, name, steps)]
+
+
+@pytest.mark.slow
+def test_sigkill_resume_matches_uninterrupted(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    subprocess.run(_cmd(tmp_path, "straight", 6), cwd=ROOT, env=env, check=True,
+                   capture_output=True)
+    proc = subprocess.Popen(_cmd(tmp_path, "killed", 6), cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "checkpoints" / "step0000004.ckpt"
+    deadline = time.monotonic() + 300
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "the run never reached step 4"
+    assert not (tmp_path / "killed" / "checkpoints" / "step0000006.ckpt").exists()
+    subprocess.run(_cmd(tmp_path, "killed", 6), cwd=ROOT, env=env, check=True,
+                   capture_output=True)
+    a = load_file(tmp_path / "straight" / "trainable.safetensors")
+    b = load_file(tmp_path / "killed" / "trainable.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path):
+    cmd = [*_cmd(tmp_path, "ddp", 2), "trainer.strategy=ddp", "trainer.devices=2",
+           "trainer.accelerator=cpu"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 2
+    assert (tmp_path / "ddp" / "trainable.safetensors").is_file()
+
+
+def test_generation_cli_from_run(demo_run: Path, tmp_path):
+    import insightface
+
+    from ldm_ext.pipelines.instantfamily import main as generate
+
+    group = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
+    out = generate(["--run", str(demo_run), "--group", str(group), "--num-ids", "5",
+                    "--prompt", "a photo of five friends", "--steps", "2",
+                    "--out", str(tmp_path / "five.png")])
+    from PIL import Image
+
+    assert Image.open(out).size == (128, 128)
