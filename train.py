@@ -87,6 +87,7 @@ def build_trainer(cfg, run_dir: Path):
     from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 
     from callbacks.checkpointing import AtomicCheckpointIO, TrainableExport
+    from callbacks.data_health import SkippedSamples
     from callbacks.images import SampleGrid
 
     t = cfg.trainer
@@ -97,6 +98,7 @@ def build_trainer(cfg, run_dir: Path):
         TrainableExport(run_dir / "trainable.safetensors"),
         SampleGrid(run_dir / "samples", t.sample_every, max(cfg.method.sample_num_ids),
                    seed=cfg.seed),
+        SkippedSamples(t.log_every),
     ]
     if t.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=1))

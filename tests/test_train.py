@@ -137,3 +137,15 @@ def test_generation_cli_from_run(demo_run: Path, tmp_path):
     from PIL import Image
 
     assert Image.open(out).size == (128, 128)
+
+
+def test_corrupt_shard_is_skipped_counted_and_logged(tmp_path):
+    from datamodules.demo import write_demo_shards
+
+    shards = tmp_path / "shards"
+    write_demo_shards(shards, num_samples=8, size=128, samples_per_shard=4)
+    (shards / "demo-99999.tar").write_bytes(b"this is not a tar archive" * 40)
+    assert train.main(overrides(tmp_path, "corrupt", 2, "data.kind=shards",
+                                f"data.shards={shards}/*.tar")) == 0
+    metrics = (tmp_path / "corrupt" / "csv" / "metrics.csv").read_text()
+    assert "data/skipped/" in metrics
