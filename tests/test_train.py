@@ -149,3 +149,21 @@ def test_corrupt_shard_is_skipped_counted_and_logged(tmp_path):
                                 f"data.shards={shards}/*.tar")) == 0
     metrics = (tmp_path / "corrupt" / "csv" / "metrics.csv").read_text()
     assert "data/skipped/" in metrics
+
+
+def test_generation_cli_with_pose_json(demo_run: Path, tmp_path):
+    from skimage.data import astronaut
+
+    from ldm_ext.pipelines.instantfamily import main as generate
+    from ldm_ext.pose import pose_template, save_people
+
+    from PIL import Image
+
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(astronaut()).save(photo)
+    pose = tmp_path / "pose.json"
+    save_people(pose_template(3, (192, 128)), pose, size=(192, 128))
+    out = generate(["--run", str(demo_run), "--ids", str(photo), str(photo),
+                    "--pose", str(pose), "--prompt", "two astronauts", "--steps", "2",
+                    "--out", str(tmp_path / "pose.png")])
+    assert Image.open(out).size == (192, 128)

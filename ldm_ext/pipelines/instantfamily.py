@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from ldm_ext.pipelines.sampling import decode_images, denoise, inference_scheduler, to_tensor
-from ldm_ext.pose import Person, face_box, load_people, pose_template, render_control_image
+from ldm_ext.pose import Person, face_box, load_pose, pose_template, render_control_image
 
 
 class InstantFamilyPipeline:
@@ -107,7 +107,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ids.add_argument("--ids", nargs="+", help="one photo per identity (largest face used)")
     ids.add_argument("--group", help="one group photo: its faces are the identities")
     parser.add_argument("--num-ids", type=int, default=None, help="with --group: how many")
-    parser.add_argument("--pose", help="OpenPose-style JSON template (default: side by side)")
+    pose = parser.add_mutually_exclusive_group()
+    pose.add_argument("--pose", help="OpenPose-style JSON template (default: side by side)")
+    pose.add_argument("--pose-image", help="photo to estimate the pose template from "
+                      "(controlnet_aux OpenPose; needs lllyasviel/Annotators weights)")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--out", default="instantfamily.png")
     parser.add_argument("--size", type=int, default=None, help="default: training resolution")
@@ -115,6 +118,23 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
+
+
+def _pose(args: argparse.Namespace, resolution: int):
+    """Pose template and (H, W): from JSON (its own size unless --size), from a photo via
+    OpenPose, or the default side-by-side template at --size / the training resolution."""
+    side = args.size or resolution
+    if args.pose_image:
+        from ldm_ext.pose import OpenPoseEstimator
+
+        photo = Image.open(args.pose_image).convert("RGB").resize((side, side))
+        return OpenPoseEstimator()(np.asarray(photo)), (side, side)
+    if args.pose:
+        people, wh = load_pose(args.pose)
+        if wh is not None and not args.size:
+            return people, (wh[1], wh[0])
+        return people, (side, side)
+    return None, (side, side)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -130,9 +150,8 @@ def main(argv: list[str] | None = None) -> Path:
         crops = pipe.identities_from_photos([Image.open(p) for p in args.ids])
     else:
         crops = pipe.identities_from_group(Image.open(args.group))[: args.num_ids]
-    size = args.size or cfg.data.resolution
-    people = load_people(args.pose) if args.pose else None
-    image = pipe(args.prompt, crops, people, (size, size),
+    people, size = _pose(args, cfg.data.resolution)
+    image = pipe(args.prompt, crops, people, size,
                  steps=args.steps or cfg.method.sample_steps,
                  guidance=args.guidance or cfg.method.guidance_scale,
                  generator=torch.Generator().manual_seed(args.seed))
