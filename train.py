@@ -77,7 +77,8 @@ def build_loggers(cfg, run_dir: Path) -> list:
         loggers.append(WandbLogger(project=cfg.logger.project, name=cfg.name, id=cfg.name,
                                    save_dir=str(run_dir), mode=mode, resume="allow"))
     if cfg.logger.csv or not loggers:
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+        # a new version_<n>/ per (re)start: Lightning's CSV writer would clear the old file
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv"))
     return loggers
 
 
@@ -88,6 +89,7 @@ def build_trainer(cfg, run_dir: Path):
 
     from callbacks.checkpointing import AtomicCheckpointIO, TrainableExport
     from callbacks.data_health import SkippedSamples
+    from callbacks.evaluation import build_evaluation_callback
     from callbacks.images import SampleGrid
 
     t = cfg.trainer
@@ -100,6 +102,9 @@ def build_trainer(cfg, run_dir: Path):
                    seed=cfg.seed),
         SkippedSamples(t.log_every),
     ]
+    evaluation = build_evaluation_callback(cfg, run_dir)  # None unless trainer.eval_every
+    if evaluation is not None:
+        callbacks.append(evaluation)
     if t.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     plugins = [] if t.strategy.startswith("deepspeed") else [AtomicCheckpointIO()]

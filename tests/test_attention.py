@@ -1,5 +1,7 @@
 """ldm_ext.attention: masks geometry, processors vs diffusers and vs the paper equations,
 attention-map store, on tiny SD1.5/SDXL UNets and a ControlNet built here (fp32, CPU)."""
+import functools
+import inspect
 import math
 import os
 
@@ -72,7 +74,8 @@ def run(model, ctx=None, hw=(16, 16), batch=2):
 
 def masks(mode="multiply", boxes=None, valid=None, hw=(16, 16), batch=2, margin=0.25):
     """Face masks; default: every slot valid and covering the whole image (an all-ones M)."""
-    boxes = torch.tensor([0.0, 0.0, 1.0, 1.0]).expand(batch, LAYOUT.num_slots, 4) if boxes is None else boxes
+    if boxes is None:
+        boxes = torch.tensor([0.0, 0.0, 1.0, 1.0]).expand(batch, LAYOUT.num_slots, 4)
     valid = torch.ones(batch, LAYOUT.num_slots, dtype=torch.bool) if valid is None else valid
     return build_face_masks(boxes, valid, LAYOUT, hw, num_levels=2, mode=mode, margin=margin)
 
@@ -142,9 +145,13 @@ def test_context_grid_non_square():
 
 
 # ----------------------------------------------------------------------------- vs diffusers
-def baseline(model):
+@functools.cache
+def baseline(kind):
+    """The model's output with diffusers' AttnProcessor2_0 on every layer."""
+    model = MODELS[kind]()
     model.set_attn_processor(AttnProcessor2_0())
-    return run(model)
+    with torch.no_grad():
+        return run(model)
 
 
 VARIANTS = {
@@ -160,8 +167,7 @@ VARIANTS = {
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("kind", MODELS)
 def test_processors_match_attn_processor_2_0(kind, variant):
-    model = MODELS[kind]()
-    expected = baseline(model)
+    model, expected = MODELS[kind](), baseline(kind)
     decoupled, make_ctx = VARIANTS[variant]
     install_processors(model, decoupled=decoupled)
     with torch.no_grad():
@@ -187,7 +193,8 @@ def heads(attn, x):
 
 def direct(attn, hidden, keys_from, values_from, mask_logits=None):
     """softmax(QKᵀ/√d [masked]) V written out, then the output projection."""
-    q, k, v = heads(attn, attn.to_q(hidden)), heads(attn, attn.to_k(keys_from)), heads(attn, attn.to_v(values_from))
+    q, k = heads(attn, attn.to_q(hidden)), heads(attn, attn.to_k(keys_from))
+    v = heads(attn, attn.to_v(values_from))
     logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, heads, Q, K)
     if mask_logits is not None:
         logits = mask_logits(logits)
@@ -215,23 +222,32 @@ def eq6(faces, num_queries):
     return apply
 
 
+@pytest.mark.parametrize("with_attention_mask", [False, True])
 @pytest.mark.parametrize("mode", ["multiply", "hard"])
-def test_masked_processor_equals_eq6(mode):
+def test_masked_processor_equals_eq6(mode, with_attention_mask):
     attn, (hidden, enc) = layer(), layer_inputs()
+    extra = None
+    if with_attention_mask:  # diffusers' additive (B, 1, K) mask, here dropping text token 3
+        extra = torch.zeros(2, 1, LAYOUT.total)
+        extra[:, :, 3] = -math.inf
     boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.6], [0.4, 0.5, 1.0, 1.0], [0.2, 0.2, 0.7, 0.7]],
                           [[0.1, 0.1, 0.9, 0.9], [0.0, 0.0, 0.3, 0.3], [0.6, 0.0, 1.0, 0.4]]])
     valid = torch.tensor([[True, True, False], [True, True, True]])
     faces = build_face_masks(boxes, valid, LAYOUT, (5, 5), num_levels=1, mode=mode)
-    expected, probs = direct(attn, hidden, enc, enc, eq6(faces, 25))
+    masked = eq6(faces, 25)
+    expected, probs = direct(attn, hidden, enc, enc,
+                             masked if extra is None else lambda x: masked(x) + extra[:, None])
     store = AttentionStore(["l"], size=5)
     attn.set_processor(IdAttnProcessor("l"))
-    fast = attn(hidden, enc, ctx=AttentionContext(face_masks=faces))
-    slow = attn(hidden, enc, ctx=AttentionContext(face_masks=faces, store=store))
+    fast = attn(hidden, enc, extra, ctx=AttentionContext(face_masks=faces))
+    slow = attn(hidden, enc, extra, ctx=AttentionContext(face_masks=faces, store=store))
     torch.testing.assert_close(fast, expected, atol=ATOL, rtol=0)
     torch.testing.assert_close(slow, expected, atol=ATOL, rtol=0)
     torch.testing.assert_close(store.maps["l"], probs.transpose(2, 3).unflatten(-1, (5, 5)),
                                atol=ATOL, rtol=0)
     assert not torch.allclose(fast, direct(attn, hidden, enc, enc)[0], atol=1e-3)
+    if extra is not None:
+        assert store.maps["l"][:, :, 3].eq(0).all()
 
 
 def test_split_kv():
@@ -250,7 +266,8 @@ def test_decoupled_matches_ip_adapter_and_gamma():
     attn, (hidden, enc) = layer(), layer_inputs()
     image = torch.randn(2, 4, 10, generator=torch.Generator().manual_seed(5))
     ours = DecoupledAttnProcessor("l", hidden_size=16, cross_attention_dim=12, image_dim=10)
-    ref = IPAdapterAttnProcessor2_0(hidden_size=16, cross_attention_dim=10, num_tokens=(4,), scale=0.7)
+    ref = IPAdapterAttnProcessor2_0(hidden_size=16, cross_attention_dim=10, num_tokens=(4,),
+                                    scale=0.7)
     ref.to_k_ip[0].load_state_dict(ours.to_k_ip.state_dict())
     ref.to_v_ip[0].load_state_dict(ours.to_v_ip.state_dict())
     attn.set_processor(ref)
@@ -266,19 +283,20 @@ def test_decoupled_matches_ip_adapter_and_gamma():
 
 
 # ----------------------------------------------------------------------------- maps
-def cross_maps(kind, mode, prefix=""):
+def cross_maps(kind, mode):
+    """Cross-attention maps (8x8) with the halves boxes of `halves_boxes`, margin 0."""
     model = MODELS[kind]()
-    install_processors(model, prefix=prefix)
+    install_processors(model)
     store = AttentionStore(lambda n: n.endswith("attn2"), size=8)
     boxes, valid = halves_boxes()
     with torch.no_grad():
         run(model, AttentionContext(face_masks=masks(mode, boxes, valid, margin=0.0), store=store))
-    return model, store
+    return store
 
 
 @pytest.mark.parametrize("kind", ["sd15", "controlnet"])
 def test_hard_mode_never_attends_to_other_face_and_empty_slot(kind):
-    _, store = cross_maps(kind, "hard")
+    store = cross_maps(kind, "hard")
     assert store.maps
     for maps in store.maps.values():  # (B, heads, K, 8, 8); x < 4 is face 0's half
         assert maps[:, :, LAYOUT.face_slice(1), :, :4].eq(0).all()
@@ -288,7 +306,7 @@ def test_hard_mode_never_attends_to_other_face_and_empty_slot(kind):
 
 
 def test_multiply_mode_outside_face_gets_logit_zero_but_empty_slot_none():
-    _, store = cross_maps("sd15", "multiply")
+    store = cross_maps("sd15", "multiply")
     for maps in store.maps.values():
         assert maps[:, :, LAYOUT.face_slice(1), :, :4].gt(0).all()  # logit 0, not -inf
         assert maps[:, :, LAYOUT.face_slice(2)].eq(0).all()
@@ -311,7 +329,7 @@ def test_store_records_chosen_layers_with_grads():
     names = [p.name for p in procs.values() if p.name.endswith("attn2")]
     chosen = names[:1] + names[-1:]
     store = AttentionStore(chosen, size=4)
-    run(model, AttentionContext(face_masks=masks(), store=store)).sum()
+    run(model, AttentionContext(face_masks=masks(), store=store))
     assert list(store.maps) == chosen
     assert store.stacked().shape == (2, 2, 8, LAYOUT.total, 4, 4)
     store.stacked().pow(2).sum().backward()
@@ -338,11 +356,14 @@ def test_install_decoupled_layers_and_modules():
     model = sdxl_unet()
     procs = install_processors(model, decoupled=True)
     assert procs.keys() == model.attn_processors.keys()
+    for proc in model.attn_processors.values():  # diffusers passes only kwargs __call__ names
+        assert "ctx" in inspect.signature(proc.__call__).parameters
     cross = {k: p for k, p in procs.items() if isinstance(p, DecoupledAttnProcessor)}
     assert cross and all(k.endswith("attn2.processor") for k in cross)
     assert all(isinstance(p, IdAttnProcessor) for k, p in procs.items() if k not in cross)
     key, proc = next(iter(cross.items()))
-    torch.testing.assert_close(proc.to_k_ip.weight, model.get_submodule(key[:-10]).to_k.weight)
+    to_k = model.get_submodule(key.removesuffix(".processor")).to_k
+    torch.testing.assert_close(proc.to_k_ip.weight, to_k.weight)
     modules = decoupled_modules(model)
     assert len(modules) == len(cross)
     model_params = {id(p) for p in model.parameters()}

@@ -41,7 +41,7 @@ def test_run_folder_has_everything(demo_run: Path):
     from PIL import Image
 
     assert Image.open(grid).size == (2 * 128, 128)  # 1 prompt x [1, 2] identities
-    metrics = (demo_run / "csv" / "metrics.csv").read_text()
+    metrics = (demo_run / "csv" / "version_0" / "metrics.csv").read_text()
     assert "train/loss" in metrics
     assert list((demo_run / "wandb").glob("offline-run-*")), "wandb offline run missing"
 
@@ -110,8 +110,10 @@ def test_sigkill_resume_matches_uninterrupted(tmp_path):
     a = load_file(tmp_path / "straight" / "trainable.safetensors")
     b = load_file(tmp_path / "killed" / "trainable.safetensors")
     assert a.keys() == b.keys()
+    # One AdamW step moves a weight by ~lr = 1e-4, so any replayed or skipped sample or
+    # noise draw shows up far above 1e-5; below it is CPU float reordering (~1e-6 seen).
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5, msg=key)
 
 
 @pytest.mark.slow
@@ -147,7 +149,7 @@ def test_corrupt_shard_is_skipped_counted_and_logged(tmp_path):
     (shards / "demo-99999.tar").write_bytes(b"this is not a tar archive" * 40)
     assert train.main(overrides(tmp_path, "corrupt", 2, "data.kind=shards",
                                 f"data.shards={shards}/*.tar")) == 0
-    metrics = (tmp_path / "corrupt" / "csv" / "metrics.csv").read_text()
+    metrics = (tmp_path / "corrupt" / "csv" / "version_0" / "metrics.csv").read_text()
     assert "data/skipped/" in metrics
 
 

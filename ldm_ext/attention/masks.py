@@ -107,14 +107,16 @@ class FaceMasks:
         if self.layout.num_text < 1:
             raise ValueError("masked attention needs text tokens: a pixel must keep some key")
         if self.valid.shape[1] != self.layout.num_slots:
-            raise ValueError(f"valid has {self.valid.shape[1]} slots, layout {self.layout.num_slots}")
+            raise ValueError(f"valid has {self.valid.shape[1]} slots, "
+                             f"layout {self.layout.num_slots}")
         self._biases = {q: self._build_bias(region) for q, region in self.regions.items()}
 
     def region(self, num_queries: int) -> Tensor:
         """(B, N, num_queries) face masks at the resolution with num_queries pixels."""
         if num_queries not in self.regions:
-            raise KeyError(f"no face mask for {num_queries} queries; built for {sorted(self.regions)}"
-                           " (check latent_hw and num_levels of build_face_masks)")
+            raise KeyError(f"no face mask for {num_queries} queries; built for "
+                           f"{sorted(self.regions)} (check latent_hw and num_levels of "
+                           "build_face_masks)")
         return self.regions[num_queries]
 
     def bias(self, num_queries: int, dtype: torch.dtype, device: torch.device) -> Tensor:

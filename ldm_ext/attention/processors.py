@@ -15,6 +15,7 @@ output projection, residual, rescale) follow diffusers' `AttnProcessor2_0`.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +62,7 @@ class _Prepared:
 
 def _prelude(attn, hidden_states: Tensor, encoder_hidden_states: Tensor | None,
              attention_mask: Tensor | None, temb: Tensor | None) -> _Prepared:
+    """Norms, 4-D -> (B, H*W, C) and diffusers' attention_mask, as in AttnProcessor2_0."""
     residual = hidden_states
     if attn.spatial_norm is not None:
         hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -79,6 +81,7 @@ def _prelude(attn, hidden_states: Tensor, encoder_hidden_states: Tensor | None,
 
 
 def _norm_context(attn, context: Tensor) -> Tensor:
+    """The layer's norm_cross on encoder states (text or split values), when it has one."""
     return attn.norm_encoder_hidden_states(context) if attn.norm_cross else context
 
 
@@ -112,20 +115,27 @@ def _attend(query: Tensor, key: Tensor, value: Tensor, bias: Tensor | None, scal
     return probs @ value, probs
 
 
+@functools.lru_cache(maxsize=16)
+def _virtual_mixer(layout: TokenLayout, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(K+N, K): identity on the real keys, then one row per face slot averaging its tokens."""
+    mixer = torch.eye(layout.total + layout.num_slots, layout.total, dtype=dtype, device=device)
+    for slot in range(layout.num_slots):
+        mixer[layout.total + slot, layout.face_slice(slot)] = 1.0 / layout.tokens_per_face
+    return mixer
+
+
 def _add_virtual_keys(key: Tensor, value: Tensor, layout: TokenLayout) -> tuple[Tensor, Tensor]:
     """Append one virtual key per face slot: zero key (logit 0), value = mean of the slot's
-    values (see `FaceMasks.bias`)."""
-    batch, heads, _, dim = key.shape
-    faces = value[:, :, layout.num_text:].unflatten(2, (layout.num_slots, layout.tokens_per_face))
-    key = torch.cat([key, key.new_zeros(batch, heads, layout.num_slots, dim)], dim=2)
-    return key, torch.cat([value, faces.mean(dim=3)], dim=2)  # (B, heads, K+N, d) each
+    values (see `FaceMasks.bias`). One op each, as small ops dominate this layer's overhead."""
+    key = F.pad(key, (0, 0, 0, layout.num_slots))  # (B, heads, K+N, d)
+    return key, _virtual_mixer(layout, value.dtype, value.device) @ value  # (B, heads, K+N, d)
 
 
 def _fold_virtual_probs(probs: Tensor, layout: TokenLayout) -> Tensor:
     """(B, heads, Q, K+N) -> (B, heads, Q, K): a virtual key's probability is shared equally
     by its F face tokens (each has logit 0 there), giving Eq. 6's softmax over real keys."""
     real, virtual = probs[..., :layout.total], probs[..., layout.total:]
-    share = (virtual / 1).repeat_interleave(layout.tokens_per_face, dim=-1)
+    share = (virtual / layout.tokens_per_face).repeat_interleave(layout.tokens_per_face, dim=-1)
     return torch.cat([real[..., :layout.num_text], real[..., layout.num_text:] + share], dim=-1)
 
 
@@ -173,7 +183,8 @@ def _text_attention(name: str, attn, prep: _Prepared,
         key = attn.norm_k(key)
     keep = ctx.store is not None and ctx.store.wants(name)
     if prep.is_cross and ctx.face_masks is not None:
-        out, probs = _masked_attention(query, key, value, ctx.face_masks, prep.mask, attn.scale, keep)
+        out, probs = _masked_attention(query, key, value, ctx.face_masks, prep.mask,
+                                       attn.scale, keep)
     else:
         out, probs = _attend(query, key, value, prep.mask, attn.scale, keep)
     if keep:
@@ -226,7 +237,8 @@ class DecoupledAttnProcessor(nn.Module):
     def __call__(self, attn, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
                  attention_mask: Tensor | None = None, temb: Tensor | None = None,
                  ctx: AttentionContext | None = None) -> Tensor:
-        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, ctx)
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask,
+                                temb, ctx)
 
     def forward(self, attn, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
                 attention_mask: Tensor | None = None, temb: Tensor | None = None,
@@ -238,7 +250,8 @@ class DecoupledAttnProcessor(nn.Module):
             out = out + ctx.ip_scale * self._image_attention(attn, query, prep, ctx)
         return _epilogue(attn, out, prep)
 
-    def _image_attention(self, attn, query: Tensor, prep: _Prepared, ctx: AttentionContext) -> Tensor:
+    def _image_attention(self, attn, query: Tensor, prep: _Prepared,
+                         ctx: AttentionContext) -> Tensor:
         """Attn(Q, K_i, V_i) as (B, heads, Q, d); records its softmax as "<name>:ip"."""
         tokens = ctx.image_tokens.to(self.to_k_ip.weight.dtype)
         key = _heads(attn, self.to_k_ip(tokens).to(query.dtype))  # (B, heads, M, d)
