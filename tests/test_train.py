@@ -93,19 +93,19 @@ def _cmd(tmp: Path, name: str, steps: int) -> list[str]:
 @pytest.mark.slow
 def test_sigkill_resume_matches_uninterrupted(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    subprocess.run(_cmd(tmp_path, "straight", 6), cwd=ROOT, env=env, check=True,
+    subprocess.run(_cmd(tmp_path, "straight", 4), cwd=ROOT, env=env, check=True,
                    capture_output=True)
-    proc = subprocess.Popen(_cmd(tmp_path, "killed", 6), cwd=ROOT, env=env,
+    proc = subprocess.Popen(_cmd(tmp_path, "killed", 4), cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = tmp_path / "killed" / "checkpoints" / "step0000004.ckpt"
+    ckpt = tmp_path / "killed" / "checkpoints" / "step0000002.ckpt"
     deadline = time.monotonic() + 300
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert ckpt.exists(), "the run never reached step 4"
-    assert not (tmp_path / "killed" / "checkpoints" / "step0000006.ckpt").exists()
-    subprocess.run(_cmd(tmp_path, "killed", 6), cwd=ROOT, env=env, check=True,
+    assert ckpt.exists(), "the run never reached step 2"
+    assert not (tmp_path / "killed" / "checkpoints" / "step0000004.ckpt").exists()
+    subprocess.run(_cmd(tmp_path, "killed", 4), cwd=ROOT, env=env, check=True,
                    capture_output=True)
     a = load_file(tmp_path / "straight" / "trainable.safetensors")
     b = load_file(tmp_path / "killed" / "trainable.safetensors")
@@ -119,7 +119,7 @@ def test_sigkill_resume_matches_uninterrupted(tmp_path):
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path):
     cmd = [*_cmd(tmp_path, "ddp", 2), "trainer.strategy=ddp", "trainer.devices=2",
-           "trainer.accelerator=cpu"]
+           "trainer.accelerator=cpu", "data.num_demo_samples=32"]  # one shard per rank
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", weights_only=False)
