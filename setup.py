@@ -24,7 +24,7 @@ CORE = [
     "tqdm>=4.66",
 ]
 FACE_EXTRA = ["dlib-bin>=19.24", "face-recognition-models>=0.3.0"]
-TEST_EXTRA = ["pytest>=8", "scikit-image>=0.22"]
+TEST_EXTRA = ["pytest>=8", "scikit-image>=0.22", "pyarrow>=14"]  # pyarrow: LAION parquet input
 
 setup(
     name="idforge",

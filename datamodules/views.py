@@ -16,10 +16,15 @@ from datamodules.schema import Sample
 from ldm_ext.pose import SLOT_COLORS, face_center, render_control_image
 
 
+# 1 / 127.5 rounded down in float32, so that 255 maps to <= 1.0 (not 1 + 1 ulp)
+PIXEL_SCALE = float(np.nextafter(np.float32(1 / 127.5), np.float32(0)))
+
+
 class View(Protocol):
     """What ``ShardStream`` needs of a per-method view."""
 
     name: str
+    optional: tuple[str, ...]  # optional shard members it reads (schema.OPTIONAL_KEYS)
 
     def __call__(self, sample: Sample, rng: torch.Generator) -> dict: ...
 
@@ -45,25 +50,32 @@ def draw_box_circle(canvas: np.ndarray, box: np.ndarray, slot: int) -> None:
 class InstantFamilyView:
     """InstantFamily inputs (METHODS.md §1, paper Sec. 4.2).
 
-    Per sample::
+    Per batch (``collate``)::
 
-        pixel_values (3, R, R) float in [-1, 1]
-        control      (3, R, R) float in [0, 1]  skeleton of ALL people + circle of colour k
-                                                at the face centre of slot k
-        caption      str
-        key          str                        the sample's ``__key__`` (logging, checks)
-        face_crops   (N, 3, 160, 160) float in [-1, 1], zeros for empty slots
-        face_boxes   (N, 4) float xyxy in [0, 1] of the detector box, zeros for empty slots
-        face_valid   (N,) bool
+        pixel_values (B, 3, R, R) float in [-1, 1]
+        control      (B, 3, R, R) float in [0, 1]  skeleton of ALL people + circle of colour
+                                                   k at the face centre of slot k
+        caption      list[str]
+        key          list[str]                     the samples' ``__key__`` (logging, checks)
+        face_crops   (B, N, 3, 160, 160) float in [-1, 1], zeros for empty slots
+        face_boxes   (B, N, 4) float xyxy in [0, 1] of the detector box, zeros for empty slots
+        face_valid   (B, N) bool
+
+    Per sample (``__call__``) the images stay uint8 (``pixel_values``, ``control``,
+    ``face_crops``: same shapes without B, values 0..255): ``collate`` converts the whole
+    batch to float in one pass, which costs a fraction of per-sample conversions. With
+    ``float_batches=False`` batches stay uint8 and ``normalize`` converts them later, e.g. on
+    the GPU after the transfer (``ShardDataModule(float_on_device=True)``).
 
     A selected face whose person is unknown (or has no face/head keypoints left after the
     crop) gets its circle at its detector box centre.
     """
 
     name = "instantfamily"
+    optional = ()  # face regions come from boxes / keypoints, not from masks.png
 
-    def __init__(self, num_slots: int = 4):
-        self.num_slots = num_slots
+    def __init__(self, num_slots: int = 4, float_batches: bool = True):
+        self.num_slots, self.float_batches = num_slots, float_batches
 
     def control(self, sample: Sample, slots: list[int]) -> np.ndarray:
         """(R, R, 3) uint8 control image for the faces in ``slots``."""
@@ -84,22 +96,43 @@ class InstantFamilyView:
     def __call__(self, sample: Sample, rng: torch.Generator) -> dict:
         n, (h, w) = self.num_slots, sample.hw
         slots = select_slots(sample.num_faces, n, rng)
-        crops = torch.zeros(n, *sample.crops.shape[1:])
+        crops = torch.zeros(n, *sample.crops.shape[1:], dtype=torch.uint8)
         boxes = torch.zeros(n, 4)
-        crops[: len(slots)] = torch.from_numpy(sample.crops[slots]).float() / 127.5 - 1
+        crops[: len(slots)] = torch.from_numpy(sample.crops[slots])
         scale = torch.tensor([w, h, w, h], dtype=torch.float32)
         boxes[: len(slots)] = (torch.from_numpy(sample.boxes[slots]) / scale).clamp(0, 1)
-        image = torch.from_numpy(sample.image).permute(2, 0, 1).float()  # (3, R, R)
-        control = torch.from_numpy(self.control(sample, slots)).permute(2, 0, 1).float()
-        return {"pixel_values": image / 127.5 - 1, "control": control / 255,
+        return {"pixel_values": torch.from_numpy(sample.image).permute(2, 0, 1),  # (3, R, R)
+                "control": torch.from_numpy(self.control(sample, slots)).permute(2, 0, 1),
                 "caption": sample.caption, "key": sample.key, "face_crops": crops,
                 "face_boxes": boxes, "face_valid": torch.arange(n) < len(slots)}
 
+    def collate(self, items: list[dict]) -> dict:
+        """Stack tensors along a new batch axis; strings become lists. Images are stacked
+        as uint8 and, unless ``float_batches`` is off, made float by ``normalize``."""
+        images = ("pixel_values", "control")
+        batch = {k: torch.stack([i[k] for i in items]) if torch.is_tensor(items[0][k])
+                 else [i[k] for i in items] for k in items[0] if k not in images}
+        for key in images:  # (B, 3, R, R) uint8 views of contiguous (B, R, R, 3) stacks
+            batch[key] = torch.stack([i[key].permute(1, 2, 0) for i in items]).permute(0, 3, 1, 2)
+        return self.normalize(batch) if self.float_batches else batch
+
     @staticmethod
-    def collate(items: list[dict]) -> dict:
-        """Stack tensors along a new batch axis; strings become lists."""
-        return {k: torch.stack([i[k] for i in items]) if torch.is_tensor(items[0][k])
-                else [i[k] for i in items] for k in items[0]}
+    def normalize(batch: dict) -> dict:
+        """The uint8 images of a collated batch as float (on the batch's device):
+        pixel_values and face_crops to [-1, 1] (empty slots 0), control to [0, 1]."""
+        batch = dict(batch)
+        batch["pixel_values"] = to_float(batch["pixel_values"], PIXEL_SCALE, -1.0)
+        batch["control"] = to_float(batch["control"], 1 / 255, 0.0)
+        valid = batch["face_valid"][:, :, None, None, None]  # (B, N, 1, 1, 1)
+        batch["face_crops"] = batch["face_crops"].float().mul_(PIXEL_SCALE).sub_(1).mul_(valid)
+        return batch
+
+
+def to_float(images: torch.Tensor, scale: float, offset: float) -> torch.Tensor:
+    """Contiguous float32 ``offset + scale * images`` of a uint8 (B, C, H, W) tensor of any
+    strides, with one fused ``torch.add``: every pixel is read and written once."""
+    out = torch.empty(images.shape, device=images.device)
+    return torch.add(torch.tensor(offset, device=images.device), images, alpha=scale, out=out)
 
 
 VIEWS = {InstantFamilyView.name: InstantFamilyView}

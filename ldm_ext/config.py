@@ -46,9 +46,12 @@ class ModelConfig:
 class DataConfig:
     """Where training samples come from and how they are batched."""
 
-    kind: str = "demo"  # demo (synthetic, written on first use) | shards
+    kind: str = "demo"  # demo | shards | laion_face | celebv_text | folder | single_image
     shards: str | None = None  # brace/glob pattern of .tar shards, for kind=shards
-    root: str | None = None  # demo: folder of the demo shards (default: cache dir)
+    # demo: folder of the demo shards (default: cache dir); laion_face / celebv_text: the
+    # folder `python -m datamodules.prepare` wrote; folder: images (prepared on first use)
+    root: str | None = None
+    image: str | None = None  # single_image (SeFi-IDE): the one photo of the identity
     num_demo_samples: int = 64
     resolution: int = 512
     batch_size: int = 8  # per GPU / process
@@ -72,6 +75,7 @@ class TrainerConfig:
     gradient_checkpointing: bool = False
     checkpoint_every: int = 500  # steps between resumable checkpoints
     sample_every: int = 0  # steps between sample grids; 0 = only at the end
+    eval_every: int = 0  # steps between evaluations (callbacks/evaluation.py); 0 = off
     log_every: int = 10
     progress_bar: bool = True
 
@@ -128,7 +132,7 @@ class ExperimentConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.family": ("sd15", "sdxl"),
     "model.weight_dtype": ("fp32", "fp16", "bf16"),
-    "data.kind": ("demo", "shards"),
+    "data.kind": ("demo", "shards", "laion_face", "celebv_text", "folder", "single_image"),
     "trainer.strategy": ("auto", "ddp", "ddp_spawn", "deepspeed_stage_2"),
     "trainer.precision": ("32-true", "bf16-mixed", "16-mixed", "bf16-true"),
     "logger.wandb_mode": ("auto", "online", "offline"),

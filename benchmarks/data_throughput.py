@@ -1,0 +1,127 @@
+"""Training-data throughput per core: our full pipeline vs raw webdataset decoding.
+
+Both sides read the same shards in the same process with one thread:
+
+- ours: ``ShardDataModule``'s stream (tar -> shuffle buffer -> our decoders -> validate ->
+  ResizeCrop to R x R with random flip -> InstantFamily view (control image, slots) ->
+  collate into batches), as training runs it (``float_on_device``: uint8 batches, made
+  float on the GPU after the transfer); the float-on-CPU variant is printed beside it;
+- raw: ``tarfile_to_samples`` + ``wds.decode("rgb8")`` of the members the view reads
+  (image, caption, faces/pose json, crops npy): decoding alone, no checks, no transform.
+
+Shards look like ``datamodules.prepare`` output: demo people blended into real photos
+(skimage) for realistic JPEG entropy, with per-face masks, a character crop and meta.json.
+The two sides alternate over rounds; medians are compared.
+
+    python benchmarks/data_throughput.py [--samples 256] [--resolution 512] [--source 512x640]
+
+Ends with ``RESULT data_throughput_ratio=<ours/raw> goal>=0.67 samples_per_s_per_core=<ours>
+goal>=40``.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from itertools import islice
+from pathlib import Path
+
+import cv2
+import numpy as np
+import skimage.data
+import torch
+import webdataset as wds
+
+from datamodules.annotate import EllipseSegmenter, character_crop, face_masks
+from datamodules.demo import demo_sample
+from datamodules.schema import encode_sample, validate
+from datamodules.shards import ShardDataModule
+
+GOAL_RATIO, GOAL_RATE = 0.67, 40.0
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
+RAW_KEYS = ("jpg", "txt", "faces.json", "crops.npy", "pose.json")
+
+
+def photo(index: int, hw: tuple[int, int]) -> np.ndarray:
+    image = getattr(skimage.data, PHOTOS[index % len(PHOTOS)])()
+    return cv2.resize(image, hw[::-1], interpolation=cv2.INTER_AREA)
+
+
+def write_shards(folder: Path, samples: int, hw: tuple[int, int], per_shard: int = 64) -> list[str]:
+    """Prepared-like shards of ``samples`` images of ``hw`` (H, W)."""
+    paths = []
+    for start in range(0, samples, per_shard):
+        paths.append(str(folder / f"shard-{start // per_shard:06d}.tar"))
+        with wds.TarWriter(paths[-1], encoder=False) as writer:
+            for i in range(start, min(samples, start + per_shard)):
+                sample = demo_sample(i, seed=1, hw=hw)
+                sample.image = ((sample.image.astype(np.uint16) + photo(i, hw)) // 2) \
+                    .astype(np.uint8)
+                sample.masks = face_masks(sample.image, sample.boxes, EllipseSegmenter())
+                sample.character = character_crop(sample.image, sample.people[
+                    sample.face_person[0]], sample.boxes[0])
+                sample.models = {"masks": "box+25%|ellipse", "character": "pose-hull"}
+                writer.write(encode_sample(validate(sample), quality=90))
+    return paths
+
+
+def time_ours(paths: list[str], samples: int, resolution: int, batch: int,
+              float_on_device: bool) -> float:
+    """Samples per second of the full pipeline (whole batches)."""
+    dm = ShardDataModule(paths, resolution=resolution, batch_size=batch, num_workers=0,
+                         shuffle_buffer=64, random_flip=True, float_on_device=float_on_device)
+    stream = iter(dm.build_dataset())
+    next(stream)  # warm-up: imports, first shard open
+    start = time.perf_counter()
+    batches = list(islice(stream, samples // batch))
+    assert batches[0]["pixel_values"].shape[-1] == resolution and not dm.skip_counts()
+    return len(batches) * batch / (time.perf_counter() - start)
+
+
+def time_raw(paths: list[str], samples: int) -> float:
+    """Samples per second of webdataset's own decoding of the same members."""
+    pipeline = wds.DataPipeline(
+        wds.SimpleShardList(paths), wds.tarfile_to_samples(),
+        wds.map(lambda raw: {k: raw[k] for k in ("__key__", *RAW_KEYS)}), wds.decode("rgb8"))
+    stream = iter(pipeline)
+    next(stream)
+    start = time.perf_counter()
+    count = sum(1 for _ in islice(stream, samples))
+    return count / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> float:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--source", default="512x640", help="HxW of the stored images")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    hw = tuple(int(v) for v in args.source.split("x"))
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_shards(Path(tmp), args.samples + 2 * args.batch, hw)
+        ours, cpu_float, raw = [], [], []
+        for _ in range(args.rounds):
+            ours.append(time_ours(paths, args.samples, args.resolution, args.batch, True))
+            cpu_float.append(time_ours(paths, args.samples, args.resolution, args.batch, False))
+            raw.append(time_raw(paths, args.samples))
+    ours_rate, raw_rate = statistics.median(ours), statistics.median(raw)
+    print(f"source {args.source} -> {args.resolution}^2, {args.samples} samples x "
+          f"{args.rounds} rounds, 1 thread")
+    for name, rates in (("ours (uint8 batches, float on device; the training setting)", ours),
+                        ("ours (float batches on the CPU)", cpu_float),
+                        ("raw webdataset decode", raw)):
+        print(f"{name}: {statistics.median(rates):.1f} samples/s per core  "
+              f"(rounds {[round(r, 1) for r in rates]})")
+    ratio = ours_rate / raw_rate
+    print(f"RESULT data_throughput_ratio={ratio:.3f} goal>={GOAL_RATIO} "
+          f"samples_per_s_per_core={ours_rate:.1f} goal>={GOAL_RATE:.0f}")
+    return ratio
+
+
+if __name__ == "__main__":
+    main()

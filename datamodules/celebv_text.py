@@ -1,0 +1,20 @@
+"""CelebV-Text: one frame per clip with a reference face from the middle frame and a caption
+naming the subject man/woman (PortraitBooth, METHODS.md §4), from ``prepare videos``."""
+from __future__ import annotations
+
+from datamodules.laion_face import prepared_shards
+from datamodules.shards import ShardDataModule
+
+
+class CelebVTextDataModule(ShardDataModule):
+    """``ShardDataModule`` over a prepared CelebV-Text folder. Its samples carry
+    ``Sample.reference`` (3, 160, 160) uint8 besides the target frame's faces.
+
+    Args:
+        root: output folder of ``prepare videos``.
+        **kwargs: the other ``ShardDataModule`` arguments.
+    """
+
+    def __init__(self, root: str, resolution: int = 512, **kwargs):
+        super().__init__(prepared_shards(root), resolution=resolution, **kwargs)
+        self.root = root

@@ -1,0 +1,229 @@
+"""Raw images or videos -> annotated webdataset shards of our schema (datamodules/schema.py).
+
+::
+
+    python -m datamodules.prepare images --input DIR|FILE.parquet|SHARDS --output OUT
+    python -m datamodules.prepare videos --input DIR --meta celebvtext_info.json --output OUT
+
+Every output shard is one task (``datamodules.sources``), run in a process pool over all
+cores. A task writes ``shard-NNNNNN.tar`` under a temporary name, renames it, then writes
+``shard-NNNNNN.json`` (its stats), the done-marker: an interrupted run resumes without
+redoing finished shards. At the end ``stats.json`` sums the shards (kept, rejected by
+reason, faces-per-image histogram) and shard 0 writes a few previews (boxes, masks, pose).
+
+Videos (CelebV-Text, PortraitBooth): the target is the first or the last frame (chosen by
+the clip's key), the reference face the largest face of the middle frame, the caption names
+the subject as man/woman from the clip's attributes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import webdataset as wds
+
+from datamodules.annotate import Annotator, Filters, Rejected, crops_uint8
+from datamodules.preview import write_preview
+from datamodules.schema import BadSample, encode_sample, validate
+from datamodules.sources import (Task, decode_image, load_video_meta, plan_images, plan_videos,
+                                 read_frames, read_images, video_caption)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PrepareConfig:
+    """What ``prepare`` runs (see ``main`` for the command-line names)."""
+
+    output: str
+    annotator: Annotator = field(default_factory=Annotator)
+    max_side: int = 1024  # longer image side kept in the shards
+    previews: int = 4  # preview images written by shard 0
+    meta: dict = field(default_factory=dict)  # videos: clip id -> load_video_meta entry
+
+
+def shard_path(output: str, index: int, suffix: str) -> Path:
+    return Path(output) / f"shard-{index:06d}.{suffix}"
+
+
+def is_done(output: str, task: Task) -> bool:
+    """A shard counts as done once its stats json (written after the tar) exists."""
+    return shard_path(output, task.index, "json").exists() and \
+        shard_path(output, task.index, "tar").exists()
+
+
+def _image_samples(task: Task, config: PrepareConfig):
+    """(key, RGB image, caption, reference) of an image task; ``Rejected`` items as such."""
+    for key, data, caption in read_images(task):
+        if task.kind == "folder" and not caption:
+            caption = None  # no .txt beside the image: the annotator names the people
+        try:
+            yield key, decode_image(data, config.max_side), caption, None
+        except Rejected as rejected:
+            yield key, rejected, caption, None
+
+
+def _video_samples(task: Task, config: PrepareConfig):
+    """(key, target frame, caption, reference crop) of a video task."""
+    for path in task.items:
+        key = Path(path).stem
+        try:
+            last = zlib.crc32(key.encode()) % 2  # first or last frame, fixed per clip
+            target, middle = read_frames(path, [float(last), 0.5])
+            faces = config.annotator.faces(middle)
+            if not len(faces):
+                raise Rejected("no_reference_face")
+            meta = config.meta.get(key, {"subject": "person", "text": ""})
+            yield key, _shrink(target, config.max_side), video_caption(meta), \
+                crops_uint8(faces.select(0))[0]
+        except Rejected as rejected:
+            yield key, rejected, "", None
+
+
+def _shrink(image: np.ndarray, max_side: int) -> np.ndarray:
+    scale = max_side / max(image.shape[:2])
+    if scale >= 1:
+        return image
+    size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def run_task(task: Task, config: PrepareConfig) -> dict:
+    """Annotate and write one shard; returns its stats (also written as the done-marker)."""
+    stats = {"inputs": 0, "kept": 0, "rejected": Counter(), "faces": Counter(),
+             "models": Counter()}
+    samples = _video_samples(task, config) if task.kind == "video" else \
+        _image_samples(task, config)
+    tar, previews = shard_path(config.output, task.index, "tar"), []
+    tar.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{tar}.{os.getpid()}.tmp"
+    with wds.TarWriter(tmp, encoder=False, mtime=0) as writer:
+        for key, image, caption, reference in samples:
+            stats["inputs"] += 1
+            try:
+                if isinstance(image, Rejected):
+                    raise image
+                sample = config.annotator(key, image, caption)
+                sample.reference = reference
+                if reference is not None:
+                    sample.models["reference"] = f"{sample.face_model}(middle frame)"
+                writer.write(encode_sample(validate(sample)))
+            except (Rejected, BadSample) as rejected:
+                stats["rejected"][rejected.reason] += 1
+                continue
+            except Exception as err:  # one odd input must not cost the shard  # noqa: BLE001
+                log.warning("shard %d: %s failed: %r", task.index, key, err)
+                stats["rejected"]["error"] += 1
+                continue
+            stats["kept"] += 1
+            stats["faces"][str(sample.num_faces)] += 1
+            stats["models"][f"{sample.face_model}/{sample.pose_model}"] += 1
+            if task.index == 0 and len(previews) < config.previews:
+                previews.append(write_preview(sample, Path(config.output) / "previews"))
+    os.replace(tmp, tar)
+    stats = {k: dict(v) if isinstance(v, Counter) else v for k, v in stats.items()}
+    shard_path(config.output, task.index, "json").write_text(json.dumps(stats))
+    return stats
+
+
+_CONFIG: PrepareConfig | None = None
+
+
+def _init_worker(config: PrepareConfig) -> None:
+    """Pool worker: one intra-op thread per process (the pool uses the cores)."""
+    global _CONFIG
+    torch.set_num_threads(1)
+    _CONFIG = config
+
+
+def _run_in_worker(task: Task) -> dict:
+    return run_task(task, _CONFIG)
+
+
+def summarise(output: str) -> dict:
+    """Sum the per-shard stats into ``stats.json``."""
+    total = {"shards": 0, "inputs": 0, "kept": 0, "rejected": Counter(), "faces": Counter(),
+             "models": Counter()}
+    for path in sorted(Path(output).glob("shard-*.json")):
+        shard = json.loads(path.read_text())
+        total["shards"] += 1
+        for key in ("inputs", "kept"):
+            total[key] += shard[key]
+        for key in ("rejected", "faces", "models"):
+            total[key].update(shard[key])
+    total = {k: dict(sorted(v.items())) if isinstance(v, Counter) else v
+             for k, v in total.items()}
+    Path(output, "stats.json").write_text(json.dumps(total, indent=1))
+    return total
+
+
+def prepare(tasks: list[Task], config: PrepareConfig, workers: int | None = None) -> dict:
+    """Run the unfinished ``tasks`` on ``workers`` processes (default: all cores; <= 1:
+    in this process); print images/s; return the summed stats."""
+    todo = [t for t in tasks if not is_done(config.output, t)]
+    workers = min(workers or os.cpu_count() or 1, len(todo))
+    start, done = time.perf_counter(), []
+    if workers <= 1:
+        done = [run_task(t, config) for t in todo]
+    else:
+        # fork: workers start at once with the imports done (as DataLoader workers do);
+        # each runs its own copy of the annotator (models are built on first use)
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        with context.Pool(workers, _init_worker, (config,)) as pool:
+            done = list(pool.imap_unordered(_run_in_worker, todo))
+    seconds = time.perf_counter() - start
+    inputs = sum(s["inputs"] for s in done)
+    print(f"prepared {inputs} inputs in {len(todo)} shards ({len(tasks) - len(todo)} already "
+          f"done) in {seconds:.1f} s: {inputs / max(seconds, 1e-9):.2f} images/s")
+    return summarise(config.output)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=("images", "videos"))
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--meta", help="videos: CelebV-Text attributes json")
+    parser.add_argument("--samples-per-shard", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=None, help="default: all cores")
+    parser.add_argument("--detector", default="mtcnn")
+    parser.add_argument("--pose", default="auto", choices=("auto", "openpose", "faces"))
+    parser.add_argument("--min-faces", type=int, default=1)
+    parser.add_argument("--max-faces", type=int, default=8)
+    parser.add_argument("--min-face-size", type=float, default=32.0)
+    parser.add_argument("--min-score", type=float, default=0.95)
+    parser.add_argument("--max-side", type=int, default=1024)
+    parser.add_argument("--previews", type=int, default=4)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """CLI entry point; returns the stats."""
+    args = _parser().parse_args(argv)
+    filters = Filters(args.min_faces, args.max_faces, args.min_face_size, args.min_score)
+    config = PrepareConfig(args.output, Annotator(args.detector, args.pose, filters=filters),
+                           max_side=args.max_side, previews=args.previews)
+    if args.mode == "videos":
+        if not args.meta:
+            raise SystemExit("videos needs --meta (the clips' attributes json)")
+        config.meta = load_video_meta(args.meta)
+        tasks = plan_videos(args.input, args.samples_per_shard)
+    else:
+        tasks = plan_images(args.input, args.samples_per_shard)
+    return prepare(tasks, config, args.workers)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Raw inputs of ``datamodules.prepare``, cut into tasks (one task = one output shard).
+
+- a folder of images (``*.jpg|jpeg|png|webp``, caption in ``<stem>.txt`` beside it);
+- a LAION-style parquet written by img2dataset with ``output_format=parquet`` (image bytes
+  in ``jpg``, caption in ``caption`` or ``txt``, ``key``), read with pyarrow;
+- img2dataset's webdataset output (``.tar`` shards with ``jpg``/``png`` + ``txt``): one task
+  per input shard;
+- CelebV-Text clips (``*.mp4`` in a folder) with their attributes in a json (``videos``).
+"""
+from __future__ import annotations
+
+import glob
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+from datamodules.schema import MAX_PIXELS
+from datamodules.annotate import Rejected
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One output shard: ``kind`` folder | parquet | tar | video, its ``source`` and
+    ``items`` (file paths for folder/video, (start, stop) rows for parquet, () for tar)."""
+
+    index: int
+    kind: str
+    source: str
+    items: tuple = ()
+
+
+def _chunks(items: list, size: int) -> list[tuple]:
+    return [tuple(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def plan_images(input_path: str, samples_per_shard: int) -> list[Task]:
+    """Tasks for a folder, a ``.parquet`` file, or a ``.tar`` pattern / folder of tars."""
+    path = Path(input_path)
+    if path.is_dir() and not any(path.glob("*.tar")):
+        files = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        return [Task(i, "folder", input_path, c) for i, c in enumerate(_chunks(files,
+                                                                              samples_per_shard))]
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.ParquetFile(path).metadata.num_rows
+        return [Task(i, "parquet", input_path, (start, min(rows, start + samples_per_shard)))
+                for i, start in enumerate(range(0, rows, samples_per_shard))]
+    tars = sorted(glob.glob(str(path / "*.tar"))) if path.is_dir() else \
+        sorted(u for p in wds.shardlists.expand_urls(input_path) for u in glob.glob(p))
+    if not tars:
+        raise ValueError(f"no images, parquet or tar shards at {input_path!r}")
+    return [Task(i, "tar", tar) for i, tar in enumerate(tars)]
+
+
+def plan_videos(input_dir: str, clips_per_shard: int) -> list[Task]:
+    """Tasks over the clips of a folder, sorted by name."""
+    files = sorted(str(p) for p in Path(input_dir).rglob("*") if p.suffix.lower() in
+                   VIDEO_SUFFIXES)
+    if not files:
+        raise ValueError(f"no video clips in {input_dir!r}")
+    return [Task(i, "video", input_dir, c) for i, c in enumerate(_chunks(files, clips_per_shard))]
+
+
+def decode_image(data: bytes, max_side: int) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, shrunk so the longer side is at most ``max_side``."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise Rejected("too_large", f"{image.width}x{image.height}")
+            image.draft("RGB", (max_side, max_side))  # JPEG: decode at a reduced scale
+            image = image.convert("RGB")
+            image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+            return np.array(image)
+    except Rejected:
+        raise
+    except Exception as err:  # PIL raises many types for corrupt files
+        raise Rejected("bad_image", str(err)) from None
+
+
+def read_images(task: Task) -> Iterator[tuple[str, bytes, str]]:
+    """(key, encoded image, caption) of every input of ``task``."""
+    if task.kind == "folder":
+        for name in task.items:
+            text = Path(name).with_suffix(".txt")
+            caption = text.read_text(encoding="utf-8").strip() if text.exists() else ""
+            yield Path(name).stem, Path(name).read_bytes(), caption
+    elif task.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        start, stop = task.items
+        table = pq.read_table(task.source).slice(start, stop - start).to_pylist()
+        for row, record in enumerate(table, start):
+            caption = record.get("caption") or record.get("txt") or ""
+            yield str(record.get("key") or f"{row:09d}"), record.get("jpg") or b"", caption
+    else:
+        for raw in wds.DataPipeline(wds.SimpleShardList([task.source]),
+                                    wds.tarfile_to_samples(handler=wds.warn_and_continue)):
+            data = raw.get("jpg") or raw.get("png") or raw.get("webp") or b""
+            yield raw["__key__"], data, raw.get("txt", b"").decode("utf-8", "replace").strip()
+
+
+def read_frames(path: str, positions: list[float]) -> list[np.ndarray]:
+    """RGB frames at ``positions`` of a clip (0: first, 0.5: middle, 1: last), by OpenCV."""
+    capture = cv2.VideoCapture(path)
+    try:
+        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        if total <= 0:
+            raise Rejected("bad_video", f"{path}: no frames")
+        frames = []
+        for position in positions:
+            index = min(total - 1, int(position * (total - 1) + 0.5))
+            capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+            ok, frame = capture.read()
+            if not ok:
+                raise Rejected("bad_video", f"{path}: frame {index} of {total}")
+            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+        return frames
+    finally:
+        capture.release()
+
+
+def _gender(entry: dict, mapping: list[str] | None) -> str | None:
+    """"man" / "woman" from a clip's attributes, or None when they do not say."""
+    attributes = entry.get("attributes", entry)
+    for key in ("gender", "sex"):
+        value = str(attributes.get(key, "")).lower()
+        if value in ("male", "man", "m"):
+            return "man"
+        if value in ("female", "woman", "f"):
+            return "woman"
+    appearance = attributes.get("appearance")
+    if mapping and isinstance(appearance, list) and "male" in mapping:
+        return "man" if appearance[mapping.index("male")] else "woman"
+    return None
+
+
+def load_video_meta(path: str) -> dict[str, dict]:
+    """Clip id -> {"subject": "man"|"woman"|"person", "text": description or ""}.
+
+    Reads CelebV-style info json: ``{"meta_info": {"appearance_mapping": [...]},
+    "clips": {id: {"attributes": {"appearance": [0/1 ...] | "gender": ...}, "text": ...}}}``
+    (a bare ``{id: {...}}`` also works).
+    """
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    mapping = data.get("meta_info", {}).get("appearance_mapping")
+    mapping = [str(m).lower() for m in mapping] if mapping else None
+    clips = data.get("clips", data)
+    return {str(k): {"subject": _gender(v, mapping) or "person",
+                     "text": str(v.get("text") or v.get("caption") or "")}
+            for k, v in clips.items() if isinstance(v, dict)}
+
+
+def video_caption(meta: dict) -> str:
+    """Caption naming the subject as man/woman (PortraitBooth); the clip's description
+    follows when the json has one."""
+    text = meta["text"].strip()
+    return f"a photo of a {meta['subject']}" + (f", {text}" if text else "")

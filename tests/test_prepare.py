@@ -1,0 +1,297 @@
+"""prepare.py on real photos and a synthetic clip: shards, stats, resume, and the way back
+through ShardDataModule to an InstantFamily batch."""
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+import torch
+import webdataset as wds
+from PIL import Image
+
+from datamodules.annotate import Annotator, EllipseSegmenter, Filters, face_masks
+from datamodules.prepare import PrepareConfig, main, prepare, run_task
+from datamodules.schema import MASK_BOX, MASK_SEG, decode_sample, validate
+from datamodules.shards import ShardDataModule
+from datamodules.sources import load_video_meta, plan_images, video_caption
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def t1_path() -> str:
+    import insightface
+
+    return os.path.join(os.path.dirname(insightface.__file__), "data", "images", "t1.jpg")
+
+
+def rgb(image: np.ndarray) -> np.ndarray:
+    return np.stack([image] * 3, axis=-1) if image.ndim == 2 else image
+
+
+@pytest.fixture(scope="module")
+def annotator() -> Annotator:
+    return Annotator("mtcnn", pose="faces", filters=Filters(min_score=0.95, min_face_size=20))
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """Three real photos (astronaut and t1 with captions, camera without), a corrupt file
+    and a blank image."""
+    folder = tmp_path_factory.mktemp("photos")
+    Image.fromarray(skimage.data.astronaut()).save(folder / "a_astronaut.jpg")
+    (folder / "a_astronaut.txt").write_text("an astronaut in a suit")
+    Image.fromarray(rgb(skimage.data.camera())).save(folder / "b_camera.png")
+    Image.open(t1_path()).save(folder / "c_t1.jpg")
+    (folder / "c_t1.txt").write_text("six friends")
+    (folder / "d_broken.jpg").write_bytes(b"\xff\xd8 not a jpeg at all")
+    Image.new("RGB", (96, 96), (200, 180, 160)).save(folder / "e_blank.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def prepared(photos, annotator, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("prepared")
+    config = PrepareConfig(str(out), annotator, max_side=640, previews=2)
+    stats = prepare(plan_images(str(photos), samples_per_shard=2), config, workers=1)
+    return out, stats
+
+
+def shard_samples(out: Path) -> dict:
+    raw = wds.DataPipeline(wds.SimpleShardList(sorted(str(p) for p in out.glob("*.tar"))),
+                           wds.tarfile_to_samples())
+    return {r["__key__"]: validate(decode_sample(r)) for r in raw}
+
+
+def test_real_photos_have_the_right_faces(prepared):
+    out, stats = prepared
+    samples = shard_samples(out)
+    assert {k: s.num_faces for k, s in samples.items()} == \
+        {"a_astronaut": 1, "b_camera": 1, "c_t1": 6}  # MTCNN at score >= 0.95
+    assert stats["kept"] == 3 and stats["inputs"] == 5 and stats["shards"] == 3
+    assert stats["rejected"] == {"bad_image": 1, "too_few_faces": 1}
+    assert stats["faces"] == {"1": 2, "6": 1}
+    assert json.loads((out / "stats.json").read_text()) == stats
+    assert samples["b_camera"].caption == "a photo of one person"  # no .txt: named by count
+    assert samples["c_t1"].caption == "six friends"
+    assert len(list((out / "previews").glob("*.jpg"))) == 2
+
+
+def test_annotations_name_their_models_and_align(prepared):
+    sample = shard_samples(prepared[0])["c_t1"]
+    assert sample.face_model == "mtcnn" and sample.pose_model == "faces-fallback"
+    assert sample.models == {"masks": "box+25%|ellipse", "character": "pose-hull(faces-fallback)"}
+    assert sample.masks.shape == (6, *sample.hw) and max(sample.hw) == 640
+    for box, mask in zip(sample.boxes, sample.masks):
+        (x0, y0, x1, y1), (cx, cy) = box, (box[:2] + box[2:]) / 2
+        assert mask[int(cy), int(cx)] == MASK_BOX | MASK_SEG
+        ys, xs = np.nonzero(mask & MASK_BOX)  # box + 25 % about the centre
+        assert abs((xs.max() + 1 - xs.min()) - 1.25 * (x1 - x0)) <= 2
+        seg = (mask & MASK_SEG) > 0
+        assert not seg[int(y0) - 2].any() and seg.sum() < (x1 - x0) * (y1 - y0)  # in the box
+    assert (sample.face_person == np.arange(6)).all()
+    character = sample.character
+    assert character.ndim == 3 and (character[0, 0] > 240).all()  # white background
+    assert (sample.landmarks[:, 0, 0] < sample.landmarks[:, 1, 0]).all()
+
+
+def test_resume_skips_finished_shards(prepared, annotator, photos, capsys):
+    out = prepared[0]
+    tars = sorted(out.glob("shard-*.tar"))
+    mtimes = [p.stat().st_mtime_ns for p in tars]
+    (out / "shard-000002.json").unlink()  # shard 2 (broken + blank) was interrupted
+    stats = prepare(plan_images(str(photos), 2), PrepareConfig(str(out), annotator), workers=1)
+    assert "prepared 1 inputs in 1 shards (2 already done)" in capsys.readouterr().out
+    assert [p.stat().st_mtime_ns for p in tars[:2]] == mtimes[:2]
+    assert stats == prepared[1] and not list(out.glob("*.tmp"))
+
+
+def test_prepared_photos_feed_an_instantfamily_batch(prepared):
+    dm = ShardDataModule(str(prepared[0] / "shard-*.tar"), resolution=64, batch_size=3,
+                         num_workers=0, num_slots=4, shuffle_buffer=1)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["pixel_values"].shape == (3, 3, 64, 64)
+    assert batch["face_crops"].shape == (3, 4, 3, 160, 160)
+    valid = dict(zip(batch["key"], batch["face_valid"].sum(1).tolist()))
+    assert valid["a_astronaut"] == 1 and valid["b_camera"] == 1
+    assert valid["c_t1"] == 4  # six faces, four slots: a random four, none dropped
+    assert dm.skip_counts() == {}
+
+
+def test_image_shards_and_parquet_inputs(tmp_path, annotator):
+    small = Image.fromarray(skimage.data.astronaut()).resize((256, 256))
+    jpg = io.BytesIO()
+    small.save(jpg, format="JPEG")
+    with wds.TarWriter(str(tmp_path / "in-000.tar")) as writer:  # img2dataset's output
+        writer.write({"__key__": "000000001", "jpg": jpg.getvalue(), "txt": "astronaut"})
+        writer.write({"__key__": "000000002", "jpg": jpg.getvalue(), "txt": ""})
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    table = pa.table({"key": ["p1"], "caption": ["from parquet"], "jpg": [jpg.getvalue()]})
+    pq.write_table(table, tmp_path / "laion.parquet")
+    for source, name in ((tmp_path, "tar"), (tmp_path / "laion.parquet", "parquet")):
+        tasks = plan_images(str(source), 10)
+        assert [t.kind for t in tasks] == [name]
+        stats = run_task(tasks[0], PrepareConfig(str(tmp_path / f"out-{name}"), annotator))
+        assert stats["kept"] == 1 and stats["faces"] == {"1": 1}
+    assert stats["inputs"] == 1 and run_task(plan_images(str(tmp_path), 10)[0], PrepareConfig(
+        str(tmp_path / "out-tar2"), annotator))["rejected"] == {"empty_caption": 1}
+
+
+def write_clip(path: Path, frames: list[np.ndarray], fps: int = 5) -> None:
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+
+
+def test_videos_cli(tmp_path):
+    face = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((256, 256)))
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    write_clip(clips / "clip_a.mp4", [np.roll(face, 4 * i, axis=1) for i in range(5)])
+    write_clip(clips / "clip_b.mp4", [np.full((256, 256, 3), 90, np.uint8)] * 5)
+    mapping = ["Blurry", "Male", "Young"]  # CelebV-style appearance attributes
+    meta = {"meta_info": {"appearance_mapping": mapping},
+            "clips": {"clip_a": {"attributes": {"appearance": [0, 0, 1]},
+                                 "text": "she smiles at the camera"},
+                      "clip_b": {"attributes": {"gender": "male"}}}}
+    (tmp_path / "info.json").write_text(json.dumps(meta))
+    assert load_video_meta(str(tmp_path / "info.json"))["clip_b"]["subject"] == "man"
+    stats = main(["videos", "--input", str(clips), "--meta", str(tmp_path / "info.json"),
+                  "--output", str(tmp_path / "out"), "--workers", "1", "--pose", "faces",
+                  "--min-face-size", "20"])
+    assert stats["kept"] == 1 and stats["rejected"] == {"no_reference_face": 1}
+    sample = shard_samples(tmp_path / "out")["clip_a"]
+    assert sample.caption == "a photo of a woman, she smiles at the camera"
+    assert sample.reference.shape == (3, 160, 160) and sample.image.shape == (256, 256, 3)
+    assert sample.models["reference"] == "mtcnn(middle frame)" and sample.num_faces == 1
+
+
+def test_parallel_workers_write_the_same_shards(tmp_path):
+    """Two spawned workers, one shard each; the result equals the in-process run."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    small = Image.fromarray(skimage.data.astronaut()).resize((200, 200))
+    for i in range(2):
+        small.rotate(0 if i == 0 else 5).save(folder / f"img{i}.png")
+    args = ["images", "--input", str(folder), "--samples-per-shard", "1", "--pose", "faces",
+            "--min-face-size", "20", "--previews", "0"]
+    one = main(args + ["--output", str(tmp_path / "one"), "--workers", "1"])
+    two = main(args + ["--output", str(tmp_path / "two"), "--workers", "2"])
+    assert one == two and one["kept"] == 2
+    for name in ("shard-000000.tar", "shard-000001.tar"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
+def test_face_masks_are_box_plus_quarter_and_ellipse():
+    image = np.zeros((100, 120, 3), np.uint8)
+    masks = face_masks(image, np.array([[40.0, 20.0, 80.0, 60.0]]), EllipseSegmenter())
+    ys, xs = np.nonzero(masks[0] & MASK_BOX)
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (35, 84, 15, 64)
+    ys, xs = np.nonzero(masks[0] & MASK_SEG)
+    assert 39 <= xs.min() and xs.max() <= 81 and masks[0, 40, 60] == MASK_BOX | MASK_SEG
+    assert masks[0, 21, 41] == MASK_BOX  # box corner: outside the ellipse
+
+
+def test_video_caption_without_text():
+    assert video_caption({"subject": "person", "text": ""}) == "a photo of a person"
+
+
+# --- DataModules over prepared data ----------------------------------------------------
+
+def test_laion_face_and_folder_datamodules_read_prepared_shards(prepared, photos):
+    from datamodules.folder import FolderDataModule
+    from datamodules.laion_face import LaionFaceDataModule, prepared_stats
+
+    args = dict(resolution=32, batch_size=3, num_workers=0, shuffle_buffer=1)
+    for dm in (LaionFaceDataModule(str(prepared[0]), **args),
+               FolderDataModule(str(prepared[0]), **args)):
+        batch = next(iter(dm.train_dataloader()))
+        assert sorted(batch["key"]) == ["a_astronaut", "b_camera", "c_t1"]
+    assert prepared_stats(prepared[0])["kept"] == 3
+    with pytest.raises(FileNotFoundError, match="datamodules.prepare images"):
+        LaionFaceDataModule(str(photos))
+
+
+def test_folder_datamodule_prepares_on_first_use(tmp_path, annotator):
+    from datamodules.folder import FolderDataModule
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(skimage.data.astronaut()).resize((200, 200)).save(folder / "me.jpg")
+    dm = FolderDataModule(str(folder), output=str(tmp_path / "out"), annotator=annotator,
+                          prepare_workers=1, resolution=32, batch_size=1, num_workers=0)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["key"] == ["me"] and batch["caption"] == ["a photo of one person"]
+    assert (tmp_path / "out" / "stats.json").exists()
+
+
+def test_celebv_text_datamodule_and_factory(tmp_path):
+    from types import SimpleNamespace
+
+    from datamodules.celebv_text import CelebVTextDataModule
+    from datamodules.factory import build_datamodule
+    from datamodules.single_image import SingleImageDataModule
+    from ldm_ext.config import ConfigError
+
+    face = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((160, 160)))
+    (tmp_path / "clips").mkdir()
+    write_clip(tmp_path / "clips" / "c.mp4", [face] * 3)
+    (tmp_path / "m.json").write_text("{}")  # no attributes: "a person"
+    main(["videos", "--input", str(tmp_path / "clips"), "--meta", str(tmp_path / "m.json"),
+          "--output", str(tmp_path / "out"), "--workers", "1", "--pose", "faces",
+          "--min-face-size", "20"])
+    data = dict(kind="celebv_text", root=str(tmp_path / "out"), resolution=32, batch_size=1,
+                num_workers=0, shuffle_buffer=1, random_flip=False, shards=None, image=None)
+    cfg = SimpleNamespace(seed=0, method=SimpleNamespace(num_slots=2, name="instantfamily"),
+                          data=SimpleNamespace(**data))
+    dm = build_datamodule(cfg)
+    assert isinstance(dm, CelebVTextDataModule)
+    assert next(iter(dm.train_dataloader()))["caption"] == ["a photo of a person"]
+    cfg.data.kind, cfg.data.image = "single_image", None
+    with pytest.raises(ConfigError, match="data.image"):
+        build_datamodule(cfg)
+    Image.fromarray(face).save(tmp_path / "me.png")
+    cfg.data.image = str(tmp_path / "me.png")
+    assert isinstance(build_datamodule(cfg), SingleImageDataModule)
+
+
+def test_single_image_augmentations(tmp_path):
+    from datamodules.single_image import SingleImageDataModule
+
+    photo = np.zeros((80, 100, 3), np.uint8)
+    photo[:, 10:50] = (200, 60, 40)  # left half of the centre square red, right half black
+    Image.fromarray(photo).save(tmp_path / "me.png")
+    dm = SingleImageDataModule(str(tmp_path / "me.png"), resolution=40, batch_size=64)
+    batch = next(iter(dm.train_dataloader()))
+    again = next(iter(dm.train_dataloader()))
+    assert torch.equal(batch["pixel_values"], again["pixel_values"])  # seeded, no global RNG
+    assert batch["pixel_values"].shape == (64, 3, 40, 40) and batch["mask"].shape == (64, 1, 40, 40)
+    assert batch["caption"][0] == "a photo of the face of V*"
+    scale = batch["mask"].mean(dim=(1, 2, 3)).sqrt()  # pasted side / R
+    assert scale.min() >= 0.1 - 1e-6 and scale.max() <= 1.0 and scale.max() - scale.min() > 0.5
+    big = scale > 0.6
+    red = batch["pixel_values"][:, 0]  # (B, R, R)
+    left, right = red[:, :, :20].mean((1, 2)), red[:, :, 20:].mean((1, 2))
+    flipped = (right > left)[big].float().mean()
+    assert 0.2 < flipped < 0.8  # about half are flipped (p = 0.5)
+    inside = batch["pixel_values"][batch["mask"].expand(-1, 3, -1, -1) > 0]
+    assert inside.abs().max() <= 1.0
+    outside = batch["pixel_values"][batch["mask"].expand(-1, 3, -1, -1) == 0]
+    assert torch.allclose(outside, torch.zeros_like(outside))  # grey canvas
+    red_level = batch["pixel_values"][big][:, 0].amax((1, 2))  # the jittered red
+    assert red_level.std() > 0.01
