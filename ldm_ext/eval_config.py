@@ -1,0 +1,114 @@
+"""Typed configs of ``eval.py`` benchmark runs (same style as ``ldm_ext/config.py``).
+
+An eval YAML fills :class:`EvalConfig`; command-line ``key=value`` overrides follow. An
+unknown key, a wrong type or a missing value fails naming the key and the file, before
+any model loads::
+
+    name: fastcomposer_single
+    subjects: {root: data/celeba_test_single, class_words: data/celeba_test_single/classes.txt}
+    prompts: {set: fastcomposer_single}
+    generation: {images_per_prompt: 4, seed: 42, size: 512, steps: 50, guidance: 5.0}
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from ldm_ext.config import ConfigError, _load_yaml, _merge, _parse_overrides
+
+
+@dataclass
+class SubjectsConfig:
+    """Reference identities: ``<root>/<id>/<photo>`` plus a class-word file whose lines
+    are ``<id> <class word>`` (FastComposer's test-set layout, BENCHMARK.md "Subjects")."""
+
+    root: str = MISSING
+    class_words: str | None = None  # default: <root>/classes.txt
+    ids: list[str] | None = None  # subset / order; default: every folder, sorted
+    num_ids: list[int] = field(default_factory=lambda: [1])  # subjects per image (1 = single)
+    max_groups: int | None = None  # sample this many groups per N (seeded); None = all
+
+
+@dataclass
+class PromptsConfig:
+    """Which protocol prompts (callbacks/prompts.py) and the method's identity marker."""
+
+    set: str = "fastcomposer_single"  # fastcomposer_single | fastcomposer_multi | storymaker
+    limit: int | None = None  # first prompts only (None = the whole set)
+    marker: str = ""  # identity marker after the class word for generation (FastComposer: img)
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling settings (BENCHMARK.md "Generation settings")."""
+
+    images_per_prompt: int = 4
+    seed: int = 42  # one generator for the whole run
+    size: int = 512
+    steps: int = 50
+    guidance: float = 5.0
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class ScoringConfig:
+    """Scorer backends (BENCHMARK.md "Scoring"); null disables a scorer."""
+
+    detector: str = "mtcnn"
+    min_face_score: float = 0.0  # 0: MTCNN's own thresholds only, the protocol exactly
+    face_encoder: str = "facenet"  # facenet | arcface | dlib | insightface
+    face_weights: str | None = "vggface2"
+    face_sim_encoder: str | None = None  # StoryMaker Face Sim: insightface (buffalo_l)
+    face_sim_detector: str = "insightface"
+    clip_t_model: str | None = "ViT-L-14"
+    clip_t_pretrained: str = "openai"
+    clip_i_model: str | None = None  # StoryMaker CLIP-I: ViT-H-14
+    clip_i_pretrained: str = "laion2b_s32b_b79k"
+    matching: str = "hungarian"  # our MultiSim/mixing matching: hungarian | greedy
+    id_p_threshold: float = 0.23
+    emotions: list[str] = field(default_factory=list)  # expression words found in prompts
+    batch_size: int = 16
+
+
+@dataclass
+class EvalConfig:
+    """One benchmark run, written to ``<output_dir>/<name>/``."""
+
+    name: str = MISSING
+    output_dir: str = "results"
+    note: str = ""  # shown at the top of report.md (e.g. "scores meaningless")
+    subjects: SubjectsConfig = field(default_factory=SubjectsConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    wandb: bool = False
+    wandb_project: str = "idforge-eval"
+
+
+CHOICES = {
+    "prompts.set": ("fastcomposer_single", "fastcomposer_multi", "storymaker"),
+    "scoring.matching": ("hungarian", "greedy"),
+    "generation.device": ("auto", "cpu", "cuda"),
+}
+
+
+def load_eval_config(path: str | Path | None, overrides: list[str] | None = None,
+                     require: tuple[str, ...] = ("name", "subjects.root")) -> DictConfig:
+    """Compose and check an eval config (YAML, then overrides). Loads no model."""
+    cfg = OmegaConf.structured(EvalConfig)
+    if path is not None:
+        cfg = _merge(cfg, _load_yaml(Path(path)), str(path))
+    cfg = _merge(cfg, _parse_overrides(overrides or []), "command line")
+    source = str(path) if path is not None else "command line"
+    missing = sorted(set(require) & OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{source}: missing required value(s): {', '.join(missing)}")
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{source}: {key}={value!r} is not one of {allowed}")
+    if any(n < 1 for n in cfg.subjects.num_ids):
+        raise ConfigError(f"{source}: subjects.num_ids must be >= 1, got {cfg.subjects.num_ids}")
+    return cfg

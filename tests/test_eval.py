@@ -1,0 +1,149 @@
+"""eval.py end to end on a tiny trained run, --images mode on real photos, the eval
+configs, and the training-time evaluation callback (trainer.eval_every)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import insightface
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+
+import eval as evaluate
+from ldm_ext.config import ConfigError
+from ldm_ext.eval_config import load_eval_config
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = str(ROOT / "configs" / "eval" / "tiny.yaml")
+T1 = os.path.join(os.path.dirname(insightface.__file__), "data", "images", "t1.jpg")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, idforge_cache) -> Path:
+    """A 2-step tiny InstantFamily run that also evaluates at step 2 (trainer.eval_every)."""
+    out = tmp_path_factory.mktemp("runs")
+    cmd = [sys.executable, "train.py", f"output_dir={out}", "name=x", "trainer.max_steps=2",
+           "logger.wandb=false", "method.sample_steps=2", "data.num_demo_samples=16",
+           "trainer.eval_every=2", "trainer.progress_bar=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out / "x"
+
+
+def test_eval_configs_load_and_errors_name_key_and_file(tmp_path):
+    for name in ("fastcomposer_single", "fastcomposer_multi", "storymaker", "sefi_ide", "tiny"):
+        cfg = load_eval_config(ROOT / "configs" / "eval" / f"{name}.yaml")
+        assert cfg.name == name
+    assert load_eval_config(TINY, ["generation.steps=3"]).generation.steps == 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nsubjects: {root: r}\ngeneration: {stepz: 3}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.*generation.stepz"):
+        load_eval_config(bad)
+    with pytest.raises(ConfigError, match="prompts.set"):
+        load_eval_config(TINY, ["prompts.set=nope"])
+    with pytest.raises(ConfigError, match="subjects.root"):
+        load_eval_config(None, ["name=x"])
+
+
+def test_plan_counts_and_names():
+    subjects = {f"{i:06d}": {"class_word": "man" if i % 2 else "woman"} for i in range(15)}
+    cfg = load_eval_config(ROOT / "configs" / "eval" / "fastcomposer_multi.yaml",
+                           ["subjects.num_ids=[2]", "generation.images_per_prompt=4"])
+    records = evaluate.plan(cfg, subjects)
+    assert len(records) == 105 * 21 * 4  # BENCHMARK.md: 8,820 images
+    first = records[0]
+    assert first["file"] == "000000+000001__p00__0.png"
+    assert first["prompt"] == "a painting of a woman and a man together in the style of Banksy"
+    assert evaluate._parse_name(first["file"])["subjects"] == ["000000", "000001"]
+    sampled = evaluate.subject_groups(list(subjects), 3, 7, seed=42)
+    assert len(sampled) == 7 == len(set(sampled))
+    assert sampled == evaluate.subject_groups(list(subjects), 3, 7, seed=42)
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def test_tiny_end_to_end_and_resume(tiny_run, tmp_path):
+    args = ["--config", TINY, "--checkpoint", str(tiny_run), f"output_dir={tmp_path}",
+            "subjects.max_groups=1", "prompts.limit=1"]
+    assert evaluate.main(args) == 0
+    out = tmp_path / "tiny"
+    manifest = _lines(out / "manifest.jsonl")
+    assert len(manifest) == 2  # one single + one pair, one prompt, one image each
+    files = [json.loads(line)["file"] for line in manifest]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_images"] == 2 and set(summary["by_num_ids"]) == {"1", "2"}
+    assert {"identity", "clip_t", "clip_i", "detect"} <= set(summary["overall"])
+    with (out / "metrics.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == 2
+    report = (out / "report.md").read_text()
+    assert "meaningless" in report and "| all |" in report and "grids/" in report
+    assert (out / "plots" / "by_category.png").is_file()
+    # interrupt after the first image: only the second is generated again, identically
+    kept, redo = out / "images" / files[0], out / "images" / files[1]
+    kept_time, redo_bytes = kept.stat().st_mtime_ns, redo.read_bytes()
+    (out / "manifest.jsonl").write_text(manifest[0] + "\n")
+    redo.unlink()
+    assert evaluate.main(args) == 0
+    assert kept.stat().st_mtime_ns == kept_time
+    assert redo.read_bytes() == redo_bytes
+    assert len(_lines(out / "manifest.jsonl")) == 2
+
+
+def test_images_mode_scores_real_photos(tmp_path):
+    refs = evaluate.write_demo_subjects(tmp_path / "refs")
+    folder = tmp_path / "foreign"
+    folder.mkdir()
+    astronaut = skimage.data.astronaut()
+    Image.fromarray(astronaut[:, ::-1]).resize((384, 384)).save(folder / "astronaut__p00__0.png")
+    Image.fromarray(astronaut).save(folder / "t1_0__p01__0.png")  # the wrong person
+    Image.open(T1).save(folder / "t1_0+t1_1__p02__0.png")  # both people (and four more)
+    args = ["--images", str(folder), "--references", str(refs), f"output_dir={tmp_path}",
+            "scoring.face_encoder=dlib", "scoring.face_weights=null",
+            "scoring.min_face_score=0.95", "scoring.clip_t_model=idforge-tiny-clip",
+            "scoring.clip_t_pretrained=random", "scoring.batch_size=2"]
+    assert evaluate.main(args) == 0
+    with (tmp_path / "foreign" / "metrics.csv").open() as handle:
+        rows = {r["file"]: r for r in csv.DictReader(handle)}
+    right, wrong = rows["astronaut__p00__0.png"], rows["t1_0__p01__0.png"]
+    assert float(right["identity"]) > float(wrong["identity"]) > 0
+    pair = rows["t1_0+t1_1__p02__0.png"]
+    assert int(pair["faces"]) == 6 and float(pair["detect"]) == 1.0
+    assert float(pair["matched_identity"]) > float(wrong["identity"])
+    assert 1.0 < float(pair["multi_sim"]) <= 2.0
+    summary = json.loads((tmp_path / "foreign" / "summary.json").read_text())
+    assert np.array(summary["mixing"]["2"]).shape == (2, 2)
+
+
+def test_images_mode_reads_a_manifest(tmp_path):
+    cfg = load_eval_config(TINY, ["subjects.root=unused"])
+    (tmp_path / "manifest.jsonl").write_text(
+        json.dumps({"file": "any_name.png", "subjects": ["a", "b"], "prompt_index": 3}) + "\n")
+    (record,) = evaluate.records_from_folder(tmp_path, cfg, {"a": "man", "b": "woman"})
+    assert record["file"] == "any_name.png" and record["category"] == "accessory"
+    assert record["clip_prompt"] == "a man and a woman wearing a black top hat and a monocle"
+
+
+def test_training_callback_logged_at_eval_every(tiny_run):
+    with (tiny_run / "eval" / "eval.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["step"] for r in rows] == ["2"]
+    assert "eval/identity" in rows[0] and "eval/detect" in rows[0]
+    assert 0.0 <= float(rows[0]["eval/detect"]) <= 1.0
