@@ -26,13 +26,7 @@ from ldm_ext.pose import SLOT_COLORS, Person, face_center, pose_template
 R, N, B = 64, 4, 4  # resolution, face slots, batch size
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Per-sample tensors are tiny: two intra-op threads only contend on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

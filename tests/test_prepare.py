@@ -22,12 +22,7 @@ from datamodules.shards import ShardDataModule
 from datamodules.sources import load_video_meta, plan_images, video_caption
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def t1_path() -> str:

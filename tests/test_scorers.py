@@ -19,12 +19,7 @@ from ldm_ext.face import DlibEncoder, FaceModelMissing, FaceNetEncoder, MTCNNDet
 T1 = os.path.join(os.path.dirname(insightface.__file__), "data", "images", "t1.jpg")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
