@@ -1,0 +1,1 @@
+"""Lightning callbacks and evaluation: checkpoints, sample grids, metrics, scorers."""

@@ -1,0 +1,1 @@
+"""Trainable modules that turn identity features into conditioning."""

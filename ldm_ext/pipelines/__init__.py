@@ -1,0 +1,1 @@
+"""Generation per method on diffusers schedulers; the shared CFG loop."""
