@@ -2,11 +2,11 @@
 checkpointing (random weights, batch 1, 512² images = 64² latents).
 
 Each variant runs in a fresh child process so neither sees the other's allocator state.
-On CUDA the peak is ``torch.cuda.max_memory_allocated`` over the step; on the CPU it is
-the process's peak resident memory sampled every 5 ms during the step. Both include the
-weights, gradients and AdamW state present during the step (the whole footprint a
-researcher has to fit), and the part the step adds over the loaded model is printed
-beside it.
+A first step allocates the AdamW state; the second, steady-state step is measured. On
+CUDA the peak is ``torch.cuda.max_memory_allocated`` over that step; on the CPU it is the
+process's peak resident memory sampled every 5 ms during it. The peak includes weights,
+gradients and AdamW state (the whole footprint a researcher has to fit); what the step
+adds on top of the memory held before it (activations + gradients) is printed beside it.
 
     python benchmarks/step_memory.py [--device cpu|cuda]
 
@@ -51,6 +51,12 @@ class RssPeak:
         self._thread.join()
 
 
+def train_step(method, optimizer, batch: dict, gen) -> None:
+    method.model_step(batch, gen)["loss"].backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def child(checkpointing: bool, device: str) -> dict:
     """Build the model, run one optimizer step, report memory in GiB."""
     import torch
@@ -64,6 +70,7 @@ def child(checkpointing: bool, device: str) -> dict:
     optimizer = method.configure_optimizers()
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in random_batch(1, 512).items()}
     gen = torch.Generator(device=device).manual_seed(0)
+    train_step(method, optimizer, batch, gen)  # allocates the AdamW state
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -71,9 +78,7 @@ def child(checkpointing: bool, device: str) -> dict:
     with RssPeak() as rss:
         base_rss = rss.peak
         start = time.perf_counter()
-        method.model_step(batch, gen)["loss"].backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(method, optimizer, batch, gen)
         seconds = time.perf_counter() - start
     if device == "cuda":
         peak, base = torch.cuda.max_memory_allocated(), base
