@@ -1,0 +1,181 @@
+"""Write an evaluation's results: per-image CSV, summary JSON, Markdown report with tables,
+image grids and plots, and a wandb table (used by eval.py)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Per-image metrics (list fields joined with '+')."""
+    import csv
+
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "+".join(v) if isinstance(v, list) else v
+                             for k, v in row.items()})
+
+
+def mixing_by_n(rows: list[dict], sims: list[np.ndarray], matching: str) -> dict[str, list]:
+    """Identity-mixing matrix (slot x slot) per number of subjects N >= 2."""
+    from callbacks.metrics import mixing_matrix
+
+    by_n: dict[int, list[np.ndarray]] = {}
+    for row, sim in zip(rows, sims):
+        if len(row["subjects"]) > 1:
+            by_n.setdefault(len(row["subjects"]), []).append(sim)
+    return {str(n): mixing_matrix(group, matching).tolist() for n, group in by_n.items()}
+
+
+def write_outputs(cfg, out_dir: Path, image_dir: Path, rows: list[dict],
+                  sims: list[np.ndarray]) -> dict:
+    """metrics.csv, summary.json, report.md (+ grids/, plots/) and the wandb table."""
+    from omegaconf import OmegaConf
+
+    from callbacks.evaluation import summarize
+
+    write_csv(out_dir / "metrics.csv", rows)
+    summary = {"name": cfg.name, **summarize(rows),
+               "mixing": mixing_by_n(rows, sims, cfg.scoring.matching),
+               "config": OmegaConf.to_container(cfg, resolve=True)}
+    (out_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=2))
+    write_report(out_dir, image_dir, rows, summary, cfg.note)
+    if cfg.wandb:
+        log_wandb(cfg, image_dir, rows, summary)
+    return summary
+
+
+def _finite(value):
+    """NaN (metric undefined, e.g. a reference never matched) -> None, for strict JSON."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def log_wandb(cfg, image_dir: Path, rows: list[dict], summary: dict) -> None:
+    """One wandb run: a table (image + metrics per row) and the overall means."""
+    import wandb
+
+    columns = ["image", *[k for k in rows[0] if k not in ("subjects", "class_words")]]
+    table = wandb.Table(columns=columns)
+    for row in rows:
+        table.add_data(wandb.Image(str(image_dir / row["file"])), *[row[c] for c in columns[1:]])
+    run = wandb.init(project=cfg.wandb_project, name=cfg.name, dir=str(Path(cfg.output_dir)))
+    run.log({"images": table, **{f"{m}/mean": s["mean"]
+                                 for m, s in summary["overall"].items()}})
+    run.finish()
+
+
+# ----- report.md: tables, grids, plots --------------------------------------------------
+def _cell(stats: dict) -> str:
+    return f"{stats['mean']:.3f} ± {stats['std']:.3f}" if stats["n"] else "–"
+
+
+def markdown_table(groups: dict[str, dict], label: str) -> list[str]:
+    """Markdown table: one row per group, one column per metric (mean ± std)."""
+    metrics = list(dict.fromkeys(m for stats in groups.values() for m in stats))
+    lines = [f"| {label} | n | " + " | ".join(metrics) + " |",
+             "|---" * (len(metrics) + 2) + "|"]
+    for group, stats in groups.items():
+        count = max((s["n"] for s in stats.values()), default=0)
+        lines.append(f"| {group} | {count} | " + " | ".join(_cell(stats[m]) for m in metrics)
+                     + " |")
+    return lines
+
+
+def write_grids(out_dir: Path, image_dir: Path, rows: list[dict], per_grid: int = 8,
+                thumb: int = 160) -> list[Path]:
+    """One grid per prompt category: its first ``per_grid`` images, 4 per row."""
+    from ldm_ext.pipelines.sampling import image_grid
+
+    by_category: dict[str, list[dict]] = {}
+    for row in rows:
+        by_category.setdefault(str(row["category"]), []).append(row)
+    (out_dir / "grids").mkdir(exist_ok=True)
+    paths = []
+    for category, members in by_category.items():
+        images = [Image.open(image_dir / r["file"]).convert("RGB").resize((thumb, thumb))
+                  for r in members[:per_grid]]
+        path = out_dir / "grids" / f"{category}.png"
+        image_grid(images, min(4, len(images))).save(path)
+        paths.append(path)
+    return paths
+
+
+def write_plots(out_dir: Path, rows: list[dict], summary: dict) -> list[Path]:
+    """Identity vs CLIP-T scatter, per-category bars (mean ± std), mixing heatmaps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (out_dir / "plots").mkdir(exist_ok=True)
+    paths = []
+    if any(r.get("clip_t") is not None for r in rows):
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        ax.scatter([r["clip_t"] for r in rows], [r["identity"] for r in rows], s=8)
+        ax.set(xlabel="CLIP-T", ylabel="identity (FastComposer)", title="per image")
+        paths.append(_save(fig, out_dir / "plots" / "identity_vs_clip_t.png"))
+    groups = summary["by_category"]
+    metrics = [m for m in ("identity", "clip_t") if m in summary["overall"]]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.8 / max(1, len(metrics))
+    for j, metric in enumerate(metrics):
+        means = [groups[g][metric]["mean"] for g in groups]
+        stds = [groups[g][metric]["std"] for g in groups]
+        ax.bar(np.arange(len(groups)) + j * width, means, width, yerr=stds, label=metric)
+    ax.set_xticks(np.arange(len(groups)) + width * (len(metrics) - 1) / 2, list(groups))
+    ax.legend()
+    ax.set_title("mean ± std per prompt category")
+    paths.append(_save(fig, out_dir / "plots" / "by_category.png"))
+    for n, matrix in summary["mixing"].items():
+        fig, ax = plt.subplots(figsize=(3.5, 3))
+        shown = ax.imshow(np.array(matrix, dtype=float), vmin=-1, vmax=1, cmap="coolwarm")
+        ax.set(xlabel="reference slot", ylabel="matched generated face", title=f"mixing N={n}")
+        fig.colorbar(shown)
+        paths.append(_save(fig, out_dir / "plots" / f"mixing_n{n}.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(out_dir: Path, image_dir: Path, rows: list[dict], summary: dict,
+                 note: str = "") -> Path:
+    """report.md: overall / per-category / per-N tables, mixing matrices, grids, plots."""
+    lines = [f"# {summary['name']}", "", note, "",
+             f"{summary['num_images']} images; mean ± population std (numpy `std`).", "",
+             "## Overall", *markdown_table({"all": summary["overall"]}, "images"), "",
+             "## By prompt category", *markdown_table(summary["by_category"], "category"), "",
+             "## By number of subjects", *markdown_table(summary["by_num_ids"], "N"), ""]
+    for n, matrix in summary["mixing"].items():
+        lines += [f"## Identity mixing, N = {n}",
+                  "Row i: generated face matched to reference slot i; column j: its cosine "
+                  "with reference j (off-diagonal = leakage).", ""]
+        lines += ["| | " + " | ".join(f"ref {j}" for j in range(len(matrix))) + " |",
+                  "|---" * (len(matrix) + 1) + "|"]
+        lines += [f"| face {i} | " + " | ".join(f"{v:.3f}" for v in row) + " |"
+                  for i, row in enumerate(matrix)] + [""]
+    lines += ["## Image grids", *[f"![{p.stem}]({p.relative_to(out_dir)})"
+                                  for p in write_grids(out_dir, image_dir, rows)], ""]
+    lines += ["## Plots", *[f"![{p.stem}]({p.relative_to(out_dir)})"
+                            for p in write_plots(out_dir, rows, summary)], ""]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path
