@@ -292,6 +292,7 @@ def score_folder(cfg, image_dir: Path, records: list[dict], subjects: dict[str, 
     return rows, sims
 
 
+# ----- entry ------------------------------------------------------------------------------
 def resolve_device(name: str) -> str:
     import torch
 
