@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import cv2
 import numpy as np
 import torch
 
 from datamodules.schema import Sample
-from ldm_ext.pose import SLOT_COLORS, face_center, render_control_image
+from ldm_ext.pose import (circle_radius, draw_slot_circle, face_center,
+                          render_control_image)
 
 
 # 1 / 127.5 rounded down in float32, so that 255 maps to <= 1.0 (not 1 + 1 ulp)
@@ -40,11 +40,9 @@ def select_slots(num_faces: int, num_slots: int, rng: torch.Generator) -> list[i
 
 
 def draw_box_circle(canvas: np.ndarray, box: np.ndarray, slot: int) -> None:
-    """Filled ``SLOT_COLORS[slot]`` circle at a face box centre, in place; radius a quarter
-    of the box's shorter side, like ``render_control_image``'s default for face keypoints."""
-    centre = tuple(int(round(v)) for v in (box[:2] + box[2:]) / 2)
-    radius = max(2, int(round(0.25 * min(box[2] - box[0], box[3] - box[1]))))
-    cv2.circle(canvas, centre, radius, SLOT_COLORS[slot], thickness=-1)
+    """Slot circle at a face box centre (a face without a person), in place, sized like
+    ``render_control_image``'s default."""
+    draw_slot_circle(canvas, (box[:2] + box[2:]) / 2, circle_radius(box), slot)
 
 
 class InstantFamilyView:

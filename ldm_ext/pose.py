@@ -118,10 +118,17 @@ def _face_keypoints(face: np.ndarray, width: int, height: int, keypoint) -> list
             for x, y, c in face]
 
 
-def _circle_radius(person: Person) -> int:
-    """Default circle radius: a quarter of the face box's shorter side."""
-    box = face_box(person, margin=0.0)
+def circle_radius(box: np.ndarray) -> int:
+    """Default slot-circle radius: a quarter of the face box's shorter side (xyxy px)."""
     return max(2, int(round(0.25 * min(box[2] - box[0], box[3] - box[1]))))
+
+
+def draw_slot_circle(canvas: np.ndarray, centre: np.ndarray, radius: int, slot: int) -> None:
+    """Filled ``SLOT_COLORS[slot]`` circle at ``centre`` (x, y px), in place."""
+    if not 0 <= slot < len(SLOT_COLORS):
+        raise ValueError(f"slot {slot} has no colour (0..{len(SLOT_COLORS) - 1})")
+    cv2.circle(canvas, tuple(int(round(v)) for v in centre), radius, SLOT_COLORS[slot],
+               thickness=-1)
 
 
 def render_control_image(people: list[Person], size: tuple[int, int],
@@ -149,13 +156,11 @@ def render_control_image(people: list[Person], size: tuple[int, int],
     for person, slot in zip(people, circle_slots):
         if slot is None:
             continue
-        if not 0 <= slot < len(SLOT_COLORS):
-            raise ValueError(f"slot {slot} has no colour (0..{len(SLOT_COLORS) - 1})")
         centre = face_center(person)
         if centre is None:
             raise ValueError("a person selected for a circle has no face or head keypoints")
-        r = radius if radius is not None else _circle_radius(person)
-        cv2.circle(canvas, tuple(int(round(v)) for v in centre), r, SLOT_COLORS[slot], thickness=-1)
+        r = radius if radius is not None else circle_radius(face_box(person, margin=0.0))
+        draw_slot_circle(canvas, centre, r, slot)
     return canvas
 
 
