@@ -194,8 +194,6 @@ def _parse_name(name: str) -> dict:
 def load_method(checkpoint: str):
     """A trained method from a run folder, its ``trainable.safetensors`` or a Lightning
     ``.ckpt`` inside it (``<run>/checkpoints/*.ckpt``)."""
-    import torch
-
     from ldm_ext.methods.loading import RUN_CONFIG, load_run
 
     path = Path(checkpoint)
@@ -204,15 +202,7 @@ def load_method(checkpoint: str):
     run_dir = next((p for p in path.parents if (p / RUN_CONFIG).is_file()), None)
     if run_dir is None:
         raise FileNotFoundError(f"{path}: no run folder ({RUN_CONFIG}) above this file")
-    if path.suffix == ".safetensors":
-        return load_run(run_dir, weights=path)
-    method = load_run(run_dir)
-    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-    missing = method._trainable_keys() - state.keys()
-    if missing:
-        raise KeyError(f"{path}: trainable weights missing: {sorted(missing)[:5]}")
-    method.load_state_dict(state, strict=False)
-    return method
+    return load_run(run_dir, weights=path)
 
 
 def make_pipeline(method):

@@ -169,3 +169,12 @@ def test_generation_cli_with_pose_json(demo_run: Path, tmp_path):
                     "--pose", str(pose), "--prompt", "two astronauts", "--steps", "2",
                     "--out", str(tmp_path / "pose.png")])
     assert Image.open(out).size == (192, 128)
+
+
+def test_lightning_checkpoint_loads_as_trainable_weights(demo_run: Path):
+    from ldm_ext.methods.loading import load_run
+
+    method = load_run(demo_run, weights=demo_run / "checkpoints" / "last.ckpt")
+    saved = load_file(demo_run / "trainable.safetensors")  # both written at step 4
+    for name, param in method.trainable_parameters().items():
+        torch.testing.assert_close(param.detach(), saved[name])

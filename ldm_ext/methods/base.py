@@ -108,8 +108,12 @@ class IdentityMethod(pl.LightningModule):
         save_file(self.trainable_state_dict(), str(path))
 
     def load_trainable(self, path: str | Path) -> None:
-        """Load weights written by ``save_trainable``; names must match exactly."""
-        state = load_file(str(path))
+        """Load weights written by ``save_trainable`` or a Lightning ``.ckpt`` of this
+        module (whose state_dict holds the same names); names must match exactly."""
+        if Path(path).suffix == ".ckpt":  # our own run's checkpoint: trusted, has non-tensors
+            state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        else:
+            state = load_file(str(path))
         params = self.trainable_parameters()
         missing, unexpected = params.keys() - state.keys(), state.keys() - params.keys()
         if missing or unexpected:
