@@ -16,14 +16,19 @@ from ldm_ext.tiny import sd_noise_scheduler
 from ldm_ext.tokenizer import build_clip_tokenizer
 
 
-def sd15_backbone() -> Backbone:
-    """SD1.5's architecture (UNet 860M, ControlNet from it, VAE, CLIP ViT-L text), random."""
-    unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+def random_backbone(unet_channels=(320, 640, 1280, 1280), text_width: int = 768,
+                    text_layers: int = 12, text_heads: int = 12,
+                    vae_channels=(128, 256, 512, 512)) -> Backbone:
+    """SD1.5's architecture with random weights; the defaults are SD1.5's own sizes
+    (UNet 860M, ControlNet from it, VAE, CLIP ViT-L text), smaller widths for cheap runs."""
+    unet = UNet2DConditionModel(block_out_channels=unet_channels, cross_attention_dim=text_width,
+                                attention_head_dim=8, sample_size=64)
+    vae = AutoencoderKL(block_out_channels=vae_channels, layers_per_block=2,
                         down_block_types=("DownEncoderBlock2D",) * 4,
                         up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512)
-    text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072,
-                                        num_hidden_layers=12, num_attention_heads=12,
+    text = CLIPTextModel(CLIPTextConfig(hidden_size=text_width, intermediate_size=4 * text_width,
+                                        num_hidden_layers=text_layers,
+                                        num_attention_heads=text_heads,
                                         max_position_embeddings=77, vocab_size=49408))
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = build_clip_tokenizer(tmp)
@@ -35,7 +40,7 @@ def sd15_method(overrides: list[str] | None = None) -> InstantFamily:
     """InstantFamily at SD1.5 size with a random-init FaceNet, 512² training images."""
     cfg = load_config("configs/experiment/demo.yaml",
                       ["data.resolution=512", "method.face_weights=random", *(overrides or [])])
-    return InstantFamily(cfg, sd15_backbone(), build_face_encoder("facenet", weights="random"))
+    return InstantFamily(cfg, random_backbone(), build_face_encoder("facenet", weights="random"))
 
 
 def random_batch(batch_size: int, resolution: int, slots: int = 4, seed: int = 0) -> dict:

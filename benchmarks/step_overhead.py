@@ -26,33 +26,13 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
 
-from ldm_ext.backbone import Backbone
 from ldm_ext.config import load_config
 from ldm_ext.face import build_face_encoder
 from ldm_ext.methods.instantfamily import InstantFamily
-from ldm_ext.tiny import sd_noise_scheduler
-from ldm_ext.tokenizer import build_clip_tokenizer
 
 GOAL = 1.05
 WARMUP = 2
-
-
-def mid_backbone(tmp: str) -> Backbone:
-    """SD1.5-shaped at a fifth of its widths: a CPU step takes seconds, so fixed per-step
-    costs are measured against real work rather than against timer noise."""
-    unet = UNet2DConditionModel(block_out_channels=(64, 128, 256, 256), cross_attention_dim=256,
-                                attention_head_dim=8, sample_size=32)
-    vae = AutoencoderKL(block_out_channels=(32, 64, 64, 64), norm_num_groups=32,
-                        down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4)
-    text = CLIPTextModel(CLIPTextConfig(hidden_size=256, intermediate_size=1024,
-                                        num_hidden_layers=4, num_attention_heads=4,
-                                        max_position_embeddings=77, vocab_size=49408))
-    return Backbone("sd15", unet, vae, [text], [build_clip_tokenizer(tmp)],
-                    sd_noise_scheduler(), ControlNetModel.from_unet(unet))
 
 
 class StepTimer(pl.Callback):
@@ -120,9 +100,7 @@ def bare_steps(method: InstantFamily, batch: dict, steps: int, device: str) -> l
 
 
 def main() -> None:
-    import tempfile
-
-    from sd15_random import random_batch  # benchmarks/ is on sys.path
+    from sd15_random import random_backbone, random_batch  # benchmarks/ is on sys.path
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -132,9 +110,11 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = load_config("configs/experiment/demo.yaml", ["method.face_weights=random",
                                                        "trainer.gradient_clip_val=1.0"])
-    with tempfile.TemporaryDirectory() as tmp:
-        method = InstantFamily(cfg, mid_backbone(tmp), build_face_encoder("facenet",
-                                                                          weights="random"))
+    # SD1.5-shaped at a fifth of its widths: a CPU step takes about a second, so fixed
+    # per-step costs are measured against real work rather than against timer noise
+    backbone = random_backbone(unet_channels=(64, 128, 256, 256), text_width=256,
+                               text_layers=4, text_heads=4, vae_channels=(32, 64, 64, 64))
+    method = InstantFamily(cfg, backbone, build_face_encoder("facenet", weights="random"))
     batch = random_batch(2, 128)
     ours, bare = [], []
     for _ in range(args.rounds):
