@@ -11,7 +11,6 @@ face regions are the face keypoints' box enlarged by 25 %.
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import PIL.Image
 
 from .face.align import apply_similarity, fit_similarity, to_rgb_array
+from .openpose_draw import draw_body, draw_face
 
 BODY_PARTS = ("nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow",
               "l_wrist", "r_hip", "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle",
@@ -96,28 +96,6 @@ def face_center(person: Person) -> np.ndarray | None:
     return None if box is None else (box[:2] + box[2:]) / 2
 
 
-def _openpose_drawing():
-    """controlnet_aux's OpenPose drawing module and Keypoint type (imported lazily: the
-    package imports every annotator it ships, warning about their optional dependencies)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        from controlnet_aux.open_pose import util
-        from controlnet_aux.open_pose.body import Keypoint
-    return util, Keypoint
-
-
-def _body_keypoints(body: np.ndarray, width: int, height: int, keypoint) -> list:
-    """Normalised controlnet_aux keypoints; None marks a missing one."""
-    return [keypoint(x / width, y / height, float(c)) if c > 0 else None for x, y, c in body]
-
-
-def _face_keypoints(face: np.ndarray, width: int, height: int, keypoint) -> list:
-    """Normalised controlnet_aux keypoints; negative coordinates mark missing ones
-    (``draw_facepose`` skips them and cannot take None)."""
-    return [keypoint(x / width, y / height) if c > 0 else keypoint(-1.0, -1.0)
-            for x, y, c in face]
-
-
 def circle_radius(box: np.ndarray) -> int:
     """Default slot-circle radius: a quarter of the face box's shorter side (xyxy px)."""
     return max(2, int(round(0.25 * min(box[2] - box[0], box[3] - box[1]))))
@@ -137,7 +115,7 @@ def render_control_image(people: list[Person], size: tuple[int, int],
 
     Args:
         people: everyone in the image; all get their OpenPose skeleton (body + face),
-            drawn by controlnet_aux's ``draw_bodypose`` / ``draw_facepose``.
+            drawn as controlnet_aux draws it (``ldm_ext.openpose_draw``).
         size: (width, height) in pixels, as PIL's ``Image.size``.
         circle_slots: per person, the stacking slot k of its face (a filled circle of
             ``SLOT_COLORS[k]`` at the face centre) or None (skeleton only).
@@ -146,13 +124,11 @@ def render_control_image(people: list[Person], size: tuple[int, int],
     if len(circle_slots) != len(people):
         raise ValueError(f"{len(circle_slots)} circle slots for {len(people)} people")
     width, height = size
-    util, keypoint = _openpose_drawing()
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
     for person in people:
-        canvas = util.draw_bodypose(canvas, _body_keypoints(person.body, width, height, keypoint))
+        draw_body(canvas, person.body, size)
         if person.face is not None:
-            face = _face_keypoints(person.face, width, height, keypoint)
-            canvas = util.draw_facepose(canvas, face)
+            draw_face(canvas, person.face, size)
     for person, slot in zip(people, circle_slots):
         if slot is None:
             continue

@@ -83,18 +83,49 @@ def test_control_image_keeps_skeleton_of_unselected_people():
     assert image[mid[1], mid[0]].any()  # a limb between neck and right shoulder
 
 
-def test_control_image_uses_controlnet_aux_drawing():
+def _controlnet_aux_drawing(people, size):
+    """The reference: controlnet_aux's own drawing of ``people`` (pixels in ``size``)."""
     from controlnet_aux.open_pose import util
     from controlnet_aux.open_pose.body import Keypoint
 
-    people = pose_template(2, (200, 160))
-    expected = np.zeros((160, 200, 3), np.uint8)
+    width, height = size
+    canvas = np.zeros((height, width, 3), np.uint8)
     for p in people:
-        body = [Keypoint(x / 200, y / 160) if c > 0 else None for x, y, c in p.body]
-        expected = util.draw_bodypose(expected, body)
-        expected = util.draw_facepose(expected, [Keypoint(x / 200, y / 160) for x, y, _ in p.face])
-    got = render_control_image(people, (200, 160), circle_slots=[None, None])
-    assert np.array_equal(got, expected)
+        body = [Keypoint(x / width, y / height) if c > 0 else None for x, y, c in p.body]
+        canvas = util.draw_bodypose(canvas, body)
+        if p.face is not None:
+            face = [Keypoint(x / width, y / height) if c > 0 else Keypoint(-1.0, -1.0)
+                    for x, y, c in p.face]
+            canvas = util.draw_facepose(canvas, face)
+    return canvas
+
+
+def _random_people(rng: np.random.Generator, size: tuple[int, int]) -> list[Person]:
+    """1-4 overlapping people with fractional, integer, off-canvas and missing points."""
+    width, height = size
+    people = []
+    for _ in range(rng.integers(1, 5)):
+        points = rng.uniform(-0.1, 1.1, (88, 2)) * (width, height)
+        ints = rng.random(88) < 0.3
+        points[ints] = np.round(points[ints])
+        points[:18:5, 0] = points[1, 0]  # vertical / horizontal limbs: angles of 90, 180
+        points[2:18:6, 1] = points[1, 1]
+        conf = (rng.random(88) > 0.15).astype(np.float32)
+        both = np.concatenate([points, conf[:, None]], axis=1)
+        people.append(Person(body=both[:18], face=both[18:] if rng.random() < 0.8 else None))
+    return people
+
+
+@pytest.mark.parametrize("size", [(200, 160), (64, 64), (512, 384)])
+def test_control_image_draws_exactly_as_controlnet_aux(size):
+    """ControlNet's OpenPose weights expect controlnet_aux's drawing: ours (computed in
+    one pass per person) must give the same pixels, limb roundings and skipped points
+    included."""
+    rng = np.random.default_rng(sum(size))
+    cases = [pose_template(2, size)] + [_random_people(rng, size) for _ in range(40)]
+    for people in cases:
+        got = render_control_image(people, size, circle_slots=[None] * len(people))
+        assert np.array_equal(got, _controlnet_aux_drawing(people, size))
 
 
 def test_control_image_explicit_radius_and_errors():
