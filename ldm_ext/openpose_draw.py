@@ -27,7 +27,21 @@ COLORS = [(255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0)
           (255, 0, 255), (255, 0, 170), (255, 0, 85)]
 LIMB_COLORS = [tuple(int(c * 0.6) for c in color) for color in COLORS[:len(LIMBS)]]
 STICK_WIDTH, BODY_RADIUS, FACE_RADIUS = 4, 4, 3
-WHITE = (255, 255, 255)
+
+
+def _disk_offsets(radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) pixel offsets of OpenCV's filled circle of ``radius`` about its centre."""
+    side = 2 * radius + 3
+    tile = np.zeros((side, side), np.uint8)
+    cv2.circle(tile, (radius + 1, radius + 1), radius, 255, thickness=-1)
+    dy, dx = np.nonzero(tile)
+    return dx - radius - 1, dy - radius - 1
+
+
+FACE_DOT = _disk_offsets(FACE_RADIUS)  # all face dots are white: stamped in one assignment
+# A whole RGB pixel as one numpy item, so a stamp writes each pixel once, not per channel.
+RGB_PIXEL = np.dtype("V3")
+WHITE_PIXEL = np.frombuffer(b"\xff\xff\xff", RGB_PIXEL)[0]
 
 
 def _canvas_xy(points: np.ndarray, size: tuple[int, int],
@@ -55,17 +69,18 @@ def draw_body(canvas: np.ndarray, body: np.ndarray, size: tuple[int, int]) -> No
         polygon = cv2.ellipse2Poly((int(cx), int(cy)), (int(length / 2), STICK_WIDTH),
                                    int(angle), 0, 360, 1)
         cv2.fillConvexPoly(canvas, polygon, LIMB_COLORS[limb])
-    points = np.stack([xs, ys], axis=1).astype(np.int64)  # truncation, as int() does
-    for k in np.flatnonzero(present).tolist():
-        cv2.circle(canvas, (int(points[k, 0]), int(points[k, 1])), BODY_RADIUS, COLORS[k],
-                   thickness=-1)
+    for k in np.flatnonzero(present).tolist():  # int(): truncation, as controlnet_aux does
+        cv2.circle(canvas, (int(xs[k]), int(ys[k])), BODY_RADIUS, COLORS[k], thickness=-1)
 
 
 def draw_face(canvas: np.ndarray, face: np.ndarray, size: tuple[int, int]) -> None:
-    """White dots at the present points of a (70, 3) face, in place; like controlnet_aux,
-    points on the canvas's first row or column are not drawn."""
-    xs, ys = _canvas_xy(face, size, canvas.shape[:2])
-    points = np.stack([xs, ys], axis=1).astype(np.int64)  # (70, 2)
-    keep = (face[:, 2] > 0) & (points > 0).all(axis=1)
-    for x, y in points[keep].tolist():
-        cv2.circle(canvas, (x, y), FACE_RADIUS, WHITE, thickness=-1)
+    """White dots (OpenCV's filled circle of radius 3) at the present points of a (70, 3)
+    face, in place; like controlnet_aux, points on the canvas's first row or column are not
+    drawn."""
+    xs, ys = (v.astype(np.int64) for v in _canvas_xy(face, size, canvas.shape[:2]))  # trunc.
+    keep = (face[:, 2] > 0) & (xs > 0) & (ys > 0)
+    xs, ys = xs[keep, None] + FACE_DOT[0], ys[keep, None] + FACE_DOT[1]  # (P, dot pixels)
+    height, width = canvas.shape[:2]
+    inside = (xs >= 0) & (ys >= 0) & (xs < width) & (ys < height)
+    pixels = canvas.view(RGB_PIXEL).reshape(-1)  # (H * W,) one 3-byte item per pixel
+    pixels[(ys * width + xs)[inside]] = WHITE_PIXEL

@@ -132,11 +132,11 @@ def render_control_image(people: list[Person], size: tuple[int, int],
     for person, slot in zip(people, circle_slots):
         if slot is None:
             continue
-        centre = face_center(person)
-        if centre is None:
+        box = face_box(person, margin=0.0)
+        if box is None:
             raise ValueError("a person selected for a circle has no face or head keypoints")
-        r = radius if radius is not None else circle_radius(face_box(person, margin=0.0))
-        draw_slot_circle(canvas, centre, r, slot)
+        r = radius if radius is not None else circle_radius(box)
+        draw_slot_circle(canvas, (box[:2] + box[2:]) / 2, r, slot)
     return canvas
 
 
