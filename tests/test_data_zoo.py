@@ -18,7 +18,7 @@ from PIL import Image
 from datamodules.demo import demo_sample
 from datamodules.schema import MASK_BOX, BadSample, Sample, decode_sample, encode_sample, validate
 from datamodules.shards import MAX_EMPTY_EPOCHS, ShardDataModule
-from ldm_ext.pose import _openpose_drawing, pose_template
+from ldm_ext.pose import pose_template
 
 HW = (48, 48)
 
@@ -28,7 +28,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(autouse=True)
 def no_pickle(monkeypatch):
-    _openpose_drawing()  # imported before: timm subclasses pickle.Unpickler on import
     def forbidden(*args, **kwargs):
         raise AssertionError("pickle must never be loaded")
     for name in ("load", "loads", "Unpickler"):
