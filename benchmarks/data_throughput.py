@@ -11,7 +11,8 @@ Both sides read the same shards in the same process with one thread:
 
 Shards look like ``datamodules.prepare`` output: demo people blended into real photos
 (skimage) for realistic JPEG entropy, with per-face masks, a character crop and meta.json.
-The two sides alternate over rounds; medians are compared.
+The two sides alternate over rounds; the ratio is the median of the per-round ratios
+(each from two adjacent measurements, so a slow spell of a shared host hits both sides).
 
     python benchmarks/data_throughput.py [--samples 256] [--resolution 512] [--source 512x640]
 
@@ -97,29 +98,29 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--source", default="512x640", help="HxW of the stored images")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     hw = tuple(int(v) for v in args.source.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_shards(Path(tmp), args.samples + 2 * args.batch, hw)
-        ours, cpu_float, raw = [], [], []
-        for _ in range(args.rounds):
+        ours, raw = [], []
+        for _ in range(args.rounds):  # adjacent pairs: drifts of a shared host hit both sides
             ours.append(time_ours(paths, args.samples, args.resolution, args.batch, True))
-            cpu_float.append(time_ours(paths, args.samples, args.resolution, args.batch, False))
             raw.append(time_raw(paths, args.samples))
-    ours_rate, raw_rate = statistics.median(ours), statistics.median(raw)
+        cpu_float = time_ours(paths, args.samples, args.resolution, args.batch, False)
+    ratios = [a / b for a, b in zip(ours, raw)]
     print(f"source {args.source} -> {args.resolution}^2, {args.samples} samples x "
           f"{args.rounds} rounds, 1 thread")
     for name, rates in (("ours (uint8 batches, float on device; the training setting)", ours),
-                        ("ours (float batches on the CPU)", cpu_float),
-                        ("raw webdataset decode", raw)):
-        print(f"{name}: {statistics.median(rates):.1f} samples/s per core  "
-              f"(rounds {[round(r, 1) for r in rates]})")
-    ratio = ours_rate / raw_rate
+                        ("raw webdataset decode", raw), ("ours / raw per round", ratios)):
+        print(f"{name}: median {statistics.median(rates):.3f}  "
+              f"(rounds {[round(r, 2) for r in rates]})")
+    print(f"ours with float batches made on the CPU: {cpu_float:.1f} samples/s per core")
+    ratio = statistics.median(ratios)
     print(f"RESULT data_throughput_ratio={ratio:.3f} goal>={GOAL_RATIO} "
-          f"samples_per_s_per_core={ours_rate:.1f} goal>={GOAL_RATE:.0f}")
+          f"samples_per_s_per_core={statistics.median(ours):.1f} goal>={GOAL_RATE:.0f}")
     return ratio
 
 

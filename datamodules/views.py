@@ -6,13 +6,14 @@ with the sample's own generator, and ``view.collate(items) -> batch``. Add a met
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import torch
 
 from datamodules.schema import Sample
-from ldm_ext.pose import (circle_radius, draw_slot_circle, face_center,
+from ldm_ext.pose import (Person, circle_radius, draw_slot_circle, face_center,
                           render_control_image)
 
 
@@ -45,6 +46,29 @@ def draw_box_circle(canvas: np.ndarray, box: np.ndarray, slot: int) -> None:
     draw_slot_circle(canvas, (box[:2] + box[2:]) / 2, circle_radius(box), slot)
 
 
+@dataclass
+class ControlDrawing:
+    """What one sample's control image shows. ``collate`` draws it straight into the
+    batch tensor: a per-sample canvas and its copy into the batch would cost two more
+    passes over memory, the data loader's main cost after JPEG decoding."""
+
+    people: list[Person]
+    circles: list[int | None]  # per person: its slot or None (render_control_image)
+    loose: list[tuple[int, np.ndarray]]  # (slot, xyxy box): circles at face box centres
+    hw: tuple[int, int]
+
+    def draw(self, canvas: np.ndarray) -> np.ndarray:
+        """Draw on a black C-contiguous (H, W, 3) uint8 ``canvas``; returns it."""
+        render_control_image(self.people, self.hw[::-1], self.circles, out=canvas)
+        for k, box in self.loose:
+            draw_box_circle(canvas, box, k)
+        return canvas
+
+    def render(self) -> np.ndarray:
+        """The control image on a new canvas."""
+        return self.draw(np.zeros((*self.hw, 3), np.uint8))
+
+
 class InstantFamilyView:
     """InstantFamily inputs (METHODS.md §1, paper Sec. 4.2).
 
@@ -59,11 +83,11 @@ class InstantFamilyView:
         face_boxes   (B, N, 4) float xyxy in [0, 1] of the detector box, zeros for empty slots
         face_valid   (B, N) bool
 
-    Per sample (``__call__``) the images stay uint8 (``pixel_values``, ``control``,
-    ``face_crops``: same shapes without B, values 0..255): ``collate`` converts the whole
-    batch to float in one pass, which costs a fraction of per-sample conversions. With
-    ``float_batches=False`` batches stay uint8 and ``normalize`` converts them later, e.g. on
-    the GPU after the transfer (``ShardDataModule(float_on_device=True)``).
+    Per sample (``__call__``) images stay uint8 and unpadded: ``pixel_values`` (3, R, R),
+    ``face_crops`` (n <= N, 3, 160, 160) and ``control`` a :class:`ControlDrawing`.
+    ``collate`` writes each into its batch tensor once and converts the whole batch to float
+    in one pass. With ``float_batches=False`` batches stay uint8 and ``normalize`` converts
+    them later, e.g. on the GPU after the transfer (``ShardDataModule(float_on_device=True)``).
 
     A selected face whose person is unknown (or has no face/head keypoints left after the
     crop) gets its circle at its detector box centre.
@@ -75,43 +99,48 @@ class InstantFamilyView:
     def __init__(self, num_slots: int = 4, float_batches: bool = True):
         self.num_slots, self.float_batches = num_slots, float_batches
 
-    def control(self, sample: Sample, slots: list[int]) -> np.ndarray:
-        """(R, R, 3) uint8 control image for the faces in ``slots``."""
+    def control(self, sample: Sample, slots: list[int]) -> ControlDrawing:
+        """The control image for the faces in ``slots`` (slot k = ``slots[k]``)."""
         circles: list[int | None] = [None] * len(sample.people)
-        loose = []  # (slot, face) drawn at the box centre
+        loose = []
         for k, face in enumerate(slots):
             person = int(sample.face_person[face])
             if person >= 0 and face_center(sample.people[person]) is not None:
                 circles[person] = k
             else:
-                loose.append((k, face))
-        h, w = sample.hw
-        canvas = render_control_image(sample.people, (w, h), circles)
-        for k, face in loose:
-            draw_box_circle(canvas, sample.boxes[face], k)
-        return canvas
+                loose.append((k, sample.boxes[face]))
+        return ControlDrawing(sample.people, circles, loose, sample.hw)
 
     def __call__(self, sample: Sample, rng: torch.Generator) -> dict:
         n, (h, w) = self.num_slots, sample.hw
         slots = select_slots(sample.num_faces, n, rng)
-        crops = torch.zeros(n, *sample.crops.shape[1:], dtype=torch.uint8)
         boxes = torch.zeros(n, 4)
-        crops[: len(slots)] = torch.from_numpy(sample.crops[slots])
         scale = torch.tensor([w, h, w, h], dtype=torch.float32)
         boxes[: len(slots)] = (torch.from_numpy(sample.boxes[slots]) / scale).clamp(0, 1)
         return {"pixel_values": torch.from_numpy(sample.image).permute(2, 0, 1),  # (3, R, R)
-                "control": torch.from_numpy(self.control(sample, slots)).permute(2, 0, 1),
-                "caption": sample.caption, "key": sample.key, "face_crops": crops,
+                "control": self.control(sample, slots), "caption": sample.caption,
+                "key": sample.key, "face_crops": torch.from_numpy(sample.crops[slots]),
                 "face_boxes": boxes, "face_valid": torch.arange(n) < len(slots)}
 
     def collate(self, items: list[dict]) -> dict:
-        """Stack tensors along a new batch axis; strings become lists. Images are stacked
-        as uint8 and, unless ``float_batches`` is off, made float by ``normalize``."""
-        images = ("pixel_values", "control")
-        batch = {k: torch.stack([i[k] for i in items]) if torch.is_tensor(items[0][k])
-                 else [i[k] for i in items] for k in items[0] if k not in images}
-        for key in images:  # (B, 3, R, R) uint8 views of contiguous (B, R, R, 3) stacks
-            batch[key] = torch.stack([i[key].permute(1, 2, 0) for i in items]).permute(0, 3, 1, 2)
+        """One batch: tensors stacked, strings listed, control images drawn and face crops
+        padded in place; images made float by ``normalize`` unless ``float_batches`` is off."""
+        first, size = items[0], len(items)
+        batch = {"caption": [i["caption"] for i in items], "key": [i["key"] for i in items],
+                 "face_boxes": torch.stack([i["face_boxes"] for i in items]),
+                 "face_valid": torch.stack([i["face_valid"] for i in items])}
+        # (B, 3, R, R) uint8 views of contiguous (B, R, R, 3) buffers
+        batch["pixel_values"] = torch.stack([i["pixel_values"].permute(1, 2, 0)
+                                             for i in items]).permute(0, 3, 1, 2)
+        controls = np.zeros((size, *first["control"].hw, 3), np.uint8)  # lazily zeroed pages
+        for canvas, item in zip(controls, items):
+            item["control"].draw(canvas)
+        batch["control"] = torch.from_numpy(controls).permute(0, 3, 1, 2)
+        crops = torch.zeros(size, self.num_slots, *first["face_crops"].shape[1:],
+                            dtype=torch.uint8)  # (B, N, 3, 160, 160)
+        for padded, item in zip(crops, items):
+            padded[: len(item["face_crops"])] = item["face_crops"]
+        batch["face_crops"] = crops
         return self.normalize(batch) if self.float_batches else batch
 
     @staticmethod

@@ -110,7 +110,8 @@ def draw_slot_circle(canvas: np.ndarray, centre: np.ndarray, radius: int, slot: 
 
 
 def render_control_image(people: list[Person], size: tuple[int, int],
-                         circle_slots: list[int | None], radius: int | None = None) -> np.ndarray:
+                         circle_slots: list[int | None], radius: int | None = None,
+                         out: np.ndarray | None = None) -> np.ndarray:
     """InstantFamily control image (Sec. 4.2): (H, W, 3) uint8 RGB on black.
 
     Args:
@@ -120,11 +121,15 @@ def render_control_image(people: list[Person], size: tuple[int, int],
         circle_slots: per person, the stacking slot k of its face (a filled circle of
             ``SLOT_COLORS[k]`` at the face centre) or None (skeleton only).
         radius: circle radius in pixels; default proportional to each face's size.
+        out: a black, C-contiguous (H, W, 3) uint8 canvas to draw on (e.g. a slice of a
+            batch tensor), instead of a new one.
     """
     if len(circle_slots) != len(people):
         raise ValueError(f"{len(circle_slots)} circle slots for {len(people)} people")
     width, height = size
-    canvas = np.zeros((height, width, 3), dtype=np.uint8)
+    canvas = np.zeros((height, width, 3), dtype=np.uint8) if out is None else out
+    if canvas.shape != (height, width, 3) or not canvas.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous ({height}, {width}, 3) array")
     for person in people:
         draw_body(canvas, person.body, size)
         if person.face is not None:

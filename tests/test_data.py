@@ -338,7 +338,7 @@ def test_control_circles_mark_slot_k_at_its_face(samples):
     for i, sample in enumerate(list(samples.values())[:8]):
         sample = transform(sample, torch.Generator())
         item = view(sample, torch.Generator().manual_seed(i))
-        control = item["control"].permute(1, 2, 0).numpy()  # uint8 per sample
+        control = item["control"].render()  # (R, R, 3) uint8
         boxes = item["face_boxes"][item["face_valid"]].numpy() * R
         chosen = []
         for k, box in enumerate(boxes):
@@ -358,10 +358,26 @@ def test_face_without_person_gets_its_circle_at_the_box_centre(samples):
     sample = ResizeCrop(R)(next(iter(samples.values())), torch.Generator())
     sample.face_person = np.full(sample.num_faces, -1)
     item = InstantFamilyView(N)(sample, torch.Generator())
-    control = item["control"].permute(1, 2, 0).numpy()  # uint8 per sample
+    control = item["control"].render()  # (R, R, 3) uint8
     for k, box in enumerate(item["face_boxes"][item["face_valid"]].numpy() * R):
         x, y = np.round((box[:2] + box[2:]) / 2).astype(int)
         assert tuple(control[y, x]) == SLOT_COLORS[k]
+
+
+def test_collate_draws_each_control_and_pads_each_crop_in_the_batch(samples):
+    """collate writes per-sample parts straight into the batch tensors: each control image
+    equals its own rendering, crops fill their slots and leave the rest 0."""
+    view, transform = InstantFamilyView(N, float_batches=False), ResizeCrop(R, flip_prob=0.5)
+    items = [view(transform(s, torch.Generator().manual_seed(i)), torch.Generator())
+             for i, s in enumerate(list(samples.values())[:4])]
+    batch = view.collate(items)
+    for i, item in enumerate(items):
+        assert np.array_equal(batch["control"][i].permute(1, 2, 0).numpy(),
+                              item["control"].render())
+        n = len(item["face_crops"])
+        assert torch.equal(batch["face_crops"][i, :n], item["face_crops"])
+        assert not batch["face_crops"][i, n:].any() and batch["face_valid"][i].sum() == n
+        assert torch.equal(batch["pixel_values"][i], item["pixel_values"])
 
 
 def test_no_faces_and_faceless_people_pass_through():
@@ -374,7 +390,7 @@ def test_no_faces_and_faceless_people_pass_through():
     out = ResizeCrop(32, random_crop=True, flip_prob=1.0)(validate(empty), torch.Generator())
     assert out.people[1].face is None and out.people[0].face.shape == (70, 3)
     item = InstantFamilyView(N)(out, torch.Generator())
-    assert not item["face_valid"].any() and item["control"].max() > 0  # skeletons, no circles
+    assert not item["face_valid"].any() and item["control"].render().max() > 0  # skeletons only
     assert (InstantFamilyView(N).collate([item])["face_crops"] == 0).all()  # empty slots: 0.0
 
 
