@@ -18,9 +18,14 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from PIL import Image
+from pytorch_lightning.loggers import WandbLogger
+
 from callbacks import metrics as M
+from callbacks.images import attention_overlay, slot_shares, unet_cross_attention
 from callbacks.prompts import fill, prompt_list
 from callbacks.scorers import CLIPScorer, ClipModelMissing, FaceScorer, build_face_scorer
+from ldm_ext.attention import AttentionStore, TokenLayout
 from ldm_ext.face import FaceModelMissing
 
 METRICS = ("faces", "detect", "identity", "single_sim", "multi_sim", "matched_identity",
@@ -150,12 +155,17 @@ class EvaluationCallback(pl.Callback):
         prompts: prompt templates with ``{s}`` (class word "person" is filled in).
         num_ids: identities per image, one image per (prompt, num_ids).
         steps, guidance, seed: sampling settings.
+        attention_size: side of the UNet cross-attention maps averaged over the sampling
+            steps for the overlays ``<out_dir>/attention_step_<step>.png`` (0: none; the
+            recorded layers then run without materialising softmax).
     """
 
     def __init__(self, out_dir: str | Path, every: int, scorers: Scorers,
                  prompts: Sequence[str] | None = None, num_ids: Sequence[int] = (1, 2),
-                 steps: int = 20, guidance: float = 5.0, seed: int = 0) -> None:
+                 steps: int = 20, guidance: float = 5.0, seed: int = 0,
+                 attention_size: int = 16) -> None:
         self.out_dir, self.every, self.scorers = Path(out_dir), every, scorers
+        self.attention_size = attention_size
         self.prompts = list(prompts or [p.template for p in prompt_list(
             "fastcomposer_single", 4)[::2]])
         self.num_ids, self.steps, self.guidance, self.seed = list(num_ids), steps, guidance, seed
@@ -184,7 +194,7 @@ class EvaluationCallback(pl.Callback):
         return summary
 
     def _run(self, trainer: pl.Trainer, pl_module) -> dict:
-        images, records = self._generate(pl_module)
+        images, records, overlays = self._generate(pl_module)
         refs = self._identity_references()
         rows, _ = score_images(self.scorers, images, records, refs)
         overall = summarize(rows)["overall"]
@@ -192,7 +202,23 @@ class EvaluationCallback(pl.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(values, step=trainer.global_step)
         self._append_csv(trainer.global_step, values)
+        if overlays:
+            self._log_overlays(trainer, overlays)
         return overall
+
+    def _log_overlays(self, trainer: pl.Trainer, overlays: list[Image.Image]) -> Path:
+        """One PNG of the overlay rows (one per generated image), also to wandb."""
+        sheet = Image.new("RGB", (max(o.width for o in overlays),
+                                  sum(o.height for o in overlays)), "white")
+        for index, overlay in enumerate(overlays):
+            sheet.paste(overlay, (0, sum(o.height for o in overlays[:index])))
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / f"attention_step_{trainer.global_step:07d}.png"
+        sheet.save(path)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image("eval/attention", [sheet], step=trainer.global_step)
+        return path
 
     def _padded_identities(self) -> torch.Tensor:
         """(max N, 3, S, S): the identities seen, cycled when fewer than the largest N."""
@@ -205,7 +231,8 @@ class EvaluationCallback(pl.Callback):
         return References({f"id{k}": e for k, e in enumerate(embedded)})
 
     @torch.no_grad()
-    def _generate(self, pl_module) -> tuple[list, list[dict]]:
+    def _generate(self, pl_module) -> tuple[list, list[dict], list[Image.Image]]:
+        """Images (uint8 arrays), their manifest records, and their attention overlays."""
         from ldm_ext.pipelines.instantfamily import InstantFamilyPipeline
 
         ids = self._padded_identities()
@@ -213,17 +240,29 @@ class EvaluationCallback(pl.Callback):
         pipe, was_training = InstantFamilyPipeline(pl_module), pl_module.training
         generator = torch.Generator().manual_seed(self.seed)
         pl_module.eval()
-        images, records = [], []
+        images, records, overlays = [], [], []
         for index, template in enumerate(self.prompts):
             for n in self.num_ids:
+                store = (AttentionStore(unet_cross_attention, self.attention_size,
+                                        accumulate=True) if self.attention_size else None)
                 images.append(pipe(fill(template, ["person"] * n), ids[:n], size=size,
                                    steps=self.steps, guidance=self.guidance,
-                                   generator=generator, progress=False))
+                                   generator=generator, progress=False, store=store))
                 records.append({"subjects": [f"id{k}" for k in range(n)], "category": str(n),
                                 "prompt_index": index,
                                 "clip_prompt": fill(template, ["person"] * n)})
+                if store is not None:
+                    overlays.append(self._overlay(images[-1], store, n, pl_module))
         pl_module.train(was_training)
-        return [np.asarray(im) for im in images], records
+        return [np.asarray(im) for im in images], records, overlays
+
+    @staticmethod
+    def _overlay(image: Image.Image, store: AttentionStore, n: int, pl_module) -> Image.Image:
+        """The overlay row of one image from its conditional branch's averaged maps."""
+        maps = store.averaged()[1]  # (K, S, S); batch = (unconditional, conditional)
+        per_face = pl_module.tokens_per_face
+        layout = TokenLayout(maps.shape[0] - n * per_face, n, per_face)
+        return attention_overlay(image, slot_shares(maps, layout, n))
 
     def _append_csv(self, step: int, values: dict) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,14 +1,66 @@
-"""Sample grids during training: fixed prompts and identities -> the method's pipeline
--> a PNG in ``<run>/samples/`` and an image in wandb."""
+"""Images for the logger: sample grids during training (fixed prompts and identities ->
+the method's pipeline -> a PNG in ``<run>/samples/`` and an image in wandb) and
+attention-map overlays (which identity's face tokens each pixel attends to)."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
+import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from pytorch_lightning.loggers import WandbLogger
 
+from ldm_ext.attention import TokenLayout
 from ldm_ext.pipelines.sampling import image_grid
+from ldm_ext.pose import SLOT_COLORS
+
+
+def unet_cross_attention(name: str) -> bool:
+    """Attention-store predicate: the UNet's cross-attention layers (not the ControlNet's,
+    whose processors are named ``controlnet.*``)."""
+    return name.endswith("attn2") and not name.startswith("controlnet.")
+
+
+def slot_shares(maps: torch.Tensor, layout: TokenLayout, num_ids: int) -> torch.Tensor:
+    """(1 + num_ids, S, S) attention mass per pixel on the text tokens (row 0) and on each
+    identity's face tokens (row 1 + k), from one image's maps (K, S, S) whose keys follow
+    ``layout`` (rows sum to 1 where the maps are softmax rows over the whole stack)."""
+    text = maps[: layout.num_text].sum(0)
+    faces = [maps[layout.face_slice(k)].sum(0) for k in range(num_ids)]
+    return torch.stack([text, *faces])
+
+
+def _upsample(shares: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """(C, S, S) -> (C, H, W) float numpy, bilinear."""
+    return F.interpolate(shares[None].float(), size=size, mode="bilinear",
+                         align_corners=False)[0].numpy()
+
+
+def attention_overlay(image: Image.Image, shares: torch.Tensor) -> Image.Image:
+    """One row: the image; the image tinted, pixel by pixel, with the slot colour of the
+    identity whose face tokens it attends to most (opacity = that identity's share); then
+    a heat map of each identity's share on the absolute scale 0..1 (so a share spread
+    evenly over the image, e.g. Eq. 6's logit-0 face keys of an untrained model, stays
+    dark instead of being stretched to full brightness).
+
+    ``shares``: (1 + N, S, S) from :func:`slot_shares`.
+    """
+    width, height = image.size
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255  # (H, W, 3)
+    faces = _upsample(shares, (height, width))[1:].clip(0, 1)  # (N, H, W)
+    top = faces.argmax(0)  # (H, W) the identity attended to most
+    colours = np.asarray(SLOT_COLORS[: len(faces)], np.float32)[top] / 255  # (H, W, 3)
+    opacity = np.take_along_axis(faces, top[None], 0)[0, ..., None]  # (H, W, 1)
+    panels = [rgb, rgb * (1 - opacity) + colours * opacity]
+    grey = rgb.mean(-1, keepdims=True) * 0.4
+    colormap = matplotlib.colormaps["inferno"]
+    for share in faces:
+        panels.append(grey + colormap(share)[..., :3] * 0.6)
+    row = np.concatenate(panels, axis=1)
+    return Image.fromarray((row.clip(0, 1) * 255).round().astype(np.uint8))
 
 
 class SampleGrid(pl.Callback):

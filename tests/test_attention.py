@@ -339,6 +339,24 @@ def test_store_records_chosen_layers_with_grads():
     assert store.maps == {}
 
 
+def test_store_accumulates_detached_head_means_over_records():
+    """accumulate=True (plots of a sampling run): records add up, averaged() is the mean
+    over records and then layers, with no graph kept."""
+    store = AttentionStore(["a", "b"], size=2, accumulate=True)
+    first = torch.rand(1, 3, 4, 5, requires_grad=True)  # (B, heads, Q=2x2, K)
+    second, other = torch.rand(1, 3, 4, 5), torch.rand(1, 3, 4, 5)
+    store.record("a", first, (2, 2))
+    store.record("a", second, (2, 2))
+    store.record("b", other, (2, 2))
+    as_maps = lambda p: p.detach().mean(1).transpose(1, 2).unflatten(-1, (2, 2))  # (B, K, 2, 2)
+    expected = ((as_maps(first) + as_maps(second)) / 2 + as_maps(other)) / 2
+    torch.testing.assert_close(store.averaged(), expected)
+    assert store.counts == {"a": 2, "b": 1} and not store.maps["a"].requires_grad
+    store.clear()
+    with pytest.raises(ValueError, match="no attention maps"):
+        store.averaged()
+
+
 def test_store_in_controlnet_with_prefix_and_non_square_latents():
     net, hw = controlnet(), (16, 12)
     procs = install_processors(net, prefix="controlnet.")

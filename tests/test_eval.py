@@ -142,3 +142,8 @@ def test_training_callback_logged_at_eval_every(tiny_run):
     assert [r["step"] for r in rows] == ["2"]
     assert "eval/identity" in rows[0] and "eval/detect" in rows[0]
     assert 0.0 <= float(rows[0]["eval/detect"]) <= 1.0
+    # attention overlays: a row per image (2 prompts x N in {1, 2}) of 128 px panels:
+    # image, overlay and one heat map per identity (the widest row has 2 + 2 panels)
+    sheet = Image.open(tiny_run / "eval" / "attention_step_0000002.png")
+    assert sheet.size == ((2 + 2) * 128, 4 * 128)
+    assert np.asarray(sheet)[:, 2 * 128:].std() > 0  # heat maps are not blank

@@ -20,21 +20,28 @@ class AttentionStore:
     Maps are stored resized to (size, size) spatially:  (B, heads, K, size, size), grads kept
     (losses backprop through them).
 
+    With ``accumulate=True`` (plots of a whole sampling run) every record is added instead:
+    maps are detached and averaged over heads, ``maps[name]`` holds their running sum
+    (B, 1, K, size, size) and :meth:`averaged` the mean over records and layers.
+
     Args:
         layers: layer names to record, or a predicate on the name (e.g.
             `lambda n: n.endswith("attn2")`). Names are the processor names given by
             `install_processors`; image-attention maps of decoupled layers are `"<name>:ip"`.
         size: side of the stored maps (32 in SeFi-IDE).
+        accumulate: sum the records of each layer (no grads) instead of keeping the last.
     """
 
-    def __init__(self, layers: Callable[[str], bool] | Iterable[str], size: int = 32):
+    def __init__(self, layers: Callable[[str], bool] | Iterable[str], size: int = 32,
+                 accumulate: bool = False):
         if callable(layers):
             self._wants = layers
         else:
             chosen = frozenset(layers)
             self._wants = chosen.__contains__
-        self.size = size
+        self.size, self.accumulate = size, accumulate
         self.maps: dict[str, Tensor] = {}
+        self.counts: dict[str, int] = {}
 
     def wants(self, name: str) -> bool:
         """Whether the layer `name` must materialise and record its softmax."""
@@ -51,11 +58,26 @@ class AttentionStore:
         if (h, w) != (self.size, self.size):
             maps = F.interpolate(maps, size=(self.size, self.size), mode="bilinear",
                                  align_corners=False)
-        self.maps[name] = maps.view(batch, heads, keys, self.size, self.size)
+        maps = maps.view(batch, heads, keys, self.size, self.size)
+        if self.accumulate:
+            maps = maps.detach().float().mean(1, keepdim=True)  # (B, 1, K, size, size)
+            maps = maps + self.maps[name] if name in self.maps else maps
+        self.maps[name] = maps
+        self.counts[name] = self.counts.get(name, 0) + 1
 
     def clear(self) -> None:
         """Forget all maps (call before each forward whose maps a loss reads)."""
         self.maps.clear()
+        self.counts.clear()
+
+    def averaged(self) -> Tensor:
+        """(B, K, size, size): the maps averaged over heads, records and layers (every
+        recorded layer weighs the same)."""
+        if not self.maps:
+            raise ValueError("no attention maps recorded: check the layer names the store wants")
+        means = [m.detach().float().mean(1) / (self.counts[n] if self.accumulate else 1)
+                 for n, m in self.maps.items()]
+        return torch.stack(means).mean(0)
 
     def stacked(self) -> Tensor:
         """(layers, B, heads, K, size, size) in recording order; all maps must share

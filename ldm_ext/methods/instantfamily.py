@@ -33,7 +33,7 @@ class InstantFamily(IdentityMethod):
                                             token_dim)
         self.tokens_per_face = face_encoder.local_size**2 + 1
         install_processors(self.unet)
-        install_processors(self.controlnet)
+        install_processors(self.controlnet, prefix="controlnet.")  # store names stay unique
         self.freeze_all_but_trainable()
 
     def trainable_modules(self) -> dict[str, nn.Module]:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ldm_ext.attention import AttentionStore
 from ldm_ext.pipelines.sampling import decode_images, denoise, inference_scheduler, to_tensor
 from ldm_ext.pose import Person, face_box, load_pose, pose_template, render_control_image
 
@@ -77,9 +78,11 @@ class InstantFamilyPipeline:
     def __call__(self, prompt: str, id_crops: torch.Tensor, people: list[Person] | None = None,
                  size: tuple[int, int] = (512, 512), steps: int = 50, guidance: float = 7.5,
                  generator: torch.Generator | None = None, negative_prompt: str = "",
-                 progress: bool = True) -> Image.Image:
+                 progress: bool = True, store: AttentionStore | None = None) -> Image.Image:
         """One image of ``len(id_crops)`` identities placed on the pose template.
-        ``size`` is (height, width); the first ``len(id_crops)`` people get the identities."""
+        ``size`` is (height, width); the first ``len(id_crops)`` people get the identities.
+        ``store`` records the attention maps of the layers it wants at every step (batch:
+        unconditional, conditional), e.g. for ``callbacks.images.attention_overlay``."""
         method, device = self.method, self.method.device
         num_ids = id_crops.shape[0]
         people = people if people is not None else pose_template(num_ids, size[::-1])
@@ -91,6 +94,7 @@ class InstantFamilyPipeline:
         valid = torch.ones(2, num_ids, dtype=torch.bool, device=device)
         stack, ctx = method.conditioning(text, crops, boxes.expand(2, -1, -1).to(device),
                                          valid, latent_hw)
+        ctx.store = store
         control = control.expand(2, -1, -1, -1).to(device)
         shape = (1, method.unet.config.in_channels, *latent_hw)
         latents = torch.randn(shape, generator=generator, device="cpu").to(device, text.dtype)

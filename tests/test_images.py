@@ -1,0 +1,47 @@
+"""Attention-map overlays: per-identity attention shares and the overlay row."""
+import numpy as np
+import torch
+from PIL import Image
+
+from callbacks.images import attention_overlay, slot_shares, unet_cross_attention
+from ldm_ext.attention import TokenLayout
+from ldm_ext.pose import SLOT_COLORS
+
+LAYOUT = TokenLayout(num_text=3, num_slots=2, tokens_per_face=2)  # keys: t t t a a b b
+
+
+def halves_maps(size: int = 4) -> torch.Tensor:
+    """(K=7, S, S) softmax rows: the left half attends to face 0, the right half to face 1,
+    each pixel keeping 0.2 on the text."""
+    maps = torch.zeros(LAYOUT.total, size, size)
+    maps[:3] = 0.2 / 3
+    maps[3:5, :, : size // 2] = 0.4
+    maps[5:7, :, size // 2:] = 0.4
+    return maps
+
+
+def test_slot_shares_sum_each_group_of_keys():
+    shares = slot_shares(halves_maps(), LAYOUT, num_ids=2)
+    assert shares.shape == (3, 4, 4)
+    torch.testing.assert_close(shares.sum(0), torch.ones(4, 4))  # softmax rows
+    torch.testing.assert_close(shares[0], torch.full((4, 4), 0.2))
+    assert (shares[1, :, :2] == 0.8).all() and (shares[1, :, 2:] == 0).all()
+    assert (shares[2, :, 2:] == 0.8).all() and (shares[2, :, :2] == 0).all()
+
+
+def test_overlay_tints_each_pixel_with_the_identity_it_attends_to():
+    image = Image.new("RGB", (32, 32), (128, 128, 128))
+    row = np.asarray(attention_overlay(image, slot_shares(halves_maps(), LAYOUT, 2)))
+    assert row.shape == (32, 4 * 32, 3)  # image, overlay, one heat map per identity
+    assert (row[:, :32] == 128).all()
+    expected = [0.2 * 128 + 0.8 * np.asarray(SLOT_COLORS[k]) for k in (0, 1)]
+    np.testing.assert_allclose(row[16, 32 + 2], expected[0], atol=1)  # left: identity 0
+    np.testing.assert_allclose(row[16, 64 - 3], expected[1], atol=1)  # right: identity 1
+    heat0, heat1 = row[:, 64:96].astype(int), row[:, 96:].astype(int)
+    assert heat0[:, :8].sum() > heat0[:, 24:].sum() and heat1[:, 24:].sum() > heat1[:, :8].sum()
+
+
+def test_unet_cross_attention_skips_self_attention_and_controlnet():
+    assert unet_cross_attention("up_blocks.1.attentions.0.transformer_blocks.0.attn2")
+    assert not unet_cross_attention("up_blocks.1.attentions.0.transformer_blocks.0.attn1")
+    assert not unet_cross_attention("controlnet.down_blocks.0.attentions.0.transformer_blocks.0.attn2")
