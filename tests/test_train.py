@@ -118,13 +118,19 @@ def test_sigkill_resume_matches_uninterrupted(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path):
+    """Training and the evaluation callback under DDP: rank 0 evaluates and writes once,
+    rank 1 waits at the barrier, both finish."""
     cmd = [*_cmd(tmp_path, "ddp", 2), "trainer.strategy=ddp", "trainer.devices=2",
-           "trainer.accelerator=cpu", "data.num_demo_samples=32"]  # one shard per rank
+           "trainer.accelerator=cpu", "data.num_demo_samples=32",  # one shard per rank
+           "trainer.eval_every=2", "method.sample_steps=2"]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 2
     assert (tmp_path / "ddp" / "trainable.safetensors").is_file()
+    rows = (tmp_path / "ddp" / "eval" / "eval.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("2,")  # header + step 2, written once
+    assert (tmp_path / "ddp" / "eval" / "attention_step_0000002.png").is_file()
 
 
 def test_generation_cli_from_run(demo_run: Path, tmp_path):
