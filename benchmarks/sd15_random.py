@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import tempfile
 
-import torch
 from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -41,20 +40,3 @@ def sd15_method(overrides: list[str] | None = None) -> InstantFamily:
     cfg = load_config("configs/experiment/demo.yaml",
                       ["data.resolution=512", "method.face_weights=random", *(overrides or [])])
     return InstantFamily(cfg, random_backbone(), build_face_encoder("facenet", weights="random"))
-
-
-def random_batch(batch_size: int, resolution: int, slots: int = 4, seed: int = 0) -> dict:
-    """A batch shaped like the InstantFamily view: 2 valid faces per image."""
-    gen = torch.Generator().manual_seed(seed)
-    valid = torch.zeros(batch_size, slots, dtype=torch.bool)
-    valid[:, :2] = True
-    boxes = torch.tensor([[0.1, 0.2, 0.35, 0.5], [0.6, 0.2, 0.85, 0.5]] + [[0, 0, 0, 0]] *
-                         (slots - 2)).expand(batch_size, -1, -1).clone()
-    return {
-        "pixel_values": torch.rand(batch_size, 3, resolution, resolution, generator=gen) * 2 - 1,
-        "control": torch.rand(batch_size, 3, resolution, resolution, generator=gen),
-        "caption": ["a photo of two people in a park"] * batch_size,
-        "face_crops": torch.rand(batch_size, slots, 3, 160, 160, generator=gen) * 2 - 1,
-        "face_boxes": boxes,
-        "face_valid": valid,
-    }

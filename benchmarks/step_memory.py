@@ -61,7 +61,8 @@ def child(checkpointing: bool, device: str) -> dict:
     """Build the model, run one optimizer step, report memory in GiB."""
     import torch
 
-    from sd15_random import random_batch, sd15_method  # benchmarks/ is on sys.path
+    from datamodules.demo import random_batch
+    from sd15_random import sd15_method  # benchmarks/ is on sys.path
 
     torch.manual_seed(0)
     method = sd15_method().to(device)

@@ -100,7 +100,8 @@ def bare_steps(method: InstantFamily, batch: dict, steps: int, device: str) -> l
 
 
 def main() -> None:
-    from sd15_random import random_backbone, random_batch  # benchmarks/ is on sys.path
+    from datamodules.demo import random_batch
+    from sd15_random import random_backbone  # benchmarks/ is on sys.path
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")

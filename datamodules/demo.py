@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 import webdataset as wds
 from PIL import Image, ImageDraw
 
@@ -190,3 +191,21 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def random_batch(batch_size: int, resolution: int, slots: int = 4, seed: int = 0) -> dict:
+    """Random tensors shaped like an InstantFamily view's float batch, 2 valid faces per
+    image (unit tests and step benchmarks, where the content does not matter)."""
+    gen = torch.Generator().manual_seed(seed)
+    valid = torch.zeros(batch_size, slots, dtype=torch.bool)
+    valid[:, :2] = True
+    boxes = torch.tensor([[0.1, 0.2, 0.35, 0.5], [0.6, 0.2, 0.85, 0.5]] + [[0, 0, 0, 0]] *
+                         (slots - 2)).expand(batch_size, -1, -1).clone()
+    return {
+        "pixel_values": torch.rand(batch_size, 3, resolution, resolution, generator=gen) * 2 - 1,
+        "control": torch.rand(batch_size, 3, resolution, resolution, generator=gen),
+        "caption": ["a photo of two people in a park"] * batch_size,
+        "face_crops": torch.rand(batch_size, slots, 3, 160, 160, generator=gen) * 2 - 1,
+        "face_boxes": boxes,
+        "face_valid": valid,
+    }

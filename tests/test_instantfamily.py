@@ -1,18 +1,13 @@
 """InstantFamily module: embedding stack (Eq. 4-5), what trains, checkpointing equivalence."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+from datamodules.demo import random_batch
 from ldm_ext.adapters.embedding_stack import FaceProjector, stack_embeddings
 from ldm_ext.config import load_config
 from ldm_ext.methods.loading import build_method
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from sd15_random import random_batch  # noqa: E402
 
 
 def make(*overrides):
