@@ -36,7 +36,8 @@ import webdataset as wds
 
 from datamodules.annotate import EllipseSegmenter, character_crop, face_masks
 from datamodules.demo import demo_sample
-from datamodules.schema import encode_sample, validate
+from datamodules.codec import encode_sample
+from datamodules.schema import validate
 from datamodules.shards import ShardDataModule
 
 GOAL_RATIO, GOAL_RATE = 0.67, 40.0

@@ -19,7 +19,8 @@ import torch
 import webdataset as wds
 from PIL import Image, ImageDraw
 
-from datamodules.schema import CROP_SIZE, SCHEMA_VERSION, Sample, encode_sample, validate
+from datamodules.codec import encode_sample
+from datamodules.schema import CROP_SIZE, SCHEMA_VERSION, Sample, validate
 from datamodules.shards import ShardDataModule
 from ldm_ext.pose import Person, face_box, pose_template
 
@@ -50,7 +51,7 @@ def _landmarks(face: np.ndarray) -> np.ndarray:
 def _draw(draw: ImageDraw.ImageDraw, person: Person, box: np.ndarray, marks: np.ndarray,
           rng: np.random.Generator) -> None:
     """Body sticks, hair, then the face ellipse filling ``box`` with eyes, nose, mouth."""
-    (x0, y0, x1, y1), (w, h) = box, box[2:] - box[:2]
+    (x0, y0, x1, _), (w, h) = box, box[2:] - box[:2]
     shirt = tuple(int(c) for c in rng.integers(0, 256, 3))
     for a, b in LIMBS:
         if person.body[a, 2] > 0 and person.body[b, 2] > 0:

@@ -35,7 +35,8 @@ import webdataset as wds
 
 from datamodules.annotate import Annotator, Filters, Rejected, crops_uint8
 from datamodules.preview import write_preview
-from datamodules.schema import BadSample, encode_sample, validate
+from datamodules.codec import encode_sample
+from datamodules.schema import BadSample, validate
 from datamodules.sources import (Task, decode_image, load_video_meta, plan_images, plan_videos,
                                  read_frames, read_images, video_caption)
 

@@ -39,8 +39,8 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
-from datamodules.schema import (OPTIONAL_KEYS, REASONS, BadSample, Sample, decode_sample,
-                                validate)
+from datamodules.codec import decode_sample
+from datamodules.schema import OPTIONAL_KEYS, REASONS, BadSample, Sample, validate
 from datamodules.transforms import ResizeCrop
 from datamodules.views import View, build_view
 

@@ -16,7 +16,8 @@ import webdataset as wds
 from PIL import Image
 
 from datamodules.demo import WHO, DemoDataModule, demo_sample, main, write_demo_shards
-from datamodules.schema import BadSample, Sample, decode_sample, encode_sample, validate
+from datamodules.codec import decode_sample, encode_sample
+from datamodules.schema import BadSample, Sample, validate
 from datamodules.shards import (ShardDataModule, ShardStream, expand_shards, logical_worker,
                                 worker_start)
 from datamodules.transforms import LANDMARK_FLIP, ResizeCrop

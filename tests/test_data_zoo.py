@@ -16,7 +16,8 @@ import webdataset as wds
 from PIL import Image
 
 from datamodules.demo import demo_sample
-from datamodules.schema import MASK_BOX, BadSample, Sample, decode_sample, encode_sample, validate
+from datamodules.codec import decode_sample, encode_sample
+from datamodules.schema import MASK_BOX, BadSample, Sample, validate
 from datamodules.shards import MAX_EMPTY_EPOCHS, ShardDataModule
 from ldm_ext.pose import pose_template
 

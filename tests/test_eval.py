@@ -13,7 +13,6 @@ import insightface
 import numpy as np
 import pytest
 import skimage.data
-import torch
 from PIL import Image
 
 import eval as evaluate

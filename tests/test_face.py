@@ -8,7 +8,7 @@ import PIL.Image
 import pytest
 import skimage.data
 import torch
-from facenet_pytorch import MTCNN, InceptionResnetV1
+from facenet_pytorch import MTCNN
 
 from ldm_ext.face import (ArcFaceEncoder, DlibDetector, DlibEncoder, FaceDetector, FaceEncoder,
                           FaceModelMissing, FaceNetEncoder, Faces, InsightFaceDetector,

@@ -17,7 +17,8 @@ from PIL import Image
 
 from datamodules.annotate import Annotator, EllipseSegmenter, Filters, face_masks
 from datamodules.prepare import PrepareConfig, main, prepare, run_task
-from datamodules.schema import MASK_BOX, MASK_SEG, decode_sample, validate
+from datamodules.codec import decode_sample
+from datamodules.schema import MASK_BOX, MASK_SEG, validate
 from datamodules.shards import ShardDataModule
 from datamodules.sources import load_video_meta, plan_images, video_caption
 
