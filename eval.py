@@ -266,7 +266,7 @@ def generate(cfg, method, subjects: dict[str, dict], records: list[dict], out_di
 def score_folder(cfg, image_dir: Path, records: list[dict], subjects: dict[str, dict],
                  device: str) -> tuple[list[dict], list[np.ndarray]]:
     """Metrics rows and similarity matrices of every record's image, in chunks."""
-    from callbacks.evaluation import build_scorers, embed_references, score_images
+    from callbacks.scoring import build_scorers, embed_references, score_images
 
     scorers = build_scorers(cfg.scoring, device)
     photos = {sid: np.asarray(Image.open(s["photo"]).convert("RGB"))

@@ -1,6 +1,6 @@
 """Images/s of the batched scorers vs scoring one image at a time, same process, same code.
 
-Both sides run ``callbacks.evaluation.score_images`` (MTCNN detection + FaceNet identity,
+Both sides run ``callbacks.scoring.score_images`` (MTCNN detection + FaceNet identity,
 CLIP text score, all per-image metrics) over the same images and records; the batched
 side gets all images in one call with ``batch_size`` images per network call (MTCNN
 detects same-size images in one call), the other calls it once per image with batch
@@ -28,7 +28,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from callbacks.evaluation import References, Scorers, score_images  # noqa: E402
+from callbacks.scoring import References, Scorers, score_images  # noqa: E402
 from callbacks.prompts import fill, prompt_list  # noqa: E402
 from callbacks.scorers import CLIPScorer, FaceScorer  # noqa: E402
 from ldm_ext.face import FaceNetEncoder, MTCNNDetector  # noqa: E402

@@ -1,146 +1,26 @@
-"""Scoring of generated images (shared by ``eval.py``) and the training-time evaluation
-callback.
-
-``score_images`` turns images + their manifest records + reference photos into one row
-of metrics per image (callbacks/metrics.py) and the generated x reference similarity
-matrices (for the identity-mixing matrix). ``EvaluationCallback`` runs fixed prompts and
-identities through the method's pipeline every K steps and logs the summaries.
+"""The training-time evaluation callback: every K steps, fixed prompts and identities go
+through the method's pipeline, are scored (``callbacks/scoring.py``) and logged, with
+attention-map overlays of the UNet's cross-attention (``callbacks/images.py``).
 """
 from __future__ import annotations
 
 import csv
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-
 from PIL import Image
 from pytorch_lightning.loggers import WandbLogger
 
-from callbacks import metrics as M
 from callbacks.images import attention_overlay, slot_shares, unet_cross_attention
 from callbacks.prompts import fill, prompt_list
-from callbacks.scorers import CLIPScorer, ClipModelMissing, FaceScorer, build_face_scorer
+from callbacks.scorers import ClipModelMissing
+from callbacks.scoring import METRICS, References, Scorers, build_scorers, score_images, summarize
 from ldm_ext.attention import AttentionStore, TokenLayout
 from ldm_ext.face import FaceModelMissing
-
-METRICS = ("faces", "detect", "identity", "single_sim", "multi_sim", "matched_identity",
-           "clip_t", "id_p", "face_sim", "clip_i", "expression")
-
-
-@dataclass
-class Scorers:
-    """Networks and settings the metrics need; a None scorer skips its metrics."""
-
-    faces: FaceScorer
-    clip_t: CLIPScorer | None = None
-    clip_i: CLIPScorer | None = None
-    face_sim: FaceScorer | None = None
-    matching: str = "hungarian"
-    id_p_threshold: float = 0.23
-    emotions: list[str] = field(default_factory=list)
-
-
-def build_scorers(scoring, device: str = "cpu") -> Scorers:
-    """Scorers from an ``eval_config.ScoringConfig`` (missing weights raise, naming them)."""
-    s = scoring
-    faces = build_face_scorer(s.detector, s.face_encoder, s.face_weights, s.min_face_score,
-                              device, s.batch_size)
-    face_sim = (build_face_scorer(s.face_sim_detector, s.face_sim_encoder, None, 0.5, device,
-                                  s.batch_size) if s.face_sim_encoder else None)
-    clip_t = (CLIPScorer(s.clip_t_model, s.clip_t_pretrained, device, s.batch_size)
-              if s.clip_t_model else None)
-    clip_i = (CLIPScorer(s.clip_i_model, s.clip_i_pretrained, device, s.batch_size)
-              if s.clip_i_model else None)
-    return Scorers(faces, clip_t, clip_i, face_sim, s.matching, s.id_p_threshold,
-                   list(s.emotions))
-
-
-@dataclass
-class References:
-    """Per-subject reference embeddings, computed once per run."""
-
-    faces: dict[str, np.ndarray]  # id -> (D,) largest face of its photo
-    clip: dict[str, np.ndarray] = field(default_factory=dict)  # id -> (D,) CLIP-I image
-    face_sim: dict[str, np.ndarray] = field(default_factory=dict)  # id -> (D,) ArcFace
-
-
-def embed_references(scorers: Scorers, photos: dict[str, np.ndarray]) -> References:
-    """Reference embeddings of every subject photo (uint8 RGB arrays by id)."""
-    ids = list(photos)
-    images = [photos[i] for i in ids]
-    refs = References(dict(zip(ids, scorers.faces.references(images))))
-    if scorers.clip_i is not None:
-        refs.clip = dict(zip(ids, scorers.clip_i.encode_images(images)))
-    if scorers.face_sim is not None:
-        refs.face_sim = dict(zip(ids, scorers.face_sim.references(images)))
-    return refs
-
-
-def _identity_metrics(sim: np.ndarray, faces: np.ndarray, matching: str) -> dict:
-    """Face metrics of one image from its (G, N) similarity matrix and (G, D) faces."""
-    num = sim.shape[1]
-    row = {"faces": int(sim.shape[0]), "detect": M.detected(sim.shape[0], num),
-           "identity": M.fastcomposer_identity(sim),
-           "multi_sim": M.multi_sim(sim, faces, matching) if num > 1 else None,
-           "matched_identity": M.matched_identity(sim, matching)}
-    row["single_sim"] = (float(sim[0, 0]) if len(sim) else 0.0) if num == 1 else None
-    return row
-
-
-def score_images(scorers: Scorers, images: Sequence, records: Sequence[dict],
-                 refs: References) -> tuple[list[dict], list[np.ndarray]]:
-    """One metrics row per image (record fields + METRICS) and its (G, N) similarities.
-
-    Records need ``subjects`` (ids, in slot order), ``clip_prompt`` (prompt without the
-    identity marker) and ``prompt_index``/``category`` for grouping.
-    """
-    faces = scorers.faces.embed(images)
-    sims = [M.cosine_matrix(f, np.stack([refs.faces[s] for s in r["subjects"]]))
-            if len(f) else np.zeros((0, len(r["subjects"]))) for f, r in zip(faces, records)]
-    rows = [{**r, **_identity_metrics(sim, f, scorers.matching)}
-            for r, sim, f in zip(records, sims, faces)]
-    _add_clip_metrics(scorers, images, rows, refs)
-    if scorers.face_sim is not None:
-        for row, found in zip(rows, scorers.face_sim.embed(images)):
-            ref = np.stack([refs.face_sim[row["subjects"][0]]])
-            row["face_sim"] = M.face_sim(M.cosine_matrix(found, ref)) if len(found) else 0.0
-    return rows, sims
-
-
-def _add_clip_metrics(scorers: Scorers, images: Sequence, rows: list[dict],
-                      refs: References) -> None:
-    """CLIP-T, ID(P), expression (CLIP-T model) and CLIP-I (single subject) in place."""
-    if scorers.clip_t is not None:
-        embedded = scorers.clip_t.encode_images(images)
-        text = M.clip_t(embedded, scorers.clip_t.encode_texts([r["clip_prompt"] for r in rows]))
-        for row, score, emb in zip(rows, text, embedded):
-            row["clip_t"] = float(score)
-            row["id_p"] = M.id_with_prompt(row["identity"], score, scorers.id_p_threshold)
-            word = next((w for w in scorers.emotions if w in row["clip_prompt"].split()), None)
-            if word is not None:
-                row["expression"] = float(M.expression_score(
-                    emb[None], scorers.clip_t.encode_texts([word]))[0])
-    if scorers.clip_i is not None:
-        embedded = scorers.clip_i.encode_images(images)
-        for row, emb in zip(rows, embedded):
-            ref = np.mean([refs.clip[s] for s in row["subjects"]], axis=0)
-            row["clip_i"] = float(M.clip_i(emb[None], ref[None])[0])
-
-
-def summarize(rows: Sequence[dict]) -> dict:
-    """Mean ± population std per metric: overall, per prompt category, per N."""
-    present = [m for m in METRICS if any(r.get(m) is not None for r in rows)]
-    with_n = [{**r, "num_ids": len(r["subjects"])} for r in rows]
-    return {"num_images": len(rows),
-            "overall": M.summarize_rows(rows, present)["all"] if rows else {},
-            "by_category": M.summarize_rows(rows, present, "category"),
-            "by_num_ids": M.summarize_rows(with_n, present, "num_ids")}
-
 
 class EvaluationCallback(pl.Callback):
     """Every ``every`` steps: fixed prompts x the first identities seen in training ->

@@ -38,7 +38,7 @@ def write_outputs(cfg, out_dir: Path, image_dir: Path, rows: list[dict],
     """metrics.csv, summary.json, report.md (+ grids/, plots/) and the wandb table."""
     from omegaconf import OmegaConf
 
-    from callbacks.evaluation import summarize
+    from callbacks.scoring import summarize
 
     write_csv(out_dir / "metrics.csv", rows)
     summary = {"name": cfg.name, **summarize(rows),
