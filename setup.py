@@ -17,6 +17,7 @@ CORE = [
     "controlnet_aux>=0.0.9",
     "wandb>=0.17",
     "omegaconf>=2.3",
+    "orjson>=3.9",  # shard json (pose keypoints) parsed in the data loader
     "webdataset>=0.2.90",
     "numpy>=1.26",
     "pillow>=10",

@@ -12,6 +12,7 @@ import json
 
 import cv2
 import numpy as np
+import orjson
 from PIL import Image
 
 from datamodules.schema import (KEYS, MAX_PIXELS, OPTIONAL_KEYS, SCHEMA_VERSION, BadSample,
@@ -134,10 +135,16 @@ def _decode_optional(raw: dict, sample: Sample, optional: tuple[str, ...]) -> Sa
 
 
 def _json(data: bytes, name: str) -> dict:
+    """A JSON object, parsed by orjson (several times faster than ``json`` on the float
+    arrays of pose.json); what orjson refuses is retried with ``json``, which also reads
+    NaN / Infinity, so that ``validate`` reports those as ``nan``, not as bad JSON."""
     try:
-        value = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BadSample("bad_json", f"{name}: {err}") from None
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:
+            value = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise BadSample("bad_json", f"{name}: {err}") from None
     if not isinstance(value, dict):
         raise BadSample("bad_json", f"{name} is not an object")
     return value
