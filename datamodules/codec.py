@@ -7,8 +7,10 @@ pixel is decoded (decompression bombs).
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
+import math
 
 import cv2
 import numpy as np
@@ -150,11 +152,33 @@ def _json(data: bytes, name: str) -> dict:
     return value
 
 
+@functools.lru_cache(maxsize=256)
+def _npy_header(head: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of an .npy header (magic to the end of the header
+    dict), parsed by numpy. Cached: a shard's arrays share a handful of headers, and
+    numpy's parse (``ast.literal_eval``) costs more than copying a sample's face crops."""
+    stream = io.BytesIO(head)
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(stream)
+    return np.lib.format.read_array_header_2_0(stream)
+
+
 def _npy(data: bytes) -> np.ndarray:
-    try:  # allow_pickle=False: an object array or a pickle payload raises instead of loading
-        return np.load(io.BytesIO(data), allow_pickle=False)
+    """A writable array from .npy bytes, never unpickled: object arrays are refused (as
+    ``np.load(allow_pickle=False)`` does) and the data is copied straight from the bytes."""
+    try:
+        if data[:6] != b"\x93NUMPY" or len(data) < 10:
+            raise ValueError("not an .npy file")
+        length_bytes = 2 if data[6] == 1 else 4  # header length field: format 1.0 vs 2.0/3.0
+        offset = 8 + length_bytes + int.from_bytes(data[8:8 + length_bytes], "little")
+        shape, fortran, dtype = _npy_header(bytes(data[:offset]))
+        if dtype.hasobject:
+            raise ValueError("object arrays cannot be read without pickle")
+        flat = np.frombuffer(data, dtype, count=math.prod(shape), offset=offset)
     except (ValueError, OSError, EOFError) as err:
         raise BadSample("bad_npy", str(err)) from None
+    return flat.reshape(shape, order="F" if fortran else "C").copy(order="K")
 
 
 def _array(value, dtype, shape: tuple, name: str) -> np.ndarray:

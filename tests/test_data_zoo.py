@@ -16,7 +16,7 @@ import webdataset as wds
 from PIL import Image
 
 from datamodules.demo import demo_sample
-from datamodules.codec import decode_sample, encode_sample
+from datamodules.codec import _npy, decode_sample, encode_sample
 from datamodules.schema import MASK_BOX, BadSample, Sample, validate
 from datamodules.shards import MAX_EMPTY_EPOCHS, ShardDataModule
 from ldm_ext.pose import pose_template
@@ -193,6 +193,21 @@ def test_consecutive_duplicate_key_is_counted(tmp_path):
     dm = datamodule([str(path)])
     assert [s.key for s in dm.build_dataset().epoch(0)] == ["same"]
     assert set(dm.skip_counts()) == {"duplicate_key"}
+
+
+@pytest.mark.parametrize("array", [
+    np.arange(24, dtype=np.uint8).reshape(2, 3, 4), np.zeros((0, 3, 160, 160), np.uint8),
+    np.asfortranarray(np.arange(15.0).reshape(3, 5)), np.arange(6, dtype=">i4"),
+    np.float32(2.5) * np.ones(())])
+def test_npy_reader_matches_numpy(array):
+    """Our .npy reader (cached header parse, one copy) gives np.load's writable array."""
+    out = io.BytesIO()
+    np.save(out, array)
+    got = _npy(out.getvalue())
+    assert got.dtype == array.dtype and np.array_equal(got, array) and got.flags.writeable
+    for bad in (out.getvalue()[:-1], b"not npy", out.getvalue()[:9]):
+        with pytest.raises(BadSample, match="bad_npy"):
+            _npy(bad)
 
 
 def test_optional_members_round_trip_and_follow_the_transform():
