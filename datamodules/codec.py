@@ -165,8 +165,8 @@ def _npy_header(head: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
 
 
 def _npy(data: bytes) -> np.ndarray:
-    """A writable array from .npy bytes, never unpickled: object arrays are refused (as
-    ``np.load(allow_pickle=False)`` does) and the data is copied straight from the bytes."""
+    """The array of .npy bytes as a read-only view of them (no copy; copy it to write),
+    never unpickled: object arrays are refused as ``np.load(allow_pickle=False)`` does."""
     try:
         if data[:6] != b"\x93NUMPY" or len(data) < 10:
             raise ValueError("not an .npy file")
@@ -178,7 +178,7 @@ def _npy(data: bytes) -> np.ndarray:
         flat = np.frombuffer(data, dtype, count=math.prod(shape), offset=offset)
     except (ValueError, OSError, EOFError) as err:
         raise BadSample("bad_npy", str(err)) from None
-    return flat.reshape(shape, order="F" if fortran else "C").copy(order="K")
+    return flat.reshape(shape, order="F" if fortran else "C")
 
 
 def _array(value, dtype, shape: tuple, name: str) -> np.ndarray:
