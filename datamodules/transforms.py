@@ -76,8 +76,7 @@ def _people(people: list[Person], xy: np.ndarray, size: int, flip: bool) -> list
         out[((new_xy < 0) | (new_xy >= size)).any(axis=1), 2] = 0.0
         return out[order] if flip else out
 
-    bodies, xy = np.split(xy, [18 * len(people)])
-    faces = iter(np.split(xy, np.arange(70, len(xy), 70)))
+    bodies, faces = xy[:18 * len(people)], iter(xy[18 * len(people):].reshape(-1, 70, 2))
     return [Person(body=moved(p.body, body, BODY_FLIP),
                    face=None if p.face is None else moved(p.face, next(faces), FACE_FLIP))
             for p, body in zip(people, bodies.reshape(-1, 18, 2))]
@@ -143,8 +142,9 @@ class ResizeCrop:
     def _rebuild(self, sample: Sample, image: np.ndarray, boxes: np.ndarray,
                  points: np.ndarray, flip: bool, masks: np.ndarray | None) -> Sample:
         """The transformed sample; faces cropped away are dropped."""
-        landmarks, body_face = np.split(points, [5 * sample.num_faces])
-        landmarks, crops = landmarks.reshape(-1, 5, 2), sample.crops
+        split = 5 * sample.num_faces
+        landmarks, body_face = points[:split].reshape(-1, 5, 2), points[split:]
+        crops = sample.crops
         if flip:
             landmarks, crops = landmarks[:, LANDMARK_FLIP], _mirror(crops)
         keep = ((boxes[:, 2:] - boxes[:, :2]) >= self.min_face).all(axis=1)
