@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from datamodules.schema import Sample
-from ldm_ext.pose import (Person, circle_radius, draw_slot_circle, face_center,
+from ldm_ext.pose import (Person, circle_radius, draw_slot_circle, face_box,
                           render_control_image)
 
 
@@ -41,8 +41,8 @@ def select_slots(num_faces: int, num_slots: int, rng: torch.Generator) -> list[i
 
 
 def draw_box_circle(canvas: np.ndarray, box: np.ndarray, slot: int) -> None:
-    """Slot circle at a face box centre (a face without a person), in place, sized like
-    ``render_control_image``'s default."""
+    """Slot circle at a face box centre, in place, sized like ``render_control_image``'s
+    default."""
     draw_slot_circle(canvas, (box[:2] + box[2:]) / 2, circle_radius(box), slot)
 
 
@@ -53,14 +53,13 @@ class ControlDrawing:
     passes over memory, the data loader's main cost after JPEG decoding."""
 
     people: list[Person]
-    circles: list[int | None]  # per person: its slot or None (render_control_image)
-    loose: list[tuple[int, np.ndarray]]  # (slot, xyxy box): circles at face box centres
+    circles: list[tuple[int, np.ndarray]]  # (slot, xyxy face box): circle at its centre
     hw: tuple[int, int]
 
     def draw(self, canvas: np.ndarray) -> np.ndarray:
         """Draw on a black C-contiguous (H, W, 3) uint8 ``canvas``; returns it."""
-        render_control_image(self.people, self.hw[::-1], self.circles, out=canvas)
-        for k, box in self.loose:
+        render_control_image(self.people, self.hw[::-1], [None] * len(self.people), out=canvas)
+        for k, box in self.circles:
             draw_box_circle(canvas, box, k)
         return canvas
 
@@ -100,16 +99,15 @@ class InstantFamilyView:
         self.num_slots, self.float_batches = num_slots, float_batches
 
     def control(self, sample: Sample, slots: list[int]) -> ControlDrawing:
-        """The control image for the faces in ``slots`` (slot k = ``slots[k]``)."""
-        circles: list[int | None] = [None] * len(sample.people)
-        loose = []
+        """The control image for the faces in ``slots`` (slot k = ``slots[k]``): circles
+        at the person's face keypoint box (as ``render_control_image`` places them), else
+        at the detector box."""
+        circles = []
         for k, face in enumerate(slots):
             person = int(sample.face_person[face])
-            if person >= 0 and face_center(sample.people[person]) is not None:
-                circles[person] = k
-            else:
-                loose.append((k, sample.boxes[face]))
-        return ControlDrawing(sample.people, circles, loose, sample.hw)
+            box = face_box(sample.people[person], margin=0.0) if person >= 0 else None
+            circles.append((k, sample.boxes[face] if box is None else box))
+        return ControlDrawing(sample.people, circles, sample.hw)
 
     def __call__(self, sample: Sample, rng: torch.Generator) -> dict:
         n, (h, w) = self.num_slots, sample.hw
