@@ -3,7 +3,8 @@
 ::
 
     python -m datamodules.prepare images --input DIR|FILE.parquet|SHARDS --output OUT
-    python -m datamodules.prepare videos --input DIR --meta celebvtext_info.json --output OUT
+    python -m datamodules.prepare videos --input DIR --meta celebvtext_info.json \
+        [--texts DESCRIPTIONS_DIR] --output OUT
 
 Every output shard is one task (``datamodules.sources``), run in a process pool over all
 cores. A task writes ``shard-NNNNNN.tar`` under a temporary name, renames it, then writes
@@ -196,7 +197,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("mode", choices=("images", "videos"))
     parser.add_argument("--input", required=True)
     parser.add_argument("--output", required=True)
-    parser.add_argument("--meta", help="videos: CelebV-Text attributes json")
+    parser.add_argument("--meta", help="videos: the clips' info json (celebvtext_info.json)")
+    parser.add_argument("--texts", help="videos: CelebV-Text description folder (<clip>.txt)")
     parser.add_argument("--samples-per-shard", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=None, help="default: all cores")
     parser.add_argument("--detector", default="mtcnn")
@@ -218,8 +220,8 @@ def main(argv: list[str] | None = None) -> dict:
                            max_side=args.max_side, previews=args.previews)
     if args.mode == "videos":
         if not args.meta:
-            raise SystemExit("videos needs --meta (the clips' attributes json)")
-        config.meta = load_video_meta(args.meta)
+            raise SystemExit("videos needs --meta (the clips' info json)")
+        config.meta = load_video_meta(args.meta, args.texts)
         tasks = plan_videos(args.input, args.samples_per_shard)
     else:
         tasks = plan_images(args.input, args.samples_per_shard)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -145,24 +146,60 @@ def _gender(entry: dict, mapping: list[str] | None) -> str | None:
     return None
 
 
-def load_video_meta(path: str) -> dict[str, dict]:
-    """Clip id -> {"subject": "man"|"woman"|"person", "text": description or ""}.
+def load_video_meta(path: str, texts: str | None = None) -> dict[str, dict]:
+    """Clip id (file stem) -> {"subject": "man"|"woman"|"person", "text": description or ""}.
 
-    Reads CelebV-style info json: ``{"meta_info": {"appearance_mapping": [...]},
-    "clips": {id: {"attributes": {"appearance": [0/1 ...] | "gender": ...}, "text": ...}}}``
-    (a bare ``{id: {...}}`` also works).
+    ``path``: the clips' info json. CelebV-Text's release holds per clip only download data
+    (``{"clips": {id: {"ytb_id", "duration", "bbox", "version"}}}``, ids with or without
+    ".mp4"; a bare ``{id: {...}}`` also works); CelebV-HQ-style files add attributes
+    (``"meta_info": {"appearance_mapping": [...]}`` and per clip ``"attributes":
+    {"appearance": [0/1 ...]}`` or ``"gender"``) and may carry a ``"text"``.
+    ``texts``: CelebV-Text's description folder, one ``<clip id>.txt`` per clip (its first
+    non-empty line is the description), searched recursively.
+
+    The subject is the attributes' gender, else the first gendered word of the description
+    ("man", "she", ...), else "person".
     """
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     mapping = data.get("meta_info", {}).get("appearance_mapping")
     mapping = [str(m).lower() for m in mapping] if mapping else None
     clips = data.get("clips", data)
-    return {str(k): {"subject": _gender(v, mapping) or "person",
-                     "text": str(v.get("text") or v.get("caption") or "")}
-            for k, v in clips.items() if isinstance(v, dict)}
+    files = {p.stem: p for p in Path(texts).rglob("*.txt")} if texts else {}
+    meta = {}
+    for key, entry in clips.items():
+        if not isinstance(entry, dict):
+            continue
+        clip = Path(str(key)).stem if Path(str(key)).suffix.lower() in VIDEO_SUFFIXES else str(key)
+        text = str(entry.get("text") or entry.get("caption") or "") or _first_line(files.get(clip))
+        meta[clip] = {"subject": _gender(entry, mapping) or _gender_in_text(text) or "person",
+                      "text": text}
+    return meta
+
+
+def _first_line(path: Path | None) -> str:
+    """The first non-empty line of a text file ('' without one)."""
+    if path is None:
+        return ""
+    lines = (line.strip() for line in path.read_text(encoding="utf-8", errors="replace")
+             .splitlines())
+    return next((line for line in lines if line), "")
+
+
+GENDER_WORDS = {"man": "man", "male": "man", "he": "man", "his": "man", "him": "man",
+                "boy": "man", "gentleman": "man", "woman": "woman", "female": "woman",
+                "she": "woman", "her": "woman", "girl": "woman", "lady": "woman"}
+
+
+def _gender_in_text(text: str) -> str | None:
+    """"man" / "woman" from the first gendered word of a description, or None."""
+    for word in re.findall(r"[a-z]+", text.lower()):
+        if word in GENDER_WORDS:
+            return GENDER_WORDS[word]
+    return None
 
 
 def video_caption(meta: dict) -> str:
     """Caption naming the subject as man/woman (PortraitBooth); the clip's description
-    follows when the json has one."""
+    follows when there is one (first letter lowered: it continues the sentence)."""
     text = meta["text"].strip()
-    return f"a photo of a {meta['subject']}" + (f", {text}" if text else "")
+    return f"a photo of a {meta['subject']}" + (f", {text[:1].lower()}{text[1:]}" if text else "")

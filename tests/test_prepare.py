@@ -203,6 +203,24 @@ def test_face_masks_are_box_plus_quarter_and_ellipse():
     assert masks[0, 21, 41] == MASK_BOX  # box corner: outside the ellipse
 
 
+def test_celebv_text_layout_ids_descriptions_and_subjects(tmp_path):
+    """The released layout: a clip-keyed info json without attributes (ids with or without
+    ".mp4") and one description file per clip; the subject comes from the description."""
+    info = {"clips": {"abc_0_0.mp4": {"ytb_id": "abc", "bbox": {"top": 0.0}, "version": "v0.11"},
+                      "abc_1": {"ytb_id": "abc", "version": "v0.1"},
+                      "abc_2": {"ytb_id": "abc", "version": "v0.1"}}}
+    (tmp_path / "info.json").write_text(json.dumps(info))
+    texts = tmp_path / "texts" / "face40_details_new"
+    texts.mkdir(parents=True)
+    (texts / "abc_0_0.txt").write_text("\nThe woman has long hair. She smiles.\nline two\n")
+    (texts / "abc_1.txt").write_text("This young man has a beard and his mouth is closed.\n")
+    meta = load_video_meta(str(tmp_path / "info.json"), str(tmp_path / "texts"))
+    assert meta["abc_0_0"] == {"subject": "woman", "text": "The woman has long hair. She smiles."}
+    assert meta["abc_1"]["subject"] == "man"
+    assert meta["abc_2"] == {"subject": "person", "text": ""}  # no description file
+    assert video_caption(meta["abc_1"]).startswith("a photo of a man, this young man")
+
+
 def test_video_caption_without_text():
     assert video_caption({"subject": "person", "text": ""}) == "a photo of a person"
 
