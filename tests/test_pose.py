@@ -212,3 +212,29 @@ def test_openpose_estimator_missing_weights(tmp_path):
         OpenPoseEstimator(str(tmp_path))
     with pytest.raises(PoseModelMissing, match="lllyasviel/Annotators"):
         OpenPoseEstimator("lllyasviel/Annotators", local_files_only=True)
+
+
+def _save_openpose_weights(folder, fill: float = 0.0) -> None:
+    """The three checkpoints of lllyasviel/Annotators in their layout (body and hand keys
+    without the model's first name component, as controlnet_aux's loader expects), every
+    tensor set to ``fill``."""
+    import torch
+    from controlnet_aux.open_pose.face import FaceNet
+    from controlnet_aux.open_pose.model import bodypose_model, handpose_model
+
+    for name, model, strip in (("body_pose_model.pth", bodypose_model(), True),
+                               ("hand_pose_model.pth", handpose_model(), True),
+                               ("facenet.pth", FaceNet(), False)):
+        state = {(k.split(".", 1)[1] if strip else k): torch.full_like(v, fill)
+                 for k, v in model.state_dict().items()}
+        torch.save(state, folder / name)
+
+
+def test_openpose_estimator_real_path_on_local_weights(tmp_path):
+    """controlnet_aux's OpenPose loads from a local folder and runs on a real photo through
+    our wrapper; constant (all-zero) weights give flat heat maps, so nobody is found."""
+    import skimage.data
+
+    _save_openpose_weights(tmp_path)
+    estimator = OpenPoseEstimator(str(tmp_path), local_files_only=True)
+    assert estimator(skimage.data.astronaut()[::2, ::2]) == []
