@@ -8,7 +8,9 @@ offline; the name of whatever ran is stored in the sample (``face_model``, ``pos
 - pose: OpenPose through controlnet_aux when its weights are local, else
   ``people_from_faces`` (keypoints from the detector's landmarks), name ``faces-fallback``;
 - masks: per face, the box enlarged by 25 % (InstantFamily's face region, Sec. 3.5) and a
-  segmentation from a ``Segmenter`` (default: the ellipse inscribed in the detector box);
+  segmentation from a ``Segmenter``: the SegFormer face parser of
+  ``datamodules.face_parsing`` when its weights are local, else the ellipse inscribed in
+  the detector box (``ellipse``);
 - character: the main person on white (StoryMaker), from the pose skeleton's hull and the
   face ellipse (``pose-hull``) when no person segmentation model is configured.
 """
@@ -22,6 +24,7 @@ import cv2
 import numpy as np
 import torch
 
+from datamodules.face_parsing import DEFAULT_FACE_PARSER, FaceParserMissing, FaceParsingSegmenter
 from datamodules.schema import CROP_SIZE, MASK_BOX, MASK_SEG, Sample
 from ldm_ext.face import FaceModelMissing, Faces, build_face_detector
 from ldm_ext.face.align import tensor_to_uint8
@@ -155,14 +158,17 @@ class Annotator:
         detector: face detector name (``ldm_ext.face.build_face_detector``).
         pose: ``auto`` (OpenPose if its weights are local, else the fallback), ``openpose``
             (required) or ``faces`` (always the fallback).
-        segmenter: face segmentation; default the ellipse fallback.
+        segmenter: ``auto`` (the face parser if its weights are local, else the ellipse),
+            ``face-parsing`` (required) or ``ellipse``.
+        parser: the face parser's hub id or local folder.
         filters: face and image filters.
         detector_kwargs: extra detector arguments (the score filter is ``filters``').
     """
 
     detector: str = "mtcnn"
     pose: str = "auto"
-    segmenter: Segmenter = field(default_factory=EllipseSegmenter)
+    segmenter: str = "auto"
+    parser: str = DEFAULT_FACE_PARSER
     filters: Filters = field(default_factory=Filters)
     detector_kwargs: dict = field(default_factory=dict)
     _models: dict = field(default_factory=dict, repr=False)
@@ -185,6 +191,20 @@ class Annotator:
                         raise
                     log.warning("OpenPose unavailable, pose from face landmarks: %s", err)
         return self._models["pose"]
+
+    def face_segmenter(self) -> Segmenter:
+        """The face parser, or the ellipse fallback (logged once)."""
+        if "segmenter" not in self._models:
+            self._models["segmenter"] = EllipseSegmenter()
+            if self.segmenter != "ellipse":
+                try:
+                    self._models["segmenter"] = FaceParsingSegmenter(self.parser,
+                                                                     local_files_only=True)
+                except FaceParserMissing as err:
+                    if self.segmenter == "face-parsing":
+                        raise
+                    log.warning("face parser unavailable, ellipse masks: %s", err)
+        return self._models["segmenter"]
 
     def faces(self, image: np.ndarray) -> Faces:
         """Filtered detections, largest first."""
@@ -217,8 +237,8 @@ class Annotator:
                         landmarks=faces.landmarks, scores=faces.scores,
                         crops=crops_uint8(faces), people=people, face_person=face_person,
                         face_model=self.detector, pose_model=pose_model,
-                        masks=face_masks(image, faces.boxes, self.segmenter))
-        sample.models = {"masks": f"box+25%|{self.segmenter.name}"}
+                        masks=face_masks(image, faces.boxes, self.face_segmenter()))
+        sample.models = {"masks": f"box+25%|{self.face_segmenter().name}"}
         if len(faces) and face_person[0] >= 0:
             sample.character = character_crop(image, people[face_person[0]], faces.boxes[0])
             sample.models["character"] = f"pose-hull({pose_model})"

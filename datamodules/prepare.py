@@ -37,6 +37,7 @@ import webdataset as wds
 from datamodules.annotate import Annotator, Filters, Rejected, crops_uint8
 from datamodules.preview import write_preview
 from datamodules.codec import encode_sample
+from datamodules.face_parsing import DEFAULT_FACE_PARSER
 from datamodules.schema import BadSample, validate
 from datamodules.sources import (Task, decode_image, load_video_meta, plan_images, plan_videos,
                                  read_frames, read_images, video_caption)
@@ -203,6 +204,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=None, help="default: all cores")
     parser.add_argument("--detector", default="mtcnn")
     parser.add_argument("--pose", default="auto", choices=("auto", "openpose", "faces"))
+    parser.add_argument("--segmenter", default="auto", choices=("auto", "face-parsing", "ellipse"))
+    parser.add_argument("--parser", default=DEFAULT_FACE_PARSER,
+                        help="face parser: hub id or local folder (SegFormer)")
     parser.add_argument("--min-faces", type=int, default=1)
     parser.add_argument("--max-faces", type=int, default=8)
     parser.add_argument("--min-face-size", type=float, default=32.0)
@@ -216,7 +220,8 @@ def main(argv: list[str] | None = None) -> dict:
     """CLI entry point; returns the stats."""
     args = _parser().parse_args(argv)
     filters = Filters(args.min_faces, args.max_faces, args.min_face_size, args.min_score)
-    config = PrepareConfig(args.output, Annotator(args.detector, args.pose, filters=filters),
+    annotator = Annotator(args.detector, args.pose, args.segmenter, args.parser, filters)
+    config = PrepareConfig(args.output, annotator,
                            max_side=args.max_side, previews=args.previews)
     if args.mode == "videos":
         if not args.meta:

@@ -38,7 +38,8 @@ def rgb(image: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def annotator() -> Annotator:
-    return Annotator("mtcnn", pose="faces", filters=Filters(min_score=0.95, min_face_size=20))
+    return Annotator("mtcnn", pose="faces", segmenter="ellipse",
+                     filters=Filters(min_score=0.95, min_face_size=20))
 
 
 @pytest.fixture(scope="module")
