@@ -31,10 +31,7 @@ matrices), ``report.md`` with tables, ``grids/`` and ``plots/``; a wandb table w
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import random
-import re
 import sys
 from pathlib import Path
 
@@ -42,9 +39,7 @@ import numpy as np
 from PIL import Image
 
 from callbacks.report import write_outputs
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-NAME_PATTERN = re.compile(r"^(?P<ids>.+?)__p(?P<index>\d+)__(?P<k>\d+)$")
+from callbacks.subjects import load_subjects, plan, records_from_folder
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,134 +55,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.checkpoint and not args.config:
         parser.error("--checkpoint needs --config")
     return args
-
-
-# ----- subjects and the plan of images ---------------------------------------------------
-def image_name(ids: list[str], prompt_index: int, k: int) -> str:
-    """File name of image ``k`` of prompt ``prompt_index`` for subjects ``ids``."""
-    return f"{'+'.join(ids)}__p{prompt_index:02d}__{k}.png"
-
-
-def read_class_words(path: Path) -> dict[str, str]:
-    """``<id> <class word>`` lines (blank lines and ``#`` comments ignored)."""
-    words = {}
-    for line in path.read_text().splitlines():
-        parts = line.split("#")[0].split()
-        if len(parts) >= 2:
-            words[parts[0]] = " ".join(parts[1:])
-    return words
-
-
-def load_subjects(subjects, out_dir: Path) -> dict[str, dict]:
-    """``{id: {"photo": path, "class_word": word}}`` from a subjects config."""
-    from callbacks.prompts import FASTCOMPOSER_CLASSES
-
-    root = Path(subjects.root)
-    if subjects.root == "demo":
-        root = write_demo_subjects(out_dir / "subjects")
-    if not root.is_dir():
-        raise FileNotFoundError(f"subjects folder {root} not found (<root>/<id>/<photo>)")
-    class_file = Path(subjects.class_words) if subjects.class_words else root / "classes.txt"
-    words = {**FASTCOMPOSER_CLASSES, **(read_class_words(class_file)
-                                        if class_file.is_file() else {})}
-    ids = list(subjects.ids) if subjects.ids else sorted(p.name for p in root.iterdir()
-                                                          if p.is_dir())
-    found = {}
-    for sid in ids:
-        photos = sorted(p for p in (root / sid).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not photos:
-            raise FileNotFoundError(f"subject {sid}: no photo in {root / sid}")
-        if sid not in words:
-            raise KeyError(f"subject {sid}: no class word in {class_file}")
-        found[sid] = {"photo": str(photos[0]), "class_word": words[sid]}
-    return found
-
-
-def write_demo_subjects(folder: Path) -> Path:
-    """Offline subjects: skimage's astronaut (woman) and the faces of insightface's t1.jpg
-    (person), each as a 256x256 photo around the face. Returns the folder."""
-    import os
-
-    import insightface
-    import skimage.data
-
-    folder.mkdir(parents=True, exist_ok=True)
-    group = np.asarray(Image.open(os.path.join(os.path.dirname(insightface.__file__),
-                                               "data", "images", "t1.jpg")).convert("RGB"))
-    photos = {"astronaut": (skimage.data.astronaut()[0:300, 80:380], "woman")}
-    boxes = [(464, 261, 570, 405), (54, 262, 165, 397), (908, 61, 1013, 201)]  # t1 faces
-    for k, (x0, y0, x1, y1) in enumerate(boxes):
-        cx, cy, half = (x0 + x1) // 2, (y0 + y1) // 2, (y1 - y0)
-        crop = group[max(0, cy - half):cy + half, max(0, cx - half):cx + half]
-        photos[f"t1_{k}"] = (crop, "person")
-    for sid, (array, _) in photos.items():
-        (folder / sid).mkdir(exist_ok=True)
-        Image.fromarray(array).resize((256, 256), Image.BICUBIC).save(folder / sid / "0.png")
-    (folder / "classes.txt").write_text("".join(f"{s} {w}\n" for s, (_, w) in photos.items()))
-    return folder
-
-
-def subject_groups(ids: list[str], n: int, limit: int | None, seed: int) -> list[tuple]:
-    """All sorted n-combinations of ``ids``, or ``limit`` of them sampled with ``seed``."""
-    groups = list(itertools.combinations(sorted(ids), n))
-    if limit is not None and limit < len(groups):
-        groups = sorted(random.Random(seed).sample(groups, limit))
-    return groups
-
-
-def make_record(ids: list[str], words: list[str], prompt, k: int, marker: str) -> dict:
-    """Manifest record of one image."""
-    from callbacks.prompts import fill
-
-    return {"file": image_name(ids, prompt.index, k), "subjects": ids, "class_words": words,
-            "prompt_index": prompt.index, "category": prompt.category, "k": k,
-            "prompt": fill(prompt.template, words, marker),
-            "clip_prompt": fill(prompt.template, words)}
-
-
-def plan(cfg, subjects: dict[str, dict]) -> list[dict]:
-    """Records of every image of the run, in generation order (group, prompt, k)."""
-    from callbacks.prompts import prompt_list
-
-    prompts = prompt_list(cfg.prompts.set, cfg.prompts.limit)
-    records = []
-    for n in cfg.subjects.num_ids:
-        for group in subject_groups(list(subjects), n, cfg.subjects.max_groups,
-                                    cfg.generation.seed):
-            words = [subjects[s]["class_word"] for s in group]
-            records += [make_record(list(group), words, p, k, cfg.prompts.marker)
-                        for p in prompts for k in range(cfg.generation.images_per_prompt)]
-    return records
-
-
-def records_from_folder(folder: Path, cfg, words: dict[str, str]) -> list[dict]:
-    """Records of the images of a foreign folder: its manifest.jsonl or the file names."""
-    from callbacks.prompts import prompt_list
-
-    prompts = {p.index: p for p in prompt_list(cfg.prompts.set)}
-    manifest = folder / "manifest.jsonl"
-    if manifest.is_file():
-        raw = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-    else:
-        raw = [_parse_name(p.name) for p in sorted(folder.iterdir())
-               if p.suffix.lower() in IMAGE_SUFFIXES]
-    records = []
-    for entry in raw:
-        ids = list(entry["subjects"])
-        prompt = prompts[int(entry.get("prompt_index", 0))]
-        base = make_record(ids, [words.get(s, "person") for s in ids], prompt,
-                           int(entry.get("k", 0)), cfg.prompts.marker)
-        records.append({**base, **entry})
-    return records
-
-
-def _parse_name(name: str) -> dict:
-    match = NAME_PATTERN.match(Path(name).stem)
-    if match is None:
-        raise ValueError(f"image '{name}' does not follow <id>[+<id>]__p<index>__<k>.png "
-                         "and the folder has no manifest.jsonl")
-    return {"file": name, "subjects": match["ids"].split("+"),
-            "prompt_index": int(match["index"]), "k": int(match["k"])}
 
 
 # ----- generation (resumable) -------------------------------------------------------------

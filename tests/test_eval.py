@@ -16,6 +16,7 @@ import skimage.data
 from PIL import Image
 
 import eval as evaluate
+from callbacks import subjects as subject_plan
 from ldm_ext.config import ConfigError
 from ldm_ext.eval_config import load_eval_config
 
@@ -59,15 +60,15 @@ def test_plan_counts_and_names():
     subjects = {f"{i:06d}": {"class_word": "man" if i % 2 else "woman"} for i in range(15)}
     cfg = load_eval_config(ROOT / "configs" / "eval" / "fastcomposer_multi.yaml",
                            ["subjects.num_ids=[2]", "generation.images_per_prompt=4"])
-    records = evaluate.plan(cfg, subjects)
+    records = subject_plan.plan(cfg, subjects)
     assert len(records) == 105 * 21 * 4  # BENCHMARK.md: 8,820 images
     first = records[0]
     assert first["file"] == "000000+000001__p00__0.png"
     assert first["prompt"] == "a painting of a woman and a man together in the style of Banksy"
-    assert evaluate._parse_name(first["file"])["subjects"] == ["000000", "000001"]
-    sampled = evaluate.subject_groups(list(subjects), 3, 7, seed=42)
+    assert subject_plan.parse_name(first["file"])["subjects"] == ["000000", "000001"]
+    sampled = subject_plan.subject_groups(list(subjects), 3, 7, seed=42)
     assert len(sampled) == 7 == len(set(sampled))
-    assert sampled == evaluate.subject_groups(list(subjects), 3, 7, seed=42)
+    assert sampled == subject_plan.subject_groups(list(subjects), 3, 7, seed=42)
 
 
 def _lines(path: Path) -> list[str]:
@@ -102,7 +103,7 @@ def test_tiny_end_to_end_and_resume(tiny_run, tmp_path):
 
 
 def test_images_mode_scores_real_photos(tmp_path):
-    refs = evaluate.write_demo_subjects(tmp_path / "refs")
+    refs = subject_plan.write_demo_subjects(tmp_path / "refs")
     folder = tmp_path / "foreign"
     folder.mkdir()
     astronaut = skimage.data.astronaut()
@@ -130,7 +131,7 @@ def test_images_mode_reads_a_manifest(tmp_path):
     cfg = load_eval_config(TINY, ["subjects.root=unused"])
     (tmp_path / "manifest.jsonl").write_text(
         json.dumps({"file": "any_name.png", "subjects": ["a", "b"], "prompt_index": 3}) + "\n")
-    (record,) = evaluate.records_from_folder(tmp_path, cfg, {"a": "man", "b": "woman"})
+    (record,) = subject_plan.records_from_folder(tmp_path, cfg, {"a": "man", "b": "woman"})
     assert record["file"] == "any_name.png" and record["category"] == "accessory"
     assert record["clip_prompt"] == "a man and a woman wearing a black top hat and a monocle"
 
