@@ -40,7 +40,13 @@ def test_run_folder_has_everything(demo_run: Path):
     assert grid.is_file()
     from PIL import Image
 
-    assert Image.open(grid).size == (2 * 128, 128)  # 1 prompt x [1, 2] identities
+    image = Image.open(grid).convert("RGB")
+    assert image.size == (2 * 128, 2 * 128)  # legend row + 1 prompt, x [1, 2] identities
+    from ldm_ext.pose import SLOT_COLORS
+
+    side = 128 // 5  # legend: identity k framed in slot colour k along the bottom edge
+    assert image.getpixel((2, 128 - side - 6)) == SLOT_COLORS[0]
+    assert image.getpixel((128 + 2 + side + 6, 128 - side - 6)) == SLOT_COLORS[1]
     metrics = (demo_run / "csv" / "version_0" / "metrics.csv").read_text()
     assert "train/loss" in metrics
     assert list((demo_run / "wandb").glob("offline-run-*")), "wandb offline run missing"

@@ -116,15 +116,18 @@ class InstantFamily(IdentityMethod):
 
     # ----- samples ---------------------------------------------------------------------
     def sample_images(self, identities: torch.Tensor, generator: torch.Generator):
-        """Grid cells for the sample callback: every sample prompt with the first k
-        identities for each k in sample_num_ids. Returns (images, columns)."""
-        from ldm_ext.pipelines.instantfamily import InstantFamilyPipeline
+        """Grid cells for the sample callback: a legend row (per column, the control image
+        with its identities framed in their slot colours, see ``control_legend``), then
+        every sample prompt with the first k identities for each k in sample_num_ids.
+        Returns (images, columns)."""
+        from ldm_ext.pipelines.instantfamily import InstantFamilyPipeline, control_legend
 
         method, size = self.cfg.method, (self.cfg.data.resolution,) * 2
         pipe, was_training = InstantFamilyPipeline(self), self.training
         self.eval()
+        legend = [control_legend(pipe, identities[:k], size) for k in method.sample_num_ids]
         images = [pipe(prompt, identities[:k], size=size, steps=method.sample_steps,
                        guidance=method.guidance_scale, generator=generator, progress=False)
                   for prompt in method.sample_prompts for k in method.sample_num_ids]
         self.train(was_training)
-        return images, len(method.sample_num_ids)
+        return legend + images, len(method.sample_num_ids)
