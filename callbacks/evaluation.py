@@ -13,9 +13,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from PIL import Image
-from pytorch_lightning.loggers import WandbLogger
 
-from callbacks.images import attention_overlay, slot_shares, unet_cross_attention
+from callbacks.images import (attention_overlay, cycled, gather_identities, save_and_log,
+                              slot_shares, unet_cross_attention)
 from callbacks.prompts import fill, prompt_list
 from callbacks.scorers import ClipModelMissing
 from callbacks.scoring import METRICS, References, Scorers, build_scorers, score_images, summarize
@@ -53,11 +53,7 @@ class EvaluationCallback(pl.Callback):
         self.last_step = -1  # with gradient accumulation several batches share a step
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        need = max(self.num_ids)
-        if self.identities is None or len(self.identities) < need:
-            crops = batch["face_crops"][batch["face_valid"]].detach().cpu()
-            seen = crops if self.identities is None else torch.cat([self.identities, crops])
-            self.identities = seen[:need]
+        self.identities = gather_identities(self.identities, batch, max(self.num_ids))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -90,24 +86,17 @@ class EvaluationCallback(pl.Callback):
         """One PNG of the overlay rows (one per generated image), also to wandb."""
         sheet = Image.new("RGB", (max(o.width for o in overlays),
                                   sum(o.height for o in overlays)), "white")
-        for index, overlay in enumerate(overlays):
-            sheet.paste(overlay, (0, sum(o.height for o in overlays[:index])))
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / f"attention_step_{trainer.global_step:07d}.png"
-        sheet.save(path)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image("eval/attention", [sheet], step=trainer.global_step)
-        return path
-
-    def _padded_identities(self) -> torch.Tensor:
-        """(max N, 3, S, S): the identities seen, cycled when fewer than the largest N."""
-        need = max(self.num_ids)
-        return self.identities[torch.arange(need) % len(self.identities)]
+        top = 0
+        for overlay in overlays:
+            sheet.paste(overlay, (0, top))
+            top += overlay.height
+        return save_and_log(trainer, sheet,
+                            self.out_dir / f"attention_step_{trainer.global_step:07d}.png",
+                            "eval/attention")
 
     def _identity_references(self) -> References:
         """The identity crops themselves are the references (they are face crops already)."""
-        embedded = self.scorers.faces.encode(self._padded_identities())
+        embedded = self.scorers.faces.encode(cycled(self.identities, max(self.num_ids)))
         return References({f"id{k}": e for k, e in enumerate(embedded)})
 
     @torch.no_grad()
@@ -115,7 +104,7 @@ class EvaluationCallback(pl.Callback):
         """Images (uint8 arrays), their manifest records, and their attention overlays."""
         from ldm_ext.pipelines.instantfamily import InstantFamilyPipeline
 
-        ids = self._padded_identities()
+        ids = cycled(self.identities, max(self.num_ids))
         size = (pl_module.cfg.data.resolution,) * 2
         pipe, was_training = InstantFamilyPipeline(pl_module), pl_module.training
         generator = torch.Generator().manual_seed(self.seed)

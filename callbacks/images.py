@@ -63,6 +63,30 @@ def attention_overlay(image: Image.Image, shares: torch.Tensor) -> Image.Image:
     return Image.fromarray((row.clip(0, 1) * 255).round().astype(np.uint8))
 
 
+def gather_identities(seen: torch.Tensor | None, batch: dict, need: int) -> torch.Tensor:
+    """(<= need, 3, S, S) face crops for sampling callbacks: those ``seen`` so far, topped
+    up with ``batch``'s valid crops until there are ``need``."""
+    if seen is not None and len(seen) >= need:
+        return seen
+    crops = batch["face_crops"][batch["face_valid"]].detach().cpu()
+    return (crops if seen is None else torch.cat([seen, crops]))[:need]
+
+
+def cycled(identities: torch.Tensor, need: int) -> torch.Tensor:
+    """(need, 3, S, S): slot k gets identity k mod K, when fewer faces were seen."""
+    return identities[torch.arange(need) % len(identities)]
+
+
+def save_and_log(trainer: pl.Trainer, image: Image.Image, path: Path, key: str) -> Path:
+    """Write ``image`` to ``path`` and log it as ``key`` to the wandb loggers at this step."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key, [image], step=trainer.global_step)
+    return path
+
+
 class SampleGrid(pl.Callback):
     """Every ``every`` steps (0: only at the end) render ``pl_module.sample_images`` for
     identities taken from the first training batches, on rank 0."""
@@ -73,11 +97,7 @@ class SampleGrid(pl.Callback):
         self.identities: torch.Tensor | None = None  # (K, 3, S, S)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        have = 0 if self.identities is None else len(self.identities)
-        if have < self.num_ids:
-            crops = batch["face_crops"][batch["face_valid"]].detach().cpu()
-            found = crops if self.identities is None else torch.cat([self.identities, crops])
-            self.identities = found[: self.num_ids]
+        self.identities = gather_identities(self.identities, batch, self.num_ids)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -91,16 +111,7 @@ class SampleGrid(pl.Callback):
         """Write (and log) one grid: rows = prompts, columns = identity counts."""
         if not trainer.is_global_zero or self.identities is None or not len(self.identities):
             return None
-        ids = self.identities
-        while len(ids) < self.num_ids:  # too few faces seen: reuse them
-            ids = torch.cat([ids, self.identities])[: self.num_ids]
         generator = torch.Generator().manual_seed(self.seed)
-        images, cols = pl_module.sample_images(ids, generator)
-        grid = image_grid(images, cols)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / f"step_{trainer.global_step:07d}.png"
-        grid.save(path)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image("samples", [grid], step=trainer.global_step)
-        return path
+        images, cols = pl_module.sample_images(cycled(self.identities, self.num_ids), generator)
+        return save_and_log(trainer, image_grid(images, cols),
+                            self.out_dir / f"step_{trainer.global_step:07d}.png", "samples")
