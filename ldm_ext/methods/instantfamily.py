@@ -125,7 +125,7 @@ class InstantFamily(IdentityMethod):
         method, size = self.cfg.method, (self.cfg.data.resolution,) * 2
         pipe, was_training = InstantFamilyPipeline(self), self.training
         self.eval()
-        legend = [control_legend(pipe, identities[:k], size) for k in method.sample_num_ids]
+        legend = [control_legend(identities[:k], size) for k in method.sample_num_ids]
         images = [pipe(prompt, identities[:k], size=size, steps=method.sample_steps,
                        guidance=method.guidance_scale, generator=generator, progress=False)
                   for prompt in method.sample_prompts for k in method.sample_num_ids]

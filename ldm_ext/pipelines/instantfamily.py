@@ -21,6 +21,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ldm_ext.attention import AttentionStore
+from ldm_ext.face.align import tensor_to_uint8
 from ldm_ext.pipelines.sampling import decode_images, denoise, inference_scheduler, to_tensor
 from ldm_ext.pose import (SLOT_COLORS, Person, face_box, load_pose, pose_template,
                           render_control_image)
@@ -105,20 +106,18 @@ class InstantFamilyPipeline:
         return decode_images(method.vae, latents)[0]
 
 
-def control_legend(pipe: InstantFamilyPipeline, id_crops: torch.Tensor,
-                   size: tuple[int, int]) -> Image.Image:
+def control_legend(id_crops: torch.Tensor, size: tuple[int, int]) -> Image.Image:
     """What a generation of ``id_crops`` on the default pose template is conditioned on:
-    its control image (skeletons, a circle of slot colour k on face k) with identity k's
-    crop framed in that colour along the bottom edge. ``size`` is (height, width)."""
+    its control image (skeletons, a circle of slot colour k on face k, as
+    ``InstantFamilyPipeline.control_inputs`` draws it) with identity k's crop framed in
+    that colour along the bottom edge. ``size`` is (height, width)."""
     height, width = size
     people = pose_template(len(id_crops), (width, height))
-    control, _ = pipe.control_inputs(people, len(id_crops), size)
-    canvas = Image.fromarray((control[0].permute(1, 2, 0) * 255).round().byte().numpy())
+    canvas = Image.fromarray(render_control_image(people, (width, height),
+                                                  list(range(len(id_crops)))))
     side = max(8, min(height, width) // 5)
-    for slot, crop in enumerate(id_crops):
-        face = ((crop.float().permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).round().byte()
-        thumb = Image.fromarray(face.cpu().numpy()).resize((side, side), Image.BILINEAR)
-        framed = ImageOps.expand(thumb, border=2, fill=SLOT_COLORS[slot])
+    for slot, thumb in enumerate(tensor_to_uint8(id_crops, side)):  # (side, side, 3)
+        framed = ImageOps.expand(Image.fromarray(thumb), border=2, fill=SLOT_COLORS[slot])
         canvas.paste(framed, (2 + slot * (side + 6), height - side - 6))
     return canvas
 
