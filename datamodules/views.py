@@ -13,8 +13,7 @@ import numpy as np
 import torch
 
 from datamodules.schema import Sample
-from ldm_ext.pose import (Person, circle_radius, draw_slot_circle, face_box,
-                          render_control_image)
+from ldm_ext.pose import Person, draw_slot_circle, face_box, render_control_image
 
 
 # 1 / 127.5 rounded down in float32, so that 255 maps to <= 1.0 (not 1 + 1 ulp)
@@ -40,12 +39,6 @@ def select_slots(num_faces: int, num_slots: int, rng: torch.Generator) -> list[i
     return torch.randperm(num_faces, generator=rng)[:num_slots].tolist()
 
 
-def draw_box_circle(canvas: np.ndarray, box: np.ndarray, slot: int) -> None:
-    """Slot circle at a face box centre, in place, sized like ``render_control_image``'s
-    default."""
-    draw_slot_circle(canvas, (box[:2] + box[2:]) / 2, circle_radius(box), slot)
-
-
 @dataclass
 class ControlDrawing:
     """What one sample's control image shows. ``collate`` draws it straight into the
@@ -60,7 +53,7 @@ class ControlDrawing:
         """Draw on a black C-contiguous (H, W, 3) uint8 ``canvas``; returns it."""
         render_control_image(self.people, self.hw[::-1], [None] * len(self.people), out=canvas)
         for k, box in self.circles:
-            draw_box_circle(canvas, box, k)
+            draw_slot_circle(canvas, box, k)
         return canvas
 
     def render(self) -> np.ndarray:

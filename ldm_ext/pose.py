@@ -101,11 +101,15 @@ def circle_radius(box: np.ndarray) -> int:
     return max(2, int(round(0.25 * min(box[2] - box[0], box[3] - box[1]))))
 
 
-def draw_slot_circle(canvas: np.ndarray, centre: np.ndarray, radius: int, slot: int) -> None:
-    """Filled ``SLOT_COLORS[slot]`` circle at ``centre`` (x, y px), in place."""
+def draw_slot_circle(canvas: np.ndarray, box: np.ndarray, slot: int,
+                     radius: int | None = None) -> None:
+    """Filled ``SLOT_COLORS[slot]`` circle at the centre of face ``box`` (xyxy px), in
+    place; ``radius`` defaults to ``circle_radius(box)``."""
     if not 0 <= slot < len(SLOT_COLORS):
         raise ValueError(f"slot {slot} has no colour (0..{len(SLOT_COLORS) - 1})")
-    cv2.circle(canvas, tuple(int(round(v)) for v in centre), radius, SLOT_COLORS[slot],
+    centre = (box[:2] + box[2:]) / 2
+    cv2.circle(canvas, tuple(int(round(v)) for v in centre),
+               circle_radius(box) if radius is None else radius, SLOT_COLORS[slot],
                thickness=-1)
 
 
@@ -140,8 +144,7 @@ def render_control_image(people: list[Person], size: tuple[int, int],
         box = face_box(person, margin=0.0)
         if box is None:
             raise ValueError("a person selected for a circle has no face or head keypoints")
-        r = radius if radius is not None else circle_radius(box)
-        draw_slot_circle(canvas, (box[:2] + box[2:]) / 2, r, slot)
+        draw_slot_circle(canvas, box, slot, radius)
     return canvas
 
 
