@@ -32,7 +32,8 @@ class FolderDataModule(ShardDataModule):
         folder: images, or a folder written by ``prepare`` (read as is).
         output: where the shards go (default: a cache folder named by ``folder``'s path);
             an interrupted preparation resumes there.
-        annotator: the stages (default: MTCNN, OpenPose or its fallback, ellipse masks).
+        annotator: the stages (default: MTCNN, OpenPose and the face parser or their
+            fallbacks).
         samples_per_shard, prepare_workers: ``prepare``'s task size and processes.
         **kwargs: the other ``ShardDataModule`` arguments.
     """
