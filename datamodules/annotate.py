@@ -233,12 +233,13 @@ class Annotator:
             caption = "a photo of one person" if len(faces) == 1 else \
                 f"a photo of {len(faces)} people"
         people, face_person, pose_model = self.people(image, faces)
+        segmenter = self.face_segmenter()
         sample = Sample(key=key, image=image, caption=caption, boxes=faces.boxes,
                         landmarks=faces.landmarks, scores=faces.scores,
                         crops=crops_uint8(faces), people=people, face_person=face_person,
                         face_model=self.detector, pose_model=pose_model,
-                        masks=face_masks(image, faces.boxes, self.face_segmenter()))
-        sample.models = {"masks": f"box+25%|{self.face_segmenter().name}"}
+                        masks=face_masks(image, faces.boxes, segmenter))
+        sample.models = {"masks": f"box+25%|{segmenter.name}"}
         if len(faces) and face_person[0] >= 0:
             sample.character = character_crop(image, people[face_person[0]], faces.boxes[0])
             sample.models["character"] = f"pose-hull({pose_model})"
