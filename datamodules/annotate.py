@@ -1,4 +1,4 @@
-"""Annotation stages of ``datamodules.prepare``: faces, pose, masks, character crop.
+"""Annotation stages of ``datamodules.prepare``: faces, pose, masks, characters.
 
 Each stage has the real model as default and a named fallback when its weights are absent
 offline; the name of whatever ran is stored in the sample (``face_model``, ``pose_model``,
@@ -7,12 +7,12 @@ offline; the name of whatever ran is stored in the sample (``face_model``, ``pos
 - faces: a ``FaceDetector`` of ``ldm_ext.face`` (default MTCNN), filtered by score and size;
 - pose: OpenPose through controlnet_aux when its weights are local, else
   ``people_from_faces`` (keypoints from the detector's landmarks), name ``faces-fallback``;
-- masks: per face, the box enlarged by 25 % (InstantFamily's face region, Sec. 3.5) and a
-  segmentation from a ``Segmenter``: the SegFormer face parser of
-  ``datamodules.face_parsing`` when its weights are local, else the ellipse inscribed in
-  the detector box (``ellipse``);
-- character: the main person on white (StoryMaker), from the pose skeleton's hull and the
-  face ellipse (``pose-hull``) when no person segmentation model is configured.
+- masks: per face, the box enlarged by 25 % (InstantFamily's face region, Sec. 3.5), a
+  segmentation from a ``Segmenter``: the SegFormer face parser of ``datamodules.parsing``
+  when its weights are local, else the ellipse inscribed in the detector box (``ellipse``),
+  and the face's character (StoryMaker's mask): the human parser split by pose
+  (``datamodules.characters``) when its weights are local, else the pose hull (``pose-hull``);
+- character: the main face's character on white (StoryMaker's reference crop).
 """
 from __future__ import annotations
 
@@ -24,8 +24,10 @@ import cv2
 import numpy as np
 import torch
 
-from datamodules.face_parsing import DEFAULT_FACE_PARSER, FaceParserMissing, FaceParsingSegmenter
-from datamodules.schema import CROP_SIZE, MASK_BOX, MASK_SEG, Sample
+from datamodules.characters import HullCharacters, ParsedCharacters, character_crop
+from datamodules.parsing import (DEFAULT_FACE_PARSER, DEFAULT_HUMAN_PARSER, FaceParsingSegmenter,
+                                 HumanParser, ParserMissing)
+from datamodules.schema import CROP_SIZE, MASK_BOX, MASK_CHAR, MASK_SEG, Sample
 from ldm_ext.face import FaceModelMissing, Faces, build_face_detector
 from ldm_ext.face.align import tensor_to_uint8
 from ldm_ext.pose import (OpenPoseEstimator, Person, PoseModelMissing, face_center,
@@ -79,6 +81,15 @@ class Segmenter(Protocol):
     def __call__(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray: ...
 
 
+class Characters(Protocol):
+    """Character masks: ``(image, boxes (F, 4), people, face_person) -> (F, H, W) bool``."""
+
+    name: str
+
+    def __call__(self, image: np.ndarray, boxes: np.ndarray, people: list[Person],
+                 face_person: np.ndarray) -> np.ndarray: ...
+
+
 class EllipseSegmenter:
     """Fallback face segmentation: the ellipse inscribed in each detector box."""
 
@@ -100,9 +111,12 @@ def enlarged(boxes: np.ndarray, margin: float, hw: tuple[int, int]) -> np.ndarra
     return np.clip(out, 0, [hw[1], hw[0], hw[1], hw[0]]).astype(np.float32)
 
 
-def face_masks(image: np.ndarray, boxes: np.ndarray, segmenter: Segmenter) -> np.ndarray:
-    """(F, H, W) uint8 bit flags: ``MASK_BOX`` (box + 25 %) | ``MASK_SEG`` (segmenter)."""
+def face_masks(image: np.ndarray, boxes: np.ndarray, segmenter: Segmenter,
+               characters: np.ndarray) -> np.ndarray:
+    """(F, H, W) uint8 bit flags: ``MASK_BOX`` (box + 25 %) | ``MASK_SEG`` (segmenter) |
+    ``MASK_CHAR`` (``characters``, (F, H, W) bool)."""
     masks = segmenter(image, boxes).astype(np.uint8) * MASK_SEG
+    masks |= characters.astype(np.uint8) * MASK_CHAR
     for mask, (x0, y0, x1, y1) in zip(masks, enlarged(boxes, FACE_MARGIN, image.shape[:2])):
         mask[int(np.floor(y0)):int(np.ceil(y1)), int(np.floor(x0)):int(np.ceil(x1))] |= MASK_BOX
     return masks
@@ -124,25 +138,6 @@ def link_faces(boxes: np.ndarray, people: list[Person]) -> np.ndarray:
     return links
 
 
-def character_crop(image: np.ndarray, person: Person, box: np.ndarray) -> np.ndarray:
-    """(h, w, 3) uint8: the person (skeleton hull dilated by half a face, plus the face
-    ellipse enlarged by 25 %) on white, cropped to its extent."""
-    mask = np.zeros(image.shape[:2], np.uint8)
-    face = enlarged(box[None], FACE_MARGIN, image.shape[:2])[0]
-    centre, half = (face[:2] + face[2:]) / 2, (face[2:] - face[:2]) / 2
-    cv2.ellipse(mask, tuple(int(v) for v in centre), tuple(max(1, int(v)) for v in half),
-                0, 0, 360, 1, thickness=-1)
-    points = person.body[person.body[:, 2] > 0, :2]
-    if len(points) >= 3:
-        cv2.fillConvexPoly(mask, cv2.convexHull(points.astype(np.int32)), 1)
-        radius = max(1, int(half.min()))
-        mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
-                                                          (2 * radius + 1, 2 * radius + 1)))
-    ys, xs = np.nonzero(mask)
-    out = np.where(mask[..., None] > 0, image, 255).astype(np.uint8)
-    return np.ascontiguousarray(out[ys.min():ys.max() + 1, xs.min():xs.max() + 1])
-
-
 def crops_uint8(faces: Faces) -> np.ndarray:
     """(F, 3, 160, 160) uint8 crops of the schema from the detector's [-1, 1] crops."""
     if not len(faces):
@@ -161,6 +156,9 @@ class Annotator:
         segmenter: ``auto`` (the face parser if its weights are local, else the ellipse),
             ``face-parsing`` (required) or ``ellipse``.
         parser: the face parser's hub id or local folder.
+        characters: ``auto`` (the human parser if its weights are local, else the pose
+            hull), ``human-parsing`` (required) or ``pose-hull``.
+        human_parser: the human parser's hub id or local folder.
         filters: face and image filters.
         detector_kwargs: extra detector arguments (the score filter is ``filters``').
     """
@@ -169,6 +167,8 @@ class Annotator:
     pose: str = "auto"
     segmenter: str = "auto"
     parser: str = DEFAULT_FACE_PARSER
+    characters: str = "auto"
+    human_parser: str = DEFAULT_HUMAN_PARSER
     filters: Filters = field(default_factory=Filters)
     detector_kwargs: dict = field(default_factory=dict)
     _models: dict = field(default_factory=dict, repr=False)
@@ -200,11 +200,25 @@ class Annotator:
                 try:
                     self._models["segmenter"] = FaceParsingSegmenter(self.parser,
                                                                      local_files_only=True)
-                except FaceParserMissing as err:
+                except ParserMissing as err:
                     if self.segmenter == "face-parsing":
                         raise
                     log.warning("face parser unavailable, ellipse masks: %s", err)
         return self._models["segmenter"]
+
+    def character_segmenter(self) -> Characters:
+        """Human parsing split by pose, or the pose-hull fallback (logged once)."""
+        if "characters" not in self._models:
+            self._models["characters"] = HullCharacters()
+            if self.characters != "pose-hull":
+                try:
+                    parser = HumanParser(self.human_parser, local_files_only=True)
+                    self._models["characters"] = ParsedCharacters(parser)
+                except ParserMissing as err:
+                    if self.characters == "human-parsing":
+                        raise
+                    log.warning("human parser unavailable, pose-hull characters: %s", err)
+        return self._models["characters"]
 
     def faces(self, image: np.ndarray) -> Faces:
         """Filtered detections, largest first."""
@@ -233,14 +247,16 @@ class Annotator:
             caption = "a photo of one person" if len(faces) == 1 else \
                 f"a photo of {len(faces)} people"
         people, face_person, pose_model = self.people(image, faces)
-        segmenter = self.face_segmenter()
+        segmenter, characters = self.face_segmenter(), self.character_segmenter()
+        bodies = characters(image, faces.boxes, people, face_person)  # (F, H, W) bool
         sample = Sample(key=key, image=image, caption=caption, boxes=faces.boxes,
                         landmarks=faces.landmarks, scores=faces.scores,
                         crops=crops_uint8(faces), people=people, face_person=face_person,
                         face_model=self.detector, pose_model=pose_model,
-                        masks=face_masks(image, faces.boxes, segmenter))
-        sample.models = {"masks": f"box+25%|{segmenter.name}"}
-        if len(faces) and face_person[0] >= 0:
-            sample.character = character_crop(image, people[face_person[0]], faces.boxes[0])
-            sample.models["character"] = f"pose-hull({pose_model})"
+                        masks=face_masks(image, faces.boxes, segmenter, bodies))
+        made_by = f"{characters.name}({pose_model})"
+        sample.models = {"masks": f"box+25%|{segmenter.name}|{made_by}"}
+        sample.character = character_crop(image, bodies[0]) if len(bodies) else None
+        if sample.character is not None:
+            sample.models["character"] = made_by
         return sample

@@ -37,7 +37,7 @@ import webdataset as wds
 from datamodules.annotate import Annotator, Filters, Rejected, crops_uint8
 from datamodules.preview import write_preview
 from datamodules.codec import encode_sample
-from datamodules.face_parsing import DEFAULT_FACE_PARSER
+from datamodules.parsing import DEFAULT_FACE_PARSER, DEFAULT_HUMAN_PARSER
 from datamodules.schema import BadSample, validate
 from datamodules.sources import (Task, decode_image, load_video_meta, plan_images, plan_videos,
                                  read_frames, read_images, video_caption)
@@ -207,6 +207,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--segmenter", default="auto", choices=("auto", "face-parsing", "ellipse"))
     parser.add_argument("--parser", default=DEFAULT_FACE_PARSER,
                         help="face parser: hub id or local folder (SegFormer)")
+    parser.add_argument("--characters", default="auto",
+                        choices=("auto", "human-parsing", "pose-hull"))
+    parser.add_argument("--human-parser", default=DEFAULT_HUMAN_PARSER,
+                        help="character masks: hub id or local folder (SegFormer)")
     parser.add_argument("--min-faces", type=int, default=1)
     parser.add_argument("--max-faces", type=int, default=8)
     parser.add_argument("--min-face-size", type=float, default=32.0)
@@ -220,7 +224,9 @@ def main(argv: list[str] | None = None) -> dict:
     """CLI entry point; returns the stats."""
     args = _parser().parse_args(argv)
     filters = Filters(args.min_faces, args.max_faces, args.min_face_size, args.min_score)
-    annotator = Annotator(args.detector, args.pose, args.segmenter, args.parser, filters)
+    annotator = Annotator(args.detector, args.pose, args.segmenter, args.parser,
+                          characters=args.characters, human_parser=args.human_parser,
+                          filters=filters)
     config = PrepareConfig(args.output, annotator,
                            max_side=args.max_side, previews=args.previews)
     if args.mode == "videos":

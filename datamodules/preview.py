@@ -1,4 +1,5 @@
-"""Preview images of prepared samples: face masks tinted, boxes, pose skeletons, slot ids."""
+"""Preview images of prepared samples: face masks tinted, character outlines, boxes, pose
+skeletons, slot ids."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,13 +7,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datamodules.schema import MASK_BOX, MASK_SEG, Sample
+from datamodules.schema import MASK_BOX, MASK_CHAR, MASK_SEG, Sample
 from ldm_ext.pose import SLOT_COLORS, render_control_image
 
 
 def draw_preview(sample: Sample) -> np.ndarray:
-    """(H, W, 3) uint8: the image with segmentation masks tinted, box +25 % outlines thin,
-    detector boxes thick (colour of the face index), and the OpenPose rendering on top."""
+    """(H, W, 3) uint8: the image with segmentation masks tinted, character masks and box
+    +25 % outlined thin, detector boxes thick (colour of the face index), and the OpenPose
+    rendering on top."""
     out = sample.image.astype(np.float32)
     h, w = sample.hw
     for f in range(sample.num_faces):
@@ -26,6 +28,9 @@ def draw_preview(sample: Sample) -> np.ndarray:
     for f, box in enumerate(sample.boxes):
         colour = SLOT_COLORS[f % len(SLOT_COLORS)]
         if sample.masks is not None:
+            character = ((sample.masks[f] & MASK_CHAR) > 0).astype(np.uint8)
+            contours, _ = cv2.findContours(character, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(out, contours, -1, colour, 1)
             ys, xs = np.nonzero(sample.masks[f] & MASK_BOX)
             if len(xs):
                 cv2.rectangle(out, (int(xs.min()), int(ys.min())), (int(xs.max()), int(ys.max())),

@@ -17,8 +17,10 @@ ignore them, so the schema version stays 1):
 
 - ``masks.png``: per-face masks as one grayscale PNG of ``(F * H, W)`` (face ``f`` in rows
   ``f*H .. (f+1)*H``), bit flags per pixel: ``MASK_BOX`` = face box enlarged by 25 %
-  (InstantFamily's face region), ``MASK_SEG`` = face parsing / ellipse segmentation;
-- ``character.jpg``: the main person on white (StoryMaker's character crop);
+  (InstantFamily's face region), ``MASK_SEG`` = face parsing / ellipse segmentation,
+  ``MASK_CHAR`` = the face's character: face, hair, body, clothes (StoryMaker's mask;
+  shards written before it have no such bit);
+- ``character.jpg``: the main face's character on white (StoryMaker's character crop);
 - ``reference.npy``: ``(3, 160, 160)`` uint8 face crop of the subject from another frame
   (PortraitBooth's reference, video sources);
 - ``meta.json``: ``{"models": {"masks": ..., "character": ..., "reference": ...},
@@ -39,7 +41,7 @@ SCHEMA_VERSION = 1
 KEYS = ("jpg", "txt", "faces.json", "crops.npy", "pose.json")
 OPTIONAL_KEYS = ("masks.png", "character.jpg", "reference.npy", "meta.json")
 CROP_SIZE = 160
-MASK_BOX, MASK_SEG = 1, 2  # bit flags of masks.png
+MASK_BOX, MASK_SEG, MASK_CHAR = 1, 2, 4  # bit flags of masks.png
 MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
 BOX_TOLERANCE = 1.0  # pixels a box may overhang the image (rounding in detectors)
 REASONS = (
@@ -74,7 +76,7 @@ class Sample:
     face_person: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (F,), -1: none
     face_model: str = "mtcnn"
     pose_model: str = "openpose"
-    masks: np.ndarray | None = None  # (F, H, W) uint8 bit flags MASK_BOX | MASK_SEG
+    masks: np.ndarray | None = None  # (F, H, W) uint8 bit flags MASK_BOX | MASK_SEG | MASK_CHAR
     character: np.ndarray | None = None  # (h, w, 3) uint8 RGB, person on white
     reference: np.ndarray | None = None  # (3, 160, 160) uint8 face crop from another frame
     models: dict = field(default_factory=dict)  # producer of each optional annotation

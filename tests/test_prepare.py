@@ -18,7 +18,7 @@ from PIL import Image
 from datamodules.annotate import Annotator, EllipseSegmenter, Filters, face_masks
 from datamodules.prepare import PrepareConfig, main, prepare, run_task
 from datamodules.codec import decode_sample
-from datamodules.schema import MASK_BOX, MASK_SEG, validate
+from datamodules.schema import MASK_BOX, MASK_CHAR, MASK_SEG, validate
 from datamodules.shards import ShardDataModule
 from datamodules.sources import load_video_meta, plan_images, video_caption
 
@@ -38,7 +38,7 @@ def rgb(image: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def annotator() -> Annotator:
-    return Annotator("mtcnn", pose="faces", segmenter="ellipse",
+    return Annotator("mtcnn", pose="faces", segmenter="ellipse", characters="pose-hull",
                      filters=Filters(min_score=0.95, min_face_size=20))
 
 
@@ -88,16 +88,19 @@ def test_real_photos_have_the_right_faces(prepared):
 def test_annotations_name_their_models_and_align(prepared):
     sample = shard_samples(prepared[0])["c_t1"]
     assert sample.face_model == "mtcnn" and sample.pose_model == "faces-fallback"
-    assert sample.models == {"masks": "box+25%|ellipse", "character": "pose-hull(faces-fallback)"}
+    assert sample.models == {"masks": "box+25%|ellipse|pose-hull(faces-fallback)",
+                             "character": "pose-hull(faces-fallback)"}
     assert sample.masks.shape == (6, *sample.hw) and max(sample.hw) == 640
     for box, mask in zip(sample.boxes, sample.masks):
         (x0, y0, x1, y1), (cx, cy) = box, (box[:2] + box[2:]) / 2
-        assert mask[int(cy), int(cx)] == MASK_BOX | MASK_SEG
+        assert mask[int(cy), int(cx)] == MASK_BOX | MASK_SEG | MASK_CHAR
         ys, xs = np.nonzero(mask & MASK_BOX)  # box + 25 % about the centre
         assert abs((xs.max() + 1 - xs.min()) - 1.25 * (x1 - x0)) <= 2
         seg = (mask & MASK_SEG) > 0
         assert not seg[int(y0) - 2].any() and seg.sum() < (x1 - x0) * (y1 - y0)  # in the box
     assert (sample.face_person == np.arange(6)).all()
+    characters = (sample.masks & MASK_CHAR) > 0  # (6, H, W): one owner per pixel at most
+    assert characters.sum(axis=0).max() == 1 and (characters.sum(axis=(1, 2)) > 0).all()
     character = sample.character
     assert character.ndim == 3 and (character[0, 0] > 240).all()  # white background
     assert (sample.landmarks[:, 0, 0] < sample.landmarks[:, 1, 0]).all()
@@ -194,13 +197,18 @@ def test_parallel_workers_write_the_same_shards(tmp_path):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
 
-def test_face_masks_are_box_plus_quarter_and_ellipse():
+def test_face_masks_are_box_plus_quarter_ellipse_and_character():
     image = np.zeros((100, 120, 3), np.uint8)
-    masks = face_masks(image, np.array([[40.0, 20.0, 80.0, 60.0]]), EllipseSegmenter())
+    character = np.zeros((1, 100, 120), bool)
+    character[0, 50:] = True
+    masks = face_masks(image, np.array([[40.0, 20.0, 80.0, 60.0]]), EllipseSegmenter(),
+                       character)
+    assert ((masks[0] & MASK_CHAR) > 0).tolist() == character[0].tolist()
     ys, xs = np.nonzero(masks[0] & MASK_BOX)
     assert (xs.min(), xs.max(), ys.min(), ys.max()) == (35, 84, 15, 64)
     ys, xs = np.nonzero(masks[0] & MASK_SEG)
     assert 39 <= xs.min() and xs.max() <= 81 and masks[0, 40, 60] == MASK_BOX | MASK_SEG
+    assert masks[0, 55, 60] == MASK_BOX | MASK_SEG | MASK_CHAR
     assert masks[0, 21, 41] == MASK_BOX  # box corner: outside the ellipse
 
 
