@@ -129,6 +129,24 @@ def test_prepared_photos_feed_an_instantfamily_batch(prepared):
     assert dm.skip_counts() == {}
 
 
+def test_prepared_photos_feed_storymaker_and_portraitbooth_batches(prepared):
+    def batch(view: str, slots: int) -> dict:
+        dm = ShardDataModule(str(prepared[0] / "shard-*.tar"), resolution=64, batch_size=3,
+                             num_workers=0, num_slots=slots, shuffle_buffer=1, view=view)
+        return next(iter(dm.train_dataloader()))
+
+    story = batch("storymaker", 2)
+    masks = story["character_masks"]  # (3, 2, 64, 64)
+    assert masks.shape == (3, 2, 64, 64) and story["characters"].shape == (3, 2, 3, 224, 224)
+    group = story["key"].index("c_t1")
+    assert story["face_valid"][group].all() and masks[group].sum((1, 2)).min() > 0
+    assert masks[group].sum(0).max() == 1  # two characters never share a pixel
+    assert (story["characters"][group] < 1).any(dim=1).float().mean() > 0.2  # not all white
+    portrait = batch("portraitbooth", 1)
+    assert portrait["reference"].shape == (3, 1, 3, 160, 160)
+    assert (portrait["face_masks"].sum((1, 2, 3)) > 0).all()
+
+
 def test_image_shards_and_parquet_inputs(tmp_path, annotator):
     small = Image.fromarray(skimage.data.astronaut()).resize((256, 256))
     jpg = io.BytesIO()
@@ -280,11 +298,14 @@ def test_celebv_text_datamodule_and_factory(tmp_path):
           "--min-face-size", "20"])
     data = dict(kind="celebv_text", root=str(tmp_path / "out"), resolution=32, batch_size=1,
                 num_workers=0, shuffle_buffer=1, random_flip=False, shards=None, image=None)
-    cfg = SimpleNamespace(seed=0, method=SimpleNamespace(num_slots=2, name="instantfamily"),
+    cfg = SimpleNamespace(seed=0, method=SimpleNamespace(num_slots=2, name="portraitbooth"),
                           data=SimpleNamespace(**data))
     dm = build_datamodule(cfg)
     assert isinstance(dm, CelebVTextDataModule)
-    assert next(iter(dm.train_dataloader()))["caption"] == ["a photo of a person"]
+    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    assert batch["caption"] == ["a photo of a person"] and batch["face_valid"].tolist() == \
+        [[True, False]]
+    assert batch["reference"].shape == (1, 2, 3, 160, 160) and batch["reference"][0, 0].std() > 0.1
     cfg.data.kind, cfg.data.image = "single_image", None
     with pytest.raises(ConfigError, match="data.image"):
         build_datamodule(cfg)

@@ -1,0 +1,123 @@
+"""Pieces every per-method view shares: slot choice, control drawings, batch stacking and the
+uint8 -> float conversion of a collated batch."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from datamodules.schema import Sample
+from ldm_ext.pose import Person, draw_slot_circle, render_control_image
+
+# 1 / 127.5 rounded down in float32, so that 255 maps to <= 1.0 (not 1 + 1 ulp)
+PIXEL_SCALE = float(np.nextafter(np.float32(1 / 127.5), np.float32(0)))
+SIGNED, UNIT, BINARY = "signed", "unit", "binary"  # uint8 -> [-1, 1], [0, 1], {0, 1}
+RANGES = {SIGNED: (PIXEL_SCALE, -1.0), UNIT: (1 / 255, 0.0), BINARY: (1.0, 0.0)}
+
+
+class View(Protocol):
+    """What ``ShardStream`` needs of a per-method view."""
+
+    name: str
+    optional: tuple[str, ...]  # optional shard members it reads (schema.OPTIONAL_KEYS)
+
+    def __call__(self, sample: Sample, rng: torch.Generator) -> dict: ...
+
+    def collate(self, items: list[dict]) -> dict: ...
+
+    def normalize(self, batch: dict) -> dict: ...
+
+
+def select_slots(num_faces: int, num_slots: int, rng: torch.Generator) -> list[int]:
+    """Faces to stack, in slot order: ``min(N, F)`` faces at random, in random order.
+
+    InstantFamily Sec. 4.2: random order so that every slot learns, not just the first.
+    """
+    return torch.randperm(num_faces, generator=rng)[:num_slots].tolist()
+
+
+@dataclass
+class ControlDrawing:
+    """What one sample's control image shows. ``collate`` draws it straight into the
+    batch tensor: a per-sample canvas and its copy into the batch would cost two more
+    passes over memory, the data loader's main cost after JPEG decoding."""
+
+    people: list[Person]
+    circles: list[tuple[int, np.ndarray]]  # (slot, xyxy face box): circle at its centre
+    hw: tuple[int, int]
+
+    def draw(self, canvas: np.ndarray) -> np.ndarray:
+        """Draw on a black C-contiguous (H, W, 3) uint8 ``canvas``; returns it."""
+        render_control_image(self.people, self.hw[::-1], [None] * len(self.people), out=canvas)
+        for k, box in self.circles:
+            draw_slot_circle(canvas, box, k)
+        return canvas
+
+    def render(self) -> np.ndarray:
+        """The control image on a new canvas."""
+        return self.draw(np.zeros((*self.hw, 3), np.uint8))
+
+
+def normalized_boxes(sample: Sample, faces: list[int], num_slots: int) -> torch.Tensor:
+    """(N, 4) float xyxy in [0, 1] of ``faces`` in slot order, zeros for empty slots."""
+    h, w = sample.hw
+    boxes = np.zeros((num_slots, 4), np.float32)  # numpy: cheaper than torch for 4 numbers
+    boxes[: len(faces)] = np.clip(sample.boxes[faces] / np.float32([w, h, w, h]), 0, 1)
+    return torch.from_numpy(boxes)
+
+
+def valid_slots(count: int, num_slots: int) -> torch.Tensor:
+    """(N,) bool: the first ``count`` slots are filled."""
+    return torch.from_numpy(np.arange(num_slots) < count)
+
+
+def image_tensor(image: np.ndarray) -> torch.Tensor:
+    """(3, H, W) uint8 view of an (H, W, 3) image (no copy)."""
+    return torch.from_numpy(image).permute(2, 0, 1)
+
+
+def stack_images(items: list[dict], key: str) -> torch.Tensor:
+    """(B, 3, H, W) uint8 view of a contiguous (B, H, W, 3) stack of ``item[key]``: one copy
+    per image, and channels-last memory as the images were decoded."""
+    return torch.stack([i[key].permute(1, 2, 0) for i in items]).permute(0, 3, 1, 2)
+
+
+def draw_controls(items: list[dict], key: str = "control") -> torch.Tensor:
+    """(B, 3, H, W) uint8: each item's ``ControlDrawing`` drawn into one batch buffer."""
+    controls = np.zeros((len(items), *items[0][key].hw, 3), np.uint8)  # lazily zeroed pages
+    for canvas, item in zip(controls, items):
+        item[key].draw(canvas)
+    return torch.from_numpy(controls).permute(0, 3, 1, 2)
+
+
+def pad_slots(items: list[dict], key: str, num_slots: int) -> torch.Tensor:
+    """(B, N, ...) of each item's (n <= N, ...) ``item[key]``, zeros in empty slots."""
+    first = items[0][key]
+    padded = torch.zeros(len(items), num_slots, *first.shape[1:], dtype=first.dtype)
+    for out, item in zip(padded, items):
+        out[: len(item[key])] = item[key]
+    return padded
+
+
+def to_float(images: torch.Tensor, scale: float, offset: float) -> torch.Tensor:
+    """Contiguous float32 ``offset + scale * images`` of a uint8 tensor of any strides, with
+    one fused ``torch.add``: every pixel is read and written once."""
+    out = torch.empty(images.shape, device=images.device)
+    return torch.add(torch.tensor(offset, device=images.device), images, alpha=scale, out=out)
+
+
+def floats(batch: dict, ranges: dict[str, str], valid: str = "face_valid") -> dict:
+    """A copy of a collated batch with its uint8 images as float32 (on the batch's device).
+
+    ``ranges`` maps each key to ``SIGNED`` ([-1, 1]), ``UNIT`` ([0, 1]) or ``BINARY``
+    ({0, 1}). A (B, N, ...) key's empty slots (``batch[valid]`` False) become 0.
+    """
+    batch = dict(batch)
+    for key, kind in ranges.items():
+        out = to_float(batch[key], *RANGES[kind])
+        if kind == SIGNED and out.dim() == 5:  # (B, N, C, H, W) slots
+            out.mul_(batch[valid][:, :, None, None, None])
+        batch[key] = out
+    return batch

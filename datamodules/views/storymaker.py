@@ -1,0 +1,111 @@
+"""StoryMaker's per-sample inputs (METHODS.md §3): characters with their face, their crop on
+white and their segmentation mask, and the pose of everyone."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from datamodules.characters import HullCharacters
+from datamodules.schema import MASK_CHAR, Sample
+from datamodules.views.common import (BINARY, SIGNED, UNIT, ControlDrawing, draw_controls,
+                                      floats, image_tensor, normalized_boxes, pad_slots,
+                                      stack_images, valid_slots)
+
+WHITE = 255
+
+
+def square_on_white(image: np.ndarray, mask: np.ndarray, size: int) -> np.ndarray:
+    """(size, size, 3) uint8: the pixels of ``mask`` on white, cropped to the mask's extent,
+    padded with white to a square about its centre, resized (area). An empty mask gives
+    white. Padding, not CLIP's centre crop, keeps the whole character (hair, feet)."""
+    ys, xs = np.nonzero(mask)
+    if not len(ys):
+        return np.full((size, size, 3), WHITE, np.uint8)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    side = max(y1 - y0, x1 - x0)
+    square = np.full((side, side, 3), WHITE, np.uint8)
+    top, left = (side - (y1 - y0)) // 2, (side - (x1 - x0)) // 2
+    inside = mask[y0:y1, x0:x1, None]
+    square[top:top + y1 - y0, left:left + x1 - x0] = np.where(inside, image[y0:y1, x0:x1], WHITE)
+    shrink = side > size
+    return cv2.resize(square, (size, size),
+                      interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+class StoryMakerView:
+    """StoryMaker inputs: up to N characters (the N largest faces, in random order so that
+    every character position ``E_pos`` learns; Sec. 4.3).
+
+    Per batch (``collate``)::
+
+        pixel_values     (B, 3, R, R) float in [-1, 1]
+        control          (B, 3, R, R) float in [0, 1]  OpenPose of all people (no circles)
+        caption, key     list[str]
+        face_crops       (B, N, 3, 160, 160) float in [-1, 1] (ArcFace input), 0 when empty
+        characters       (B, N, 3, S, S) float in [0, 1]: the character on white, padded to
+                         a square (CLIP-image input before its own normalisation), 0 when empty
+        character_masks  (B, N, R, R) float {0, 1}: M_k of Eq. 10 (background: 1 - union)
+        face_boxes       (B, N, 4) float xyxy in [0, 1]
+        face_valid       (B, N) bool
+
+    Masks come from the shard's ``MASK_CHAR`` bits (``datamodules.characters``); shards
+    written without them get the pose-hull masks here, from the transformed pose.
+    Character dropout (5 %) and caption dropout (10 %) belong to the training step.
+
+    Args:
+        num_slots: characters per sample N (the paper trains with one or two).
+        float_batches: ``collate`` returns float images (else uint8, see ``normalize``).
+        character_size: side S of the character crops (224: CLIP ViT-H/14's input).
+    """
+
+    name = "storymaker"
+    optional = ("masks.png",)
+    ranges = {"pixel_values": SIGNED, "control": UNIT, "face_crops": SIGNED,
+              "characters": UNIT, "character_masks": BINARY}
+
+    def __init__(self, num_slots: int = 2, float_batches: bool = True,
+                 character_size: int = 224):
+        self.num_slots, self.float_batches = num_slots, float_batches
+        self.character_size = character_size
+
+    def character_masks(self, sample: Sample, faces: list[int]) -> np.ndarray:
+        """(n, R, R) bool masks of the characters of ``faces``."""
+        masks = None if sample.masks is None else (sample.masks[faces] & MASK_CHAR) > 0
+        if masks is None or not masks.any(axis=(1, 2)).all():
+            hulls = HullCharacters()(sample.image, sample.boxes, sample.people,
+                                     sample.face_person)
+            masks = hulls[faces] if masks is None else np.where(
+                masks.any(axis=(1, 2))[:, None, None], masks, hulls[faces])
+        return masks
+
+    def __call__(self, sample: Sample, rng: torch.Generator) -> dict:
+        largest = min(self.num_slots, sample.num_faces)  # faces are stored largest first
+        faces = torch.randperm(largest, generator=rng).tolist()
+        masks = self.character_masks(sample, faces)
+        side = self.character_size
+        characters = np.stack([square_on_white(sample.image, m, side) for m in masks]) \
+            if len(masks) else np.zeros((0, side, side, 3), np.uint8)  # (n, S, S, 3)
+        return {"pixel_values": image_tensor(sample.image),
+                "control": ControlDrawing(sample.people, [], sample.hw),
+                "caption": sample.caption, "key": sample.key,
+                "face_crops": torch.from_numpy(sample.crops[faces]),
+                "characters": torch.from_numpy(characters).permute(0, 3, 1, 2),
+                "character_masks": torch.from_numpy(masks.astype(np.uint8)),
+                "face_boxes": normalized_boxes(sample, faces, self.num_slots),
+                "face_valid": valid_slots(len(faces), self.num_slots)}
+
+    def collate(self, items: list[dict]) -> dict:
+        """One batch: images stacked, control images drawn, per-character tensors padded."""
+        batch = {"caption": [i["caption"] for i in items], "key": [i["key"] for i in items],
+                 "face_boxes": torch.stack([i["face_boxes"] for i in items]),
+                 "face_valid": torch.stack([i["face_valid"] for i in items]),
+                 "pixel_values": stack_images(items, "pixel_values"),
+                 "control": draw_controls(items)}
+        for key in ("face_crops", "characters", "character_masks"):
+            batch[key] = pad_slots(items, key, self.num_slots)
+        return self.normalize(batch) if self.float_batches else batch
+
+    def normalize(self, batch: dict) -> dict:
+        """The uint8 tensors of a collated batch as float (on the batch's device)."""
+        return floats(batch, self.ranges)

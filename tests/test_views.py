@@ -1,0 +1,123 @@
+"""StoryMaker and PortraitBooth views: which faces they take, the masks and crops they
+carry, their fallbacks for shards without masks, and their collated batches."""
+import numpy as np
+import pytest
+import torch
+
+from datamodules.annotate import EllipseSegmenter, face_masks
+from datamodules.characters import HullCharacters
+from datamodules.demo import demo_sample
+from datamodules.schema import MASK_CHAR, MASK_SEG
+from datamodules.transforms import ResizeCrop
+from datamodules.views import PortraitBoothView, StoryMakerView, build_view
+from datamodules.views.storymaker import square_on_white
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+R = 128
+
+
+def sample_with(faces: int, masks: bool = True, index: int = 0):
+    """A demo sample with ``faces`` faces, with prepare's masks (ellipse, pose hull) or none."""
+    for i in range(index, index + 200):
+        sample = demo_sample(i, hw=(R, R))
+        if sample.num_faces == faces:
+            break
+    if masks:
+        bodies = HullCharacters()(sample.image, sample.boxes, sample.people, sample.face_person)
+        sample.masks = face_masks(sample.image, sample.boxes, EllipseSegmenter(), bodies)
+    return sample
+
+
+def test_square_on_white_keeps_the_whole_character_centred():
+    image = np.zeros((100, 100, 3), np.uint8)
+    image[10:90, 30:70] = (200, 0, 0)
+    mask = np.zeros((100, 100), bool)
+    mask[10:90, 30:70] = True
+    out = square_on_white(image, mask, 40)  # 80 x 40 character -> 80 x 80 square -> 40
+    assert out.shape == (40, 40, 3)
+    assert (out[:, :9] == 255).all() and (out[:, 31:] == 255).all()  # white sides, 10 px each
+    assert (out[:, 11:29] == (200, 0, 0)).all()  # the whole height, the middle
+    assert (square_on_white(image, np.zeros_like(mask), 8) == 255).all()
+
+
+def test_storymaker_takes_the_largest_faces_in_random_order():
+    sample, view = sample_with(3), StoryMakerView(num_slots=2)
+    orders = set()
+    for seed in range(12):
+        item = view(sample, torch.Generator().manual_seed(seed))
+        crops = item["face_crops"].numpy()
+        order = [int(np.flatnonzero((sample.crops == c).all(axis=(1, 2, 3)))[0]) for c in crops]
+        assert sorted(order) == [0, 1]  # the two largest (faces are stored largest first)
+        masks = (sample.masks[order] & MASK_CHAR) > 0
+        assert np.array_equal(item["character_masks"].numpy(), masks)
+        orders.add(tuple(order))
+    assert orders == {(0, 1), (1, 0)}
+    assert item["control"].circles == [] and len(item["control"].people) == 3
+
+
+def test_storymaker_character_is_its_mask_on_white():
+    sample = sample_with(1)
+    item = StoryMakerView(num_slots=2, character_size=R)(sample, torch.Generator())
+    mask = (sample.masks[0] & MASK_CHAR) > 0
+    expected = square_on_white(sample.image, mask, R)
+    assert np.array_equal(item["characters"][0].permute(1, 2, 0).numpy(), expected)
+    assert (expected == 255).any() and (expected != 255).any()
+    assert item["face_valid"].tolist() == [True, False] and len(item["characters"]) == 1
+
+
+def test_storymaker_without_masks_uses_the_pose_hulls():
+    sample = sample_with(2, masks=False)
+    item = StoryMakerView()(sample, torch.Generator().manual_seed(0))
+    hulls = HullCharacters()(sample.image, sample.boxes, sample.people, sample.face_person)
+    masks = item["character_masks"].numpy().astype(bool)
+    assert {m.tobytes() for m in masks} == {h.tobytes() for h in hulls}
+    assert not (masks[0] & masks[1]).any()
+
+
+def test_storymaker_batch_float_and_uint8():
+    view, transform = StoryMakerView(num_slots=2), ResizeCrop(64, flip_prob=0.5)
+    items = [view(transform(sample_with(n), torch.Generator().manual_seed(n)),
+                  torch.Generator().manual_seed(n)) for n in (1, 3)]
+    batch = view.collate(items)
+    assert batch["pixel_values"].shape == (2, 3, 64, 64) and batch["control"].max() <= 1
+    assert batch["characters"].shape == (2, 2, 3, 224, 224)
+    assert batch["character_masks"].shape == (2, 2, 64, 64)
+    assert batch["character_masks"].dtype == torch.float32
+    assert set(batch["character_masks"].unique().tolist()) == {0.0, 1.0}
+    assert batch["face_valid"].tolist() == [[True, False], [True, True]]
+    assert not batch["characters"][0, 1].any() and not batch["face_crops"][0, 1].any()
+    assert batch["face_crops"].min() >= -1 and batch["characters"].max() <= 1
+    raw = StoryMakerView(num_slots=2, float_batches=False).collate(items)
+    assert raw["characters"].dtype == torch.uint8
+    assert torch.equal(view.normalize(raw)["characters"], batch["characters"])
+
+
+def test_portraitbooth_subject_reference_box_and_face_mask():
+    sample, view = sample_with(2), PortraitBoothView()
+    sample.reference = np.full((3, 160, 160), 7, np.uint8)  # another frame's face
+    item = view(sample, torch.Generator())
+    assert (item["reference"].numpy() == 7).all() and item["reference"].shape == (1, 3, 160, 160)
+    assert np.array_equal(item["face_masks"][0].numpy(), (sample.masks[0] & MASK_SEG) > 0)
+    assert torch.allclose(item["face_boxes"][0] * R, torch.from_numpy(sample.boxes[0]))
+    two = PortraitBoothView(num_slots=2)(sample, torch.Generator())
+    assert np.array_equal(two["reference"][1].numpy(), sample.crops[1])  # its own crop
+
+
+def test_portraitbooth_without_masks_or_reference_uses_ellipse_and_own_crop():
+    sample = sample_with(1, masks=False)
+    view = PortraitBoothView(num_slots=2)
+    item = view(sample, torch.Generator())
+    assert np.array_equal(item["reference"][0].numpy(), sample.crops[0])
+    ellipse = EllipseSegmenter()(sample.image, sample.boxes)[0]
+    assert np.array_equal(item["face_masks"][0].numpy(), ellipse)
+    batch = view.collate([item, item])
+    assert batch["reference"].shape == (2, 2, 3, 160, 160)
+    assert not batch["reference"][:, 1].any() and batch["face_masks"].shape == (2, 2, R, R)
+    assert batch["face_valid"].tolist() == [[True, False]] * 2
+
+
+def test_every_view_is_registered_and_unknown_views_are_named():
+    assert isinstance(build_view("storymaker", num_slots=2), StoryMakerView)
+    assert isinstance(build_view("portraitbooth", num_slots=1), PortraitBoothView)
+    with pytest.raises(ValueError, match="unknown view 'sefi'.*portraitbooth"):
+        build_view("sefi")
