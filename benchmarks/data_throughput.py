@@ -34,8 +34,7 @@ import skimage.data
 import torch
 import webdataset as wds
 
-from datamodules.annotate import EllipseSegmenter, character_crop, face_masks
-from datamodules.demo import demo_sample
+from datamodules.demo import demo_sample, with_fallback_masks
 from datamodules.codec import encode_sample
 from datamodules.schema import validate
 from datamodules.shards import ShardDataModule
@@ -60,10 +59,7 @@ def write_shards(folder: Path, samples: int, hw: tuple[int, int], per_shard: int
                 sample = demo_sample(i, seed=1, hw=hw)
                 sample.image = ((sample.image.astype(np.uint16) + photo(i, hw)) // 2) \
                     .astype(np.uint8)
-                sample.masks = face_masks(sample.image, sample.boxes, EllipseSegmenter())
-                sample.character = character_crop(sample.image, sample.people[
-                    sample.face_person[0]], sample.boxes[0])
-                sample.models = {"masks": "box+25%|ellipse", "character": "pose-hull"}
+                with_fallback_masks(sample)
                 writer.write(encode_sample(validate(sample), quality=90))
     return paths
 

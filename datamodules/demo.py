@@ -102,6 +102,20 @@ def demo_sample(index: int, seed: int = 0, hw: tuple[int, int] = (128, 128)) -> 
         face_person=order.astype(np.int64), face_model="synthetic", pose_model="synthetic")
 
 
+def with_fallback_masks(sample: Sample) -> Sample:
+    """``sample`` with the optional members ``prepare`` writes when no parser is available:
+    masks (box + 25 %, inscribed ellipse, pose-hull character) and the main character crop.
+    Benchmarks and tests use it for prepared-like samples."""
+    from datamodules.annotate import EllipseSegmenter, face_masks
+    from datamodules.characters import HullCharacters, character_crop
+
+    bodies = HullCharacters()(sample.image, sample.boxes, sample.people, sample.face_person)
+    sample.masks = face_masks(sample.image, sample.boxes, EllipseSegmenter(), bodies)
+    sample.character = character_crop(sample.image, bodies[0]) if len(bodies) else None
+    sample.models = {"masks": "box+25%|ellipse|pose-hull", "character": "pose-hull"}
+    return sample
+
+
 def demo_shard_paths(out_dir: str | Path, num_samples: int, samples_per_shard: int) -> list[str]:
     """The shard files ``write_demo_shards`` writes for these sizes."""
     shards = -(-num_samples // samples_per_shard)

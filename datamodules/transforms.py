@@ -1,10 +1,14 @@
 """Resize / crop / flip a ``Sample`` with its boxes, landmarks and pose keypoints aligned.
 
-Geometry goes through torchvision.transforms.v2 functionals on tv_tensors
-(``BoundingBoxes``, ``KeyPoints``, ``Mask``), with parameters drawn from the sample's own
-generator, so no global RNG is touched; the pixels go through OpenCV with the same output
-size, crop and flip (faster on one core). torchvision flips boxes as edges (``x -> W - x``)
-and keypoints as pixel indices (``x -> W - 1 - x``); we keep its conventions (1 px apart at most).
+Geometry goes through torchvision.transforms.v2's keypoint kernels (``resize_keypoints``,
+``crop_keypoints``, ``horizontal_flip_keypoints``) and per-face masks through ``F.resize`` /
+``F.crop`` / ``F.horizontal_flip`` on ``tv_tensors.Mask``, with parameters drawn from the
+sample's own generator, so no global RNG is touched; the pixels go through OpenCV with the
+same output size, crop and flip (faster on one core). Boxes ride along as their two corners
+in the one keypoint tensor: torchvision's box kernels (format conversions, clamping) cost
+about 0.2 ms per sample, 5 % of the whole loader, for four numbers per face. We keep
+torchvision's box conventions: edges flip as ``x -> W - x`` (keypoints, pixel indices, as
+``x -> W - 1 - x``) and boxes are clamped to the crop (``clamp_bounding_boxes``).
 
 A horizontal flip also swaps left/right identities: landmark eyes and mouth corners, OpenPose
 body parts, and the 70 face keypoints (68-point layout + 2 pupils); face crops are mirrored
@@ -60,13 +64,23 @@ def _mirror(crops: np.ndarray) -> np.ndarray:
     return cv2.flip(crops.reshape(-1, crops.shape[-1]), 1).reshape(crops.shape)
 
 
-def _points(sample: Sample) -> tv_tensors.KeyPoints:
-    """All 2-D points of a sample in one tensor: landmarks, bodies, faces (in that order)."""
-    parts = [sample.landmarks.reshape(-1, 2)]
+def _points(sample: Sample) -> torch.Tensor:
+    """(M, 2) float32: every 2-D point of a sample in one tensor: box corners (x0, y0),
+    (x1, y1), landmarks, bodies, faces (in that order)."""
+    parts = [sample.boxes.reshape(-1, 2), sample.landmarks.reshape(-1, 2)]
     parts += [p.body[:, :2] for p in sample.people]
     parts += [p.face[:, :2] for p in sample.people if p.face is not None]
-    xy = torch.from_numpy(np.concatenate(parts).astype(np.float32))  # (M, 2)
-    return tv_tensors.KeyPoints(xy, canvas_size=sample.hw)
+    return torch.from_numpy(np.concatenate(parts).astype(np.float32))
+
+
+def _boxes(corners: np.ndarray, size: int, flip: bool) -> np.ndarray:
+    """(F, 4) xyxy boxes from their moved (2F, 2) corners, as torchvision moves boxes: a
+    flipped corner is an edge (``W - x``, one more than the keypoint's ``W - 1 - x``) and
+    swaps left for right; clamped to the ``size`` x ``size`` crop."""
+    boxes = corners.reshape(-1, 4)
+    if flip:
+        boxes = boxes[:, [2, 1, 0, 3]] + np.float32([1, 0, 1, 0])
+    return np.clip(boxes, 0, size)
 
 
 def _people(people: list[Person], xy: np.ndarray, size: int, flip: bool) -> list[Person]:
@@ -117,33 +131,38 @@ class ResizeCrop:
     def __call__(self, sample: Sample, rng: torch.Generator) -> Sample:
         """``sample`` at R x R; ``rng`` decides the crop offset and the flip.
 
-        Geometry (boxes, keypoints, masks) goes through tv_tensors; the pixels through
+        Geometry goes through torchvision's kernels (module doc); the pixels through
         OpenCV (area / bilinear resize, slicing, ``cv2.flip``), which is several times
         faster per image on one core and samples the same grid (align_corners=False).
         An unflipped crop stays a view of the decoded image (not C-contiguous): the view's
         collate copies it into the batch, one pass instead of two.
         """
         size, hw = self.resolution, self.resized_hw(sample.hw)
-        items = [tv_tensors.BoundingBoxes(torch.from_numpy(sample.boxes), format="XYXY",
-                                          canvas_size=sample.hw), _points(sample)]
-        if sample.masks is not None:
-            items.append(tv_tensors.Mask(torch.from_numpy(sample.masks)))  # (F, H, W)
-        items = [F.resize(t, list(hw), antialias=True) for t in items]
+        points, _ = F.resize_keypoints(_points(sample), list(hw), canvas_size=sample.hw)
         top, left = self._origin(hw, rng)
-        items = [F.crop(t, top, left, size, size) for t in items]
+        points, _ = F.crop_keypoints(points, top, left, size, size)
         flip = self.flip_prob > 0 and bool(torch.rand((), generator=rng) < self.flip_prob)
         if flip:
-            items = [F.horizontal_flip(t) for t in items]
-        boxes, points, *masks = (t.numpy() for t in items)
+            points = F.horizontal_flip_keypoints(points, (size, size))
+        masks = None if sample.masks is None else self._masks(sample.masks, hw, top, left, flip)
         image = _resize_image(sample.image, hw)[top:top + size, left:left + size]
         image = cv2.flip(image, 1) if flip else image  # unflipped: a view, copied once by collate
-        return self._rebuild(sample, image, boxes, points, flip, masks[0] if masks else None)
+        return self._rebuild(sample, image, points.numpy(), flip, masks)
 
-    def _rebuild(self, sample: Sample, image: np.ndarray, boxes: np.ndarray,
-                 points: np.ndarray, flip: bool, masks: np.ndarray | None) -> Sample:
+    def _masks(self, masks: np.ndarray, hw: tuple[int, int], top: int, left: int,
+               flip: bool) -> np.ndarray:
+        """(F, R, R) per-face masks moved like the image (nearest-neighbour resize)."""
+        mask = F.crop(F.resize(tv_tensors.Mask(torch.from_numpy(masks)), list(hw)),
+                      top, left, self.resolution, self.resolution)
+        return (F.horizontal_flip(mask) if flip else mask).numpy()
+
+    def _rebuild(self, sample: Sample, image: np.ndarray, points: np.ndarray, flip: bool,
+                 masks: np.ndarray | None) -> Sample:
         """The transformed sample; faces cropped away are dropped."""
-        split = 5 * sample.num_faces
-        landmarks, body_face = points[:split].reshape(-1, 5, 2), points[split:]
+        faces = sample.num_faces
+        boxes = _boxes(points[:2 * faces], self.resolution, flip)
+        landmarks = points[2 * faces:7 * faces].reshape(-1, 5, 2)
+        body_face = points[7 * faces:]
         crops = sample.crops
         if flip:
             landmarks, crops = landmarks[:, LANDMARK_FLIP], _mirror(crops)

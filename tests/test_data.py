@@ -309,6 +309,33 @@ def test_transform_keeps_geometry_aligned(hw, boxes, transform, flipped):
         check_alignment(out, flipped)
 
 
+def test_boxes_move_exactly_as_torchvision_moves_bounding_boxes():
+    """Boxes ride along as corner keypoints; the result must be torchvision's own box
+    geometry (edges flip as W - x, clamped to the crop), for partly cropped boxes too."""
+    from torchvision import tv_tensors
+    from torchvision.transforms.v2 import functional as F
+
+    rng = np.random.default_rng(0)
+    for seed in range(20):
+        hw = tuple(int(v) for v in rng.integers(40, 120, 2))
+        corner = rng.uniform(0, 1, (2, 2)) * [hw[1], hw[0]] * 0.8
+        boxes = np.concatenate([corner, corner + rng.uniform(4, 30, (2, 2))], 1).clip(
+            0, [hw[1], hw[0]] * 2).astype(np.float32)
+        sample = painted_sample(hw, [[0, 0, 8, 8]] * 2)
+        sample.boxes = boxes
+        transform = ResizeCrop(R, random_crop=True, flip_prob=0.5, min_face=0.0)
+        out = transform(sample, torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(seed)  # replay the transform's draws
+        resized = transform.resized_hw(hw)
+        top, left = transform._origin(resized, generator)
+        flip = bool(torch.rand((), generator=generator) < 0.5)
+        expected = F.crop(F.resize(tv_tensors.BoundingBoxes(
+            torch.from_numpy(boxes), format="XYXY", canvas_size=hw), list(resized)),
+            top, left, R, R)
+        expected = F.horizontal_flip(expected) if flip else expected
+        assert np.allclose(out.boxes, expected.numpy(), atol=1e-4)
+
+
 def test_random_crop_moves_with_the_generator():
     sample = painted_sample((96, 48), TALL)
     tops = {float(ResizeCrop(R, random_crop=True)(sample, torch.Generator().manual_seed(s))

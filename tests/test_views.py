@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.annotate import EllipseSegmenter, face_masks
+from datamodules.annotate import EllipseSegmenter
 from datamodules.characters import HullCharacters
-from datamodules.demo import demo_sample
+from datamodules.demo import demo_sample, with_fallback_masks
 from datamodules.schema import MASK_CHAR, MASK_SEG
 from datamodules.transforms import ResizeCrop
 from datamodules.views import PortraitBoothView, StoryMakerView, build_view
@@ -22,10 +22,7 @@ def sample_with(faces: int, masks: bool = True, index: int = 0):
         sample = demo_sample(i, hw=(R, R))
         if sample.num_faces == faces:
             break
-    if masks:
-        bodies = HullCharacters()(sample.image, sample.boxes, sample.people, sample.face_person)
-        sample.masks = face_masks(sample.image, sample.boxes, EllipseSegmenter(), bodies)
-    return sample
+    return with_fallback_masks(sample) if masks else sample
 
 
 def test_square_on_white_keeps_the_whole_character_centred():
