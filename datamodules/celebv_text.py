@@ -2,7 +2,7 @@
 naming the subject man/woman (PortraitBooth, METHODS.md §4), from ``prepare videos``."""
 from __future__ import annotations
 
-from datamodules.laion_face import prepared_shards
+from datamodules.prepare import prepared_shards
 from datamodules.shards import ShardDataModule
 
 
@@ -16,5 +16,5 @@ class CelebVTextDataModule(ShardDataModule):
     """
 
     def __init__(self, root: str, resolution: int = 512, **kwargs):
-        super().__init__(prepared_shards(root), resolution=resolution, **kwargs)
+        super().__init__(prepared_shards(root, "videos"), resolution=resolution, **kwargs)
         self.root = root

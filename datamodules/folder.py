@@ -6,15 +6,9 @@ import hashlib
 from pathlib import Path
 
 from datamodules.annotate import Annotator
-from datamodules.prepare import PrepareConfig, prepare
+from datamodules.prepare import PrepareConfig, is_prepared, prepare
 from datamodules.shards import ShardDataModule
 from datamodules.sources import plan_images
-
-
-def is_prepared(folder: str | Path) -> bool:
-    """True when ``folder`` holds ``prepare``'s output (finished shards and stats)."""
-    folder = Path(folder)
-    return (folder / "stats.json").exists() and any(folder.glob("shard-*.json"))
 
 
 def default_output(folder: str | Path) -> Path:

@@ -60,6 +60,29 @@ def shard_path(output: str, index: int, suffix: str) -> Path:
     return Path(output) / f"shard-{index:06d}.{suffix}"
 
 
+def is_prepared(folder: str | Path) -> bool:
+    """True when ``folder`` holds ``prepare``'s output: at least one finished shard (its
+    json, the done-marker) and the run's ``stats.json``."""
+    folder = Path(folder)
+    return (folder / "stats.json").exists() and any(folder.glob("shard-*.json"))
+
+
+def prepared_shards(root: str | Path, mode: str = "images") -> str:
+    """The shard pattern of a folder written by ``prepare <mode>``; a clear error when it is
+    not one (an unfinished run: run ``prepare`` again, it resumes)."""
+    if not is_prepared(root):
+        raise FileNotFoundError(
+            f"{root} holds no finished `prepare` output (shard-*.json and stats.json): run "
+            f"`python -m datamodules.prepare {mode} --input ... --output {root}` (it resumes "
+            f"an interrupted run)")
+    return str(Path(root) / "shard-*.tar")
+
+
+def prepared_stats(root: str | Path) -> dict:
+    """``stats.json`` of a prepared folder (kept, rejected by reason, faces per image)."""
+    return json.loads((Path(root) / "stats.json").read_text())
+
+
 def is_done(output: str, task: Task) -> bool:
     """A shard counts as done once its stats json (written after the tar) exists."""
     return shard_path(output, task.index, "json").exists() and \

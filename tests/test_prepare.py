@@ -256,7 +256,8 @@ def test_video_caption_without_text():
 
 def test_laion_face_and_folder_datamodules_read_prepared_shards(prepared, photos):
     from datamodules.folder import FolderDataModule
-    from datamodules.laion_face import LaionFaceDataModule, prepared_stats
+    from datamodules.laion_face import LaionFaceDataModule
+    from datamodules.prepare import prepared_stats
 
     args = dict(resolution=32, batch_size=3, num_workers=0, shuffle_buffer=1)
     for dm in (LaionFaceDataModule(str(prepared[0]), **args),
