@@ -17,20 +17,26 @@ WHITE = 255
 
 def square_on_white(image: np.ndarray, mask: np.ndarray, size: int) -> np.ndarray:
     """(size, size, 3) uint8: the pixels of ``mask`` on white, cropped to the mask's extent,
-    padded with white to a square about its centre, resized (area). An empty mask gives
-    white. Padding, not CLIP's centre crop, keeps the whole character (hair, feet)."""
-    ys, xs = np.nonzero(mask)
-    if not len(ys):
-        return np.full((size, size, 3), WHITE, np.uint8)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    side = max(y1 - y0, x1 - x0)
-    square = np.full((side, side, 3), WHITE, np.uint8)
-    top, left = (side - (y1 - y0)) // 2, (side - (x1 - x0)) // 2
-    inside = mask[y0:y1, x0:x1, None]
-    square[top:top + y1 - y0, left:left + x1 - x0] = np.where(inside, image[y0:y1, x0:x1], WHITE)
-    shrink = side > size
-    return cv2.resize(square, (size, size),
-                      interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    scaled so its longer side is ``size`` and centred on a white square. An empty
+    mask gives white. Padding, not CLIP's centre crop, keeps the whole character (hair,
+    feet). Only the extent is composited and resized: the white padding costs nothing."""
+    out = np.full((size, size, 3), WHITE, np.uint8)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return out
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    character = np.full((y1 - y0, x1 - x0, 3), WHITE, np.uint8)
+    cv2.copyTo(np.ascontiguousarray(image[y0:y1, x0:x1]),
+               np.ascontiguousarray(mask[y0:y1, x0:x1]).view(np.uint8), character)
+    scale = size / max(y1 - y0, x1 - x0)
+    h, w = (max(1, min(size, round(n * scale))) for n in character.shape[:2])
+    # area averaging where it matters (a shrink by 2 or more); below that bilinear reads
+    # every source pixel too and is ~8x faster than OpenCV's non-integer area resize
+    small = cv2.resize(character, (w, h),
+                       interpolation=cv2.INTER_AREA if scale <= 0.5 else cv2.INTER_LINEAR)
+    top, left = (size - h) // 2, (size - w) // 2
+    out[top:top + h, left:left + w] = small
+    return out
 
 
 class StoryMakerView:
