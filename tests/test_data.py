@@ -1,4 +1,5 @@
-"""Data spine: shard schema, webdataset stream, aligned transforms, InstantFamily view, demo."""
+"""Data spine: demo shards, the webdataset stream (determinism, resume, ranks, workers) and
+bad samples skipped and counted. Transforms: test_transforms.py; views: test_views.py."""
 from __future__ import annotations
 
 import io
@@ -13,16 +14,14 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import webdataset as wds
-from PIL import Image
 
 from datamodules.demo import WHO, DemoDataModule, demo_sample, main, write_demo_shards
 from datamodules.codec import decode_sample, encode_sample
 from datamodules.schema import BadSample, Sample, validate
 from datamodules.shards import (ShardDataModule, ShardStream, expand_shards, logical_worker,
                                 worker_start)
-from datamodules.transforms import LANDMARK_FLIP, ResizeCrop
-from datamodules.views import InstantFamilyView, select_slots
-from ldm_ext.pose import SLOT_COLORS, Person, face_center, pose_template
+from datamodules.transforms import ResizeCrop
+from datamodules.views import InstantFamilyView
 
 R, N, B = 64, 4, 4  # resolution, face slots, batch size
 
@@ -225,201 +224,6 @@ def test_lightning_resume_sees_the_uninterrupted_stream(shards, tmp_path):
     assert len(full) == 3 * 2 * 2
     assert fit(1).keys == full[:4]
     assert fit(3, str(tmp_path / "1.ckpt")).keys == full[4:]
-
-
-# --- transforms ------------------------------------------------------------------------
-
-DOT = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]  # per landmark
-HALVES = [((200, 120, 90), (150, 80, 50)), ((90, 140, 220), (50, 90, 160))]  # per face
-
-
-def painted_sample(hw: tuple[int, int], boxes: list[list[int]]) -> Sample:
-    """Faces as two-tone rectangles (left/right halves) with coloured landmark dots; each
-    person's eyes (body 14/15, face 68/69) sit on the landmark eyes."""
-    image = np.zeros((*hw, 3), np.uint8)
-    marks, people = [], []
-    for (x0, y0, x1, y1), (left, right) in zip(boxes, HALVES):
-        xm, w, h = (x0 + x1) // 2, x1 - x0, y1 - y0
-        image[y0:y1, x0:xm], image[y0:y1, xm:x1] = left, right
-        mark = np.array([[x0 + w // 4, y0 + h // 3], [x1 - w // 4, y0 + h // 3],
-                         [xm, y0 + h // 2], [x0 + w // 3, y1 - h // 4], [x1 - w // 3, y1 - h // 4]])
-        for (x, y), colour in zip(mark, DOT):
-            image[y - 2:y + 3, x - 2:x + 3] = colour
-        body, face = np.zeros((18, 3)), np.zeros((70, 3))
-        body[[14, 15, 0]] = np.c_[mark[:3], np.ones(3)]
-        body[1] = (xm, y1 + 4, 1)  # neck
-        face[[68, 69, 30, 48, 54]] = np.c_[mark, np.ones(5)]
-        marks.append(mark)
-        people.append(Person(body=body, face=face))
-    crops = np.stack([np.asarray(Image.fromarray(image[y0:y1, x0:x1]).resize((160, 160),
-                                                                             Image.NEAREST))
-                      for x0, y0, x1, y1 in boxes]).transpose(0, 3, 1, 2)
-    return validate(Sample(
-        key="painted", image=image, caption="two boxes", boxes=np.array(boxes, np.float32),
-        landmarks=np.array(marks, np.float32), scores=np.ones(len(boxes), np.float32),
-        crops=np.ascontiguousarray(crops), people=people,
-        face_person=np.arange(len(boxes)), face_model="paint", pose_model="paint"))
-
-
-def near(pixel: np.ndarray, colour) -> bool:
-    return np.abs(pixel.astype(int) - colour).max() <= 40
-
-
-def check_alignment(out: Sample, flipped: bool) -> None:
-    """Every kept face box still covers its two-tone face, halves swapped iff flipped; each
-    landmark points at its dot (left/right swapped iff flipped); keypoints follow."""
-    image, size = out.image, out.image.shape[0]
-    for f, (box, marks) in enumerate(zip(out.boxes, out.landmarks)):
-        person = out.people[out.face_person[f]]
-        left = HALVES[out.face_person[f]][1 if flipped else 0]
-        x0, y0, x1, y1 = box
-        inner = image[int(y0) + 2:int(np.ceil(y1)) - 2, int(x0) + 2:int(np.ceil(x1)) - 2]
-        assert inner.size and (inner.max(-1) >= 60).all()  # no background inside the box
-        ring = np.zeros(image.shape[:2], bool)
-        ring[max(0, int(y0) - 4):int(y1) + 5, max(0, int(x0) - 4):int(x1) + 5] = True
-        ring[max(0, int(y0) - 1):int(y1) + 2, max(0, int(x0) - 1):int(x1) + 2] = False
-        assert (image[ring].max(-1) < 30).all()  # black just outside the box
-        if box.min() > 0 and box.max() < size:  # uncut: its left shows the left colour
-            assert near(image[int(y0 + 0.15 * (y1 - y0)), int(x0 + (x1 - x0) / 8)], left)
-            assert near(out.crops[f][:, 80, 20], left)  # the crop is mirrored with the image
-        order = LANDMARK_FLIP if flipped else np.arange(5)
-        for (x, y), j in zip(marks, order):
-            if 0 <= x < size and 0 <= y < size:
-                assert near(image[round(y), round(x)], DOT[j])
-        np.testing.assert_allclose(person.body[[14, 15, 0], :2], marks[:3], atol=1e-4)
-        np.testing.assert_allclose(person.face[[68, 69, 30, 48, 54], :2], marks, atol=1e-4)
-        assert marks[0, 0] < marks[1, 0]  # image-left eye stays first
-
-
-WIDE = [[27, 12, 43, 32], [53, 14, 69, 36]]  # inside the centre crop of a 48 x 96 image
-TALL = [[4, 8, 18, 26], [28, 22, 42, 44]]  # inside 48 x 48
-
-
-@pytest.mark.parametrize("hw,boxes,transform,flipped", [
-    ((48, 48), TALL, ResizeCrop(R), False),  # resize only
-    ((48, 96), WIDE, ResizeCrop(R), False),  # resize + centre crop
-    ((48, 96), WIDE, ResizeCrop(R, flip_prob=1.0), True),
-    ((96, 48), TALL, ResizeCrop(R, random_crop=True, flip_prob=1.0), True),
-])
-def test_transform_keeps_geometry_aligned(hw, boxes, transform, flipped):
-    sample = painted_sample(hw, boxes)
-    for seed in range(4):
-        out = transform(sample, torch.Generator().manual_seed(seed))
-        assert out.image.shape == (R, R, 3) and out.num_faces >= 1
-        check_alignment(out, flipped)
-
-
-def test_boxes_move_exactly_as_torchvision_moves_bounding_boxes():
-    """Boxes ride along as corner keypoints; the result must be torchvision's own box
-    geometry (edges flip as W - x, clamped to the crop), for partly cropped boxes too."""
-    from torchvision import tv_tensors
-    from torchvision.transforms.v2 import functional as F
-
-    rng = np.random.default_rng(0)
-    for seed in range(20):
-        hw = tuple(int(v) for v in rng.integers(40, 120, 2))
-        corner = rng.uniform(0, 1, (2, 2)) * [hw[1], hw[0]] * 0.8
-        boxes = np.concatenate([corner, corner + rng.uniform(4, 30, (2, 2))], 1).clip(
-            0, [hw[1], hw[0]] * 2).astype(np.float32)
-        sample = painted_sample(hw, [[0, 0, 8, 8]] * 2)
-        sample.boxes = boxes
-        transform = ResizeCrop(R, random_crop=True, flip_prob=0.5, min_face=0.0)
-        out = transform(sample, torch.Generator().manual_seed(seed))
-        generator = torch.Generator().manual_seed(seed)  # replay the transform's draws
-        resized = transform.resized_hw(hw)
-        top, left = transform._origin(resized, generator)
-        flip = bool(torch.rand((), generator=generator) < 0.5)
-        expected = F.crop(F.resize(tv_tensors.BoundingBoxes(
-            torch.from_numpy(boxes), format="XYXY", canvas_size=hw), list(resized)),
-            top, left, R, R)
-        expected = F.horizontal_flip(expected) if flip else expected
-        assert np.allclose(out.boxes, expected.numpy(), atol=1e-4)
-
-
-def test_random_crop_moves_with_the_generator():
-    sample = painted_sample((96, 48), TALL)
-    tops = {float(ResizeCrop(R, random_crop=True)(sample, torch.Generator().manual_seed(s))
-                  .landmarks[0, 0, 1]) for s in range(6)}
-    assert len(tops) > 3
-
-
-def test_crop_drops_faces_outside_and_hides_their_keypoints():
-    sample = painted_sample((48, 144), [[2, 12, 18, 32], [60, 14, 76, 36]])
-    out = ResizeCrop(R)(sample, torch.Generator())  # centre crop of 192 wide: x 64..128
-    assert out.num_faces == 1 and out.face_person.tolist() == [1] and len(out.people) == 2
-    assert (out.people[0].body[:, 2] == 0).all() and (out.people[1].body[[0, 14, 15], 2] == 1).all()
-    check_alignment(out, flipped=False)
-
-
-# --- InstantFamily view ----------------------------------------------------------------
-
-def test_slots_are_random_in_size_and_order():
-    firsts = {select_slots(6, N, torch.Generator().manual_seed(s))[0] for s in range(40)}
-    assert firsts == set(range(6))  # any face can take slot 0
-    for faces in range(7):
-        slots = select_slots(faces, N, torch.Generator().manual_seed(faces))
-        assert len(slots) == min(N, faces) == len(set(slots))
-
-
-def test_control_circles_mark_slot_k_at_its_face(samples):
-    view, transform = InstantFamilyView(N), ResizeCrop(R)
-    for i, sample in enumerate(list(samples.values())[:8]):
-        sample = transform(sample, torch.Generator())
-        item = view(sample, torch.Generator().manual_seed(i))
-        control = item["control"].render()  # (R, R, 3) uint8
-        boxes = item["face_boxes"][item["face_valid"]].numpy() * R
-        chosen = []
-        for k, box in enumerate(boxes):
-            f = int(np.argmin(np.abs(sample.boxes - box).sum(1)))
-            person = sample.people[sample.face_person[f]]
-            x, y = np.round(face_center(person)).astype(int)
-            assert tuple(control[y, x]) == SLOT_COLORS[k]
-            chosen.append(sample.face_person[f])
-        for p, person in enumerate(sample.people):  # skeleton only for the others
-            if p not in chosen:
-                x, y = np.round(face_center(person)).astype(int)
-                assert tuple(control[y, x]) not in SLOT_COLORS
-        assert control.any(-1).mean() > 0.02  # skeletons drawn
-
-
-def test_face_without_person_gets_its_circle_at_the_box_centre(samples):
-    sample = ResizeCrop(R)(next(iter(samples.values())), torch.Generator())
-    sample.face_person = np.full(sample.num_faces, -1)
-    item = InstantFamilyView(N)(sample, torch.Generator())
-    control = item["control"].render()  # (R, R, 3) uint8
-    for k, box in enumerate(item["face_boxes"][item["face_valid"]].numpy() * R):
-        x, y = np.round((box[:2] + box[2:]) / 2).astype(int)
-        assert tuple(control[y, x]) == SLOT_COLORS[k]
-
-
-def test_collate_draws_each_control_and_pads_each_crop_in_the_batch(samples):
-    """collate writes per-sample parts straight into the batch tensors: each control image
-    equals its own rendering, crops fill their slots and leave the rest 0."""
-    view, transform = InstantFamilyView(N, float_batches=False), ResizeCrop(R, flip_prob=0.5)
-    items = [view(transform(s, torch.Generator().manual_seed(i)), torch.Generator())
-             for i, s in enumerate(list(samples.values())[:4])]
-    batch = view.collate(items)
-    for i, item in enumerate(items):
-        assert np.array_equal(batch["control"][i].permute(1, 2, 0).numpy(),
-                              item["control"].render())
-        n = len(item["face_crops"])
-        assert torch.equal(batch["face_crops"][i, :n], item["face_crops"])
-        assert not batch["face_crops"][i, n:].any() and batch["face_valid"][i].sum() == n
-        assert torch.equal(batch["pixel_values"][i], item["pixel_values"])
-
-
-def test_no_faces_and_faceless_people_pass_through():
-    people = pose_template(2, (60, 40))
-    people[1].face = None
-    empty = Sample(key="empty", image=np.zeros((40, 60, 3), np.uint8), caption="a wall",
-                   boxes=np.zeros((0, 4), np.float32), landmarks=np.zeros((0, 5, 2), np.float32),
-                   scores=np.zeros(0, np.float32), crops=np.zeros((0, 3, 160, 160), np.uint8),
-                   people=people, face_person=np.zeros(0, np.int64))
-    out = ResizeCrop(32, random_crop=True, flip_prob=1.0)(validate(empty), torch.Generator())
-    assert out.people[1].face is None and out.people[0].face.shape == (70, 3)
-    item = InstantFamilyView(N)(out, torch.Generator())
-    assert not item["face_valid"].any() and item["control"].render().max() > 0  # skeletons only
-    assert (InstantFamilyView(N).collate([item])["face_crops"] == 0).all()  # empty slots: 0.0
 
 
 # --- bad samples -----------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""StoryMaker and PortraitBooth views: which faces they take, the masks and crops they
-carry, their fallbacks for shards without masks, and their collated batches."""
+"""Per-method views: which faces they take (InstantFamily's random slots, StoryMaker's
+characters, PortraitBooth's subject), what they carry (control images, masks, crops), their
+fallbacks for shards without masks, and their collated batches."""
 import numpy as np
 import pytest
 import torch
@@ -7,13 +8,21 @@ import torch
 from datamodules.annotate import EllipseSegmenter
 from datamodules.characters import HullCharacters
 from datamodules.demo import demo_sample, with_fallback_masks
-from datamodules.schema import MASK_CHAR, MASK_SEG
+from datamodules.schema import MASK_CHAR, MASK_SEG, Sample, validate
 from datamodules.transforms import ResizeCrop
-from datamodules.views import PortraitBoothView, StoryMakerView, build_view
+from datamodules.views import (InstantFamilyView, PortraitBoothView, StoryMakerView, build_view,
+                               select_slots)
 from datamodules.views.storymaker import square_on_white
+from ldm_ext.pose import SLOT_COLORS, face_center, pose_template
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-R = 128
+R, N = 128, 4  # resolution, InstantFamily's face slots
+
+
+@pytest.fixture(scope="module")
+def samples() -> dict:
+    """Eight demo samples of 1-4 people at 80 x 80."""
+    return {s.key: s for s in (demo_sample(i, hw=(80, 80)) for i in range(8))}
 
 
 def sample_with(faces: int, masks: bool = True, index: int = 0):
@@ -118,3 +127,74 @@ def test_every_view_is_registered_and_unknown_views_are_named():
     assert isinstance(build_view("portraitbooth", num_slots=1), PortraitBoothView)
     with pytest.raises(ValueError, match="unknown view 'sefi'.*portraitbooth"):
         build_view("sefi")
+
+
+# --- InstantFamily ---------------------------------------------------------------------
+
+def test_slots_are_random_in_size_and_order():
+    firsts = {select_slots(6, N, torch.Generator().manual_seed(s))[0] for s in range(40)}
+    assert firsts == set(range(6))  # any face can take slot 0
+    for faces in range(7):
+        slots = select_slots(faces, N, torch.Generator().manual_seed(faces))
+        assert len(slots) == min(N, faces) == len(set(slots))
+
+
+def test_control_circles_mark_slot_k_at_its_face(samples):
+    view, transform = InstantFamilyView(N), ResizeCrop(64)
+    for i, sample in enumerate(list(samples.values())[:8]):
+        sample = transform(sample, torch.Generator())
+        item = view(sample, torch.Generator().manual_seed(i))
+        control = item["control"].render()  # (64, 64, 3) uint8
+        boxes = item["face_boxes"][item["face_valid"]].numpy() * 64
+        chosen = []
+        for k, box in enumerate(boxes):
+            f = int(np.argmin(np.abs(sample.boxes - box).sum(1)))
+            person = sample.people[sample.face_person[f]]
+            x, y = np.round(face_center(person)).astype(int)
+            assert tuple(control[y, x]) == SLOT_COLORS[k]
+            chosen.append(sample.face_person[f])
+        for p, person in enumerate(sample.people):  # skeleton only for the others
+            if p not in chosen:
+                x, y = np.round(face_center(person)).astype(int)
+                assert tuple(control[y, x]) not in SLOT_COLORS
+        assert control.any(-1).mean() > 0.02  # skeletons drawn
+
+
+def test_face_without_person_gets_its_circle_at_the_box_centre(samples):
+    sample = ResizeCrop(64)(next(iter(samples.values())), torch.Generator())
+    sample.face_person = np.full(sample.num_faces, -1)
+    item = InstantFamilyView(N)(sample, torch.Generator())
+    control = item["control"].render()  # (64, 64, 3) uint8
+    for k, box in enumerate(item["face_boxes"][item["face_valid"]].numpy() * 64):
+        x, y = np.round((box[:2] + box[2:]) / 2).astype(int)
+        assert tuple(control[y, x]) == SLOT_COLORS[k]
+
+
+def test_collate_draws_each_control_and_pads_each_crop_in_the_batch(samples):
+    """collate writes per-sample parts straight into the batch tensors: each control image
+    equals its own rendering, crops fill their slots and leave the rest 0."""
+    view, transform = InstantFamilyView(N, float_batches=False), ResizeCrop(64, flip_prob=0.5)
+    items = [view(transform(s, torch.Generator().manual_seed(i)), torch.Generator())
+             for i, s in enumerate(list(samples.values())[:4])]
+    batch = view.collate(items)
+    for i, item in enumerate(items):
+        assert np.array_equal(batch["control"][i].permute(1, 2, 0).numpy(),
+                              item["control"].render())
+        n = len(item["face_crops"])
+        assert torch.equal(batch["face_crops"][i, :n], item["face_crops"])
+        assert not batch["face_crops"][i, n:].any() and batch["face_valid"][i].sum() == n
+        assert torch.equal(batch["pixel_values"][i], item["pixel_values"])
+
+
+def test_no_faces_and_faceless_people_pass_through():
+    people = pose_template(2, (60, 40))
+    people[1].face = None
+    empty = Sample(key="empty", image=np.zeros((40, 60, 3), np.uint8), caption="a wall",
+                   boxes=np.zeros((0, 4), np.float32), landmarks=np.zeros((0, 5, 2), np.float32),
+                   scores=np.zeros(0, np.float32), crops=np.zeros((0, 3, 160, 160), np.uint8),
+                   people=people, face_person=np.zeros(0, np.int64))
+    out = ResizeCrop(32, random_crop=True, flip_prob=1.0)(validate(empty), torch.Generator())
+    assert out.people[1].face is None and out.people[0].face.shape == (70, 3)
+    item = InstantFamilyView(N)(out, torch.Generator())
+    assert not item["face_valid"].any() and item["control"].render().max() > 0  # skeletons only
+    assert (InstantFamilyView(N).collate([item])["face_crops"] == 0).all()  # empty slots: 0.0
