@@ -3,7 +3,9 @@
 Each image shows 1-4 cartoon people placed like ``pose_template`` with random jitter: a
 stick body, a skin-coloured face ellipse with hair, eyes, nose and mouth drawn exactly at its
 landmarks. Boxes, landmarks, crops and pose keypoints come from the known geometry, so they
-are exact. Everything is a function of (seed, sample index).
+are exact; the masks and character crop are what ``prepare`` writes without its parsers
+(``with_fallback_masks``), so every method's view reads them. Everything is a function of
+(seed, sample index).
 
 CLI: ``python -m datamodules.demo --out DIR [--num-samples 64 --size 128 ...]``.
 """
@@ -139,7 +141,8 @@ def write_demo_shards(out_dir: str | Path, num_samples: int = 64, size: int = 12
         with wds.TarWriter(tmp, encoder=False, mtime=0) as writer:
             for index in range(i * samples_per_shard,
                                min(num_samples, (i + 1) * samples_per_shard)):
-                writer.write(encode_sample(validate(demo_sample(index, seed, (size, size)))))
+                sample = with_fallback_masks(demo_sample(index, seed, (size, size)))
+                writer.write(encode_sample(validate(sample)))
         os.replace(tmp, path)
     manifest.write_text(json.dumps(demo_manifest(num_samples, size, samples_per_shard, seed)))
     return paths
@@ -148,7 +151,7 @@ def write_demo_shards(out_dir: str | Path, num_samples: int = 64, size: int = 12
 def demo_manifest(num_samples: int, size: int, samples_per_shard: int, seed: int) -> dict:
     """What ``demo.json`` records: the parameters and the schema version."""
     return {"num_samples": num_samples, "size": size, "samples_per_shard": samples_per_shard,
-            "seed": seed, "schema": SCHEMA_VERSION}
+            "seed": seed, "schema": SCHEMA_VERSION, "masks": "fallback"}
 
 
 def default_root(num_samples: int, size: int, samples_per_shard: int, seed: int) -> Path:

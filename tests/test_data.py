@@ -17,7 +17,7 @@ import webdataset as wds
 
 from datamodules.demo import WHO, DemoDataModule, demo_sample, main, write_demo_shards
 from datamodules.codec import decode_sample, encode_sample
-from datamodules.schema import BadSample, Sample, validate
+from datamodules.schema import MASK_CHAR, BadSample, Sample, validate
 from datamodules.shards import (ShardDataModule, ShardStream, expand_shards, logical_worker,
                                 worker_start)
 from datamodules.transforms import ResizeCrop
@@ -68,6 +68,7 @@ def test_demo_shards_are_exact_and_deterministic(shards, samples, tmp_path):
     assert {s.num_faces for s in samples.values()} == {1, 2, 3, 4}
     for s in samples.values():
         assert s.image.shape == (80, 80, 3) and s.crops.shape[1:] == (3, 160, 160)
+        assert ((s.masks & MASK_CHAR) > 0).any(axis=(1, 2)).all()  # prepare's fallbacks
         areas = np.prod(s.boxes[:, 2:] - s.boxes[:, :2], axis=1)
         assert (np.diff(areas) <= 0).all()  # largest first
         assert ((s.landmarks >= s.boxes[:, None, :2]) & (s.landmarks <= s.boxes[:, None, 2:])).all()
