@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 DEFAULT_CONFIG = "configs/experiment/demo.yaml"
@@ -134,6 +135,8 @@ def run(cfg) -> Path:
     method = build_method(cfg)
     method.set_gradient_checkpointing(cfg.trainer.gradient_checkpointing)
     trainer = build_trainer(cfg, run_dir)
+    # frozen encoders and backbones stay in eval mode on purpose (ldm_ext/methods/base.py)
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     trainer.fit(method, datamodule=datamodule, ckpt_path=resume_from)
     return run_dir
 
