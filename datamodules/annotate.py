@@ -179,46 +179,44 @@ class Annotator:
             self._models["faces"] = build_face_detector(self.detector, **kwargs)
         return self._models["faces"]
 
-    def pose_estimator(self) -> Callable | None:
-        """OpenPose, or None for the landmark fallback (logged once)."""
-        if "pose" not in self._models:
-            self._models["pose"] = None
-            if self.pose != "faces":
+    def _stage(self, key: str, mode: str, modes: tuple[str, str], build: Callable,
+               fallback, missing: tuple[type[Exception], ...], warning: str):
+        """A stage's model, built on first use. ``modes`` = (required, off): ``off`` always
+        gives ``fallback``; ``required`` builds the real model or raises; any other mode
+        (``auto``) falls back when ``build`` raises ``missing``, with ``warning`` logged."""
+        if key not in self._models:
+            required, off = modes
+            self._models[key] = fallback
+            if mode != off:
                 try:
-                    self._models["pose"] = OpenPoseEstimator(local_files_only=True)
-                except (PoseModelMissing, FaceModelMissing) as err:
-                    if self.pose == "openpose":
+                    self._models[key] = build()
+                except missing as err:
+                    if mode == required:
                         raise
-                    log.warning("OpenPose unavailable, pose from face landmarks: %s", err)
-        return self._models["pose"]
+                    log.warning("%s: %s", warning, err)
+        return self._models[key]
+
+    def pose_estimator(self) -> Callable | None:
+        """OpenPose, or None for the landmark fallback."""
+        return self._stage("pose", self.pose, ("openpose", "faces"),
+                           lambda: OpenPoseEstimator(local_files_only=True), None,
+                           (PoseModelMissing, FaceModelMissing),
+                           "OpenPose unavailable, pose from face landmarks")
 
     def face_segmenter(self) -> Segmenter:
-        """The face parser, or the ellipse fallback (logged once)."""
-        if "segmenter" not in self._models:
-            self._models["segmenter"] = EllipseSegmenter()
-            if self.segmenter != "ellipse":
-                try:
-                    self._models["segmenter"] = FaceParsingSegmenter(self.parser,
-                                                                     local_files_only=True)
-                except ParserMissing as err:
-                    if self.segmenter == "face-parsing":
-                        raise
-                    log.warning("face parser unavailable, ellipse masks: %s", err)
-        return self._models["segmenter"]
+        """The face parser, or the ellipse fallback."""
+        return self._stage("segmenter", self.segmenter, ("face-parsing", "ellipse"),
+                           lambda: FaceParsingSegmenter(self.parser, local_files_only=True),
+                           EllipseSegmenter(), (ParserMissing,),
+                           "face parser unavailable, ellipse masks")
 
     def character_segmenter(self) -> Characters:
-        """Human parsing split by pose, or the pose-hull fallback (logged once)."""
-        if "characters" not in self._models:
-            self._models["characters"] = HullCharacters()
-            if self.characters != "pose-hull":
-                try:
-                    parser = HumanParser(self.human_parser, local_files_only=True)
-                    self._models["characters"] = ParsedCharacters(parser)
-                except ParserMissing as err:
-                    if self.characters == "human-parsing":
-                        raise
-                    log.warning("human parser unavailable, pose-hull characters: %s", err)
-        return self._models["characters"]
+        """Human parsing split by pose, or the pose-hull fallback."""
+        return self._stage("characters", self.characters, ("human-parsing", "pose-hull"),
+                           lambda: ParsedCharacters(HumanParser(self.human_parser,
+                                                                local_files_only=True)),
+                           HullCharacters(), (ParserMissing,),
+                           "human parser unavailable, pose-hull characters")
 
     def faces(self, image: np.ndarray) -> Faces:
         """Filtered detections, largest first."""
