@@ -69,4 +69,4 @@ class PortraitBoothView:
 
     def normalize(self, batch: dict) -> dict:
         """The uint8 tensors of a collated batch as float (on the batch's device)."""
-        return floats(batch, self.ranges, valid="face_valid")
+        return floats(batch, self.ranges)

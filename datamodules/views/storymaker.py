@@ -76,13 +76,15 @@ class StoryMakerView:
         self.character_size = character_size
 
     def character_masks(self, sample: Sample, faces: list[int]) -> np.ndarray:
-        """(n, R, R) bool masks of the characters of ``faces``."""
-        masks = None if sample.masks is None else (sample.masks[faces] & MASK_CHAR) > 0
-        if masks is None or not masks.any(axis=(1, 2)).all():
+        """(n, R, R) bool masks of the characters of ``faces``: the shard's ``MASK_CHAR``
+        bits, or the pose hull for a character without any (shards written before the bit)."""
+        masks = np.zeros((len(faces), *sample.hw), bool) if sample.masks is None else \
+            (sample.masks[faces] & MASK_CHAR) > 0
+        empty = ~masks.any(axis=(1, 2))
+        if empty.any():
             hulls = HullCharacters()(sample.image, sample.boxes, sample.people,
                                      sample.face_person)
-            masks = hulls[faces] if masks is None else np.where(
-                masks.any(axis=(1, 2))[:, None, None], masks, hulls[faces])
+            masks[empty] = hulls[faces][empty]
         return masks
 
     def __call__(self, sample: Sample, rng: torch.Generator) -> dict:
