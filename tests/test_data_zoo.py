@@ -157,6 +157,19 @@ def test_more_faces_than_slots_are_kept_in_a_batch(zoo):
     assert valid["crowd"] == 4 and batch["face_valid"].shape == (4, 4)
 
 
+@pytest.mark.parametrize("view,slots", [("storymaker", 2), ("portraitbooth", 1)])
+def test_every_view_takes_the_zoo(zoo, view, slots):
+    """Views that decode optional members (masks, references) see the same zoo: the bad
+    samples are skipped and counted before them, the good ones (with or without masks, a
+    crowd without people) all make batches."""
+    dm = datamodule(zoo[0][:1], view=view, num_slots=slots, batch_size=2)
+    batches = list(islice(iter(dm.train_dataloader()), 6))
+    assert {k for b in batches for k in b["key"]} == {"g0", "g1", "crowd"}
+    assert all(b["face_valid"].shape == (2, slots) for b in batches)
+    counts = dm.skip_counts()
+    assert all(counts[r] >= 1 for r in ZOO)
+
+
 def test_workers_do_not_stall_on_the_zoo(zoo):
     dm = datamodule(zoo[0][:1], num_workers=2)
     with pytest.raises(ValueError, match="cannot feed"):  # one shard, two workers: fails fast
