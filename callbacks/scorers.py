@@ -1,7 +1,7 @@
 """Networks behind the metrics: CLIP (open_clip) and face detection + recognition.
 
-Both scorers are batched: images are preprocessed one by one (they may differ in size)
-and go through the networks ``batch_size`` at a time; ``batch_size=1`` is the
+Both scorers are batched: images go through the networks ``batch_size`` at a time (CLIP
+preprocesses same-size images together on its device); ``batch_size=1`` is the
 one-image-at-a-time baseline of ``benchmarks/scoring_throughput.py``.
 
 * :class:`CLIPScorer`: open_clip model by name + pretrained tag (OpenAI ViT-L/14 for the
@@ -46,28 +46,31 @@ class ClipModelMissing(RuntimeError):
     """CLIP weights are not available locally (and could not be fetched)."""
 
 
-def to_unit_tensor(image: ImageLike | torch.Tensor) -> torch.Tensor:
-    """(3, H, W) float in [-1, 1] from a PIL image, an HWC uint8 array or such a tensor."""
+def to_chw(image: ImageLike | torch.Tensor) -> torch.Tensor:
+    """(3, H, W): uint8 for a PIL image or an HWC uint8 array, a float tensor in [-1, 1] as
+    given. Nothing is converted to float here: that happens on the scoring device."""
     if isinstance(image, torch.Tensor):
-        return image.float()
-    array = np.array(to_rgb_array(image))  # writable copy for torch
-    return torch.from_numpy(array).permute(2, 0, 1).float() / 127.5 - 1.0
+        return image
+    return torch.from_numpy(np.array(to_rgb_array(image))).permute(2, 0, 1)  # writable copy
 
 
-def clip_preprocess(image: torch.Tensor, size: int, mean: Sequence[float],
+def clip_preprocess(images: torch.Tensor, size: int, mean: Sequence[float],
                     std: Sequence[float]) -> torch.Tensor:
-    """(3, H, W) in [-1, 1] -> (3, size, size): to [0, 1], bicubic shorter side -> size,
-    centre crop, CLIP normalisation (BENCHMARK.md "Text")."""
-    x = ((image.float() + 1.0) / 2.0).clamp(0, 1)[None]  # (1, 3, H, W)
+    """(B, 3, H, W) or (3, H, W), uint8 or float in [-1, 1] -> (..., 3, size, size) on the
+    same device: to [0, 1], bicubic shorter side -> size, centre crop, CLIP normalisation
+    (BENCHMARK.md "Text")."""
+    x = images[None] if images.dim() == 3 else images
+    x = x.float() / 255 if x.dtype == torch.uint8 else ((x.float() + 1.0) / 2.0).clamp(0, 1)
     height, width = x.shape[-2:]
     scale = size / min(height, width)
     new_hw = (max(size, round(height * scale)), max(size, round(width * scale)))
     x = F.interpolate(x, size=new_hw, mode="bicubic", align_corners=False, antialias=True)
     top, left = (new_hw[0] - size) // 2, (new_hw[1] - size) // 2
     x = x[..., top:top + size, left:left + size].clamp(0, 1)
-    mean_t = torch.tensor(mean).view(1, 3, 1, 1)
-    std_t = torch.tensor(std).view(1, 3, 1, 1)
-    return ((x - mean_t) / std_t)[0]
+    mean_t = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    out = (x - mean_t) / std_t
+    return out[0] if images.dim() == 3 else out
 
 
 def _register_tiny_clip() -> None:
@@ -127,11 +130,21 @@ class CLIPScorer:
         """(B, D) L2-normalised image embeddings of images in [-1, 1] (tensors) or uint8."""
         out = []
         for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
-            batch = torch.stack([clip_preprocess(to_unit_tensor(im), self.size, self.mean,
-                                                 self.std) for im in chunk])  # (b, 3, S, S)
-            out.append(self.model.encode_image(batch.to(self.device), normalize=True).cpu())
+            batch = self.preprocess([to_chw(im) for im in images[start:start + self.batch_size]])
+            out.append(self.model.encode_image(batch, normalize=True).cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, self.embed_dim))
+
+    def preprocess(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """(b, 3, S, S) on the device: images of one size and dtype are moved together (uint8
+        when they are uint8) and preprocessed in one call; generated images all are."""
+        groups: dict[tuple, list[int]] = {}
+        for i, image in enumerate(images):
+            groups.setdefault((tuple(image.shape), image.dtype), []).append(i)
+        batch = torch.empty(len(images), 3, self.size, self.size, device=self.device)
+        for members in groups.values():
+            same = torch.stack([images[i] for i in members]).to(self.device)
+            batch[members] = clip_preprocess(same, self.size, self.mean, self.std)
+        return batch
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

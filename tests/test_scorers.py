@@ -42,6 +42,11 @@ def test_clip_preprocess_protocol():
     assert torch.allclose(out, torch.full_like(out, 2.0), atol=1e-4)  # (1 - 0.5) / 0.25
     black = clip_preprocess(-torch.ones(3, 64, 64), 224, (0.5,) * 3, (0.25,) * 3)
     assert torch.allclose(black, torch.full_like(black, -2.0), atol=1e-4)
+    pixels = torch.randint(0, 256, (2, 3, 90, 120), dtype=torch.uint8)  # uint8 = [-1, 1]
+    batch = clip_preprocess(pixels, 64, (0.5,) * 3, (0.25,) * 3)
+    for image, out in zip(pixels, batch):  # one call for the batch = one call per image
+        signed = clip_preprocess(image.float() / 127.5 - 1, 64, (0.5,) * 3, (0.25,) * 3)
+        assert out.shape == (3, 64, 64) and torch.allclose(out, signed, atol=1e-5)
 
 
 def test_clip_shapes_batching_and_text_cache(clip, photos):
