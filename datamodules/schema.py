@@ -21,8 +21,9 @@ ignore them, so the schema version stays 1):
   ``MASK_CHAR`` = the face's character: face, hair, body, clothes (StoryMaker's mask;
   shards written before it have no such bit);
 - ``character.jpg``: the main face's character on white (StoryMaker's character crop);
-- ``reference.npy``: ``(3, 160, 160)`` uint8 face crop of the subject from another frame
-  (PortraitBooth's reference, video sources);
+- ``reference.npy``: ``(3, 160, 160)`` uint8 face crop of the subject (face 0, the
+  largest) from another frame (PortraitBooth's reference, video sources); a transform that
+  crops face 0 away drops it;
 - ``meta.json``: ``{"models": {"masks": ..., "character": ..., "reference": ...},
   "source": ...}``, which model produced each optional annotation.
 

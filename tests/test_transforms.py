@@ -132,7 +132,12 @@ def test_random_crop_moves_with_the_generator():
 
 def test_crop_drops_faces_outside_and_hides_their_keypoints():
     sample = painted_sample((48, 144), [[2, 12, 18, 32], [60, 14, 76, 36]])
+    sample.reference = np.ones((3, 160, 160), np.uint8)  # face 0's, from another frame
     out = ResizeCrop(R)(sample, torch.Generator())  # centre crop of 192 wide: x 64..128
     assert out.num_faces == 1 and out.face_person.tolist() == [1] and len(out.people) == 2
+    assert out.reference is None  # face 0 is gone, its reference with it
+    kept = painted_sample((48, 96), WIDE)
+    kept.reference = sample.reference
+    assert ResizeCrop(R)(kept, torch.Generator()).reference is sample.reference
     assert (out.people[0].body[:, 2] == 0).all() and (out.people[1].body[[0, 14, 15], 2] == 1).all()
     check_alignment(out, flipped=False)
