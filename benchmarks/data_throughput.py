@@ -11,10 +11,12 @@ Both sides read the same shards in the same process with one thread:
 
 Shards look like ``datamodules.prepare`` output: demo people blended into real photos
 (skimage) for realistic JPEG entropy, with per-face masks, a character crop and meta.json.
-The two sides alternate over rounds; the ratio is the median of the per-round ratios
-(each from two adjacent measurements, so a slow spell of a shared host hits both sides).
+Both streams stay open (endless epochs, warmed up) and take short turns of ``--chunk``
+samples; the ratio is the median of the per-round ratios, each from two adjacent turns, so
+a slow spell of a shared host hits both sides.
 
-    python benchmarks/data_throughput.py [--samples 256] [--resolution 512] [--source 512x640]
+    python benchmarks/data_throughput.py [--rounds 32] [--chunk 64] [--resolution 512]
+        [--source 512x640]
         [--view instantfamily|storymaker|portraitbooth] [--slots N]
 
 Ends with ``RESULT data_throughput_ratio=<ours/raw> goal>=0.67 samples_per_s_per_core=<ours>
@@ -28,6 +30,7 @@ import statistics
 import tempfile
 import time
 from itertools import islice
+from typing import Iterator
 from pathlib import Path
 
 import cv2
@@ -69,40 +72,45 @@ def write_shards(folder: Path, samples: int, hw: tuple[int, int], per_shard: int
     return paths
 
 
-def time_ours(paths: list[str], samples: int, args: argparse.Namespace,
-              float_on_device: bool) -> float:
-    """Samples per second of the full pipeline (whole batches)."""
+def ours_stream(paths: list[str], args: argparse.Namespace, float_on_device: bool) -> Iterator:
+    """The training stream of batches (endless; one warm-up batch already taken)."""
     dm = ShardDataModule(paths, resolution=args.resolution, batch_size=args.batch,
                          num_workers=0, shuffle_buffer=64, random_flip=True, view=args.view,
                          num_slots=args.slots, float_on_device=float_on_device)
     stream = iter(dm.build_dataset())
-    next(stream)  # warm-up: imports, first shard open
-    start = time.perf_counter()
-    batches = list(islice(stream, samples // args.batch))
-    assert batches[0]["pixel_values"].shape[-1] == args.resolution and not dm.skip_counts()
-    return len(batches) * args.batch / (time.perf_counter() - start)
+    first = next(stream)  # warm-up: imports, first shard open, shuffle buffer filled
+    assert first["pixel_values"].shape[-1] == args.resolution and not dm.skip_counts()
+    return stream
 
 
-def time_raw(paths: list[str], samples: int, keys: tuple[str, ...]) -> float:
-    """Samples per second of webdataset's own decoding of the same members."""
-    pipeline = wds.DataPipeline(
-        wds.SimpleShardList(paths), wds.tarfile_to_samples(),
-        wds.map(lambda raw: {k: raw[k] for k in ("__key__", *keys) if k in raw}),
-        wds.decode("rgb8"))
-    stream = iter(pipeline)
+def raw_stream(paths: list[str], keys: tuple[str, ...]) -> Iterator:
+    """webdataset's own decoding of the same members, epoch after epoch (warmed up)."""
+    def endless():
+        while True:
+            yield from wds.DataPipeline(
+                wds.SimpleShardList(paths), wds.tarfile_to_samples(),
+                wds.map(lambda raw: {k: raw[k] for k in ("__key__", *keys) if k in raw}),
+                wds.decode("rgb8"))
+    stream = endless()
     next(stream)
+    return stream
+
+
+def rate(stream: Iterator, samples: int, per_item: int) -> float:
+    """Samples per second of the next ``samples`` samples of a stream."""
     start = time.perf_counter()
-    count = sum(1 for _ in islice(stream, samples))
-    return count / (time.perf_counter() - start)
+    for _ in islice(stream, samples // per_item):
+        pass
+    return samples // per_item * per_item / (time.perf_counter() - start)
 
 
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--chunk", type=int, default=64, help="samples per turn of a side")
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--source", default="512x640", help="HxW of the stored images")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=32)
     parser.add_argument("--view", default="instantfamily", choices=sorted(VIEWS))
     parser.add_argument("--slots", type=int, default=4, help="identities per sample")
     args = parser.parse_args(argv)
@@ -111,16 +119,17 @@ def main(argv: list[str] | None = None) -> float:
     cv2.setNumThreads(1)
     hw = tuple(int(v) for v in args.source.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
-        paths = write_shards(Path(tmp), args.samples + 2 * args.batch, hw,
+        paths = write_shards(Path(tmp), 4 * args.chunk + 2 * args.batch, hw,
                              reference="reference.npy" in keys)
+        ours_it, raw_it = ours_stream(paths, args, True), raw_stream(paths, keys)
         ours, raw = [], []
-        for _ in range(args.rounds):  # adjacent pairs: drifts of a shared host hit both sides
-            ours.append(time_ours(paths, args.samples, args, True))
-            raw.append(time_raw(paths, args.samples, keys))
-        cpu_float = time_ours(paths, args.samples, args, False)
+        for _ in range(args.rounds):  # short adjacent turns: host drifts hit both sides
+            ours.append(rate(ours_it, args.chunk, args.batch))
+            raw.append(rate(raw_it, args.chunk, 1))
+        cpu_float = rate(ours_stream(paths, args, False), 4 * args.chunk, args.batch)
     ratios = [a / b for a, b in zip(ours, raw)]
     print(f"{args.view} view, {args.slots} slots, source {args.source} -> {args.resolution}^2, "
-          f"{args.samples} samples x {args.rounds} rounds, 1 thread")
+          f"{args.rounds} rounds of {args.chunk} samples per side, 1 thread")
     for name, rates in (("ours (uint8 batches, float on device; the training setting)", ours),
                         ("raw webdataset decode", raw), ("ours / raw per round", ratios)):
         print(f"{name}: median {statistics.median(rates):.3f}  "
