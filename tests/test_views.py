@@ -198,3 +198,22 @@ def test_no_faces_and_faceless_people_pass_through():
     item = InstantFamilyView(N)(out, torch.Generator())
     assert not item["face_valid"].any() and item["control"].render().max() > 0  # skeletons only
     assert (InstantFamilyView(N).collate([item])["face_crops"] == 0).all()  # empty slots: 0.0
+
+
+def test_batches_are_collated_into_shared_memory_in_workers(samples):
+    """In a DataLoader worker, collate writes into shared memory (as default_collate does),
+    so the worker's queue passes a handle instead of copying the batch; in the main process
+    batches are ordinary tensors."""
+    from torch.utils.data import DataLoader
+
+    view, transform = InstantFamilyView(N, float_batches=False), ResizeCrop(64)
+    items = [view(transform(s, torch.Generator()), torch.Generator()) for s in samples.values()]
+
+    def where(batch: list[dict]) -> dict:
+        out = view.collate(batch)
+        return {k: torch.tensor(out[k].is_shared()) for k in ("pixel_values", "control",
+                                                               "face_crops")}
+
+    assert not any(where(items[:2]).values())  # main process
+    in_worker = next(iter(DataLoader(items, batch_size=2, num_workers=1, collate_fn=where)))
+    assert all(bool(v) for v in in_worker.values())
