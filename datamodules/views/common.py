@@ -79,16 +79,19 @@ def image_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(image).permute(2, 0, 1)
 
 
-def batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised tensor for a collated batch. In a DataLoader worker it lives in
-    shared memory, as torch's ``default_collate`` allocates its batches: the worker's queue
-    then sends a handle instead of copying the batch (about 2 MB per sample at 512 px)."""
+def batch_tensor(shape: tuple[int, ...], dtype: torch.dtype, zeroed: bool = False) -> torch.Tensor:
+    """A tensor for a collated batch (uninitialised unless ``zeroed``). In a DataLoader
+    worker it lives in shared memory, as torch's ``default_collate`` allocates its batches:
+    the worker's queue then sends a handle instead of copying the batch (about 2 MB per
+    sample at 512 px). Elsewhere a zeroed one comes from ``np.zeros``, whose fresh pages the
+    kernel zeroes lazily, where ``torch.zeros`` would write every byte once more."""
+    empty = torch.empty(0, dtype=dtype)
     if get_worker_info() is None:
-        return torch.empty(shape, dtype=dtype)
-    numel = int(np.prod(shape))
-    storage = torch.empty(0, dtype=dtype).untyped_storage()._new_shared(
-        numel * torch.empty(0, dtype=dtype).element_size())
-    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
+        return torch.from_numpy(np.zeros(shape, empty.numpy().dtype)) if zeroed else \
+            torch.empty(shape, dtype=dtype)
+    storage = empty.untyped_storage()._new_shared(int(np.prod(shape)) * empty.element_size())
+    out = empty.set_(storage).view(shape)
+    return out.zero_() if zeroed else out
 
 
 def stack_images(items: list[dict], key: str) -> torch.Tensor:
@@ -101,7 +104,7 @@ def stack_images(items: list[dict], key: str) -> torch.Tensor:
 
 def draw_controls(items: list[dict], key: str = "control") -> torch.Tensor:
     """(B, 3, H, W) uint8: each item's ``ControlDrawing`` drawn into one batch buffer."""
-    controls = batch_tensor((len(items), *items[0][key].hw, 3), torch.uint8).zero_()
+    controls = batch_tensor((len(items), *items[0][key].hw, 3), torch.uint8, zeroed=True)
     for canvas, item in zip(controls.numpy(), items):
         item[key].draw(canvas)
     return controls.permute(0, 3, 1, 2)
