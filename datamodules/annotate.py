@@ -27,14 +27,13 @@ import torch
 from datamodules.characters import HullCharacters, ParsedCharacters, character_crop
 from datamodules.parsing import (DEFAULT_FACE_PARSER, DEFAULT_HUMAN_PARSER, FaceParsingSegmenter,
                                  HumanParser, ParserMissing)
-from datamodules.schema import CROP_SIZE, MASK_BOX, MASK_CHAR, MASK_SEG, Sample
+from datamodules.schema import CROP_SIZE, FACE_MARGIN, MASK_BOX, MASK_CHAR, MASK_SEG, Sample
 from ldm_ext.face import FaceModelMissing, Faces, build_face_detector
 from ldm_ext.face.align import tensor_to_uint8
 from ldm_ext.pose import (OpenPoseEstimator, Person, PoseModelMissing, face_center,
                           people_from_faces)
 
 log = logging.getLogger(__name__)
-FACE_MARGIN = 0.25  # face region = detector box enlarged by 25 % (InstantFamily Sec. 3.5)
 
 
 class Rejected(Exception):

@@ -18,9 +18,9 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from datamodules.schema import FACE_MARGIN
 from ldm_ext.pose import Person
 
-FACE_ELLIPSE_MARGIN = 0.25  # a hull's face ellipse: the detector box enlarged by 25 %
 TORSO = (1.5, 0.5, 5.0)  # region guess below a face: half-width, top, bottom in face sizes
 
 
@@ -28,16 +28,24 @@ def _disk(radius: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
 
+def _fill_hull(mask: np.ndarray, person: Person | None) -> bool:
+    """Fill the convex hull of ``person``'s visible body keypoints into ``mask`` (uint8, in
+    place); False, drawing nothing, below 3 points."""
+    points = np.zeros((0, 2)) if person is None else person.body[person.body[:, 2] > 0, :2]
+    if len(points) < 3:
+        return False
+    cv2.fillConvexPoly(mask, cv2.convexHull(points.astype(np.int32)), 1)
+    return True
+
+
 def hull_mask(hw: tuple[int, int], person: Person | None, box: np.ndarray) -> np.ndarray:
     """(H, W) bool: the face ellipse (box enlarged by 25 %) and the person's skeleton hull,
     dilated by half the enlarged face's shorter half-side when there is a skeleton."""
     mask = np.zeros(hw, np.uint8)
-    centre, half = (box[:2] + box[2:]) / 2, (box[2:] - box[:2]) / 2 * (1 + FACE_ELLIPSE_MARGIN)
+    centre, half = (box[:2] + box[2:]) / 2, (box[2:] - box[:2]) / 2 * (1 + FACE_MARGIN)
     cv2.ellipse(mask, tuple(int(v) for v in centre), tuple(max(1, int(v)) for v in half),
                 0, 0, 360, 1, thickness=-1)
-    points = np.zeros((0, 2)) if person is None else person.body[person.body[:, 2] > 0, :2]
-    if len(points) >= 3:
-        cv2.fillConvexPoly(mask, cv2.convexHull(points.astype(np.int32)), 1)
+    if _fill_hull(mask, person):
         mask = cv2.dilate(mask, _disk(max(1, int(half.min()))))
     return mask.astype(bool)
 
@@ -45,9 +53,7 @@ def hull_mask(hw: tuple[int, int], person: Person | None, box: np.ndarray) -> np
 def _skeleton(hw: tuple[int, int], person: Person) -> np.ndarray:
     """(H, W) bool hull of a person's visible body keypoints (empty below 3 points)."""
     mask = np.zeros(hw, np.uint8)
-    points = person.body[person.body[:, 2] > 0, :2]
-    if len(points) >= 3:
-        cv2.fillConvexPoly(mask, cv2.convexHull(points.astype(np.int32)), 1)
+    _fill_hull(mask, person)
     return mask.astype(bool)
 
 
@@ -75,7 +81,7 @@ def owners(seeds: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     if len(boxes):
         boxes = np.asarray(boxes, np.float32)
         centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-        half = np.maximum((boxes[:, 2:] - boxes[:, :2]) / 2 * (1 + FACE_ELLIPSE_MARGIN), 1)
+        half = np.maximum((boxes[:, 2:] - boxes[:, :2]) / 2 * (1 + FACE_MARGIN), 1)
         ys, xs = np.ogrid[:hw[0], :hw[1]]
         depth = (((xs - centre[:, :1, None]) / half[:, :1, None]) ** 2
                  + ((ys - centre[:, 1:, None]) / half[:, 1:, None]) ** 2)  # (F, H, W), <= 1 in
@@ -144,11 +150,15 @@ class ParsedCharacters:
 
 
 def character_crop(image: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
-    """(h, w, 3) uint8: the pixels of ``mask`` on white, cropped to its extent (None when
-    the mask is empty)."""
-    ys, xs = np.nonzero(mask)
-    if not len(ys):
+    """(h, w, 3) uint8: the pixels of ``mask`` (bool) on white, cropped to its extent (None
+    when the mask is empty). The extent comes from ``any`` per row and column and the
+    composite from ``cv2.copyTo``, several times faster than ``nonzero`` and ``np.where``
+    (the data loader cuts one per StoryMaker character)."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
         return None
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    inside = mask[y0:y1, x0:x1, None]
-    return np.where(inside, image[y0:y1, x0:x1], np.uint8(255)).astype(np.uint8)
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    out = np.full((y1 - y0, x1 - x0, 3), 255, np.uint8)
+    cv2.copyTo(np.ascontiguousarray(image[y0:y1, x0:x1]),
+               np.ascontiguousarray(mask[y0:y1, x0:x1]).view(np.uint8), out)
+    return out

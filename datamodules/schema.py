@@ -43,6 +43,7 @@ KEYS = ("jpg", "txt", "faces.json", "crops.npy", "pose.json")
 OPTIONAL_KEYS = ("masks.png", "character.jpg", "reference.npy", "meta.json")
 CROP_SIZE = 160
 MASK_BOX, MASK_SEG, MASK_CHAR = 1, 2, 4  # bit flags of masks.png
+FACE_MARGIN = 0.25  # face region = detector box enlarged by 25 % (InstantFamily Sec. 3.5)
 MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
 BOX_TOLERANCE = 1.0  # pixels a box may overhang the image (rounding in detectors)
 REASONS = (

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import torch
 
-from datamodules.characters import HullCharacters
+from datamodules.characters import HullCharacters, character_crop
 from datamodules.schema import MASK_CHAR, Sample
 from datamodules.views.common import (BINARY, SIGNED, UNIT, ControlDrawing, draw_controls,
                                       floats, image_tensor, normalized_boxes, pad_slots,
@@ -19,16 +19,12 @@ def square_on_white(image: np.ndarray, mask: np.ndarray, size: int) -> np.ndarra
     """(size, size, 3) uint8: the pixels of ``mask`` on white, cropped to the mask's extent,
     scaled so its longer side is ``size`` and centred on a white square. An empty
     mask gives white. Padding, not CLIP's centre crop, keeps the whole character (hair,
-    feet). Only the extent is composited and resized: the white padding costs nothing."""
+    feet). Only the extent is cut out and resized: the white padding costs nothing."""
     out = np.full((size, size, 3), WHITE, np.uint8)
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if not len(rows):
+    character = character_crop(image, mask)  # (h, w, 3)
+    if character is None:
         return out
-    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    character = np.full((y1 - y0, x1 - x0, 3), WHITE, np.uint8)
-    cv2.copyTo(np.ascontiguousarray(image[y0:y1, x0:x1]),
-               np.ascontiguousarray(mask[y0:y1, x0:x1]).view(np.uint8), character)
-    scale = size / max(y1 - y0, x1 - x0)
+    scale = size / max(character.shape[:2])
     h, w = (max(1, min(size, round(n * scale))) for n in character.shape[:2])
     # area averaging where it matters (a shrink by 2 or more); below that bilinear reads
     # every source pixel too and is ~8x faster than OpenCV's non-integer area resize
