@@ -33,3 +33,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def read_prepared(out) -> dict:
+    """Key -> validated ``Sample`` of every shard in a ``prepare`` output folder."""
+    import webdataset as wds
+
+    from datamodules.codec import decode_sample
+    from datamodules.schema import validate
+
+    raw = wds.DataPipeline(wds.SimpleShardList(sorted(str(p) for p in out.glob("*.tar"))),
+                           wds.tarfile_to_samples())
+    return {r["__key__"]: validate(decode_sample(r)) for r in raw}
+
+
+@pytest.fixture(scope="session")
+def shard_samples():
+    """``read_prepared``: the samples of a prepared folder, by key."""
+    return read_prepared

@@ -1,5 +1,6 @@
-"""prepare.py on real photos and a synthetic clip: shards, stats, resume, and the way back
-through ShardDataModule to an InstantFamily batch."""
+"""prepare.py on real photos: shards, stats, resume, parallel workers, masks, and the way
+back through the DataModules to every method's batch and a training step. Videos:
+test_videos.py."""
 from __future__ import annotations
 
 import io
@@ -7,7 +8,6 @@ import json
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import skimage.data
@@ -17,10 +17,9 @@ from PIL import Image
 
 from datamodules.annotate import Annotator, EllipseSegmenter, Filters, face_masks
 from datamodules.prepare import PrepareConfig, main, prepare, run_task
-from datamodules.codec import decode_sample
-from datamodules.schema import MASK_BOX, MASK_CHAR, MASK_SEG, validate
+from datamodules.schema import MASK_BOX, MASK_CHAR, MASK_SEG
 from datamodules.shards import ShardDataModule
-from datamodules.sources import load_video_meta, plan_images, video_caption
+from datamodules.sources import plan_images
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -65,13 +64,7 @@ def prepared(photos, annotator, tmp_path_factory) -> tuple[Path, dict]:
     return out, stats
 
 
-def shard_samples(out: Path) -> dict:
-    raw = wds.DataPipeline(wds.SimpleShardList(sorted(str(p) for p in out.glob("*.tar"))),
-                           wds.tarfile_to_samples())
-    return {r["__key__"]: validate(decode_sample(r)) for r in raw}
-
-
-def test_real_photos_have_the_right_faces(prepared):
+def test_real_photos_have_the_right_faces(prepared, shard_samples):
     out, stats = prepared
     samples = shard_samples(out)
     assert {k: s.num_faces for k, s in samples.items()} == \
@@ -85,7 +78,7 @@ def test_real_photos_have_the_right_faces(prepared):
     assert len(list((out / "previews").glob("*.jpg"))) == 2
 
 
-def test_annotations_name_their_models_and_align(prepared):
+def test_annotations_name_their_models_and_align(prepared, shard_samples):
     sample = shard_samples(prepared[0])["c_t1"]
     assert sample.face_model == "mtcnn" and sample.pose_model == "faces-fallback"
     assert sample.models == {"masks": "box+25%|ellipse|pose-hull(faces-fallback)",
@@ -182,37 +175,6 @@ def test_image_shards_and_parquet_inputs(tmp_path, annotator):
         str(tmp_path / "out-tar2"), annotator))["rejected"] == {"empty_caption": 1}
 
 
-def write_clip(path: Path, frames: list[np.ndarray], fps: int = 5) -> None:
-    h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    for frame in frames:
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    writer.release()
-
-
-def test_videos_cli(tmp_path):
-    face = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((256, 256)))
-    clips = tmp_path / "clips"
-    clips.mkdir()
-    write_clip(clips / "clip_a.mp4", [np.roll(face, 4 * i, axis=1) for i in range(5)])
-    write_clip(clips / "clip_b.mp4", [np.full((256, 256, 3), 90, np.uint8)] * 5)
-    mapping = ["Blurry", "Male", "Young"]  # CelebV-style appearance attributes
-    meta = {"meta_info": {"appearance_mapping": mapping},
-            "clips": {"clip_a": {"attributes": {"appearance": [0, 0, 1]},
-                                 "text": "she smiles at the camera"},
-                      "clip_b": {"attributes": {"gender": "male"}}}}
-    (tmp_path / "info.json").write_text(json.dumps(meta))
-    assert load_video_meta(str(tmp_path / "info.json"))["clip_b"]["subject"] == "man"
-    stats = main(["videos", "--input", str(clips), "--meta", str(tmp_path / "info.json"),
-                  "--output", str(tmp_path / "out"), "--workers", "1", "--pose", "faces",
-                  "--min-face-size", "20"])
-    assert stats["kept"] == 1 and stats["rejected"] == {"no_reference_face": 1}
-    sample = shard_samples(tmp_path / "out")["clip_a"]
-    assert sample.caption == "a photo of a woman, she smiles at the camera"
-    assert sample.reference.shape == (3, 160, 160) and sample.image.shape == (256, 256, 3)
-    assert sample.models["reference"] == "mtcnn(middle frame)" and sample.num_faces == 1
-
-
 def test_parallel_workers_write_the_same_shards(tmp_path):
     """Two spawned workers, one shard each; the result equals the in-process run."""
     folder = tmp_path / "in"
@@ -244,28 +206,6 @@ def test_face_masks_are_box_plus_quarter_ellipse_and_character():
     assert masks[0, 21, 41] == MASK_BOX  # box corner: outside the ellipse
 
 
-def test_celebv_text_layout_ids_descriptions_and_subjects(tmp_path):
-    """The released layout: a clip-keyed info json without attributes (ids with or without
-    ".mp4") and one description file per clip; the subject comes from the description."""
-    info = {"clips": {"abc_0_0.mp4": {"ytb_id": "abc", "bbox": {"top": 0.0}, "version": "v0.11"},
-                      "abc_1": {"ytb_id": "abc", "version": "v0.1"},
-                      "abc_2": {"ytb_id": "abc", "version": "v0.1"}}}
-    (tmp_path / "info.json").write_text(json.dumps(info))
-    texts = tmp_path / "texts" / "face40_details_new"
-    texts.mkdir(parents=True)
-    (texts / "abc_0_0.txt").write_text("\nThe woman has long hair. She smiles.\nline two\n")
-    (texts / "abc_1.txt").write_text("This young man has a beard and his mouth is closed.\n")
-    meta = load_video_meta(str(tmp_path / "info.json"), str(tmp_path / "texts"))
-    assert meta["abc_0_0"] == {"subject": "woman", "text": "The woman has long hair. She smiles."}
-    assert meta["abc_1"]["subject"] == "man"
-    assert meta["abc_2"] == {"subject": "person", "text": ""}  # no description file
-    assert video_caption(meta["abc_1"]).startswith("a photo of a man, this young man")
-
-
-def test_video_caption_without_text():
-    assert video_caption({"subject": "person", "text": ""}) == "a photo of a person"
-
-
 # --- DataModules over prepared data ----------------------------------------------------
 
 def test_laion_face_and_folder_datamodules_read_prepared_shards(prepared, photos):
@@ -294,39 +234,6 @@ def test_folder_datamodule_prepares_on_first_use(tmp_path, annotator):
     batch = next(iter(dm.train_dataloader()))
     assert batch["key"] == ["me"] and batch["caption"] == ["a photo of one person"]
     assert (tmp_path / "out" / "stats.json").exists()
-
-
-def test_celebv_text_datamodule_and_factory(tmp_path):
-    from types import SimpleNamespace
-
-    from datamodules.celebv_text import CelebVTextDataModule
-    from datamodules.factory import build_datamodule
-    from datamodules.single_image import SingleImageDataModule
-    from ldm_ext.config import ConfigError
-
-    face = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((160, 160)))
-    (tmp_path / "clips").mkdir()
-    write_clip(tmp_path / "clips" / "c.mp4", [face] * 3)
-    (tmp_path / "m.json").write_text("{}")  # no attributes: "a person"
-    main(["videos", "--input", str(tmp_path / "clips"), "--meta", str(tmp_path / "m.json"),
-          "--output", str(tmp_path / "out"), "--workers", "1", "--pose", "faces",
-          "--min-face-size", "20"])
-    data = dict(kind="celebv_text", root=str(tmp_path / "out"), resolution=32, batch_size=1,
-                num_workers=0, shuffle_buffer=1, random_flip=False, shards=None, image=None)
-    cfg = SimpleNamespace(seed=0, method=SimpleNamespace(num_slots=2, name="portraitbooth"),
-                          data=SimpleNamespace(**data))
-    dm = build_datamodule(cfg)
-    assert isinstance(dm, CelebVTextDataModule)
-    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
-    assert batch["caption"] == ["a photo of a person"] and batch["face_valid"].tolist() == \
-        [[True, False]]
-    assert batch["reference"].shape == (1, 2, 3, 160, 160) and batch["reference"][0, 0].std() > 0.1
-    cfg.data.kind, cfg.data.image = "single_image", None
-    with pytest.raises(ConfigError, match="data.image"):
-        build_datamodule(cfg)
-    Image.fromarray(face).save(tmp_path / "me.png")
-    cfg.data.image = str(tmp_path / "me.png")
-    assert isinstance(build_datamodule(cfg), SingleImageDataModule)
 
 
 def test_single_image_augmentations(tmp_path):
