@@ -43,6 +43,7 @@ def write_outputs(cfg, out_dir: Path, image_dir: Path, rows: list[dict],
     write_csv(out_dir / "metrics.csv", rows)
     summary = {"name": cfg.name, **summarize(rows),
                "mixing": mixing_by_n(rows, sims, cfg.scoring.matching),
+               "image_dir": str(image_dir.resolve()),  # --compare finds --images runs' images
                "config": OmegaConf.to_container(cfg, resolve=True)}
     (out_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=2))
     write_report(out_dir, image_dir, rows, summary, cfg.note)
@@ -77,8 +78,9 @@ def log_wandb(cfg, image_dir: Path, rows: list[dict], summary: dict) -> None:
 
 
 # ----- report.md: tables, grids, plots --------------------------------------------------
-def _cell(stats: dict) -> str:
-    return f"{stats['mean']:.3f} ± {stats['std']:.3f}" if stats["n"] else "–"
+def stats_cell(stats: dict | None) -> str:
+    """``mean ± std`` of one summary entry; "–" when it has no value (or is absent)."""
+    return f"{stats['mean']:.3f} ± {stats['std']:.3f}" if stats and stats["n"] else "–"
 
 
 def markdown_table(groups: dict[str, dict], label: str) -> list[str]:
@@ -88,8 +90,8 @@ def markdown_table(groups: dict[str, dict], label: str) -> list[str]:
              "|---" * (len(metrics) + 2) + "|"]
     for group, stats in groups.items():
         count = max((s["n"] for s in stats.values()), default=0)
-        lines.append(f"| {group} | {count} | " + " | ".join(_cell(stats[m]) for m in metrics)
-                     + " |")
+        cells = " | ".join(stats_cell(stats.get(m)) for m in metrics)
+        lines.append(f"| {group} | {count} | {cells} |")
     return lines
 
 
@@ -114,18 +116,14 @@ def write_grids(out_dir: Path, image_dir: Path, rows: list[dict], per_grid: int 
 
 def write_plots(out_dir: Path, rows: list[dict], summary: dict) -> list[Path]:
     """Identity vs CLIP-T scatter, per-category bars (mean ± std), mixing heatmaps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     (out_dir / "plots").mkdir(exist_ok=True)
     paths = []
     if any(r.get("clip_t") is not None for r in rows):
         fig, ax = plt.subplots(figsize=(4.5, 4))
         ax.scatter([r["clip_t"] for r in rows], [r["identity"] for r in rows], s=8)
         ax.set(xlabel="CLIP-T", ylabel="identity (FastComposer)", title="per image")
-        paths.append(_save(fig, out_dir / "plots" / "identity_vs_clip_t.png"))
+        paths.append(save_figure(fig, out_dir / "plots" / "identity_vs_clip_t.png"))
     groups = summary["by_category"]
     metrics = [m for m in ("identity", "clip_t") if m in summary["overall"]]
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -137,17 +135,28 @@ def write_plots(out_dir: Path, rows: list[dict], summary: dict) -> list[Path]:
     ax.set_xticks(np.arange(len(groups)) + width * (len(metrics) - 1) / 2, list(groups))
     ax.legend()
     ax.set_title("mean ± std per prompt category")
-    paths.append(_save(fig, out_dir / "plots" / "by_category.png"))
+    paths.append(save_figure(fig, out_dir / "plots" / "by_category.png"))
     for n, matrix in summary["mixing"].items():
         fig, ax = plt.subplots(figsize=(3.5, 3))
         shown = ax.imshow(np.array(matrix, dtype=float), vmin=-1, vmax=1, cmap="coolwarm")
         ax.set(xlabel="reference slot", ylabel="matched generated face", title=f"mixing N={n}")
         fig.colorbar(shown)
-        paths.append(_save(fig, out_dir / "plots" / f"mixing_n{n}.png"))
+        paths.append(save_figure(fig, out_dir / "plots" / f"mixing_n{n}.png"))
     return paths
 
 
-def _save(fig, path: Path) -> Path:
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display on servers)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` and free it."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
