@@ -132,7 +132,10 @@ def generate(cfg, method, subjects: dict[str, dict], records: list[dict], out_di
 # ----- scoring and outputs ----------------------------------------------------------------
 def score_folder(cfg, image_dir: Path, records: list[dict], subjects: dict[str, dict],
                  device: str) -> tuple[list[dict], list[np.ndarray]]:
-    """Metrics rows and similarity matrices of every record's image, in chunks."""
+    """Metrics rows and similarity matrices of every record's image, in chunks, with a
+    progress bar and ETA (a protocol run scores thousands of images)."""
+    from tqdm import tqdm
+
     from callbacks.scoring import build_scorers, embed_references, score_images
 
     scorers = build_scorers(cfg.scoring, device)
@@ -140,12 +143,15 @@ def score_folder(cfg, image_dir: Path, records: list[dict], subjects: dict[str, 
               for sid, s in subjects.items()}
     refs = embed_references(scorers, photos)
     rows, sims, chunk = [], [], max(1, cfg.scoring.batch_size) * 4
-    for start in range(0, len(records), chunk):
-        part = records[start:start + chunk]
-        images = [np.asarray(Image.open(image_dir / r["file"]).convert("RGB")) for r in part]
-        new_rows, new_sims = score_images(scorers, images, part, refs)
-        rows += new_rows
-        sims += new_sims
+    with tqdm(total=len(records), desc="scoring", unit="image") as bar:
+        for start in range(0, len(records), chunk):
+            part = records[start:start + chunk]
+            images = [np.asarray(Image.open(image_dir / r["file"]).convert("RGB"))
+                      for r in part]
+            new_rows, new_sims = score_images(scorers, images, part, refs)
+            rows += new_rows
+            sims += new_sims
+            bar.update(len(part))
     return rows, sims
 
 
