@@ -48,10 +48,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", help="run folder, or its trainable .safetensors/.ckpt")
     parser.add_argument("--images", help="score this folder instead of generating")
     parser.add_argument("--references", help="subjects folder (overrides subjects.root)")
+    parser.add_argument("--compare", nargs="+", metavar="RESULT",
+                        help="one report comparing finished results/<name> folders")
+    parser.add_argument("--out", help="--compare's folder (default: compare_<names> beside "
+                                      "the first result)")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. generation.steps=25")
     args = parser.parse_args(argv)
+    if args.compare:
+        if args.checkpoint or args.images or args.config or args.references or args.overrides:
+            parser.error("--compare takes result folders only (no --checkpoint, --images, "
+                         "--config, --references or key=value)")
+        if len(args.compare) < 2:
+            parser.error("--compare needs two or more result folders")
+        return args
+    if args.out:
+        parser.error("--out goes with --compare (a run writes to <output_dir>/<name>)")
     if bool(args.images) == bool(args.checkpoint):
-        parser.error("give exactly one of --checkpoint (generate) or --images (score a folder)")
+        parser.error("give exactly one of --checkpoint (generate), --images (score a folder) "
+                     "or --compare (compare results)")
     if args.checkpoint and not args.config:
         parser.error("--checkpoint needs --config")
     return args
@@ -200,6 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     from ldm_ext.face import FaceModelMissing
 
     args = parse_args(argv)
+    if args.compare:
+        from callbacks.compare import NotAResult, compare
+
+        try:
+            print(f"wrote {compare(args.compare, args.out) / 'report.md'}")
+        except NotAResult as err:
+            print(f"compare: {err}", file=sys.stderr)
+            return 2
+        return 0
     try:
         run(args)
     except ConfigError as err:

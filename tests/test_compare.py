@@ -1,0 +1,105 @@
+"""``eval.py --compare`` on two small synthetic result folders written by
+``callbacks/report.write_outputs`` (no model): the methods x metrics table, per-category
+and per-N plots, mixing matrices up to N = 5, grids with a missing image, and the errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import eval as evaluate
+from callbacks import subjects as subject_plan
+from callbacks.report import stats_cell, write_outputs
+from ldm_ext.eval_config import load_eval_config
+
+TINY = str(Path(__file__).resolve().parent.parent / "configs" / "eval" / "tiny.yaml")
+IDS = ["s1", "s2", "s3", "s4", "s5"]
+
+
+def fake_result(root: Path, name: str, colour: tuple, identity: float,
+                method: str | None = None, faces_of_five: int = 5) -> Path:
+    """A results folder as eval.py writes it: N = 1, 2, 5 subjects, 2 prompts, one image
+    each, solid ``colour`` images, identities near ``identity``, mixing of strength
+    ``identity`` on the diagonal; N = 5 images show ``faces_of_five`` faces."""
+    cfg = load_eval_config(TINY, [f"name={name}", f"output_dir={root}", "subjects.root=x",
+                                  "subjects.num_ids=[1,2,5]"])
+    records = subject_plan.plan(cfg, {sid: {"class_word": "woman"} for sid in IDS})
+    out, rows, sims = root / name, [], []
+    (out / "images").mkdir(parents=True)
+    for i, record in enumerate(records):
+        Image.new("RGB", (32, 32), colour).save(out / "images" / record["file"])
+        n = len(record["subjects"])
+        rows.append({**record, "faces": n, "identity": identity + 0.01 * (i % 3),
+                     "clip_t": 0.2, "multi_sim": 1.5 if n > 1 else None})
+        sim = np.full((n, n), 0.1) + np.eye(n) * (identity - 0.1)
+        sims.append(sim[:faces_of_five] if n == 5 else sim)
+    lines = [json.dumps({**r, "method": method} if method else r) for r in records]
+    (out / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    write_outputs(cfg, out, out / "images", rows, sims)
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_results(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("results")
+    return (fake_result(root, "A", (200, 0, 0), 0.8, "instantfamily"),
+            fake_result(root, "B", (0, 0, 200), 0.5, faces_of_five=4))
+
+
+def test_single_report_handles_five_subjects(two_results):
+    a, b = two_results
+    summary = json.loads((a / "summary.json").read_text())
+    assert set(summary["by_num_ids"]) == {"1", "2", "5"}
+    assert np.array(summary["mixing"]["5"]).shape == (5, 5)
+    assert "## Identity mixing, N = 5" in (a / "report.md").read_text()
+    b_mixing = json.loads((b / "summary.json").read_text())["mixing"]["5"]
+    assert b_mixing[4] == [None] * 5  # slot 4 never matched (4 faces): NaN -> null
+
+
+def test_compare_report(two_results, tmp_path):
+    a, b = two_results
+    first = json.loads((b / "manifest.jsonl").read_text().splitlines()[0])["file"]
+    (b / "images" / first).rename(tmp_path / "moved.png")  # B lacks one image
+    out = tmp_path / "cmp"
+    try:
+        assert evaluate.main(["--compare", str(a), str(b), "--out", str(out)]) == 0
+    finally:
+        (tmp_path / "moved.png").rename(b / "images" / first)
+    report = (out / "report.md").read_text()
+    for folder, label in ((a, "A (instantfamily)"), (b, "B")):
+        overall = json.loads((folder / "summary.json").read_text())["overall"]
+        assert f"| {label} | 10 | " in report
+        assert stats_cell(overall["identity"]) in report
+    assert "| multi_sim \\ N | 1 | 2 | 5 |" in report
+    assert report.count("| B | 0.500 | 0.100 |") == 2  # mixing N = 2 and 5 (row 4 unmatched)
+    for plot in ("by_category", "by_num_ids", "mixing_n2", "mixing_n5"):
+        assert f"plots/{plot}.png" in report and (out / "plots" / f"{plot}.png").is_file()
+    assert f"- missing: B: `{first}`" in report
+    grid = out / "grids" / f"{Path(first).stem.rsplit('__', 1)[0]}.png"
+    assert f"grids/{grid.name}" in report
+    pixels = np.asarray(Image.open(grid))  # rows A, B; one column (one image per prompt)
+    assert tuple(pixels[2, 2]) == (200, 0, 0) and tuple(pixels[-3, 2]) == (225, 225, 225)
+    assert len(list((out / "grids").glob("*.png"))) == 3  # one per N (1, 2, 5): one category
+
+
+def test_compare_default_folder(two_results):
+    a, b = two_results
+    assert evaluate.main(["--compare", str(a), str(b)]) == 0
+    assert (a.parent / "compare_A_B" / "report.md").is_file()
+
+
+def test_compare_errors_name_the_folder(two_results, tmp_path, capsys):
+    a, _ = two_results
+    not_result = tmp_path / "just_images"
+    not_result.mkdir()
+    Image.new("RGB", (8, 8)).save(not_result / "x__p00__0.png")
+    for folder in (not_result, tmp_path / "absent"):
+        assert evaluate.main(["--compare", str(a), str(folder)]) == 2
+        assert f"{folder}: not an eval result folder" in capsys.readouterr().err
+    for bad in (["--compare", str(a)], ["--compare", str(a), str(a), "--images", "x"],
+                ["--checkpoint", "x", "--config", TINY, "--out", "y"]):
+        with pytest.raises(SystemExit):
+            evaluate.parse_args(bad)
