@@ -71,6 +71,19 @@ def test_plan_counts_and_names():
     assert sampled == subject_plan.subject_groups(list(subjects), 3, 7, seed=42)
 
 
+def test_multi_config_plans_two_to_five_subjects():
+    subjects = {f"{i:06d}": {"class_word": "man" if i % 2 else "woman"} for i in range(15)}
+    cfg = load_eval_config(ROOT / "configs" / "eval" / "fastcomposer_multi.yaml")
+    records = subject_plan.plan(cfg, subjects)
+    counts = {n: sum(len(r["subjects"]) == n for r in records) for n in range(1, 7)}
+    assert counts == {1: 0, 2: 8820, 3: 8820, 4: 8820, 5: 8820, 6: 0}  # 105 groups per N
+    assert len({r["file"] for r in records}) == len(records)
+    five = next(r for r in records if len(r["subjects"]) == 5)
+    words = " and a ".join(subjects[s]["class_word"] for s in five["subjects"])
+    assert five["clip_prompt"] == f"a painting of a {words} together in the style of Banksy"
+    assert subject_plan.parse_name(five["file"])["subjects"] == five["subjects"]
+
+
 def _lines(path: Path) -> list[str]:
     return path.read_text().splitlines()
 

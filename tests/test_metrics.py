@@ -73,6 +73,19 @@ def test_mixing_matrix_shows_leakage():
     assert only_one[0] == pytest.approx([0.5, 0.2]) and np.isnan(only_one[1]).all()
 
 
+def test_five_ids_identity_multi_sim_and_mixing():
+    sim = np.full((5, 5), 0.1)
+    sim[[0, 1, 2, 3, 4], [3, 0, 4, 1, 2]] = 0.9  # face g belongs to a permuted reference
+    gen = np.eye(5)  # orthogonal faces: no pairwise similarity
+    assert M.fastcomposer_identity(sim) == pytest.approx(0.9)
+    assert M.fastcomposer_identity(sim[:4]) == 0.0  # four faces for five subjects
+    assert M.multi_sim(sim, gen) == pytest.approx(0.9 + 1.0)
+    assert M.multi_sim(sim, gen, "greedy") == pytest.approx(1.9)
+    mix = M.mixing_matrix([sim, sim[:3]])  # the second image: faces of refs 3, 0, 4 only
+    assert np.diag(mix) == pytest.approx([0.9] * 5)
+    assert mix[~np.eye(5, dtype=bool)] == pytest.approx([0.1] * 20)
+
+
 def test_face_sim_detect_and_id_p():
     assert M.face_sim(np.array([[0.42], [0.9]])) == pytest.approx(0.42)
     assert M.face_sim(np.zeros((0, 1))) == 0.0
