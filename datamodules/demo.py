@@ -83,7 +83,7 @@ def demo_sample(index: int, seed: int = 0, hw: tuple[int, int] = (128, 128)) -> 
     """The synthetic sample ``index`` of the dataset ``seed`` at size ``hw`` (H, W)."""
     rng = np.random.default_rng([seed, index])
     count = int(rng.integers(1, 5))
-    template = pose_template(count, hw[::-1])
+    template = pose_template(count, hw)
     spread = np.array([0.08 * hw[1] / count, 0.05 * hw[0]])
     people = [_jitter(p, rng.uniform(-spread, spread), hw) for p in template]
     sky, ground = (tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(2))

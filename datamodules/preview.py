@@ -16,14 +16,13 @@ def draw_preview(sample: Sample) -> np.ndarray:
     +25 % outlined thin, detector boxes thick (colour of the face index), and the OpenPose
     rendering on top."""
     out = sample.image.astype(np.float32)
-    h, w = sample.hw
     for f in range(sample.num_faces):
         colour = np.array(SLOT_COLORS[f % len(SLOT_COLORS)], np.float32)
         if sample.masks is not None:
             seg = (sample.masks[f] & MASK_SEG) > 0
             out[seg] = 0.6 * out[seg] + 0.4 * colour
     out = out.astype(np.uint8)
-    pose = render_control_image(sample.people, (w, h), [None] * len(sample.people))
+    pose = render_control_image(sample.people, sample.hw, [None] * len(sample.people))
     out = np.where(pose.any(axis=2, keepdims=True), pose, out).astype(np.uint8)
     for f, box in enumerate(sample.boxes):
         colour = SLOT_COLORS[f % len(SLOT_COLORS)]

@@ -44,19 +44,20 @@ RGB_PIXEL = np.dtype("V3")
 WHITE_PIXEL = np.frombuffer(b"\xff\xff\xff", RGB_PIXEL)[0]
 
 
-def _canvas_xy(points: np.ndarray, size: tuple[int, int],
+def _canvas_xy(points: np.ndarray, hw: tuple[int, int],
                canvas_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(K,) float32 x and y as controlnet_aux computes them: pixel / size * canvas side."""
-    (width, height), (canvas_h, canvas_w) = size, canvas_hw
+    """(K,) float32 x and y as controlnet_aux computes them: pixel / frame side * canvas
+    side, for points given in a frame of ``hw`` (height, width)."""
+    (height, width), (canvas_h, canvas_w) = hw, canvas_hw
     xs = points[:, 0].astype(np.float32) / np.float32(width) * np.float32(canvas_w)
     ys = points[:, 1].astype(np.float32) / np.float32(height) * np.float32(canvas_h)
     return xs, ys
 
 
-def draw_body(canvas: np.ndarray, body: np.ndarray, size: tuple[int, int]) -> None:
+def draw_body(canvas: np.ndarray, body: np.ndarray, hw: tuple[int, int]) -> None:
     """Limbs, then keypoints, of one (18, 3) body (x, y, confidence; 0 = missing) given in
-    a ``size`` (width, height) frame, in place on (H, W, 3) uint8 ``canvas``."""
-    xs, ys = _canvas_xy(body, size, canvas.shape[:2])
+    a frame of ``hw`` (height, width), in place on (H, W, 3) uint8 ``canvas``."""
+    xs, ys = _canvas_xy(body, hw, canvas.shape[:2])
     present = body[:, 2] > 0
     drawn = present[LIMBS].all(axis=1)  # (17,) both ends present
     first, second = LIMBS[drawn, 0], LIMBS[drawn, 1]
@@ -73,11 +74,11 @@ def draw_body(canvas: np.ndarray, body: np.ndarray, size: tuple[int, int]) -> No
         cv2.circle(canvas, (int(xs[k]), int(ys[k])), BODY_RADIUS, COLORS[k], thickness=-1)
 
 
-def draw_face(canvas: np.ndarray, face: np.ndarray, size: tuple[int, int]) -> None:
+def draw_face(canvas: np.ndarray, face: np.ndarray, hw: tuple[int, int]) -> None:
     """White dots (OpenCV's filled circle of radius 3) at the present points of a (70, 3)
-    face, in place; like controlnet_aux, points on the canvas's first row or column are not
-    drawn."""
-    xs, ys = (v.astype(np.int64) for v in _canvas_xy(face, size, canvas.shape[:2]))  # trunc.
+    face given in a frame of ``hw`` (height, width), in place; like controlnet_aux, points
+    on the canvas's first row or column are not drawn."""
+    xs, ys = (v.astype(np.int64) for v in _canvas_xy(face, hw, canvas.shape[:2]))  # trunc.
     keep = (face[:, 2] > 0) & (xs > 0) & (ys > 0)
     xs, ys = xs[keep, None] + FACE_DOT[0], ys[keep, None] + FACE_DOT[1]  # (P, dot pixels)
     height, width = canvas.shape[:2]

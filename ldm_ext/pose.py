@@ -113,7 +113,7 @@ def draw_slot_circle(canvas: np.ndarray, box: np.ndarray, slot: int,
                thickness=-1)
 
 
-def render_control_image(people: list[Person], size: tuple[int, int],
+def render_control_image(people: list[Person], hw: tuple[int, int],
                          circle_slots: list[int | None], radius: int | None = None,
                          out: np.ndarray | None = None) -> np.ndarray:
     """InstantFamily control image (Sec. 4.2): (H, W, 3) uint8 RGB on black.
@@ -121,7 +121,7 @@ def render_control_image(people: list[Person], size: tuple[int, int],
     Args:
         people: everyone in the image; all get their OpenPose skeleton (body + face),
             drawn as controlnet_aux draws it (``ldm_ext.openpose_draw``).
-        size: (width, height) in pixels, as PIL's ``Image.size``.
+        hw: (height, width) in pixels, the frame of the keypoints and of the image.
         circle_slots: per person, the stacking slot k of its face (a filled circle of
             ``SLOT_COLORS[k]`` at the face centre) or None (skeleton only).
         radius: circle radius in pixels; default proportional to each face's size.
@@ -130,14 +130,13 @@ def render_control_image(people: list[Person], size: tuple[int, int],
     """
     if len(circle_slots) != len(people):
         raise ValueError(f"{len(circle_slots)} circle slots for {len(people)} people")
-    width, height = size
-    canvas = np.zeros((height, width, 3), dtype=np.uint8) if out is None else out
-    if canvas.shape != (height, width, 3) or not canvas.flags.c_contiguous:
-        raise ValueError(f"out must be a C-contiguous ({height}, {width}, 3) array")
+    canvas = np.zeros((*hw, 3), dtype=np.uint8) if out is None else out
+    if canvas.shape != (*hw, 3) or not canvas.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous ({hw[0]}, {hw[1]}, 3) array")
     for person in people:
-        draw_body(canvas, person.body, size)
+        draw_body(canvas, person.body, hw)
         if person.face is not None:
-            draw_face(canvas, person.face, size)
+            draw_face(canvas, person.face, hw)
     for person, slot in zip(people, circle_slots):
         if slot is None:
             continue
@@ -230,12 +229,12 @@ def people_from_faces(boxes: np.ndarray, landmarks: np.ndarray,
     return people
 
 
-def pose_template(num_people: int, size: tuple[int, int]) -> list[Person]:
+def pose_template(num_people: int, hw: tuple[int, int]) -> list[Person]:
     """``num_people`` frontal people standing side by side in equal columns, eyes at 30 %
-    of the height; deterministic. ``size`` is (width, height)."""
+    of the height; deterministic. ``hw`` is (height, width)."""
     if num_people < 1:
         raise ValueError("num_people must be >= 1")
-    width, height = size
+    height, width = hw
     column = width / num_people
     eye_distance = min(column / 7.0, height / 10.0)
     side = eye_distance / float(FACE_TEMPLATE_5[1, 0] - FACE_TEMPLATE_5[0, 0])  # face box side
@@ -249,23 +248,24 @@ def pose_template(num_people: int, size: tuple[int, int]) -> list[Person]:
 
 
 def save_people(people: list[Person], path: str | Path,
-                size: tuple[int, int] | None = None) -> None:
+                hw: tuple[int, int] | None = None) -> None:
     """Write OpenPose-style JSON: {"people": [{"body": [[x, y, c], ...], "face": ... | null}],
-    "width": W, "height": H} (width/height null when ``size`` is not given)."""
-    width, height = size if size is not None else (None, None)
+    "width": W, "height": H} (width/height null when ``hw`` = (height, width) is not given).
+    The size keys are named, so files stay readable whatever order code uses."""
+    height, width = hw if hw is not None else (None, None)
     records = [{"body": p.body.tolist(), "face": None if p.face is None else p.face.tolist()}
                for p in people]
     Path(path).write_text(json.dumps({"people": records, "width": width, "height": height}))
 
 
 def load_pose(path: str | Path) -> tuple[list[Person], tuple[int, int] | None]:
-    """People and (width, height) (None if not stored) from :func:`save_people` JSON."""
+    """People and (height, width) (None if not stored) from :func:`save_people` JSON."""
     data = json.loads(Path(path).read_text())
     people = [Person(body=np.array(p["body"]),
                      face=None if p.get("face") is None else np.array(p["face"]))
               for p in data["people"]]
-    size = (data["width"], data["height"]) if data.get("width") is not None else None
-    return people, size
+    hw = (data["height"], data["width"]) if data.get("width") is not None else None
+    return people, hw
 
 
 def load_people(path: str | Path) -> list[Person]:

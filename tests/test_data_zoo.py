@@ -62,7 +62,7 @@ def zero_faces() -> Sample:
     return Sample(key="", image=np.zeros((*HW, 3), np.uint8), caption="an empty room",
                   boxes=np.zeros((0, 4), np.float32), landmarks=np.zeros((0, 5, 2), np.float32),
                   scores=np.zeros(0, np.float32), crops=np.zeros((0, 3, 160, 160), np.uint8),
-                  people=pose_template(1, HW[::-1]), face_person=np.zeros(0, np.int64))
+                  people=pose_template(1, HW), face_person=np.zeros(0, np.int64))
 
 
 def broken(reason: str, key: str) -> dict:

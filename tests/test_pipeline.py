@@ -30,7 +30,7 @@ def test_generates_any_number_of_identities(method, num_ids):
 
 def test_control_inputs_circles_only_selected_people(method):
     pipe = InstantFamilyPipeline(method)
-    people = pose_template(3, (192, 96))
+    people = pose_template(3, (96, 192))
     control, boxes = pipe.control_inputs(people, 2, (96, 192))
     assert control.shape == (1, 3, 96, 192) and boxes.shape == (1, 2, 4)
     pixels = (control[0].permute(1, 2, 0) * 255).round().byte().numpy()

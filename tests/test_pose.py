@@ -1,4 +1,6 @@
 """Pose geometry, InstantFamily control images and pose files."""
+import json
+
 import numpy as np
 import pytest
 
@@ -56,8 +58,8 @@ def test_slot_colors_are_distinct_and_not_openpose_colors():
 
 
 def test_control_image_circles_only_on_selected_faces():
-    people = pose_template(3, (384, 256))
-    image = render_control_image(people, (384, 256), circle_slots=[3, None, 0])
+    people = pose_template(3, (256, 384))
+    image = render_control_image(people, (256, 384), circle_slots=[3, None, 0])
     assert image.shape == (256, 384, 3) and image.dtype == np.uint8
     for person, slot in [(people[0], 3), (people[2], 0)]:
         pixels = _pixels_of(image, SLOT_COLORS[slot])
@@ -83,12 +85,13 @@ def test_control_image_keeps_skeleton_of_unselected_people():
     assert image[mid[1], mid[0]].any()  # a limb between neck and right shoulder
 
 
-def _controlnet_aux_drawing(people, size):
-    """The reference: controlnet_aux's own drawing of ``people`` (pixels in ``size``)."""
+def _controlnet_aux_drawing(people, hw):
+    """The reference: controlnet_aux's own drawing of ``people`` (pixels in a frame of
+    ``hw`` = (height, width))."""
     from controlnet_aux.open_pose import util
     from controlnet_aux.open_pose.body import Keypoint
 
-    width, height = size
+    height, width = hw
     canvas = np.zeros((height, width, 3), np.uint8)
     for p in people:
         body = [Keypoint(x / width, y / height) if c > 0 else None for x, y, c in p.body]
@@ -100,9 +103,9 @@ def _controlnet_aux_drawing(people, size):
     return canvas
 
 
-def _random_people(rng: np.random.Generator, size: tuple[int, int]) -> list[Person]:
+def _random_people(rng: np.random.Generator, hw: tuple[int, int]) -> list[Person]:
     """1-4 overlapping people with fractional, integer, off-canvas and missing points."""
-    width, height = size
+    height, width = hw
     people = []
     for _ in range(rng.integers(1, 5)):
         points = rng.uniform(-0.1, 1.1, (88, 2)) * (width, height)
@@ -116,16 +119,17 @@ def _random_people(rng: np.random.Generator, size: tuple[int, int]) -> list[Pers
     return people
 
 
-@pytest.mark.parametrize("size", [(200, 160), (64, 64), (512, 384)])
-def test_control_image_draws_exactly_as_controlnet_aux(size):
+@pytest.mark.parametrize("hw", [(160, 200), (64, 64), (384, 512)])
+def test_control_image_draws_exactly_as_controlnet_aux(hw):
     """ControlNet's OpenPose weights expect controlnet_aux's drawing: ours (computed in
     one pass per person) must give the same pixels, limb roundings and skipped points
     included."""
-    rng = np.random.default_rng(sum(size))
-    cases = [pose_template(2, size)] + [_random_people(rng, size) for _ in range(40)]
+    rng = np.random.default_rng(sum(hw))
+    cases = [pose_template(2, hw)] + [_random_people(rng, hw) for _ in range(40)]
     for people in cases:
-        got = render_control_image(people, size, circle_slots=[None] * len(people))
-        assert np.array_equal(got, _controlnet_aux_drawing(people, size))
+        got = render_control_image(people, hw, circle_slots=[None] * len(people))
+        assert got.shape == (*hw, 3)
+        assert np.array_equal(got, _controlnet_aux_drawing(people, hw))
 
 
 def test_control_image_explicit_radius_and_errors():
@@ -165,26 +169,28 @@ def test_people_from_faces_geometry():
     assert BODY_PARTS[2] == "r_shoulder"
 
 
-@pytest.mark.parametrize("size", [(512, 512), (768, 384)])
-def test_pose_template_faces_disjoint_and_inside(size):
-    width, height = size
+@pytest.mark.parametrize("hw", [(512, 512), (384, 768)])
+def test_pose_template_faces_disjoint_and_inside(hw):
+    height, width = hw
     for n in range(1, 9):
-        people = pose_template(n, size)
+        people = pose_template(n, hw)
         assert len(people) == n
         boxes = np.stack([face_box(p) for p in people])
         assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= width).all()
         assert (boxes[:, 3] <= height).all()
         assert (boxes[1:, 0] > boxes[:-1, 2]).all()  # left to right, no overlap
-    again = pose_template(8, size)
+    again = pose_template(8, hw)
     assert all(np.array_equal(a.body, b.body) for a, b in zip(people, again))
 
 
 def test_json_round_trip(tmp_path):
-    people = pose_template(2, (320, 240)) + [_head_only_person()]
+    people = pose_template(2, (240, 320)) + [_head_only_person()]
     path = tmp_path / "pose.json"
-    save_people(people, path, size=(320, 240))
-    loaded, size = load_pose(path)
-    assert size == (320, 240) and len(loaded) == 3 and loaded[2].face is None
+    save_people(people, path, hw=(240, 320))
+    stored = json.loads(path.read_text())
+    assert (stored["height"], stored["width"]) == (240, 320)  # named keys: the file format
+    loaded, hw = load_pose(path)
+    assert hw == (240, 320) and len(loaded) == 3 and loaded[2].face is None
     for a, b in zip(people, loaded):
         np.testing.assert_allclose(a.body, b.body)
         if a.face is not None:

@@ -176,7 +176,7 @@ def test_generation_cli_with_pose_json(demo_run: Path, tmp_path):
     photo = tmp_path / "astronaut.png"
     Image.fromarray(astronaut()).save(photo)
     pose = tmp_path / "pose.json"
-    save_people(pose_template(3, (192, 128)), pose, size=(192, 128))
+    save_people(pose_template(3, (128, 192)), pose, hw=(128, 192))
     out = generate(["--run", str(demo_run), "--ids", str(photo), str(photo),
                     "--pose", str(pose), "--prompt", "two astronauts", "--steps", "2",
                     "--out", str(tmp_path / "pose.png")])

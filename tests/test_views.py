@@ -187,7 +187,7 @@ def test_collate_draws_each_control_and_pads_each_crop_in_the_batch(samples):
 
 
 def test_no_faces_and_faceless_people_pass_through():
-    people = pose_template(2, (60, 40))
+    people = pose_template(2, (40, 60))
     people[1].face = None
     empty = Sample(key="empty", image=np.zeros((40, 60, 3), np.uint8), caption="a wall",
                    boxes=np.zeros((0, 4), np.float32), landmarks=np.zeros((0, 5, 2), np.float32),

@@ -51,7 +51,7 @@ class ControlDrawing:
 
     def draw(self, canvas: np.ndarray) -> np.ndarray:
         """Draw on a black C-contiguous (H, W, 3) uint8 ``canvas``; returns it."""
-        render_control_image(self.people, self.hw[::-1], [None] * len(self.people), out=canvas)
+        render_control_image(self.people, self.hw, [None] * len(self.people), out=canvas)
         for k, box in self.circles:
             draw_slot_circle(canvas, box, k)
         return canvas

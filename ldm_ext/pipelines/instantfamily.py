@@ -67,7 +67,7 @@ class InstantFamilyPipeline:
             raise ValueError(f"pose template has {len(people)} people for {num_ids} identities")
         slots = [k if k < num_ids else None for k in range(len(people))]
         height, width = size
-        control = to_tensor(render_control_image(people, (width, height), slots))[None]
+        control = to_tensor(render_control_image(people, size, slots))[None]
         boxes = []
         for person in people[:num_ids]:
             box = face_box(person, margin=0.0)
@@ -87,7 +87,7 @@ class InstantFamilyPipeline:
         unconditional, conditional), e.g. for ``callbacks.images.attention_overlay``."""
         method, device = self.method, self.method.device
         num_ids = id_crops.shape[0]
-        people = people if people is not None else pose_template(num_ids, size[::-1])
+        people = people if people is not None else pose_template(num_ids, size)
         control, boxes = self.control_inputs(people, num_ids, size)
         scale = method.backbone.vae_scale
         latent_hw = (size[0] // scale, size[1] // scale)
@@ -112,8 +112,8 @@ def control_legend(id_crops: torch.Tensor, size: tuple[int, int]) -> Image.Image
     ``InstantFamilyPipeline.control_inputs`` draws it) with identity k's crop framed in
     that colour along the bottom edge. ``size`` is (height, width)."""
     height, width = size
-    people = pose_template(len(id_crops), (width, height))
-    canvas = Image.fromarray(render_control_image(people, (width, height),
+    people = pose_template(len(id_crops), size)
+    canvas = Image.fromarray(render_control_image(people, size,
                                                   list(range(len(id_crops)))))
     side = max(8, min(height, width) // 5)
     for slot, thumb in enumerate(tensor_to_uint8(id_crops, side)):  # (side, side, 3)
@@ -152,9 +152,9 @@ def _pose(args: argparse.Namespace, resolution: int):
         photo = Image.open(args.pose_image).convert("RGB").resize((side, side))
         return OpenPoseEstimator()(np.asarray(photo)), (side, side)
     if args.pose:
-        people, wh = load_pose(args.pose)
-        if wh is not None and not args.size:
-            return people, (wh[1], wh[0])
+        people, hw = load_pose(args.pose)
+        if hw is not None and not args.size:
+            return people, hw
         return people, (side, side)
     return None, (side, side)
 
