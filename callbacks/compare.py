@@ -53,8 +53,7 @@ def load_result(folder: Path, label: str) -> Result:
         raise NotAResult(f"{folder}: summary.json is not valid JSON ({err})") from None
     missing = [k for k in SUMMARY_KEYS if k not in summary]
     if missing:
-        raise NotAResult(f"{folder}: summary.json lacks {', '.join(missing)} "
-                         "(not written by eval.py)")
+        raise NotAResult(f"{folder}: summary.json lacks {', '.join(missing)} (not eval.py's)")
     with csv_path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     recorded = Path(summary["image_dir"]) if summary.get("image_dir") else None
@@ -204,10 +203,13 @@ def plot_mixing(out_dir: Path, results: list[Result], n: str) -> Path:
 
 # ----- grids: one subject group and prompt, a row per run -----------------------------
 def grid_keys(results: list[Result], limit: int = 8) -> dict[tuple[str, str], list[dict]]:
-    """The rows (of any run) of the first (subjects, prompt index) of each (N, category)."""
+    """The rows (of any run) of the first (subjects, prompt index) of each (N, category),
+    preferring images every run has."""
+    common = set.intersection(*({row["file"] for row in r.rows} for r in results))
     keys: dict[tuple[str, str], list[dict]] = {}
     seen = set()
-    for row in (row for r in results for row in r.rows):
+    for row in sorted((row for r in results for row in r.rows),
+                      key=lambda row: row["file"] not in common):
         key, group = (row["subjects"], row["prompt_index"]), (
             row["subjects"].count("+"), row["category"])
         if group not in seen and len(keys) < limit:
