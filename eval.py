@@ -22,9 +22,9 @@ least ``file`` and ``subjects``; ``prompt_index``/``category``/``clip_prompt`` a
 from the prompt set when absent) takes precedence over the file names.
 
 Outputs in ``<output_dir>/<name>/``: ``images/`` + ``manifest.jsonl`` (generation mode;
-a rerun skips finished images and advances the seeded generator past them, so results
-match an uninterrupted run), ``metrics.csv`` (one row per image), ``summary.json`` (mean ±
-population std per metric, per prompt category and per number of subjects; mixing
+image i of the plan draws from its own generator (seed, i), so a rerun skips finished
+images and still matches an uninterrupted run), ``metrics.csv`` (one row per image),
+``summary.json`` (mean ± population std per metric, per prompt category and per number of subjects; mixing
 matrices), ``report.md`` with tables, ``grids/`` and ``plots/``; a wandb table when
 ``wandb=true``.
 """
@@ -45,7 +45,7 @@ from callbacks.subjects import load_subjects, plan, records_from_folder
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="eval YAML (configs/eval/*.yaml)")
-    parser.add_argument("--checkpoint", help="run folder, or its trainable .safetensors/.ckpt")
+    parser.add_argument("--checkpoint", help="run or export folder, or a weights file in a run")
     parser.add_argument("--images", help="score this folder instead of generating")
     parser.add_argument("--references", help="subjects folder (overrides subjects.root)")
     parser.add_argument("--compare", nargs="+", metavar="RESULT",
@@ -73,30 +73,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ----- generation (resumable) -------------------------------------------------------------
 def load_method(checkpoint: str):
-    """A trained method from a run folder, its ``trainable.safetensors`` or a Lightning
-    ``.ckpt`` inside it (``<run>/checkpoints/*.ckpt``)."""
-    from ldm_ext.methods.loading import RUN_CONFIG, load_run
+    """A trained method from a run folder, an export folder, or a weights file inside a
+    run (``trainable.safetensors``, ``<run>/checkpoints/*.ckpt``)."""
+    from ldm_ext.methods.loading import load_run
 
-    path = Path(checkpoint)
-    if path.is_dir():
-        return load_run(path)
-    run_dir = next((p for p in path.parents if (p / RUN_CONFIG).is_file()), None)
-    if run_dir is None:
-        raise FileNotFoundError(f"{path}: no run folder ({RUN_CONFIG}) above this file")
-    return load_run(run_dir, weights=path)
+    return load_run(checkpoint)
 
 
-def make_pipeline(method):
-    """The sampling pipeline of a method (identity crops by MTCNN at its encoder's size)."""
-    from ldm_ext.face import MTCNNDetector
+def subject_identities(cfg, pipe, subjects: dict[str, dict]) -> dict:
+    """Each subject's identity for the pipeline: from the weights fitted to them when the
+    config names one checkpoint per subject (``subjects.checkpoints``, per-identity
+    methods), otherwise from their photo."""
+    from ldm_ext.config import ConfigError
 
-    name = method.cfg.method.name
-    if name == "instantfamily":
-        from ldm_ext.pipelines.instantfamily import InstantFamilyPipeline
-
-        return InstantFamilyPipeline(method, MTCNNDetector(
-            crop_size=method.face_encoder.input_size, device=str(method.device)))
-    raise ValueError(f"eval.py has no pipeline for method {name!r} yet")
+    fitted = dict(cfg.subjects.checkpoints or {})
+    if fitted:
+        missing = sorted(set(subjects) - fitted.keys())
+        if missing:
+            raise ConfigError(f"subjects.checkpoints has no checkpoint for {missing[:5]}")
+        return {sid: pipe.identity_from_weights(fitted[sid]) for sid in subjects}
+    return {sid: pipe.identity(Image.open(s["photo"])) for sid, s in subjects.items()}
 
 
 def read_manifest(path: Path) -> dict[str, dict]:
@@ -115,31 +111,28 @@ def read_manifest(path: Path) -> dict[str, dict]:
 def generate(cfg, method, subjects: dict[str, dict], records: list[dict], out_dir: Path) -> None:
     """Generate every planned image not already in the manifest, appending as it goes.
 
-    One generator seeded ``generation.seed`` serves the whole run; a skipped image still
-    draws its initial latents (the pipeline's only random draw with DDIM) so that a resumed
-    run produces exactly the images of an uninterrupted one."""
-    import torch
+    Image i of the plan draws from its own generator seeded (``generation.seed``, i), so a
+    resumed run produces exactly the images of an uninterrupted one, whatever the sampler
+    (``generation.sampler``, default the method's) draws."""
+    from tqdm.auto import tqdm
+
+    from ldm_ext.pipelines.sampling import image_generator
 
     g = cfg.generation
     image_dir, manifest = out_dir / "images", out_dir / "manifest.jsonl"
     image_dir.mkdir(parents=True, exist_ok=True)
     done = {f for f in read_manifest(manifest) if (image_dir / f).is_file()}
-    pipe = make_pipeline(method)
-    crops = {sid: pipe.identities_from_photos([Image.open(s["photo"])])[0]
-             for sid, s in subjects.items()}
-    generator = torch.Generator().manual_seed(g.seed)
-    latent = g.size // method.backbone.vae_scale
-    shape = (1, method.unet.config.in_channels, latent, latent)
+    pipe = method.pipeline(scheduler=g.sampler or method.cfg.method.sampler)
+    identities = subject_identities(cfg, pipe, subjects)
+    todo = [(i, r) for i, r in enumerate(records) if r["file"] not in done]
     with manifest.open("a") as handle:
-        for record in records:
-            if record["file"] in done:
-                torch.randn(shape, generator=generator)
-                continue
-            ids = torch.stack([crops[s] for s in record["subjects"]])
-            image = pipe(record["prompt"], ids, size=(g.size, g.size), steps=g.steps,
-                         guidance=g.guidance, generator=generator, progress=False)
+        for index, record in tqdm(todo, desc="generating", unit="image"):
+            image = pipe(record["prompt"], [identities[s] for s in record["subjects"]],
+                         size=(g.size, g.size), steps=g.steps, guidance=g.guidance,
+                         generator=image_generator(g.seed, index), progress=False)
             image.save(image_dir / record["file"])
-            handle.write(json.dumps({**record, "seed": g.seed}) + "\n")
+            handle.write(json.dumps({**record, "method": method.cfg.method.name,
+                                     "seed": g.seed, "index": index}) + "\n")
             handle.flush()
 
 

@@ -30,7 +30,7 @@ class TrainableExport(pl.Callback):
     def _export(self, trainer: pl.Trainer, pl_module) -> None:
         if trainer.is_global_zero:
             tmp = self.path.with_name(f".{self.path.name}.tmp")
-            pl_module.save_trainable(tmp)
+            pl_module.save_trainable(tmp, {"global_step": str(trainer.global_step)})
             os.replace(tmp, self.path)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:

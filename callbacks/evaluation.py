@@ -14,18 +14,21 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from callbacks.images import (attention_overlay, cycled, gather_identities, save_and_log,
-                              slot_shares, unet_cross_attention)
+from callbacks.images import (attention_overlay, cycled, gather_identities, identity_shares,
+                              save_and_log)
 from callbacks.prompts import fill, prompt_list
 from callbacks.scorers import ClipModelMissing
 from callbacks.scoring import METRICS, References, Scorers, build_scorers, score_images, summarize
-from ldm_ext.attention import AttentionStore, TokenLayout
+from ldm_ext.attention import AttentionStore
+from ldm_ext.pipelines.sampling import image_generator
 from ldm_ext.face import FaceModelMissing
 
+
 class EvaluationCallback(pl.Callback):
-    """Every ``every`` steps: fixed prompts x the first identities seen in training ->
-    ``pl_module.sample_images``-style generation through the method's pipeline -> face
-    and CLIP metrics -> logged (``eval/<metric>``) on rank 0 and written to
+    """Every ``every`` steps: fixed prompts x the first identities seen in training
+    (``pl_module.batch_identities``: face crops, which are also the references) ->
+    the method's pipeline (``pl_module.pipeline()``) -> face and CLIP metrics -> logged
+    (``eval/<metric>``) on rank 0 and written to
     ``<out_dir>/eval.csv``. Other ranks wait at a barrier so all stay in step.
 
     Args:
@@ -35,9 +38,11 @@ class EvaluationCallback(pl.Callback):
         prompts: prompt templates with ``{s}`` (class word "person" is filled in).
         num_ids: identities per image, one image per (prompt, num_ids).
         steps, guidance, seed: sampling settings.
-        attention_size: side of the UNet cross-attention maps averaged over the sampling
-            steps for the overlays ``<out_dir>/attention_step_<step>.png`` (0: none; the
-            recorded layers then run without materialising softmax).
+        attention_size: side of the cross-attention maps (``pl_module.attention_layers``)
+            averaged over the sampling steps for the overlays
+            ``<out_dir>/attention_step_<step>.png`` (0, or a method without
+            ``identity_key_groups``: none; the layers then run without materialising
+            softmax).
     """
 
     def __init__(self, out_dir: str | Path, every: int, scorers: Scorers,
@@ -53,7 +58,8 @@ class EvaluationCallback(pl.Callback):
         self.last_step = -1  # with gradient accumulation several batches share a step
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.identities = gather_identities(self.identities, batch, max(self.num_ids))
+        self.identities = gather_identities(self.identities, pl_module.batch_identities(batch),
+                                            max(self.num_ids))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -101,37 +107,39 @@ class EvaluationCallback(pl.Callback):
 
     @torch.no_grad()
     def _generate(self, pl_module) -> tuple[list, list[dict], list[Image.Image]]:
-        """Images (uint8 arrays), their manifest records, and their attention overlays."""
-        from ldm_ext.pipelines.instantfamily import InstantFamilyPipeline
-
+        """Images (uint8 arrays), their manifest records, and their attention overlays;
+        image i draws from its own generator (seed, i)."""
         ids = cycled(self.identities, max(self.num_ids))
         size = (pl_module.cfg.data.resolution,) * 2
-        pipe, was_training = InstantFamilyPipeline(pl_module), pl_module.training
-        generator = torch.Generator().manual_seed(self.seed)
+        pipe, was_training = pl_module.pipeline(), pl_module.training
         pl_module.eval()
         images, records, overlays = [], [], []
         for index, template in enumerate(self.prompts):
             for n in self.num_ids:
-                store = (AttentionStore(unet_cross_attention, self.attention_size,
+                prompt = fill(template, ["person"] * n)
+                store = (AttentionStore(pl_module.attention_layers, self.attention_size,
                                         accumulate=True) if self.attention_size else None)
-                images.append(pipe(fill(template, ["person"] * n), ids[:n], size=size,
-                                   steps=self.steps, guidance=self.guidance,
-                                   generator=generator, progress=False, store=store))
+                images.append(pipe(prompt, ids[:n], size=size, steps=self.steps,
+                                   guidance=self.guidance, progress=False, store=store,
+                                   generator=image_generator(self.seed, len(images))))
                 records.append({"subjects": [f"id{k}" for k in range(n)], "category": str(n),
-                                "prompt_index": index,
-                                "clip_prompt": fill(template, ["person"] * n)})
-                if store is not None:
-                    overlays.append(self._overlay(images[-1], store, n, pl_module))
+                                "prompt_index": index, "clip_prompt": prompt})
+                overlay = self._overlay(images[-1], store, n, pl_module)
+                if overlay is not None:
+                    overlays.append(overlay)
         pl_module.train(was_training)
         return [np.asarray(im) for im in images], records, overlays
 
     @staticmethod
-    def _overlay(image: Image.Image, store: AttentionStore, n: int, pl_module) -> Image.Image:
-        """The overlay row of one image from its conditional branch's averaged maps."""
-        maps = store.averaged()[1]  # (K, S, S); batch = (unconditional, conditional)
-        per_face = pl_module.tokens_per_face
-        layout = TokenLayout(maps.shape[0] - n * per_face, n, per_face)
-        return attention_overlay(image, slot_shares(maps, layout, n))
+    def _overlay(image: Image.Image, store: AttentionStore | None, n: int,
+                 pl_module) -> Image.Image | None:
+        """The overlay row of one image from its conditional branch's averaged maps; None
+        without a store or when the method has no per-identity keys."""
+        if store is None:
+            return None
+        maps = store.averaged()[-1]  # (K, S, S); batch = guidance branches, conditional last
+        groups = pl_module.identity_key_groups(maps.shape[0], n)
+        return None if groups is None else attention_overlay(image, identity_shares(maps, groups))
 
     def _append_csv(self, step: int, values: dict) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -157,7 +165,8 @@ def build_evaluation_callback(cfg, run_dir: Path) -> EvaluationCallback | None:
     from ldm_ext.eval_config import ScoringConfig
 
     scoring = OmegaConf.structured(ScoringConfig(
-        face_encoder=cfg.method.face_encoder, face_weights=cfg.method.face_weights,
+        face_encoder=OmegaConf.select(cfg, "method.face_encoder", default="facenet"),
+        face_weights=OmegaConf.select(cfg, "method.face_weights", default="vggface2"),
         min_face_score=0.0, batch_size=8))
     try:
         scorers = build_scorers(scoring)

@@ -13,24 +13,16 @@ import torch.nn.functional as F
 from PIL import Image
 from pytorch_lightning.loggers import WandbLogger
 
-from ldm_ext.attention import TokenLayout
 from ldm_ext.pipelines.sampling import image_grid
 from ldm_ext.pose import SLOT_COLORS
 
 
-def unet_cross_attention(name: str) -> bool:
-    """Attention-store predicate: the UNet's cross-attention layers (not the ControlNet's,
-    whose processors are named ``controlnet.*``)."""
-    return name.endswith("attn2") and not name.startswith("controlnet.")
-
-
-def slot_shares(maps: torch.Tensor, layout: TokenLayout, num_ids: int) -> torch.Tensor:
-    """(1 + num_ids, S, S) attention mass per pixel on the text tokens (row 0) and on each
-    identity's face tokens (row 1 + k), from one image's maps (K, S, S) whose keys follow
-    ``layout`` (rows sum to 1 where the maps are softmax rows over the whole stack)."""
-    text = maps[: layout.num_text].sum(0)
-    faces = [maps[layout.face_slice(k)].sum(0) for k in range(num_ids)]
-    return torch.stack([text, *faces])
+def identity_shares(maps: torch.Tensor, groups: list[slice]) -> torch.Tensor:
+    """(len(groups), S, S) attention mass per pixel on each key group, from one image's
+    maps (K, S, S): the text (group 0) and each identity's tokens (groups 1…N), as the
+    method's ``identity_key_groups`` gives them (rows sum to 1 where the maps are softmax
+    rows over all keys and the groups cover them)."""
+    return torch.stack([maps[group].sum(0) for group in groups])
 
 
 def _upsample(shares: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -46,7 +38,7 @@ def attention_overlay(image: Image.Image, shares: torch.Tensor) -> Image.Image:
     evenly over the image, e.g. Eq. 6's logit-0 face keys of an untrained model, stays
     dark instead of being stretched to full brightness).
 
-    ``shares``: (1 + N, S, S) from :func:`slot_shares`.
+    ``shares``: (1 + N, S, S) from :func:`identity_shares`.
     """
     width, height = image.size
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255  # (H, W, 3)
@@ -63,13 +55,13 @@ def attention_overlay(image: Image.Image, shares: torch.Tensor) -> Image.Image:
     return Image.fromarray((row.clip(0, 1) * 255).round().astype(np.uint8))
 
 
-def gather_identities(seen: torch.Tensor | None, batch: dict, need: int) -> torch.Tensor:
-    """(<= need, 3, S, S) face crops for sampling callbacks: those ``seen`` so far, topped
-    up with ``batch``'s valid crops until there are ``need``."""
-    if seen is not None and len(seen) >= need:
+def gather_identities(seen: torch.Tensor | None, found: torch.Tensor | None,
+                      need: int) -> torch.Tensor | None:
+    """(<= need, ...) identities for sampling callbacks: those ``seen`` so far, topped up
+    with a batch's (``found``, the method's ``batch_identities``) until there are ``need``."""
+    if found is None or (seen is not None and len(seen) >= need):
         return seen
-    crops = batch["face_crops"][batch["face_valid"]].detach().cpu()
-    return (crops if seen is None else torch.cat([seen, crops]))[:need]
+    return (found if seen is None else torch.cat([seen, found]))[:need]
 
 
 def cycled(identities: torch.Tensor, need: int) -> torch.Tensor:
@@ -89,15 +81,19 @@ def save_and_log(trainer: pl.Trainer, image: Image.Image, path: Path, key: str) 
 
 class SampleGrid(pl.Callback):
     """Every ``every`` steps (0: only at the end) render ``pl_module.sample_images`` for
-    identities taken from the first training batches, on rank 0."""
+    identities taken from the first training batches (``pl_module.batch_identities``;
+    methods without any get the sample prompts alone), on rank 0."""
 
     def __init__(self, out_dir: str | Path, every: int, num_ids: int, seed: int = 0) -> None:
         self.out_dir = Path(out_dir)
         self.every, self.num_ids, self.seed = every, num_ids, seed
         self.identities: torch.Tensor | None = None  # (K, 3, S, S)
+        self.seen_batch = False
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.identities = gather_identities(self.identities, batch, self.num_ids)
+        self.identities = gather_identities(self.identities, pl_module.batch_identities(batch),
+                                            self.num_ids)
+        self.seen_batch = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -109,9 +105,10 @@ class SampleGrid(pl.Callback):
 
     def render(self, trainer: pl.Trainer, pl_module) -> Path | None:
         """Write (and log) one grid: rows = prompts, columns = identity counts."""
-        if not trainer.is_global_zero or self.identities is None or not len(self.identities):
+        if not trainer.is_global_zero or not self.seen_batch:
             return None
+        ids = None if self.identities is None else cycled(self.identities, self.num_ids)
         generator = torch.Generator().manual_seed(self.seed)
-        images, cols = pl_module.sample_images(cycled(self.identities, self.num_ids), generator)
+        images, cols = pl_module.sample_images(ids, generator)
         return save_and_log(trainer, image_grid(images, cols),
                             self.out_dir / f"step_{trainer.global_step:07d}.png", "samples")

@@ -23,6 +23,7 @@ def build_datamodule(cfg) -> pl.LightningDataModule:
     from datamodules.laion_face import LaionFaceDataModule
     from datamodules.shards import ShardDataModule
     from datamodules.single_image import SingleImageDataModule
+    from ldm_ext.registry import method_spec
 
     data = cfg.data
     if data.kind == "single_image":
@@ -32,7 +33,7 @@ def build_datamodule(cfg) -> pl.LightningDataModule:
     common = dict(resolution=data.resolution, batch_size=data.batch_size,
                   num_workers=data.num_workers, num_slots=cfg.method.num_slots,
                   seed=cfg.seed, shuffle_buffer=data.shuffle_buffer,
-                  view=cfg.method.name, random_flip=data.random_flip,
+                  view=method_spec(cfg.method.name).view, random_flip=data.random_flip,
                   float_on_device=True)  # the Trainer calls on_after_batch_transfer
     if data.kind == "demo":
         return DemoDataModule(root=data.root, num_samples=data.num_demo_samples,

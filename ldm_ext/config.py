@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 GROUPS = ("model", "data", "trainer", "logger", "method")
+SAMPLERS = ("ddim", "unipc", "euler", "dpmsolver++")  # ldm_ext/pipelines/sampling.py
 
 
 class ConfigError(ValueError):
@@ -91,28 +92,46 @@ class LoggerConfig:
 
 
 @dataclass
-class InstantFamilyConfig:
-    """InstantFamily (METHODS.md §1): face projector + ControlNet with masked attention."""
+class MethodConfig:
+    """What every method shares: optimizer, learning-rate schedule, slots, sampling.
 
-    name: str = "instantfamily"
+    A method's config subclasses this with its own fields; its own choice lists go in a
+    ``CHOICES`` class attribute (checked like the shared ``CHOICES`` below, as
+    ``method.<key>``). ``ldm_ext/registry.py`` maps ``name`` to the subclass.
+    """
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "optimizer": ("adamw", "adam"),
+        "lr_schedule": ("constant", "step"),
+        "sampler": SAMPLERS,
+    }
+
+    name: str = MISSING
+    optimizer: str = "adamw"  # adamw | adam
     lr: float = 1e-5
     weight_decay: float = 1e-2
-    num_slots: int = 4  # N face slots in the embedding stack
-    face_encoder: str = "facenet"  # facenet | arcface
-    face_weights: str = "vggface2"  # name, state-dict path, or "random" (offline demo only)
-    mask_mode: str = "multiply"  # multiply (Eq. 6 literally) | hard (-inf)
-    mask_margin: float = 0.25  # face box enlargement for the attention masks
-    empty_prompt_prob: float = 0.5
-    train_unet_kv: bool = False  # also train the UNet's cross-attention to_k / to_v
+    lr_schedule: str = "constant"  # constant | step (x lr_gamma at each milestone step)
+    lr_milestones: list[int] = field(default_factory=list)
+    lr_gamma: float = 0.1
+    warmup_steps: int = 0  # linear warm-up from 0 before the schedule
+    num_slots: int = 4  # identities per training sample
+    empty_prompt_prob: float = 0.0  # caption dropout: "" with this probability
+    noise_offset: float = 0.0  # per-channel offset added to the training noise (0: off)
     sample_prompts: list[str] = field(
         default_factory=lambda: ["a photo of a group of people in a park"]
     )
-    sample_num_ids: list[int] = field(default_factory=lambda: [1, 2, 4])
+    sample_num_ids: list[int] = field(default_factory=lambda: [1, 2, 4])  # grid columns
     sample_steps: int = 50
     guidance_scale: float = 7.5
+    sampler: str = "ddim"  # ddim | unipc | euler | dpmsolver++ (diffusers schedulers)
 
-
-METHOD_CONFIGS: dict[str, type] = {"instantfamily": InstantFamilyConfig}
+    @classmethod
+    def choices(cls) -> dict[str, tuple[str, ...]]:
+        """Allowed values per field: the shared ones and the subclass's own."""
+        merged: dict[str, tuple[str, ...]] = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(vars(klass).get("CHOICES", {}))
+        return merged
 
 
 @dataclass
@@ -126,7 +145,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    method: Any = None  # a METHOD_CONFIGS dataclass, chosen by method.name
+    method: Any = None  # a MethodConfig subclass, chosen by method.name (ldm_ext/registry.py)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -136,8 +155,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "trainer.strategy": ("auto", "ddp", "ddp_spawn", "deepspeed_stage_2"),
     "trainer.precision": ("32-true", "bf16-mixed", "16-mixed", "bf16-true"),
     "logger.wandb_mode": ("auto", "online", "offline"),
-    "method.mask_mode": ("multiply", "hard"),
-    "method.face_encoder": ("facenet", "arcface"),
 }
 
 
@@ -157,11 +174,13 @@ def _load_yaml(path: Path) -> DictConfig:
     return OmegaConf.load(path)
 
 
-def _method_schema(name: Any, source: str) -> DictConfig:
-    if name not in METHOD_CONFIGS:
-        known = ", ".join(sorted(METHOD_CONFIGS))
+def _method_class(name: Any, source: str) -> type[MethodConfig]:
+    from ldm_ext.registry import METHODS, method_spec
+
+    if name not in METHODS:
+        known = ", ".join(sorted(METHODS))
         raise ConfigError(f"{source}: unknown method.name '{name}' (known: {known})")
-    return OmegaConf.structured(METHOD_CONFIGS[name])
+    return method_spec(name).config_class
 
 
 def _parse_overrides(overrides: list[str]) -> DictConfig:
@@ -200,12 +219,14 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> DictCon
     path = Path(path)
     layers = _compose_raw(path, _parse_overrides(overrides or []))
     name, name_source = _method_name(layers)
+    method_class = _method_class(name, name_source)
     cfg = OmegaConf.structured(ExperimentConfig)
-    cfg.method = _method_schema(name, name_source)
+    cfg.method = OmegaConf.structured(method_class)
     for group, source, layer in layers:
         cfg = _merge(cfg, OmegaConf.create({group: layer}) if group else layer, source)
     _check_missing(cfg, str(path))
-    _check_choices(cfg, str(path))
+    _check_choices(cfg, str(path), {**CHOICES, **{
+        f"method.{key}": allowed for key, allowed in method_class.choices().items()}})
     return cfg
 
 
@@ -215,8 +236,9 @@ def _check_missing(cfg: DictConfig, source: str) -> None:
         raise ConfigError(f"{source}: missing required value(s): {', '.join(missing)}")
 
 
-def _check_choices(cfg: DictConfig, source: str) -> None:
-    for key, allowed in CHOICES.items():
+def _check_choices(cfg: DictConfig, source: str,
+                   choices: dict[str, tuple[str, ...]]) -> None:
+    for key, allowed in choices.items():
         value = OmegaConf.select(cfg, key)
         if value is not None and value not in allowed:
             raise ConfigError(f"{source}: {key}={value!r} is not one of {allowed}")

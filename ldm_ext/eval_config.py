@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ldm_ext.config import ConfigError, _load_yaml, _merge, _parse_overrides
+from ldm_ext.config import SAMPLERS, ConfigError, _load_yaml, _merge, _parse_overrides
 
 
 @dataclass
@@ -29,6 +29,8 @@ class SubjectsConfig:
     ids: list[str] | None = None  # subset / order; default: every folder, sorted
     num_ids: list[int] = field(default_factory=lambda: [1])  # subjects per image (1 = single)
     max_groups: int | None = None  # sample this many groups per N (seeded); None = all
+    # per-identity methods (one fitted checkpoint per subject, e.g. SeFi-IDE): id -> weights
+    checkpoints: dict[str, str] | None = None
 
 
 @dataclass
@@ -45,10 +47,11 @@ class GenerationConfig:
     """Sampling settings (BENCHMARK.md "Generation settings")."""
 
     images_per_prompt: int = 4
-    seed: int = 42  # one generator for the whole run
+    seed: int = 42  # image i of the plan draws from a generator seeded (seed, i)
     size: int = 512
     steps: int = 50
     guidance: float = 5.0
+    sampler: str | None = None  # ddim | unipc | euler | dpmsolver++; None: the method's
     device: str = "auto"  # auto | cpu | cuda
 
 
@@ -91,6 +94,7 @@ CHOICES = {
     "prompts.set": ("fastcomposer_single", "fastcomposer_multi", "storymaker"),
     "scoring.matching": ("hungarian", "greedy"),
     "generation.device": ("auto", "cpu", "cuda"),
+    "generation.sampler": (None, *SAMPLERS),
 }
 
 

@@ -3,11 +3,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from callbacks.images import attention_overlay, slot_shares, unet_cross_attention
+from callbacks.images import attention_overlay, identity_shares
 from ldm_ext.attention import TokenLayout
 from ldm_ext.pose import SLOT_COLORS
 
 LAYOUT = TokenLayout(num_text=3, num_slots=2, tokens_per_face=2)  # keys: t t t a a b b
+GROUPS = [slice(0, 3), LAYOUT.face_slice(0), LAYOUT.face_slice(1)]
 
 
 def halves_maps(size: int = 4) -> torch.Tensor:
@@ -20,8 +21,8 @@ def halves_maps(size: int = 4) -> torch.Tensor:
     return maps
 
 
-def test_slot_shares_sum_each_group_of_keys():
-    shares = slot_shares(halves_maps(), LAYOUT, num_ids=2)
+def test_identity_shares_sum_each_group_of_keys():
+    shares = identity_shares(halves_maps(), GROUPS)
     assert shares.shape == (3, 4, 4)
     torch.testing.assert_close(shares.sum(0), torch.ones(4, 4))  # softmax rows
     torch.testing.assert_close(shares[0], torch.full((4, 4), 0.2))
@@ -31,7 +32,7 @@ def test_slot_shares_sum_each_group_of_keys():
 
 def test_overlay_tints_each_pixel_with_the_identity_it_attends_to():
     image = Image.new("RGB", (32, 32), (128, 128, 128))
-    row = np.asarray(attention_overlay(image, slot_shares(halves_maps(), LAYOUT, 2)))
+    row = np.asarray(attention_overlay(image, identity_shares(halves_maps(), GROUPS)))
     assert row.shape == (32, 4 * 32, 3)  # image, overlay, one heat map per identity
     assert (row[:, :32] == 128).all()
     expected = [0.2 * 128 + 0.8 * np.asarray(SLOT_COLORS[k]) for k in (0, 1)]
@@ -39,9 +40,3 @@ def test_overlay_tints_each_pixel_with_the_identity_it_attends_to():
     np.testing.assert_allclose(row[16, 64 - 3], expected[1], atol=1)  # right: identity 1
     heat0, heat1 = row[:, 64:96].astype(int), row[:, 96:].astype(int)
     assert heat0[:, :8].sum() > heat0[:, 24:].sum() and heat1[:, 24:].sum() > heat1[:, :8].sum()
-
-
-def test_unet_cross_attention_skips_self_attention_and_controlnet():
-    assert unet_cross_attention("up_blocks.1.attentions.0.transformer_blocks.0.attn2")
-    assert not unet_cross_attention("up_blocks.1.attentions.0.transformer_blocks.0.attn1")
-    assert not unet_cross_attention("controlnet.down_blocks.0.attentions.0.transformer_blocks.0.attn2")

@@ -52,7 +52,7 @@ def test_only_controlnet_and_projector_train(method):
     trainable = {id(p) for p in method.trainable_parameters().values()}
     for name, p in method.named_parameters():
         assert p.requires_grad == (id(p) in trainable), name
-    opt = method.configure_optimizers()
+    opt = method.configure_optimizers()["optimizer"]
     assert sum(len(g["params"]) for g in opt.param_groups) == len(trainable)
     assert all(p.dtype == torch.float32 for p in method.trainable_parameters().values())
 
@@ -101,3 +101,14 @@ def test_bf16_autocast_step_runs(method):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = method.model_step(random_batch(1, 64), torch.Generator().manual_seed(0))["loss"]
     assert torch.isfinite(loss)
+
+
+def test_attention_hooks_pick_unet_cross_attention_and_face_groups(method):
+    assert method.attention_layers("up_blocks.1.attentions.0.transformer_blocks.0.attn2")
+    assert not method.attention_layers("up_blocks.1.attentions.0.transformer_blocks.0.attn1")
+    assert not method.attention_layers(
+        "controlnet.down_blocks.0.attentions.0.transformer_blocks.0.attn2")
+    per_face = method.tokens_per_face
+    groups = method.identity_key_groups(77 + 2 * per_face, 2)
+    assert groups == [slice(0, 77), slice(77, 77 + per_face),
+                      slice(77 + per_face, 77 + 2 * per_face)]

@@ -142,7 +142,7 @@ def test_ddp_two_cpu_processes(tmp_path):
 def test_generation_cli_from_run(demo_run: Path, tmp_path):
     import insightface
 
-    from ldm_ext.pipelines.instantfamily import main as generate
+    from ldm_ext.generate import main as generate
 
     group = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
     out = generate(["--run", str(demo_run), "--group", str(group), "--num-ids", "5",
@@ -168,7 +168,7 @@ def test_corrupt_shard_is_skipped_counted_and_logged(tmp_path):
 def test_generation_cli_with_pose_json(demo_run: Path, tmp_path):
     from skimage.data import astronaut
 
-    from ldm_ext.pipelines.instantfamily import main as generate
+    from ldm_ext.generate import main as generate
     from ldm_ext.pose import pose_template, save_people
 
     from PIL import Image

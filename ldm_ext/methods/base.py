@@ -1,10 +1,18 @@
 """The LightningModule every method builds on.
 
-It owns what the four methods share: freezing (everything not listed by
-``trainable_modules`` is frozen in the weight dtype; trainable parts are fp32), the
-optimizer over trainable parameters only, per-step seeded randomness (so an interrupted
-run resumes bit-for-bit), a non-finite loss guard, and saving/loading **only trainable
-weights** by name as safetensors (also inside Lightning checkpoints).
+It owns what the methods share, so that a method's module says only what is its own
+(trainable modules, conditioning, losses):
+- freezing (everything not listed by ``trainable_modules`` is frozen in the weight dtype;
+  trainable parts are fp32), the optimizer over trainable parameters only and the
+  learning-rate schedule (``ldm_ext/methods/schedule.py``);
+- the generic diffusion step: VAE latents, noise (with an optional offset), timesteps,
+  the epsilon / v-prediction target, caption dropout, text encoding with or without
+  gradients, SDXL's extra conditioning (pooled text + time ids);
+- per-step seeded randomness (an interrupted run resumes bit-for-bit) and a non-finite
+  loss guard;
+- the hooks the callbacks, eval and generation call: the method's pipeline, the identities
+  a sample grid shows for a batch, the key groups of its attention overlay, sample grids;
+- trainable weights by name (``ldm_ext/weights.py``).
 """
 from __future__ import annotations
 
@@ -12,10 +20,13 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from safetensors.torch import load_file, save_file
+from diffusers import ModelMixin
 from torch import nn
 
-from ldm_ext.backbone import Backbone, encode_prompt, tokenize
+from ldm_ext.backbone import Backbone, encode_prompt, load_backbone, tokenize
+from ldm_ext.losses import noise_target
+from ldm_ext import weights
+from ldm_ext.methods.schedule import build_optimizer
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -32,6 +43,11 @@ class IdentityMethod(pl.LightningModule):
         self.unet, self.vae = backbone.unet, backbone.vae
         self.text_encoders = nn.ModuleList(backbone.text_encoders)
         self.strict_loading = False  # checkpoints hold trainable weights only
+
+    @classmethod
+    def from_config(cls, cfg) -> "IdentityMethod":
+        """Load what the config names (backbone, encoders) and build the module."""
+        return cls(cfg, load_backbone(cfg.model))
 
     # ----- what trains -------------------------------------------------------------
     def trainable_modules(self) -> dict[str, nn.Module]:
@@ -63,16 +79,73 @@ class IdentityMethod(pl.LightningModule):
             module.eval()
         return self
 
-    def configure_optimizers(self):
-        """AdamW over the trainable parameters only."""
-        params = [p for p in self.trainable_parameters().values() if p.requires_grad]
-        method = self.cfg.method
-        return torch.optim.AdamW(params, lr=method.lr, weight_decay=method.weight_decay)
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute activations in the backward pass of the UNet and of every trainable
+        diffusers model (e.g. a ControlNet): gradients reach those through their blocks."""
+        models = [self.unet] + [m for m in self.trainable_modules().values()
+                                if isinstance(m, ModelMixin)]
+        for model in models:
+            if enabled:
+                model.enable_gradient_checkpointing()
+            else:
+                model.disable_gradient_checkpointing()
 
-    # ----- steps -----------------------------------------------------------------------
+    def configure_optimizers(self):
+        """The configured optimizer over trainable parameters, lr schedule per step."""
+        params = [p for p in self.trainable_parameters().values() if p.requires_grad]
+        return build_optimizer(params, self.cfg.method)
+
+    # ----- the generic diffusion step ---------------------------------------------------
     def model_step(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Losses of one batch; key ``loss`` is optimised. Shared by train and val."""
         raise NotImplementedError
+
+    def encode_latents(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> scaled VAE latents (B, C, H/8, W/8), sampled."""
+        with torch.no_grad():
+            dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
+            return dist.sample(generator) * self.vae.config.scaling_factor
+
+    def noised_latents(self, latents: torch.Tensor, generator: torch.Generator):
+        """(noisy latents, timesteps (B,), regression target) of one training step: noise
+        with ``method.noise_offset`` per channel, uniform timesteps, ε or v target."""
+        shape, device, dtype = latents.shape, latents.device, latents.dtype
+        noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        if self.cfg.method.noise_offset:
+            offset = torch.randn((*shape[:2], 1, 1), generator=generator, device=device,
+                                 dtype=dtype)
+            noise = noise + self.cfg.method.noise_offset * offset
+        scheduler = self.backbone.scheduler
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (shape[0],),
+                          generator=generator, device=device)
+        noisy = scheduler.add_noise(latents, noise, t)
+        return noisy, t, noise_target(scheduler, latents, noise, t)
+
+    def drop_captions(self, captions: list[str], generator: torch.Generator) -> list[str]:
+        """Replace each caption by "" with probability ``method.empty_prompt_prob``."""
+        draws = torch.rand(len(captions), generator=generator, device=generator.device)
+        keep = (draws >= self.cfg.method.empty_prompt_prob).tolist()
+        return [c if k else "" for c, k in zip(captions, keep)]
+
+    def encode_text(self, prompts: list[str], grad: bool = False,
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Text encoder(s): prompts -> (B, 77, D), pooled (B, D') | None (SD1.5).
+
+        ``grad=True`` keeps the graph (for methods that train through the encoder's
+        input embeddings); the encoders' own weights stay frozen either way."""
+        ids = tokenize(self.backbone, prompts, self.device)
+        with torch.set_grad_enabled(grad):
+            return encode_prompt(self.backbone, ids)
+
+    def added_cond_kwargs(self, pooled: torch.Tensor | None,
+                          size: tuple[int, int]) -> dict | None:
+        """SDXL's extra UNet / ControlNet conditioning for images of ``size`` (H, W):
+        the pooled text embedding and the time ids (original size, crop top-left (0, 0),
+        target size); None for SD1.5."""
+        if self.backbone.family != "sdxl":
+            return None
+        ids = torch.tensor([*size, 0, 0, *size], device=pooled.device, dtype=pooled.dtype)
+        return {"text_embeds": pooled, "time_ids": ids.expand(pooled.shape[0], -1)}
 
     def step_generator(self, offset: int = 0) -> torch.Generator:
         """A generator seeded by (seed, global step, rank): identical on resume."""
@@ -92,36 +165,63 @@ class IdentityMethod(pl.LightningModule):
                       prog_bar=True, batch_size=batch_size)
         return loss
 
-    # ----- text ------------------------------------------------------------------------
-    def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Frozen text encoder(s): prompts -> (B, 77, D), pooled | None."""
-        with torch.no_grad():
-            return encode_prompt(self.backbone, tokenize(self.backbone, prompts, self.device))
+    # ----- hooks for callbacks, eval and generation ------------------------------------
+    def pipeline(self, **kwargs):
+        """This method's sampling pipeline (``ldm_ext/registry.py``), sampler from config."""
+        from ldm_ext.registry import method_spec
+
+        kwargs.setdefault("scheduler", self.cfg.method.sampler)
+        return method_spec(self.cfg.method.name).pipeline_class(self, **kwargs)
+
+    def batch_identities(self, batch: dict) -> torch.Tensor | None:
+        """The identities of a training batch that sample grids and the evaluation
+        callback reuse: (K, 3, S, S) valid face crops in [-1, 1]; None if the batch has
+        none (then grids show the sample prompts only)."""
+        if "face_crops" not in batch:
+            return None
+        return batch["face_crops"][batch["face_valid"]].detach().cpu()
+
+    def attention_layers(self, name: str) -> bool:
+        """Which attention processors an overlay records: the UNet's cross-attention."""
+        return name.endswith("attn2") and not name.startswith("controlnet.")
+
+    def identity_key_groups(self, num_keys: int, num_ids: int) -> list[slice] | None:
+        """Key positions of the text (first) and of each identity, for attention overlays;
+        None when this method has no per-identity keys."""
+        return None
+
+    @torch.no_grad()
+    def sample_images(self, identities, generator: torch.Generator):
+        """Grid cells for the sample callback: the pipeline's legend row (if it draws one),
+        then every sample prompt with the first k identities for each k in sample_num_ids
+        (all prompts once, without identities, when ``identities`` is None).
+        Returns (images, columns)."""
+        method, size = self.cfg.method, (self.cfg.data.resolution,) * 2
+        counts = list(method.sample_num_ids) if identities is not None else [0]
+        pipe, was_training = self.pipeline(), self.training
+        self.eval()
+        legend = [pipe.legend(identities[:k], size) for k in counts if k]
+        legend = legend if all(cell is not None for cell in legend) else []
+        images = [pipe(prompt, identities[:k] if k else None, size=size,
+                       steps=method.sample_steps, guidance=method.guidance_scale,
+                       generator=generator, progress=False)
+                  for prompt in method.sample_prompts for k in counts]
+        self.train(was_training)
+        return legend + images, len(counts)
 
     # ----- weights ---------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().float().cpu().contiguous()
                 for k, v in self.trainable_parameters().items()}
 
-    def save_trainable(self, path: str | Path) -> None:
+    def save_trainable(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
         """Write only the trainable weights, by name, as safetensors."""
-        save_file(self.trainable_state_dict(), str(path))
+        weights.save(self.trainable_state_dict(), path, metadata)
 
     def load_trainable(self, path: str | Path) -> None:
-        """Load weights written by ``save_trainable`` or a Lightning ``.ckpt`` of this
-        module (whose state_dict holds the same names); names must match exactly."""
-        if Path(path).suffix == ".ckpt":  # our own run's checkpoint: trusted, has non-tensors
-            state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-        else:
-            state = load_file(str(path))
-        params = self.trainable_parameters()
-        missing, unexpected = params.keys() - state.keys(), state.keys() - params.keys()
-        if missing or unexpected:
-            raise KeyError(f"{path}: missing {sorted(missing)[:5]}, "
-                           f"unexpected {sorted(unexpected)[:5]}")
-        with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(state[name])
+        """Load weights written by ``save_trainable``, a Lightning ``.ckpt`` of this module
+        or an export folder (``ldm_ext.export``); names must match exactly."""
+        weights.load_into(self.trainable_parameters(), weights.read_state(path), path)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep Lightning checkpoints small: trainable weights only."""

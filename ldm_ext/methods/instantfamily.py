@@ -7,15 +7,43 @@ masks come from the face boxes of the batch.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import nn
 
 from ldm_ext.adapters.embedding_stack import FaceProjector, stack_embeddings
 from ldm_ext.attention import (AttentionContext, TokenLayout, build_face_masks,
                                install_processors)
-from ldm_ext.backbone import Backbone
-from ldm_ext.losses import noise_loss, noise_target
+from ldm_ext.backbone import Backbone, load_backbone
+from ldm_ext.config import MethodConfig
+from ldm_ext.losses import noise_loss
 from ldm_ext.methods.base import IdentityMethod
+
+
+@dataclass
+class InstantFamilyConfig(MethodConfig):
+    """InstantFamily (METHODS.md §1): face projector + ControlNet with masked attention."""
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "mask_mode": ("multiply", "hard"),
+        "face_encoder": ("facenet", "arcface"),
+    }
+
+    name: str = "instantfamily"
+    face_encoder: str = "facenet"  # facenet | arcface
+    face_weights: str = "vggface2"  # name, state-dict path, or "random" (offline demo only)
+    mask_mode: str = "multiply"  # multiply (Eq. 6 literally) | hard (-inf)
+    mask_margin: float = 0.25  # face box enlargement for the attention masks
+    empty_prompt_prob: float = 0.5  # Sec. 4.3
+    train_unet_kv: bool = False  # also train the UNet's cross-attention to_k / to_v
+    # identity guidance: the unconditional branch also drops the faces (their tokens and
+    # masks), so CFG pushes towards the identities, not only towards the prompt; at
+    # identity_scale s > 0 a third branch (faces, no text) separates the two scales:
+    # eps = eps_u + g (eps_c - eps_f) + s (eps_f - eps_u) (s = 0: the paper's 2-branch CFG)
+    identity_guidance: bool = False
+    identity_scale: float = 0.0
 
 
 class InstantFamily(IdentityMethod):
@@ -36,6 +64,13 @@ class InstantFamily(IdentityMethod):
         install_processors(self.controlnet, prefix="controlnet.")  # store names stay unique
         self.freeze_all_but_trainable()
 
+    @classmethod
+    def from_config(cls, cfg) -> "InstantFamily":
+        from ldm_ext.face import build_face_encoder
+
+        encoder = build_face_encoder(cfg.method.face_encoder, weights=cfg.method.face_weights)
+        return cls(cfg, load_backbone(cfg.model), encoder)
+
     def trainable_modules(self) -> dict[str, nn.Module]:
         modules = {"controlnet": self.controlnet, "face_projector": self.face_projector}
         if self.cfg.method.train_unet_kv:
@@ -46,14 +81,6 @@ class InstantFamily(IdentityMethod):
 
     def frozen_modules(self) -> list[nn.Module]:
         return super().frozen_modules() + [self.face_encoder]
-
-    def set_gradient_checkpointing(self, enabled: bool) -> None:
-        """Recompute activations in the backward pass of ControlNet and UNet."""
-        for model in (self.controlnet, self.unet):
-            if enabled:
-                model.enable_gradient_checkpointing()
-            else:
-                model.disable_gradient_checkpointing()
 
     # ----- conditioning ------------------------------------------------------------------
     def face_tokens(self, crops: torch.Tensor) -> torch.Tensor:
@@ -76,58 +103,35 @@ class InstantFamily(IdentityMethod):
         return stack, AttentionContext(face_masks=masks, latent_hw=latent_hw)
 
     def predict_noise(self, noisy: torch.Tensor, t: torch.Tensor, stack: torch.Tensor,
-                      ctx: AttentionContext, control: torch.Tensor) -> torch.Tensor:
-        """ControlNet residuals into the UNet, both attending to the embedding stack."""
+                      ctx: AttentionContext, control: torch.Tensor,
+                      added: dict | None = None) -> torch.Tensor:
+        """ControlNet residuals into the UNet, both attending to the embedding stack;
+        ``added``: SDXL's extra conditioning (``added_cond_kwargs``)."""
         kwargs = {"ctx": ctx}
         down, mid = self.controlnet(noisy, t, encoder_hidden_states=stack,
                                     controlnet_cond=control.to(noisy.dtype),
+                                    added_cond_kwargs=added,
                                     cross_attention_kwargs=kwargs, return_dict=False)
         return self.unet(noisy, t, encoder_hidden_states=stack,
                          down_block_additional_residuals=down,
-                         mid_block_additional_residual=mid,
+                         mid_block_additional_residual=mid, added_cond_kwargs=added,
                          cross_attention_kwargs=kwargs).sample
 
     # ----- training --------------------------------------------------------------------
-    def drop_captions(self, captions: list[str], generator: torch.Generator) -> list[str]:
-        """Replace each caption by "" with probability empty_prompt_prob (Sec. 4.3)."""
-        draws = torch.rand(len(captions), generator=generator, device=generator.device)
-        keep = (draws >= self.cfg.method.empty_prompt_prob).tolist()
-        return [c if k else "" for c, k in zip(captions, keep)]
-
-    def encode_latents(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        with torch.no_grad():
-            dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
-            return dist.sample(generator) * self.vae.config.scaling_factor
-
     def model_step(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Noise-prediction loss of one batch (the paper trains with L_noise only)."""
         latents = self.encode_latents(batch["pixel_values"], generator)
-        text, _ = self.encode_text(self.drop_captions(batch["caption"], generator))
+        text, pooled = self.encode_text(self.drop_captions(batch["caption"], generator))
         stack, ctx = self.conditioning(text, batch["face_crops"], batch["face_boxes"],
                                        batch["face_valid"], tuple(latents.shape[-2:]))
-        noise = torch.randn(latents.shape, generator=generator, device=latents.device,
-                            dtype=latents.dtype)
-        scheduler = self.backbone.scheduler
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],),
-                          generator=generator, device=latents.device)
-        noisy = scheduler.add_noise(latents, noise, t)
-        pred = self.predict_noise(noisy, t, stack, ctx, batch["control"])
-        return {"loss": noise_loss(pred, noise_target(scheduler, latents, noise, t))}
+        noisy, t, target = self.noised_latents(latents, generator)
+        added = self.added_cond_kwargs(pooled, tuple(batch["pixel_values"].shape[-2:]))
+        pred = self.predict_noise(noisy, t, stack, ctx, batch["control"], added)
+        return {"loss": noise_loss(pred, target)}
 
-    # ----- samples ---------------------------------------------------------------------
-    def sample_images(self, identities: torch.Tensor, generator: torch.Generator):
-        """Grid cells for the sample callback: a legend row (per column, the control image
-        with its identities framed in their slot colours, see ``control_legend``), then
-        every sample prompt with the first k identities for each k in sample_num_ids.
-        Returns (images, columns)."""
-        from ldm_ext.pipelines.instantfamily import InstantFamilyPipeline, control_legend
-
-        method, size = self.cfg.method, (self.cfg.data.resolution,) * 2
-        pipe, was_training = InstantFamilyPipeline(self), self.training
-        self.eval()
-        legend = [control_legend(identities[:k], size) for k in method.sample_num_ids]
-        images = [pipe(prompt, identities[:k], size=size, steps=method.sample_steps,
-                       guidance=method.guidance_scale, generator=generator, progress=False)
-                  for prompt in method.sample_prompts for k in method.sample_num_ids]
-        self.train(was_training)
-        return legend + images, len(method.sample_num_ids)
+    # ----- hooks ---------------------------------------------------------------------------
+    def identity_key_groups(self, num_keys: int, num_ids: int) -> list[slice]:
+        """Text tokens, then each identity's L²+1 face tokens (Eq. 4-5)."""
+        layout = TokenLayout(num_keys - num_ids * self.tokens_per_face, num_ids,
+                             self.tokens_per_face)
+        return [slice(0, layout.num_text)] + [layout.face_slice(k) for k in range(num_ids)]

@@ -1,13 +1,17 @@
-"""Build a method module from a config, or from a finished run folder."""
+"""Build a method module from a config, or load a trained one from a run or export folder.
+
+Every method is reached through ``ldm_ext/registry.py``; nothing here names one.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ldm_ext.backbone import load_backbone
 from ldm_ext.config import load_config
 from ldm_ext.methods.base import IdentityMethod
+from ldm_ext.registry import method_spec
+from ldm_ext.weights import EXPORT_INDEX
 
 RUN_CONFIG = "config.yaml"
 TRAINABLE = "trainable.safetensors"
@@ -15,24 +19,31 @@ TRAINABLE = "trainable.safetensors"
 
 def build_method(cfg) -> IdentityMethod:
     """Load the backbone and encoders a config names and wrap them in its method."""
-    name = cfg.method.name
-    if name == "instantfamily":
-        from ldm_ext.face import build_face_encoder
-        from ldm_ext.methods.instantfamily import InstantFamily
-
-        encoder = build_face_encoder(cfg.method.face_encoder, weights=cfg.method.face_weights)
-        return InstantFamily(cfg, load_backbone(cfg.model), encoder)
-    raise ValueError(f"no module for method {name!r}")
+    return method_spec(cfg.method.name).module_class.from_config(cfg)
 
 
-def load_run(run_dir: str | Path, weights: str | Path | None = None) -> IdentityMethod:
-    """The method of a run folder with its trainable weights, in eval mode."""
-    run_dir = Path(run_dir)
-    if not (run_dir / RUN_CONFIG).is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no {RUN_CONFIG})")
-    cfg = load_config(run_dir / RUN_CONFIG)
-    method = build_method(cfg)
-    method.load_trainable(weights or run_dir / TRAINABLE)
+def run_folder(path: str | Path) -> tuple[Path, Path]:
+    """(folder holding ``config.yaml``, weights to load) for a run folder, an export
+    folder, or a weights file inside a run (``trainable.safetensors``, a ``.ckpt``)."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / RUN_CONFIG).is_file():
+            raise FileNotFoundError(f"{path} is not a run or export folder (no {RUN_CONFIG})")
+        return path, (path if (path / EXPORT_INDEX).is_file() else path / TRAINABLE)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such run folder, export folder or weights file")
+    run_dir = next((p for p in path.parents if (p / RUN_CONFIG).is_file()), None)
+    if run_dir is None:
+        raise FileNotFoundError(f"{path}: no run folder ({RUN_CONFIG}) above this file")
+    return run_dir, path
+
+
+def load_run(path: str | Path, weights: str | Path | None = None) -> IdentityMethod:
+    """The method of a run or export folder (or of a weights file inside a run) with its
+    trainable weights (``weights`` overrides which), in eval mode."""
+    run_dir, found = run_folder(path)
+    method = build_method(load_config(run_dir / RUN_CONFIG))
+    method.load_trainable(weights or found)
     return method.eval()
 
 

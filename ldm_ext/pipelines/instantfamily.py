@@ -6,15 +6,14 @@ faces of one group photo; face regions come from the pose template (face keypoin
 identities than the N slots used in training: the projector is per face and the masks
 are built for however many faces are given.
 
-Command line::
+Command line (``ldm_ext.generate`` with this pipeline's flags)::
 
-    python -m ldm_ext.pipelines.instantfamily --run runs/demo --ids a.jpg b.jpg \
+    python -m ldm_ext.generate --run runs/demo --ids a.jpg b.jpg \
         --prompt "a photo of two people on the beach" --out out.png
 """
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,28 +21,38 @@ from PIL import Image, ImageOps
 
 from ldm_ext.attention import AttentionStore
 from ldm_ext.face.align import tensor_to_uint8
-from ldm_ext.pipelines.sampling import decode_images, denoise, inference_scheduler, to_tensor
+from ldm_ext.pipelines.base import MethodPipeline
+from ldm_ext.pipelines.sampling import decode_images, denoise, initial_latents, to_tensor
 from ldm_ext.pose import (SLOT_COLORS, Person, face_box, load_pose, pose_template,
                           render_control_image)
 
 
-class InstantFamilyPipeline:
-    """Wraps a trained ``InstantFamily`` module (weights loaded) for sampling."""
+class InstantFamilyPipeline(MethodPipeline):
+    """Wraps a trained ``InstantFamily`` module (weights loaded) for sampling.
+
+    ``detector``: face detector for identity photos (default: MTCNN cropping at the
+    method's face-encoder size, built on first use)."""
 
     def __init__(self, method, detector=None, scheduler: str = "ddim") -> None:
-        self.method = method
+        super().__init__(method, scheduler)
         self.detector = detector
-        self.scheduler = inference_scheduler(method.backbone.scheduler, scheduler)
 
     # ----- identities ------------------------------------------------------------------
+    def identity(self, photo: Image.Image) -> torch.Tensor:
+        """Largest face of a photo -> (3, S, S) aligned crop in [-1, 1]."""
+        faces = self._detect(photo)
+        if len(faces) == 0:
+            raise ValueError("no face found in the identity photo")
+        return faces.crops[0]
+
     def identities_from_photos(self, photos: list[Image.Image]) -> torch.Tensor:
         """Largest face of each photo -> (K, 3, S, S) aligned crops in [-1, 1]."""
         crops = []
         for i, photo in enumerate(photos):
-            faces = self._detect(photo)
-            if len(faces) == 0:
-                raise ValueError(f"no face found in identity photo {i}")
-            crops.append(faces.crops[0])
+            try:
+                crops.append(self.identity(photo))
+            except ValueError:
+                raise ValueError(f"no face found in identity photo {i}") from None
         return torch.stack(crops)
 
     def identities_from_group(self, photo: Image.Image, indices: list[int] | None = None):
@@ -55,8 +64,14 @@ class InstantFamilyPipeline:
 
     def _detect(self, photo: Image.Image):
         if self.detector is None:
-            raise ValueError("identity photos need a face detector (detector=...)")
+            from ldm_ext.face import MTCNNDetector
+
+            self.detector = MTCNNDetector(crop_size=self.method.face_encoder.input_size,
+                                          device=str(self.method.device))
         return self.detector.detect(np.asarray(photo.convert("RGB")))
+
+    def legend(self, identities: torch.Tensor, size: tuple[int, int]) -> Image.Image:
+        return control_legend(identities, size)
 
     # ----- generation ------------------------------------------------------------------
     def control_inputs(self, people: list[Person], num_ids: int, size: tuple[int, int]):
@@ -77,33 +92,90 @@ class InstantFamilyPipeline:
         return control, torch.from_numpy(np.stack(boxes))[None]
 
     @torch.no_grad()
-    def __call__(self, prompt: str, id_crops: torch.Tensor, people: list[Person] | None = None,
-                 size: tuple[int, int] = (512, 512), steps: int = 50, guidance: float = 7.5,
+    def __call__(self, prompt: str, identities, *, size: tuple[int, int] = (512, 512),
+                 steps: int = 50, guidance: float = 7.5,
                  generator: torch.Generator | None = None, negative_prompt: str = "",
-                 progress: bool = True, store: AttentionStore | None = None) -> Image.Image:
-        """One image of ``len(id_crops)`` identities placed on the pose template.
-        ``size`` is (height, width); the first ``len(id_crops)`` people get the identities.
-        ``store`` records the attention maps of the layers it wants at every step (batch:
-        unconditional, conditional), e.g. for ``callbacks.images.attention_overlay``."""
+                 progress: bool = True, store: AttentionStore | None = None,
+                 people: list[Person] | None = None) -> Image.Image:
+        """One image of the identities (K, 3, S, S) (or a list of (3, S, S) crops) placed on
+        the pose template ``people`` (default: side by side); the first K people get them.
+        ``size`` is (height, width). ``store`` records the attention maps of the layers it
+        wants at every step (batch: one entry per guidance branch, the conditional last),
+        e.g. for ``callbacks.images.attention_overlay``. Guidance follows
+        ``method.identity_guidance`` / ``identity_scale`` (see ``branches``)."""
         method, device = self.method, self.method.device
-        num_ids = id_crops.shape[0]
+        crops = torch.stack(list(identities)) if isinstance(identities, list) else identities
+        num_ids = crops.shape[0]
         people = people if people is not None else pose_template(num_ids, size)
         control, boxes = self.control_inputs(people, num_ids, size)
-        scale = method.backbone.vae_scale
-        latent_hw = (size[0] // scale, size[1] // scale)
-        text, _ = method.encode_text([negative_prompt, prompt])
-        crops = id_crops[None].expand(2, -1, -1, -1, -1).to(device)
-        valid = torch.ones(2, num_ids, dtype=torch.bool, device=device)
-        stack, ctx = method.conditioning(text, crops, boxes.expand(2, -1, -1).to(device),
-                                         valid, latent_hw)
+        latent_hw = self.latent_shape(size)[-2:]
+        prompts, valid, scales = self.branches(prompt, negative_prompt, num_ids, guidance)
+        k = len(prompts)
+        text, pooled = method.encode_text(prompts)
+        stack, ctx = method.conditioning(text, crops[None].expand(k, -1, -1, -1, -1).to(device),
+                                         boxes.expand(k, -1, -1).to(device),
+                                         valid.to(device), latent_hw)
         ctx.store = store
-        control = control.expand(2, -1, -1, -1).to(device)
-        shape = (1, method.unet.config.in_channels, *latent_hw)
-        latents = torch.randn(shape, generator=generator, device="cpu").to(device, text.dtype)
+        control = control.expand(k, -1, -1, -1).to(device)
+        added = method.added_cond_kwargs(pooled, size)
+        latents = initial_latents(self.latent_shape(size), generator, device, text.dtype)
         latents = denoise(self.scheduler,
-                          lambda x, t: method.predict_noise(x, t, stack, ctx, control),
-                          latents, steps, guidance, progress)
+                          lambda x, t: method.predict_noise(x, t, stack, ctx, control, added),
+                          latents, steps, scales, progress, generator)
         return decode_images(method.vae, latents)[0]
+
+    def branches(self, prompt: str, negative_prompt: str, num_ids: int, guidance: float):
+        """The guidance branches, least conditioned first: (prompts, face validity (K, N),
+        guidance scales for ``sampling.guide``).
+
+        Default (the paper): (negative prompt + faces, prompt + faces), scale g: the faces
+        are in both branches, so only the prompt is guided. ``identity_guidance``: the
+        unconditional branch also drops the faces (empty slots), so identity is guided
+        with the prompt; with ``identity_scale`` s > 0 a middle branch (negative prompt +
+        faces) gives identity its own scale: ε_u + s (ε_id − ε_u) + g (ε_c − ε_id)."""
+        cfg = self.method.cfg.method
+        faces, none = [True] * num_ids, [False] * num_ids
+        if not cfg.identity_guidance:
+            rows, prompts, scales = [faces, faces], [negative_prompt, prompt], [guidance]
+        elif cfg.identity_scale > 0:
+            rows = [none, faces, faces]
+            prompts = [negative_prompt, negative_prompt, prompt]
+            scales = [cfg.identity_scale, guidance]
+        else:
+            rows, prompts, scales = [none, faces], [negative_prompt, prompt], [guidance]
+        return prompts, torch.tensor(rows, dtype=torch.bool), scales
+
+    # ----- command line (ldm_ext.generate) -----------------------------------------------
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        ids = parser.add_mutually_exclusive_group(required=True)
+        ids.add_argument("--ids", nargs="+", help="one photo per identity (largest face used)")
+        ids.add_argument("--group", help="one group photo: its faces are the identities")
+        parser.add_argument("--num-ids", type=int, default=None, help="with --group: how many")
+        pose = parser.add_mutually_exclusive_group()
+        pose.add_argument("--pose", help="OpenPose-style JSON template (default: side by side)")
+        pose.add_argument("--pose-image", help="photo to estimate the pose template from "
+                          "(controlnet_aux OpenPose; needs lllyasviel/Annotators weights)")
+
+    def inputs_from_args(self, args: argparse.Namespace) -> dict:
+        """Identities from --ids / --group; pose template (and its size) from --pose /
+        --pose-image, else the default side-by-side template at ``args.size``."""
+        if args.ids:
+            crops = self.identities_from_photos([Image.open(p) for p in args.ids])
+        else:
+            crops = self.identities_from_group(Image.open(args.group))[: args.num_ids]
+        inputs = {"identities": crops}
+        side = args.size or self.method.cfg.data.resolution
+        if args.pose_image:
+            from ldm_ext.pose import OpenPoseEstimator
+
+            photo = Image.open(args.pose_image).convert("RGB").resize((side, side))
+            inputs["people"] = OpenPoseEstimator()(np.asarray(photo))
+        elif args.pose:
+            inputs["people"], hw = load_pose(args.pose)
+            if hw is not None and not args.size:
+                inputs["size"] = hw
+        return inputs
 
 
 def control_legend(id_crops: torch.Tensor, size: tuple[int, int]) -> Image.Image:
@@ -120,67 +192,3 @@ def control_legend(id_crops: torch.Tensor, size: tuple[int, int]) -> Image.Image
         framed = ImageOps.expand(Image.fromarray(thumb), border=2, fill=SLOT_COLORS[slot])
         canvas.paste(framed, (2 + slot * (side + 6), height - side - 6))
     return canvas
-
-
-def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", required=True, help="run folder written by train.py")
-    ids = parser.add_mutually_exclusive_group(required=True)
-    ids.add_argument("--ids", nargs="+", help="one photo per identity (largest face used)")
-    ids.add_argument("--group", help="one group photo: its faces are the identities")
-    parser.add_argument("--num-ids", type=int, default=None, help="with --group: how many")
-    pose = parser.add_mutually_exclusive_group()
-    pose.add_argument("--pose", help="OpenPose-style JSON template (default: side by side)")
-    pose.add_argument("--pose-image", help="photo to estimate the pose template from "
-                      "(controlnet_aux OpenPose; needs lllyasviel/Annotators weights)")
-    parser.add_argument("--prompt", required=True)
-    parser.add_argument("--out", default="instantfamily.png")
-    parser.add_argument("--size", type=int, default=None, help="default: training resolution")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--guidance", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
-
-
-def _pose(args: argparse.Namespace, resolution: int):
-    """Pose template and (H, W): from JSON (its own size unless --size), from a photo via
-    OpenPose, or the default side-by-side template at --size / the training resolution."""
-    side = args.size or resolution
-    if args.pose_image:
-        from ldm_ext.pose import OpenPoseEstimator
-
-        photo = Image.open(args.pose_image).convert("RGB").resize((side, side))
-        return OpenPoseEstimator()(np.asarray(photo)), (side, side)
-    if args.pose:
-        people, hw = load_pose(args.pose)
-        if hw is not None and not args.size:
-            return people, hw
-        return people, (side, side)
-    return None, (side, side)
-
-
-def main(argv: list[str] | None = None) -> Path:
-    """Command-line entry: load a run, read identities and pose, write one image."""
-    from ldm_ext.face import build_face_detector
-    from ldm_ext.methods.loading import load_run
-
-    args = _parse(argv)
-    method = load_run(args.run)
-    cfg = method.cfg
-    pipe = InstantFamilyPipeline(method, detector=build_face_detector("mtcnn"))
-    if args.ids:
-        crops = pipe.identities_from_photos([Image.open(p) for p in args.ids])
-    else:
-        crops = pipe.identities_from_group(Image.open(args.group))[: args.num_ids]
-    people, size = _pose(args, cfg.data.resolution)
-    image = pipe(args.prompt, crops, people, size,
-                 steps=args.steps or cfg.method.sample_steps,
-                 guidance=args.guidance or cfg.method.guidance_scale,
-                 generator=torch.Generator().manual_seed(args.seed))
-    image.save(args.out)
-    print(f"wrote {args.out} ({crops.shape[0]} identities)")
-    return Path(args.out)
-
-
-if __name__ == "__main__":
-    main()

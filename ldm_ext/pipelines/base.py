@@ -1,0 +1,65 @@
+"""What every method's pipeline offers to generation, eval and the callbacks.
+
+A pipeline wraps a trained method module (duck-typed: it never imports ``ldm_ext.methods``)
+and is called as ``pipe(prompt, identities, size=(H, W), steps=, guidance=, generator=)``
+-> one PIL image. ``identities`` is whatever the method conditions on, made by
+``identity(photo)`` (from a photo) or ``identity_from_weights(path)`` (per-identity methods:
+one fitted checkpoint per subject), a list of them per image, or None.
+``ldm_ext.generate`` adds each pipeline's own command-line flags (``add_arguments``)
+and turns them into call arguments (``inputs_from_args``).
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ldm_ext import weights
+from ldm_ext.pipelines.sampling import inference_scheduler
+
+
+class MethodPipeline:
+    """Base pipeline: scheduler by name, identity hooks, command-line hooks."""
+
+    def __init__(self, method, scheduler: str = "ddim") -> None:
+        self.method = method
+        self.scheduler = inference_scheduler(method.backbone.scheduler, scheduler)
+
+    # ----- identities ------------------------------------------------------------------
+    def identity(self, photo: Image.Image) -> Any:
+        """One subject's identity from a photo of them (what ``__call__`` takes per id)."""
+        raise NotImplementedError(f"{type(self).__name__} takes no identity photos")
+
+    def identity_from_weights(self, path: str) -> dict[str, torch.Tensor]:
+        """One subject's identity from weights fitted to them (per-identity methods):
+        the trainable state of that checkpoint, by name."""
+        return weights.read_state(path)
+
+    def legend(self, identities, size: tuple[int, int]) -> Image.Image | None:
+        """A picture of what a generation with ``identities`` is conditioned on, shown
+        above sample grids; None: no legend row."""
+        return None
+
+    # ----- generation ------------------------------------------------------------------
+    def __call__(self, prompt: str, identities, *, size: tuple[int, int] = (512, 512),
+                 steps: int = 50, guidance: float = 7.5,
+                 generator: torch.Generator | None = None, negative_prompt: str = "",
+                 progress: bool = True, store=None, **extra) -> Image.Image:
+        raise NotImplementedError
+
+    def latent_shape(self, size: tuple[int, int]) -> tuple[int, int, int, int]:
+        """(1, C, h, w) latents of one image of ``size`` (H, W)."""
+        scale = self.method.backbone.vae_scale
+        return (1, self.method.unet.config.in_channels, size[0] // scale, size[1] // scale)
+
+    # ----- command line (ldm_ext.generate) -----------------------------------------------
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add this method's own generation flags."""
+
+    def inputs_from_args(self, args: argparse.Namespace) -> dict:
+        """Call arguments from the parsed flags: at least ``identities``; ``size`` (H, W)
+        when the inputs fix it (e.g. a pose file)."""
+        return {"identities": None}
