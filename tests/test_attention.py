@@ -7,6 +7,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np
 import pytest
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
@@ -134,6 +135,34 @@ def test_build_face_masks_levels_and_biases():
         fm.region(100)
     with pytest.raises(ValueError, match="mode"):
         build_face_masks(boxes, valid, LAYOUT, (16, 12), mode="soft")
+
+
+def test_small_faces_keep_their_centre_pixel_at_every_level():
+    """A valid face covering no pixel centre at a coarse level keeps the pixel under its
+    centre there; empty slots stay empty; faces covering pixels keep exactly their box."""
+    boxes = torch.tensor([[[0.33, 0.33, 0.41, 0.41], [0.1, 0.5, 0.6, 0.9],
+                           [0.33, 0.33, 0.41, 0.41]]])  # + 25 %: 0.32..0.42, between centres
+    valid = torch.tensor([[True, True, False]])
+    fm = build_face_masks(boxes, valid, LAYOUT, (64, 64), num_levels=4)
+    for side in (64, 32, 16, 8):
+        region = fm.region(side * side)[0].view(3, side, side)
+        assert region[0].sum() >= 1
+        torch.testing.assert_close(region[1], box_masks(expand_boxes(boxes), side, side)[0, 1])
+    coarse = fm.region(64)[0].view(3, 8, 8)
+    assert coarse[0].sum() == 1 and coarse[0, 2, 2] == 1  # 0.37 * 8 = 2.96: row, column 2
+    assert not coarse[2].any()  # the same box in an empty slot gets nothing added
+
+
+def test_four_template_faces_cover_every_level_at_512():
+    """Four identities on the default 512 x 512 template: every face has pixels at 8 x 8."""
+    from ldm_ext.pose import face_box, pose_template
+
+    boxes = torch.tensor(np.stack([face_box(p, margin=0.0) for p in
+                                   pose_template(4, (512, 512))]) / 512)[None]  # (1, 4, 4)
+    layout = TokenLayout(num_text=7, num_slots=4, tokens_per_face=2)
+    fm = build_face_masks(boxes, torch.ones(1, 4, dtype=torch.bool), layout, (64, 64))
+    for side in (64, 32, 16, 8):
+        assert (fm.region(side * side)[0].sum(-1) >= 1).all()
 
 
 def test_context_grid_non_square():

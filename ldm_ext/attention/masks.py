@@ -5,6 +5,12 @@ tokens, then one group of face tokens per face slot (`TokenLayout`). Eq. 6 masks
 logits of face n's tokens with `m_fn`, face n's detector box enlarged by a 25 % margin,
 resized to each UNet resolution. `build_face_masks` builds those masks once per batch,
 for every resolution, together with the additive biases the fast processor needs.
+
+Two choices the paper leaves open: the margin is added to the raw box, which may overhang
+the image (a face cut by the edge or by a crop), and only the result is clipped, so a cut
+face keeps the region its whole box gives; and a face too small to cover any pixel centre
+at a coarse resolution keeps the pixel under its centre there, so no face loses its tokens
+at a level (four faces on 512 x 512 cover no 8 x 8 pixel otherwise).
 """
 from __future__ import annotations
 
@@ -40,8 +46,9 @@ class TokenLayout:
 
 
 def expand_boxes(boxes: Tensor, margin: float = 0.25) -> Tensor:
-    """(…,4) normalised xyxy in [0,1] -> same, width and height scaled by (1+margin) about
-    the centre, clipped to [0,1] (the 25 % margin of InstantFamily Sec. 3.4)."""
+    """(…,4) normalised xyxy, raw (may overhang [0,1]) -> width and height scaled by
+    (1+margin) about the centre, then clipped to [0,1] (the 25 % margin of InstantFamily
+    Sec. 3.4; enlarging before clipping keeps a cut face's region where its box says)."""
     centre = (boxes[..., :2] + boxes[..., 2:]) / 2  # (…, 2) cx, cy
     half = (boxes[..., 2:] - boxes[..., :2]) * (1 + margin) / 2  # (…, 2) half w, h
     return torch.cat([centre - half, centre + half], dim=-1).clamp(0.0, 1.0)
@@ -57,6 +64,27 @@ def box_masks(boxes: Tensor, height: int, width: int) -> Tensor:
     inside_y = (ys >= y0) & (ys < y1)  # (B, N, height)
     inside_x = (xs >= x0) & (xs < x1)  # (B, N, width)
     return (inside_y[..., :, None] & inside_x[..., None, :]).to(boxes.dtype)
+
+
+def centre_pixels(boxes: Tensor, height: int, width: int) -> Tensor:
+    """(B,N,4) normalised xyxy -> (B,N,height,width) float {0,1}, one-hot at the pixel
+    whose cell holds the box centre (the nearest pixel centre; clamped to the grid)."""
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2  # (B, N, 2) cx, cy
+    col = (centre[..., 0] * width).floor().long().clamp(0, width - 1)  # (B, N)
+    row = (centre[..., 1] * height).floor().long().clamp(0, height - 1)  # (B, N)
+    onehot = torch.zeros(*boxes.shape[:-1], height * width, device=boxes.device,
+                         dtype=boxes.dtype)  # (B, N, height*width)
+    onehot.scatter_(-1, (row * width + col)[..., None], 1.0)
+    return onehot.unflatten(-1, (height, width))
+
+
+def face_regions(boxes: Tensor, valid: Tensor, height: int, width: int) -> Tensor:
+    """(B,N,4) normalised xyxy (margin applied, clipped) and (B,N) valid -> (B,N,height,
+    width) float {0,1}: ``box_masks``, and for a valid face that covers no pixel centre,
+    its centre's pixel, so every face keeps a region at every resolution (Eq. 6's m_fn)."""
+    region = box_masks(boxes, height, width)  # (B, N, h, w)
+    empty = (region.flatten(2).amax(-1) == 0) & valid  # (B, N)
+    return torch.where(empty[..., None, None], centre_pixels(boxes, height, width), region)
 
 
 def level_sizes(latent_hw: tuple[int, int], num_levels: int) -> list[tuple[int, int]]:
@@ -163,19 +191,21 @@ def build_face_masks(boxes: Tensor, valid: Tensor, layout: TokenLayout,
     """Face masks of one batch at every UNet resolution (Eq. 6-8).
 
     Args:
-        boxes: (B, N, 4) normalised xyxy of the raw detector box; the margin is applied here.
+        boxes: (B, N, 4) normalised xyxy of the raw detector box, not clipped (it may
+            overhang [0, 1]); the margin is applied here, then the result is clipped.
         valid: (B, N) bool, False for an empty (padding) slot.
         layout: the key axis (text tokens, N face slots, tokens per face).
         latent_hw: full-resolution latent grid (h, w); masks are built at latent_hw,
-            latent_hw/2, /4, /8 (num_levels levels, sizes rounded up).
+            latent_hw/2, /4, /8 (num_levels levels, sizes rounded up). A valid face keeps
+            at least its centre's pixel at every level (``face_regions``).
         mode: "multiply" (Eq. 6 literally) or "hard" (masked logits -inf).
         margin: relative enlargement of each box's width and height (25 % in the paper).
     """
     if boxes.shape[:2] != valid.shape:
         raise ValueError(f"boxes {tuple(boxes.shape)} and valid {tuple(valid.shape)} disagree")
-    grown = expand_boxes(boxes.float(), margin)
+    grown = expand_boxes(boxes.float(), margin)  # (B, N, 4) in [0, 1]
     regions = {}
     for h, w in level_sizes(latent_hw, num_levels):
-        regions[h * w] = box_masks(grown, h, w).flatten(2)  # (B, N, h*w)
+        regions[h * w] = face_regions(grown, valid.bool(), h, w).flatten(2)  # (B, N, h*w)
     return FaceMasks(layout=layout, mode=mode, valid=valid.bool(), regions=regions,
                      latent_hw=tuple(latent_hw))
