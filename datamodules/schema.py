@@ -70,7 +70,7 @@ class Sample:
     key: str
     image: np.ndarray  # (H, W, 3) uint8 RGB
     caption: str
-    boxes: np.ndarray  # (F, 4) float32 xyxy
+    boxes: np.ndarray  # (F, 4) float32 xyxy; after a crop (transforms) it may overhang the image
     landmarks: np.ndarray  # (F, 5, 2) float32
     scores: np.ndarray  # (F,) float32
     crops: np.ndarray  # (F, 3, 160, 160) uint8

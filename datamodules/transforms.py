@@ -7,8 +7,12 @@ sample's own generator, so no global RNG is touched; the pixels go through OpenC
 same output size, crop and flip (faster on one core). Boxes ride along as their two corners
 in the one keypoint tensor: torchvision's box kernels (format conversions, clamping) cost
 about 0.2 ms per sample, 5 % of the whole loader, for four numbers per face. We keep
-torchvision's box conventions: edges flip as ``x -> W - x`` (keypoints, pixel indices, as
-``x -> W - 1 - x``) and boxes are clamped to the crop (``clamp_bounding_boxes``).
+torchvision's box geometry: edges flip as ``x -> W - x`` (keypoints, pixel indices, as
+``x -> W - 1 - x``), but boxes are not clamped to the crop (torchvision's
+``clamping_mode=None``): a face cut by the crop keeps its whole detector box, so that
+InstantFamily's 25 % margin is added to the raw box and clipped only after
+(``ldm_ext.attention.masks.build_face_masks``). Whether a face is kept depends on its
+visible part (``min_face``).
 
 A horizontal flip also swaps left/right identities: landmark eyes and mouth corners, OpenPose
 body parts, and the 70 face keypoints (68-point layout + 2 pupils); face crops are mirrored
@@ -73,14 +77,14 @@ def _points(sample: Sample) -> torch.Tensor:
     return torch.from_numpy(np.concatenate(parts).astype(np.float32))
 
 
-def _boxes(corners: np.ndarray, size: int, flip: bool) -> np.ndarray:
+def _boxes(corners: np.ndarray, flip: bool) -> np.ndarray:
     """(F, 4) xyxy boxes from their moved (2F, 2) corners, as torchvision moves boxes: a
     flipped corner is an edge (``W - x``, one more than the keypoint's ``W - 1 - x``) and
-    swaps left for right; clamped to the ``size`` x ``size`` crop."""
+    swaps left for right; not clamped, so a box may overhang the crop."""
     boxes = corners.reshape(-1, 4)
     if flip:
         boxes = boxes[:, [2, 1, 0, 3]] + np.float32([1, 0, 1, 0])
-    return np.clip(boxes, 0, size)
+    return boxes
 
 
 def _people(people: list[Person], xy: np.ndarray, size: int, flip: bool) -> list[Person]:
@@ -104,8 +108,8 @@ class ResizeCrop:
         resolution: output side R.
         random_crop: crop at a random offset instead of the centre.
         flip_prob: probability of a horizontal flip.
-        min_face: faces whose box is narrower or shorter than this (pixels, after the crop)
-            are dropped with their landmarks, crop and person link.
+        min_face: faces whose box, clipped to the crop, is narrower or shorter than this
+            (pixels) are dropped with their landmarks, crop and person link.
     """
 
     resolution: int
@@ -158,15 +162,17 @@ class ResizeCrop:
 
     def _rebuild(self, sample: Sample, image: np.ndarray, points: np.ndarray, flip: bool,
                  masks: np.ndarray | None) -> Sample:
-        """The transformed sample; faces cropped away are dropped."""
+        """The transformed sample; faces cropped away are dropped, the others keep their
+        whole (unclamped) boxes."""
         faces = sample.num_faces
-        boxes = _boxes(points[:2 * faces], self.resolution, flip)
+        boxes = _boxes(points[:2 * faces], flip)
+        visible = np.clip(boxes, 0, self.resolution)  # (F, 4) the part inside the crop
         landmarks = points[2 * faces:7 * faces].reshape(-1, 5, 2)
         body_face = points[7 * faces:]
         crops = sample.crops
         if flip:
             landmarks, crops = landmarks[:, LANDMARK_FLIP], _mirror(crops)
-        keep = ((boxes[:, 2:] - boxes[:, :2]) >= self.min_face).all(axis=1)
+        keep = ((visible[:, 2:] - visible[:, :2]) >= self.min_face).all(axis=1)
         return replace(sample, image=image, boxes=boxes[keep],
                        landmarks=landmarks[keep], scores=sample.scores[keep],
                        crops=crops if keep.all() else crops[keep],

@@ -13,6 +13,7 @@ from datamodules.transforms import ResizeCrop
 from datamodules.views import (InstantFamilyView, PortraitBoothView, StoryMakerView, build_view,
                                select_slots)
 from datamodules.views.storymaker import square_on_white
+from ldm_ext.attention import TokenLayout, build_face_masks
 from ldm_ext.pose import SLOT_COLORS, face_center, pose_template
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -168,6 +169,26 @@ def test_face_without_person_gets_its_circle_at_the_box_centre(samples):
     for k, box in enumerate(item["face_boxes"][item["face_valid"]].numpy() * 64):
         x, y = np.round((box[:2] + box[2:]) / 2).astype(int)
         assert tuple(control[y, x]) == SLOT_COLORS[k]
+
+
+def test_face_cut_by_the_crop_gets_the_margin_of_its_whole_box():
+    """InstantFamily's region is the detector box + 25 %, clipped after: a face cut by the
+    crop keeps the region its raw box gives, not a smaller, shifted one grown from its
+    visible part (METHODS.md §1, Eq. 6)."""
+    sample = Sample(key="cut", image=np.zeros((64, 128, 3), np.uint8), caption="a face",
+                    boxes=np.array([[20, 10, 50, 40]], np.float32),  # crop x 32..96 cuts it
+                    landmarks=np.full((1, 5, 2), 40, np.float32), scores=np.ones(1, np.float32),
+                    crops=np.zeros((1, 3, 160, 160), np.uint8), face_person=np.array([-1]))
+    item = InstantFamilyView(N)(ResizeCrop(64)(sample, torch.Generator()), torch.Generator())
+    np.testing.assert_allclose(item["face_boxes"][0].numpy() * 64, [-12, 10, 18, 40])
+    layout = TokenLayout(num_text=1, num_slots=N, tokens_per_face=1)
+    masks = build_face_masks(item["face_boxes"][None], item["face_valid"][None], layout,
+                             (64, 64))
+    expected = torch.zeros(64, 64)
+    expected[6:44, 0:22] = 1  # x -15.75..21.75 clipped to 0..21.75, y 6.25..43.75
+    assert torch.equal(masks.region(64 * 64)[0, 0].view(64, 64), expected)
+    control = item["control"].render()  # no person: the circle at the visible part's centre
+    assert tuple(control[25, 9]) == SLOT_COLORS[0]
 
 
 def test_collate_draws_each_control_and_pads_each_crop_in_the_batch(samples):

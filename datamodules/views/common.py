@@ -61,11 +61,17 @@ class ControlDrawing:
         return self.draw(np.zeros((*self.hw, 3), np.uint8))
 
 
-def normalized_boxes(sample: Sample, faces: list[int], num_slots: int) -> torch.Tensor:
-    """(N, 4) float xyxy in [0, 1] of ``faces`` in slot order, zeros for empty slots."""
+def normalized_boxes(sample: Sample, faces: list[int], num_slots: int,
+                     clip: bool = True) -> torch.Tensor:
+    """(N, 4) float xyxy / (W, H, W, H) of ``faces`` in slot order, zeros for empty slots;
+    clipped to [0, 1] (the visible part) unless ``clip`` is False. Unclipped, a face cut by
+    the crop keeps its whole box, so a margin added later (InstantFamily's 25 %,
+    ``build_face_masks``) grows the raw box, not its visible part."""
     h, w = sample.hw
     boxes = np.zeros((num_slots, 4), np.float32)  # numpy: cheaper than torch for 4 numbers
-    boxes[: len(faces)] = np.clip(sample.boxes[faces] / np.float32([w, h, w, h]), 0, 1)
+    boxes[: len(faces)] = sample.boxes[faces] / np.float32([w, h, w, h])
+    if clip:
+        boxes = np.clip(boxes, 0, 1)
     return torch.from_numpy(boxes)
 
 

@@ -1,6 +1,7 @@
 """InstantFamily's per-sample inputs (METHODS.md §1, paper Sec. 4.2)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from datamodules.schema import Sample
@@ -21,7 +22,8 @@ class InstantFamilyView:
         caption      list[str]
         key          list[str]                     the samples' ``__key__`` (logging, checks)
         face_crops   (B, N, 3, 160, 160) float in [-1, 1], zeros for empty slots
-        face_boxes   (B, N, 4) float xyxy in [0, 1] of the detector box, zeros for empty slots
+        face_boxes   (B, N, 4) float xyxy / (W, H, W, H) of the whole detector box (may
+                     overhang [0, 1] when the face is cut), zeros for empty slots
         face_valid   (B, N) bool
 
     Per sample (``__call__``) images stay uint8 and unpadded: ``pixel_values`` (3, R, R),
@@ -31,7 +33,7 @@ class InstantFamilyView:
     them later, e.g. on the GPU after the transfer (``ShardDataModule(float_on_device=True)``).
 
     A selected face whose person is unknown (or has no face/head keypoints left after the
-    crop) gets its circle at its detector box centre.
+    crop) gets its circle at the centre of its detector box's visible part.
     """
 
     name = "instantfamily"
@@ -44,12 +46,14 @@ class InstantFamilyView:
     def control(self, sample: Sample, slots: list[int]) -> ControlDrawing:
         """The control image for the faces in ``slots`` (slot k = ``slots[k]``): circles
         at the person's face keypoint box (as ``render_control_image`` places them), else
-        at the detector box."""
+        at the detector box's visible part."""
+        h, w = sample.hw
         circles = []
         for k, face in enumerate(slots):
             person = int(sample.face_person[face])
             box = face_box(sample.people[person], margin=0.0) if person >= 0 else None
-            circles.append((k, sample.boxes[face] if box is None else box))
+            visible = np.clip(sample.boxes[face], 0, np.float32([w, h, w, h]))
+            circles.append((k, visible if box is None else box))
         return ControlDrawing(sample.people, circles, sample.hw)
 
     def __call__(self, sample: Sample, rng: torch.Generator) -> dict:
@@ -57,7 +61,7 @@ class InstantFamilyView:
         return {"pixel_values": image_tensor(sample.image),  # (3, R, R)
                 "control": self.control(sample, slots), "caption": sample.caption,
                 "key": sample.key, "face_crops": torch.from_numpy(sample.crops[slots]),
-                "face_boxes": normalized_boxes(sample, slots, self.num_slots),
+                "face_boxes": normalized_boxes(sample, slots, self.num_slots, clip=False),
                 "face_valid": valid_slots(len(slots), self.num_slots)}
 
     def collate(self, items: list[dict]) -> dict:
