@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from datamodules.schema import MASK_BOX, MASK_CHAR, MASK_SEG, Sample
-from ldm_ext.pose import SLOT_COLORS, render_control_image
+from ldm_ext.pose import render_control_image, slot_color
 
 
 def draw_preview(sample: Sample) -> np.ndarray:
@@ -17,7 +17,7 @@ def draw_preview(sample: Sample) -> np.ndarray:
     rendering on top."""
     out = sample.image.astype(np.float32)
     for f in range(sample.num_faces):
-        colour = np.array(SLOT_COLORS[f % len(SLOT_COLORS)], np.float32)
+        colour = np.array(slot_color(f), np.float32)
         if sample.masks is not None:
             seg = (sample.masks[f] & MASK_SEG) > 0
             out[seg] = 0.6 * out[seg] + 0.4 * colour
@@ -25,7 +25,7 @@ def draw_preview(sample: Sample) -> np.ndarray:
     pose = render_control_image(sample.people, sample.hw, [None] * len(sample.people))
     out = np.where(pose.any(axis=2, keepdims=True), pose, out).astype(np.uint8)
     for f, box in enumerate(sample.boxes):
-        colour = SLOT_COLORS[f % len(SLOT_COLORS)]
+        colour = slot_color(f)
         if sample.masks is not None:
             character = ((sample.masks[f] & MASK_CHAR) > 0).astype(np.uint8)
             contours, _ = cv2.findContours(character, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)

@@ -8,8 +8,8 @@ from PIL import Image
 
 from ldm_ext.config import load_config
 from ldm_ext.methods.loading import build_method
-from ldm_ext.pipelines.instantfamily import InstantFamilyPipeline
-from ldm_ext.pose import SLOT_COLORS, pose_template
+from ldm_ext.pipelines.instantfamily import InstantFamilyPipeline, control_legend
+from ldm_ext.pose import SLOT_COLORS, pose_template, slot_color
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def method():
     return build_method(cfg).eval()
 
 
-@pytest.mark.parametrize("num_ids", [1, 2, 4, 7])
+@pytest.mark.parametrize("num_ids", [1, 2, 4, 7, 14])
 def test_generates_any_number_of_identities(method, num_ids):
     pipe = InstantFamilyPipeline(method)
     crops = torch.rand(num_ids, 3, 160, 160) * 2 - 1
@@ -39,6 +39,18 @@ def test_control_inputs_circles_only_selected_people(method):
     assert tuple(SLOT_COLORS[2]) not in colours
     assert (boxes >= 0).all() and (boxes <= 1).all()
     assert (boxes[0, :, 0] < boxes[0, :, 2]).all()
+
+
+def test_more_identities_than_slot_colours(method):
+    """14 identities: slots 12 and 13 get generated colours, in the control image and in
+    the legend's frames (the table has 12; generation used to fail at slot 12)."""
+    size, crops = (96, 896), torch.rand(14, 3, 160, 160) * 2 - 1
+    control, _ = InstantFamilyPipeline(method).control_inputs(pose_template(14, size), 14, size)
+    pixels = (control[0].permute(1, 2, 0) * 255).round().byte().numpy()
+    colours = {tuple(c) for c in pixels.reshape(-1, 3)}
+    assert {slot_color(k) for k in range(14)} <= colours
+    legend = np.asarray(control_legend(crops, size))
+    assert (legend == slot_color(13)).all(-1).any()
 
 
 def test_identities_from_group_photo(method):

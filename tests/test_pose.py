@@ -7,7 +7,7 @@ import pytest
 from ldm_ext.pose import (BODY_PARTS, FACE_TEMPLATE, FACE_TEMPLATE_5, SLOT_COLORS,
                           OpenPoseEstimator, Person, PoseModelMissing, face_box, face_center,
                           load_people, load_pose, people_from_faces, person_from_pose,
-                          pose_template, render_control_image, save_people)
+                          pose_template, render_control_image, save_people, slot_color)
 
 
 def _person_with_face_box(x0, y0, x1, y1) -> Person:
@@ -52,9 +52,15 @@ def test_face_box_falls_back_to_head_keypoints():
 
 
 def test_slot_colors_are_distinct_and_not_openpose_colors():
-    assert len(SLOT_COLORS) >= 8 and len(set(SLOT_COLORS)) == len(SLOT_COLORS)
+    """The table, then generated colours for any number of slots: all distinct, none an
+    OpenPose skeleton colour or white."""
+    colours = [slot_color(k) for k in range(200)]
+    assert colours[:len(SLOT_COLORS)] == SLOT_COLORS and len(set(colours)) == len(colours)
     openpose = {0, 51, 85, 102, 153, 170, 255}
-    assert all(not set(color) <= openpose for color in SLOT_COLORS)
+    assert all(not set(color) <= openpose for color in colours)
+    assert slot_color(40) == slot_color(40)  # deterministic
+    with pytest.raises(ValueError, match="no colour"):
+        slot_color(-1)
 
 
 def test_control_image_circles_only_on_selected_faces():
@@ -138,8 +144,8 @@ def test_control_image_explicit_radius_and_errors():
     assert 30 < len(_pixels_of(image, SLOT_COLORS[5])) < 70
     with pytest.raises(ValueError, match="circle slots"):
         render_control_image(people, (128, 128), [0, 1])
-    with pytest.raises(ValueError, match="no colour"):
-        render_control_image(people, (128, 128), [len(SLOT_COLORS)])
+    beyond = render_control_image(people, (128, 128), [len(SLOT_COLORS)], radius=4)
+    assert 30 < len(_pixels_of(beyond, slot_color(len(SLOT_COLORS)))) < 70
 
 
 def test_people_from_faces_geometry():

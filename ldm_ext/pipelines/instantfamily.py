@@ -23,8 +23,8 @@ from ldm_ext.attention import AttentionStore
 from ldm_ext.face.align import tensor_to_uint8
 from ldm_ext.pipelines.base import MethodPipeline
 from ldm_ext.pipelines.sampling import decode_images, denoise, initial_latents, to_tensor
-from ldm_ext.pose import (SLOT_COLORS, Person, face_box, load_pose, pose_template,
-                          render_control_image)
+from ldm_ext.pose import (Person, face_box, load_pose, pose_template, render_control_image,
+                          slot_color)
 
 
 class InstantFamilyPipeline(MethodPipeline):
@@ -189,6 +189,6 @@ def control_legend(id_crops: torch.Tensor, size: tuple[int, int]) -> Image.Image
                                                   list(range(len(id_crops)))))
     side = max(8, min(height, width) // 5)
     for slot, thumb in enumerate(tensor_to_uint8(id_crops, side)):  # (side, side, 3)
-        framed = ImageOps.expand(Image.fromarray(thumb), border=2, fill=SLOT_COLORS[slot])
+        framed = ImageOps.expand(Image.fromarray(thumb), border=2, fill=slot_color(slot))
         canvas.paste(framed, (2 + slot * (side + 6), height - side - 6))
     return canvas
