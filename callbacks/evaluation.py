@@ -134,8 +134,9 @@ class EvaluationCallback(pl.Callback):
     def _overlay(image: Image.Image, store: AttentionStore | None, n: int,
                  pl_module) -> Image.Image | None:
         """The overlay row of one image from its conditional branch's averaged maps; None
-        without a store or when the method has no per-identity keys."""
-        if store is None:
+        without a store, when nothing was recorded (the method's layers keep no maps) or
+        when the method has no per-identity keys."""
+        if store is None or not store.maps:
             return None
         maps = store.averaged()[-1]  # (K, S, S); batch = guidance branches, conditional last
         groups = pl_module.identity_key_groups(maps.shape[0], n)

@@ -190,3 +190,30 @@ def test_lightning_checkpoint_loads_as_trainable_weights(demo_run: Path):
     saved = load_file(demo_run / "trainable.safetensors")  # both written at step 4
     for name, param in method.trainable_parameters().items():
         torch.testing.assert_close(param.detach(), saved[name])
+
+
+def test_sdxl_trains_and_samples(tmp_path):
+    """model.family=sdxl: SDXL's pooled text and time ids reach UNet and ControlNet."""
+    assert train.main(overrides(tmp_path, "sdxl", 2, "model.family=sdxl")) == 0
+    assert (tmp_path / "sdxl" / "samples" / "step_0000002.png").is_file()
+
+
+def test_export_loads_in_diffusers_and_back(demo_run: Path, tmp_path):
+    import json
+
+    from diffusers import ControlNetModel
+
+    from ldm_ext.export import main as export
+    from ldm_ext.methods.loading import load_run
+
+    folder = export(["--run", str(demo_run), "--out", str(tmp_path / "export")])
+    index = json.loads((folder / "export.json").read_text())
+    assert index["modules"] == {"controlnet": "diffusers", "face_projector": "adapters"}
+    saved = load_file(demo_run / "trainable.safetensors")
+    controlnet = ControlNetModel.from_pretrained(folder / "controlnet")
+    for name, value in controlnet.state_dict().items():
+        torch.testing.assert_close(value, saved[f"controlnet.{name}"])
+    method = load_run(folder)
+    for name, param in method.trainable_parameters().items():
+        torch.testing.assert_close(param.detach(), saved[name])
+    assert "instantfamily" in (folder / "README.md").read_text()
