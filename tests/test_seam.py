@@ -149,3 +149,35 @@ def test_toy_generate_and_export_round_trip(toy_run: Path, tmp_path):
               for i, run in enumerate((toy_run, folder))]
     assert Image.open(images[0]).size == (64, 64)
     assert Image.open(images[0]).tobytes() == Image.open(images[1]).tobytes()
+
+
+def test_per_identity_checkpoints(toy_run: Path, tmp_path, monkeypatch):
+    """subjects.checkpoints: each subject's identity comes from its own fitted weights."""
+    seen = []
+    original = ToyPipeline.identity_from_weights
+
+    def spy(self, path):
+        seen.append(Path(path).name)
+        return original(self, path)
+
+    monkeypatch.setattr(ToyPipeline, "identity_from_weights", spy)
+    ids = ["astronaut", "t1_0", "t1_1", "t1_2"]
+    weights = {sid: tmp_path / f"{sid}.safetensors" for sid in ids}
+    for path in weights.values():
+        path.write_bytes((toy_run / "trainable.safetensors").read_bytes())
+    config = tmp_path / "per_id.yaml"
+
+    def write_config():
+        mapping = json.dumps({sid: str(path) for sid, path in weights.items()})
+        config.write_text(Path(TINY_EVAL).read_text().replace(
+            "subjects:\n", f"subjects:\n  checkpoints: {mapping}\n", 1))
+
+    write_config()
+    args = ["--config", str(config), "--checkpoint", str(toy_run), f"output_dir={tmp_path}",
+            "subjects.max_groups=1", "prompts.limit=1"]
+    assert evaluate.main(args) == 0
+    assert sorted(seen) == sorted(f"{s}.safetensors" for s in ids)
+    assert len((tmp_path / "tiny" / "manifest.jsonl").read_text().splitlines()) == 2
+    del weights["t1_2"]
+    write_config()
+    assert evaluate.main(args + ["name=missing"]) == 2
