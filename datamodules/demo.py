@@ -2,8 +2,11 @@
 
 Each image shows 1-4 cartoon people placed like ``pose_template`` with random jitter: a
 stick body, a skin-coloured face ellipse with hair, eyes, nose and mouth drawn exactly at its
-landmarks. Boxes, landmarks, crops and pose keypoints come from the known geometry, so they
-are exact; the masks and character crop are what ``prepare`` writes without its parsers
+landmarks. Landmarks and pose keypoints come from the known geometry, so they are exact;
+the face boxes are those a face detector gives for such a face (``pose.detector_box`` of its
+keypoints, measured on real photos), so the face regions have real data's statistics and
+match the regions generation derives from a pose; crops are cut at those boxes. The masks
+and character crop are what ``prepare`` writes without its parsers
 (``with_fallback_masks``), so every method's view reads them. Everything is a function of
 (seed, sample index).
 
@@ -24,7 +27,7 @@ from PIL import Image, ImageDraw
 from datamodules.codec import encode_sample
 from datamodules.schema import CROP_SIZE, SCHEMA_VERSION, Sample, validate
 from datamodules.shards import ShardDataModule
-from ldm_ext.pose import Person, face_box, pose_template
+from ldm_ext.pose import Person, detector_box, face_box, pose_template
 
 PLACES = ("in a park", "at the beach", "in a city street", "in a kitchen", "on a mountain")
 WHO = {1: "a person", 2: "two people", 3: "three people", 4: "four people"}
@@ -90,11 +93,12 @@ def demo_sample(index: int, seed: int = 0, hw: tuple[int, int] = (128, 128)) -> 
     image = Image.new("RGB", hw[::-1], sky)
     draw = ImageDraw.Draw(image)
     draw.rectangle([0, int(hw[0] * 0.6), hw[1], hw[0]], fill=ground)
-    boxes = np.stack([face_box(p, margin=0.0) for p in people]).astype(np.float32)
+    faces = np.stack([face_box(p, margin=0.0) for p in people])  # drawn: the keypoints' box
+    boxes = np.stack([detector_box(p) for p in people])  # "detected": as a detector sees it
     boxes = np.clip(boxes, 0, np.array(hw[::-1] * 2, dtype=np.float32))
     marks = np.stack([_landmarks(p.face) for p in people])
-    for person, box, mark in zip(people, boxes, marks):
-        _draw(draw, person, box, mark, rng)
+    for person, face, mark in zip(people, faces, marks):
+        _draw(draw, person, face, mark, rng)
     order = np.argsort(-np.prod(boxes[:, 2:] - boxes[:, :2], axis=1), kind="stable")
     return Sample(
         key=f"{seed:04d}_{index:06d}", image=np.array(image), caption=
@@ -151,7 +155,8 @@ def write_demo_shards(out_dir: str | Path, num_samples: int = 64, size: int = 12
 def demo_manifest(num_samples: int, size: int, samples_per_shard: int, seed: int) -> dict:
     """What ``demo.json`` records: the parameters and the schema version."""
     return {"num_samples": num_samples, "size": size, "samples_per_shard": samples_per_shard,
-            "seed": seed, "schema": SCHEMA_VERSION, "masks": "fallback"}
+            "seed": seed, "schema": SCHEMA_VERSION, "masks": "fallback",
+            "boxes": "detector_box"}
 
 
 def default_root(num_samples: int, size: int, samples_per_shard: int, seed: int) -> Path:

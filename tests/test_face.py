@@ -387,3 +387,51 @@ def test_tensor_to_uint8_round_trip():
     images = tensor_to_uint8(pixels.float() / 127.5 - 1)
     assert images.shape == (2, 8, 8, 3)
     assert np.array_equal(images, pixels.permute(0, 2, 3, 1).numpy())
+
+
+def _area_ratios(boxes: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(F,) area of each xyxy box over the area of its reference box."""
+    def area(xyxy: np.ndarray) -> np.ndarray:
+        return np.prod(xyxy[:, 2:] - xyxy[:, :2], axis=1)
+    return area(boxes) / area(reference)
+
+
+def _ibug68_people(image: np.ndarray, faces: Faces) -> list:
+    """People whose 70 face keypoints are dlib's 68 points (+ the eye corners as pupils):
+    an OpenPose-style face, the kind ``OpenPoseEstimator`` gives."""
+    import dlib
+
+    from ldm_ext.face.detect import dlib_model_path
+    from ldm_ext.pose import Person
+
+    predictor = dlib.shape_predictor(dlib_model_path("shape_predictor_68_face_landmarks.dat"))
+    people = []
+    for box in faces.boxes:
+        shape = predictor(image, dlib.rectangle(*(int(round(v)) for v in box)))
+        points = np.array([(p.x, p.y) for p in shape.parts()], np.float32)  # (68, 2)
+        face = np.concatenate([points, points[[36, 42]]])  # (70, 2)
+        people.append(Person(body=np.zeros((18, 3)), face=np.pad(face, ((0, 0), (0, 1)),
+                                                                 constant_values=1.0)))
+    return people
+
+
+def test_keypoint_boxes_map_to_detector_boxes_on_real_photos(astronaut, astronaut_faces,
+                                                             group_photo, group_faces):
+    """InstantFamily's inference regions start from pose keypoints, training's from MTCNN
+    boxes: ``detector_box`` must give the detector's box size on real photos (within 10 %
+    of area on average), where the plain keypoint box is about 0.76x."""
+    from ldm_ext.pose import Person, detector_box, face_box, people_from_faces
+
+    ibug = []
+    for image, faces in ((astronaut, astronaut_faces), (group_photo, group_faces)):
+        people = people_from_faces(faces.boxes, faces.landmarks, image.shape[:2])  # prepare's
+        keypoint = np.stack([face_box(p, margin=0.0) for p in people])
+        mapped = np.stack([detector_box(p) for p in people])
+        assert _area_ratios(keypoint, faces.boxes).mean() < 0.85
+        assert abs(_area_ratios(mapped, faces.boxes).mean() - 1) <= 0.10
+        assert np.mean([_box_iou(a, b) for a, b in zip(mapped, faces.boxes)]) > 0.75
+        heads = [detector_box(Person(body=p.body)) for p in people]  # no face keypoints
+        assert abs(_area_ratios(np.stack(heads), faces.boxes).mean() - 1) <= 0.20
+        ibug += [_area_ratios(np.stack([detector_box(p) for p in _ibug68_people(image, faces)]),
+                              faces.boxes)]
+    assert abs(np.concatenate(ibug).mean() - 1) <= 0.10  # OpenPose-style faces, 7 faces

@@ -53,6 +53,30 @@ def test_more_identities_than_slot_colours(method):
     assert (legend == slot_color(13)).all(-1).any()
 
 
+def test_face_regions_have_the_detector_box_size_on_a_real_photo(method):
+    """Inference regions come from pose keypoints, training's from MTCNN boxes: on t1.jpg's
+    pose (as prepare writes it), control_inputs' boxes have the detector boxes' area
+    (within 10 % on average; the keypoint boxes alone are about 0.76x)."""
+    import os
+
+    import insightface
+
+    from ldm_ext.face import build_face_detector
+    from ldm_ext.pose import people_from_faces
+
+    path = os.path.join(os.path.dirname(insightface.__file__), "data", "images", "t1.jpg")
+    photo = np.asarray(Image.open(path).convert("RGB"))
+    faces = build_face_detector("mtcnn", min_score=0.95).detect(photo)
+    people = people_from_faces(faces.boxes, faces.landmarks, photo.shape[:2])
+    _, boxes = InstantFamilyPipeline(method).control_inputs(people, len(people),
+                                                            photo.shape[:2])
+    height, width = photo.shape[:2]
+    boxes = boxes[0].numpy() * [width, height, width, height]  # (F, 4) pixels
+    areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    detected = np.prod(faces.boxes[:, 2:] - faces.boxes[:, :2], axis=1)
+    assert abs((areas / detected).mean() - 1) <= 0.10
+
+
 def test_identities_from_group_photo(method):
     import os
 

@@ -1,10 +1,10 @@
 """Generate with InstantFamily: 1 to many identities, a pose template and any prompt.
 
 Identity embeddings come from one photo per identity (largest face) or from several
-faces of one group photo; face regions come from the pose template (face keypoint box +
-25 %), so identities and pose have independent sources (Sec. 3.5). Works for more
-identities than the N slots used in training: the projector is per face and the masks
-are built for however many faces are given.
+faces of one group photo; face regions come from the pose template (face keypoint box
+mapped to the detector box training used, + 25 %), so identities and pose have independent
+sources (Sec. 3.5). Works for more identities than the N slots used in training: the
+projector is per face and the masks are built for however many faces are given.
 
 Command line (``ldm_ext.generate`` with this pipeline's flags)::
 
@@ -23,7 +23,7 @@ from ldm_ext.attention import AttentionStore
 from ldm_ext.face.align import tensor_to_uint8
 from ldm_ext.pipelines.base import MethodPipeline
 from ldm_ext.pipelines.sampling import decode_images, denoise, initial_latents, to_tensor
-from ldm_ext.pose import (Person, face_box, load_pose, pose_template, render_control_image,
+from ldm_ext.pose import (Person, detector_box, load_pose, pose_template, render_control_image,
                           slot_color)
 
 
@@ -76,8 +76,9 @@ class InstantFamilyPipeline(MethodPipeline):
     # ----- generation ------------------------------------------------------------------
     def control_inputs(self, people: list[Person], num_ids: int, size: tuple[int, int]):
         """Control image (1, 3, H, W) with circles for the first ``num_ids`` people, and
-        their face boxes (1, K, 4) normalised, from the face keypoints (no margin here:
-        the mask builder adds the configured 25 %)."""
+        their face boxes (1, K, 4) normalised: the keypoints' box mapped to the detector
+        box training's masks come from (``pose.detector_box``; no margin here: the mask
+        builder adds the configured 25 %)."""
         if len(people) < num_ids:
             raise ValueError(f"pose template has {len(people)} people for {num_ids} identities")
         slots = [k if k < num_ids else None for k in range(len(people))]
@@ -85,7 +86,7 @@ class InstantFamilyPipeline(MethodPipeline):
         control = to_tensor(render_control_image(people, size, slots))[None]
         boxes = []
         for person in people[:num_ids]:
-            box = face_box(person, margin=0.0)
+            box = detector_box(person)
             if box is None:
                 raise ValueError("a selected person of the pose template has no face keypoints")
             boxes.append(np.asarray(box, dtype=np.float32) / [width, height, width, height])
