@@ -93,7 +93,9 @@ def _epilogue(attn, out: Tensor, prep: _Prepared) -> Tensor:
         out = out.transpose(1, 2).reshape(prep.shape4d)
     if attn.residual_connection:
         out = out + prep.residual
-    return out / attn.rescale_output_factor
+    if attn.rescale_output_factor != 1.0:  # x / 1.0 == x: skip a full pass over (B, Q, C)
+        out = out / attn.rescale_output_factor
+    return out
 
 
 def _heads(attn, x: Tensor) -> Tensor:
@@ -247,7 +249,8 @@ class DecoupledAttnProcessor(nn.Module):
         prep = _prelude(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         query, out = _text_attention(self.name, attn, prep, ctx)
         if prep.is_cross and ctx.image_tokens is not None and ctx.ip_scale != 0:
-            out = out + ctx.ip_scale * self._image_attention(attn, query, prep, ctx)
+            # one fused kernel for out + gamma * image_out (no gamma * image_out temporary)
+            out = torch.add(out, self._image_attention(attn, query, prep, ctx), alpha=ctx.ip_scale)
         return _epilogue(attn, out, prep)
 
     def _image_attention(self, attn, query: Tensor, prep: _Prepared,
