@@ -188,8 +188,7 @@ def _mtcnn_faces(detector: MTCNNDetector, pil: PIL.Image.Image, boxes, probs,
     """One image's batched MTCNN output -> Faces, as ``MTCNNDetector.detect`` makes them."""
     if boxes is None or len(np.atleast_1d(probs)) == 0 or probs[0] is None:
         return Faces.empty(detector.crop_size)
-    limits = [pil.width, pil.height, pil.width, pil.height]
-    boxes = np.clip(np.asarray(boxes, np.float32), 0, limits).astype(np.float32)
+    boxes = np.asarray(boxes, np.float32)  # unclipped, as MTCNNDetector.detect
     scores = np.asarray(probs, np.float32)
     keep = np.flatnonzero(scores >= detector.min_score)
     order = keep[largest_first(boxes[keep], scores[keep])]

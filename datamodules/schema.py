@@ -27,7 +27,9 @@ ignore them, so the schema version stays 1):
 - ``meta.json``: ``{"models": {"masks": ..., "character": ..., "reference": ...},
   "source": ...}``, which model produced each optional annotation.
 
-Writers clip boxes to the image; ``validate`` rejects a box outside it. Bytes to
+Writers store boxes as the detector gives them: a face cut by the image edge keeps its
+whole box, which overhangs the image (so its 25 % region is grown from the whole box and
+clipped after); ``validate`` rejects a box with no part inside the image. Bytes to
 ``Sample`` and back: ``datamodules/codec.py``.
 """
 from __future__ import annotations
@@ -45,7 +47,6 @@ CROP_SIZE = 160
 MASK_BOX, MASK_SEG, MASK_CHAR = 1, 2, 4  # bit flags of masks.png
 FACE_MARGIN = 0.25  # face region = detector box enlarged by 25 % (InstantFamily Sec. 3.5)
 MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
-BOX_TOLERANCE = 1.0  # pixels a box may overhang the image (rounding in detectors)
 REASONS = (
     "missing_key", "bad_image", "bad_json", "bad_npy", "bad_shape", "nan", "box_outside",
     "count_mismatch", "empty_caption", "bad_person", "schema_version", "tar_error",
@@ -70,7 +71,7 @@ class Sample:
     key: str
     image: np.ndarray  # (H, W, 3) uint8 RGB
     caption: str
-    boxes: np.ndarray  # (F, 4) float32 xyxy; after a crop (transforms) it may overhang the image
+    boxes: np.ndarray  # (F, 4) float32 xyxy; a cut face's box overhangs the image
     landmarks: np.ndarray  # (F, 5, 2) float32
     scores: np.ndarray  # (F,) float32
     crops: np.ndarray  # (F, 3, 160, 160) uint8
@@ -103,9 +104,9 @@ def _check_finite(sample: Sample) -> None:
 def _check_boxes(sample: Sample) -> None:
     h, w = sample.hw
     x0, y0, x1, y1 = sample.boxes.T
-    low, high = -BOX_TOLERANCE, np.array([w, h, w, h]) + BOX_TOLERANCE
-    if ((x1 <= x0) | (y1 <= y0)).any() or (sample.boxes < low).any() or \
-            (sample.boxes > high).any():
+    empty = (x1 <= x0) | (y1 <= y0)
+    outside = (x1 <= 0) | (y1 <= 0) | (x0 >= w) | (y0 >= h)  # no visible part
+    if (empty | outside).any():
         raise BadSample("box_outside", f"boxes {sample.boxes.tolist()} in {w}x{h}")
 
 
@@ -144,7 +145,7 @@ def _check_optional(sample: Sample) -> None:
 def validate(sample: Sample) -> Sample:
     """Check a decoded sample and return it unchanged; raise ``BadSample(reason)`` otherwise.
 
-    Checks: finite numbers (``nan``), image shape, boxes inside the image, one landmark set,
+    Checks: finite numbers (``nan``), image shape, boxes overlapping the image, one landmark set,
     score, crop and person link per box, crops ``(F, 3, 160, 160)`` uint8, person links in
     range and one face per person at most, non-empty caption; optional members: masks
     ``(F, H, W)`` uint8, character ``(h, w, 3)``, reference ``(3, 160, 160)`` uint8.

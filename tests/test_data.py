@@ -248,7 +248,7 @@ def corrupt(raw: dict, reason: str) -> dict:
     elif reason == "bad_npy":
         raw["crops.npy"] = npy(np.array([{"evil": 1}], dtype=object), allow_pickle=True)
     elif reason == "box_outside":
-        faces["boxes"][0] = [-40.0, 5.0, 10.0, 20.0]
+        faces["boxes"][0] = [-40.0, 5.0, -10.0, 20.0]  # wholly left of the image
     elif reason == "count_mismatch":
         faces["scores"] = faces["scores"][1:] + [1.0, 1.0]
     elif reason == "empty_caption":

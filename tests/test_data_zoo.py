@@ -76,7 +76,7 @@ def broken(reason: str, key: str) -> dict:
     elif reason == "no_faces":
         raw = encode_sample(zero_faces())
     elif reason == "box_outside":
-        faces["boxes"][0] = [30.0, 30.0, 90.0, 40.0]
+        faces["boxes"][0] = [50.0, 30.0, 90.0, 40.0]  # wholly right of the 48 px image
     elif reason == "nan":
         faces["boxes"][0][0] = float("nan")  # json writes NaN, python's reader accepts it
     elif reason == "bad_shape":  # a mask of the wrong size

@@ -28,8 +28,7 @@ def _box_iou(a, b):
 def _check_faces(faces: Faces, image: np.ndarray, crop_size: int) -> None:
     height, width = image.shape[:2]
     assert faces.boxes.dtype == np.float32 and faces.landmarks.shape == (len(faces), 5, 2)
-    assert (faces.boxes[:, :2] >= 0).all() and (faces.boxes[:, 2] <= width).all()
-    assert (faces.boxes[:, 3] <= height).all()
+    assert (faces.boxes[:, :2] < [width, height]).all() and (faces.boxes[:, 2:] > 0).all()
     lo, hi = faces.boxes[:, None, :2], faces.boxes[:, None, 2:]
     assert ((faces.landmarks >= lo) & (faces.landmarks <= hi)).all()
     areas = np.prod(faces.boxes[:, 2:] - faces.boxes[:, :2], axis=1)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from datamodules.annotate import Annotator, EllipseSegmenter, Filters, face_masks
 from datamodules.prepare import PrepareConfig, main, prepare, run_task
-from datamodules.schema import MASK_BOX, MASK_CHAR, MASK_SEG
+from datamodules.schema import MASK_BOX, MASK_CHAR, MASK_SEG, validate
 from datamodules.shards import ShardDataModule
 from datamodules.sources import plan_images
 
@@ -204,6 +204,18 @@ def test_face_masks_are_box_plus_quarter_ellipse_and_character():
     assert 39 <= xs.min() and xs.max() <= 81 and masks[0, 40, 60] == MASK_BOX | MASK_SEG
     assert masks[0, 55, 60] == MASK_BOX | MASK_SEG | MASK_CHAR
     assert masks[0, 21, 41] == MASK_BOX  # box corner: outside the ellipse
+
+
+def test_a_face_cut_by_the_photo_edge_keeps_its_whole_box(annotator):
+    """The astronaut cut through her face: MTCNN's box reaches past the left edge and is
+    stored so, and the face region (box + 25 %) is grown from the whole box, then clipped;
+    grown from the clipped box it would end ~8 px short of the face."""
+    sample = validate(annotator("cut", np.ascontiguousarray(skimage.data.astronaut()[:, 200:]),
+                                "an astronaut"))
+    x0, _, x1, _ = sample.boxes[0]
+    assert x0 < -20  # about -62: most of the box lies outside the photo
+    ys, xs = np.nonzero(sample.masks[0] & MASK_BOX)
+    assert xs.min() == 0 and abs(xs.max() + 1 - ((x0 + x1) / 2 + 0.625 * (x1 - x0))) <= 1
 
 
 # --- DataModules over prepared data ----------------------------------------------------

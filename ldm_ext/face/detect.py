@@ -7,6 +7,11 @@
   to the ArcFace template with ``insightface.utils.face_align.norm_crop`` (112x112).
 * ``dlib``: HOG detector + 5-point shape predictor of ``face_recognition_models``; crops
   by ``dlib.get_face_chip`` (the alignment dlib's recognition model expects).
+
+Boxes are returned as the detector regresses them, not clipped: a face cut by the image
+edge keeps its whole box, which may overhang the image. InstantFamily's face region is
+that box enlarged by 25 % and only then clipped (``datamodules.annotate.face_masks``,
+``ldm_ext.attention.masks``); clipping first would shrink and shift it.
 """
 from __future__ import annotations
 
@@ -44,10 +49,6 @@ def largest_first(boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.lexsort((-scores, -areas))
 
 
-def _clip_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-    return np.clip(boxes, 0, [width, height, width, height]).astype(np.float32)
-
-
 class MTCNNDetector:
     """MTCNN detector with the FastComposer evaluation settings.
 
@@ -72,12 +73,13 @@ class MTCNNDetector:
                            keep_all=True, device=torch.device(device))
 
     def detect(self, image: PIL.Image.Image | np.ndarray) -> Faces:
-        """Faces in one HWC uint8 RGB image; boxes clipped to the image."""
+        """Faces in one HWC uint8 RGB image; boxes as MTCNN gives them (see the module
+        doc), crops clipped to the image by ``extract_face``."""
         pil = PIL.Image.fromarray(to_rgb_array(image))
         boxes, probs, points = self.mtcnn.detect(pil, landmarks=True)
         if boxes is None:
             return Faces.empty(self.crop_size)
-        boxes = _clip_boxes(boxes.astype(np.float32), pil.height, pil.width)
+        boxes = boxes.astype(np.float32)
         scores = probs.astype(np.float32)
         landmarks = points.astype(np.float32)
         keep = np.flatnonzero(scores >= self.min_score)
@@ -132,7 +134,7 @@ class InsightFaceDetector:
                  if f.det_score >= self.min_score]
         if not found:
             return Faces.empty(self.crop_size)
-        boxes = _clip_boxes(np.stack([f.bbox for f in found]), *rgb.shape[:2])
+        boxes = np.stack([f.bbox for f in found]).astype(np.float32)
         landmarks = np.stack([f.kps for f in found]).astype(np.float32)
         scores = np.array([f.det_score for f in found], dtype=np.float32)
         order = largest_first(boxes, scores)
@@ -178,7 +180,7 @@ class DlibDetector:
             return Faces.empty(self.crop_size)
         shapes = [self.predictor(rgb, rect) for rect in rects]
         corners = [[r.left(), r.top(), r.right() + 1, r.bottom() + 1] for r in rects]  # inclusive
-        boxes = _clip_boxes(np.array(corners, dtype=np.float32), *rgb.shape[:2])
+        boxes = np.array(corners, dtype=np.float32)
         landmarks = np.stack([_five_points(shape) for shape in shapes])
         scores = np.asarray(scores, dtype=np.float32)
         order = largest_first(boxes, scores)

@@ -31,7 +31,8 @@ class Faces:
     """Detections in one image, sorted largest box first.
 
     Attributes:
-        boxes: (F, 4) float32 xyxy in pixels.
+        boxes: (F, 4) float32 xyxy in pixels, as detected: a face cut by the image edge
+            keeps its whole box, which may overhang the image.
         landmarks: (F, 5, 2) float32: left eye, right eye, nose, mouth left, mouth right,
             "left" meaning the smaller image x (the subject's right for a frontal face).
         scores: (F,) float32 detector confidences.
