@@ -1,4 +1,5 @@
-"""Run state on disk: atomic Lightning checkpoints and the trainable-weights export."""
+"""Run state on disk: atomic, weights-only Lightning checkpoints and the trainable-weights
+export."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from ldm_ext.weights import load_checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -18,6 +21,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         tmp = path.with_name(f".{path.name}.tmp")
         super().save_checkpoint(checkpoint, tmp, storage_options)
         os.replace(tmp, path)
+
+    def load_checkpoint(self, path, map_location: Any = "cpu",
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        """Resume reads tensors and plain containers only, whatever Lightning asks for
+        (``weights_only`` is ignored): our checkpoints hold nothing else, and a
+        ``last.ckpt`` swapped in from elsewhere must not run code (``weights.load_checkpoint``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Checkpoint file not found: {path}")
+        return load_checkpoint(path, map_location)
 
 
 class TrainableExport(pl.Callback):

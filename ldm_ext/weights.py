@@ -4,11 +4,18 @@ Three sources hold the same flat ``{name: tensor}`` state: a run's
 ``trainable.safetensors``, a Lightning ``.ckpt`` of the module (its ``state_dict``) and an
 export folder (``ldm_ext/export.py``: diffusers models as ``save_pretrained`` folders, the
 other trainable parts in ``adapters.safetensors``).
+
+Checkpoints may come from strangers, so nothing here unpickles objects: ``.ckpt`` files are
+read with ``torch.load(weights_only=True)`` (tensors, containers and numbers only), which
+is all our Lightning checkpoints hold (``methods/base.py`` ``on_save_checkpoint``).
 """
 from __future__ import annotations
 
 import json
+import pickle
+import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -16,6 +23,10 @@ from safetensors.torch import load_file, save_file
 EXPORT_INDEX = "export.json"  # {"modules": {name: "diffusers" | "adapters"}, ...}
 ADAPTERS = "adapters.safetensors"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read safely or holds no trainable state; names the file."""
 
 
 def save(state: dict[str, torch.Tensor], path: str | Path,
@@ -28,9 +39,27 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.is_dir():
         return _export_state(path)
-    if path.suffix == ".ckpt":  # our own run's checkpoint: trusted, has non-tensors
-        return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    if path.suffix == ".ckpt":
+        checkpoint = load_checkpoint(path, map_location="cpu")
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")
+        return checkpoint["state_dict"]
     return load_file(str(path))
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
+    """``torch.load`` that never runs code from the file (``weights_only=True``, explicit so
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` cannot turn it off); a file that needs more
+    (pickled objects, possibly a payload) is refused with one line naming it."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"{path}: refused, it holds pickled objects{what} that weights-only loading "
+            "does not allow; only plain tensors and containers are read from checkpoints"
+        ) from None
 
 
 def _export_state(folder: Path) -> dict[str, torch.Tensor]:
