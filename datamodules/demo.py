@@ -94,8 +94,7 @@ def demo_sample(index: int, seed: int = 0, hw: tuple[int, int] = (128, 128)) -> 
     draw = ImageDraw.Draw(image)
     draw.rectangle([0, int(hw[0] * 0.6), hw[1], hw[0]], fill=ground)
     faces = np.stack([face_box(p, margin=0.0) for p in people])  # drawn: the keypoints' box
-    boxes = np.stack([detector_box(p) for p in people])  # "detected": as a detector sees it
-    boxes = np.clip(boxes, 0, np.array(hw[::-1] * 2, dtype=np.float32))
+    boxes = np.stack([detector_box(p) for p in people])  # "detected", unclipped as detectors
     marks = np.stack([_landmarks(p.face) for p in people])
     for person, face, mark in zip(people, faces, marks):
         _draw(draw, person, face, mark, rng)
@@ -156,7 +155,7 @@ def demo_manifest(num_samples: int, size: int, samples_per_shard: int, seed: int
     """What ``demo.json`` records: the parameters and the schema version."""
     return {"num_samples": num_samples, "size": size, "samples_per_shard": samples_per_shard,
             "seed": seed, "schema": SCHEMA_VERSION, "masks": "fallback",
-            "boxes": "detector_box"}
+            "boxes": "detector_box unclipped"}
 
 
 def default_root(num_samples: int, size: int, samples_per_shard: int, seed: int) -> Path:
