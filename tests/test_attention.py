@@ -279,6 +279,45 @@ def test_masked_processor_equals_eq6(mode, with_attention_mask):
         assert store.maps["l"][:, :, 3].eq(0).all()
 
 
+def test_multiply_mode_with_biased_to_k_appends_virtual_keys_after_projection():
+    torch.manual_seed(3)
+    attn = Attention(query_dim=16, cross_attention_dim=12, heads=2, dim_head=8, bias=True).eval()
+    hidden, enc = layer_inputs()
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.6], [0.4, 0.5, 1.0, 1.0], [0.2, 0.2, 0.7, 0.7]])
+    faces = build_face_masks(boxes.expand(2, 3, 4), torch.ones(2, 3, dtype=torch.bool), LAYOUT,
+                             (5, 5), num_levels=1)
+    attn.set_processor(IdAttnProcessor("l"))
+    got = attn(hidden, enc, ctx=AttentionContext(face_masks=faces))
+    torch.testing.assert_close(got, direct(attn, hidden, enc, enc, eq6(faces, 25))[0],
+                               atol=ATOL, rtol=0)
+
+
+def test_multiply_mode_reuses_virtual_inputs_only_without_graph():
+    """The per-batch virtual inputs are reused across layers, rebuilt when the encoder states
+    change in place, and never reused where autograd needs their graph (a forward under
+    no_grad, then the same ctx with grad, as reentrant checkpointing does)."""
+    attn, (hidden, enc) = layer(), layer_inputs()
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.6], [0.4, 0.5, 1.0, 1.0], [0.2, 0.2, 0.7, 0.7]])
+    faces = build_face_masks(boxes.expand(2, 3, 4), torch.ones(2, 3, dtype=torch.bool), LAYOUT,
+                             (5, 5), num_levels=1)
+    attn.set_processor(IdAttnProcessor("l"))
+    ctx = AttentionContext(face_masks=faces)
+    with torch.no_grad():
+        first = attn(hidden, enc, ctx=ctx)
+        torch.testing.assert_close(attn(hidden, enc, ctx=ctx), first, atol=0, rtol=0)
+        enc.mul_(2.0)
+        torch.testing.assert_close(attn(hidden, enc, ctx=ctx),
+                                   attn(hidden, enc, ctx=AttentionContext(face_masks=faces)))
+    enc.requires_grad_()
+    with torch.no_grad():
+        attn(hidden, enc, ctx=ctx)
+    attn(hidden, enc, ctx=ctx).square().sum().backward()
+    cached_grad, enc.grad = enc.grad, None
+    attn(hidden, enc, ctx=AttentionContext(face_masks=faces)).square().sum().backward()
+    assert cached_grad is not None and cached_grad.abs().sum() > 0
+    torch.testing.assert_close(cached_grad, enc.grad)
+
+
 def test_split_kv():
     attn, (hidden, enc) = layer(), layer_inputs()
     values = torch.randn_like(enc)

@@ -16,7 +16,7 @@ output projection, residual, rescale) follow diffusers' `AttnProcessor2_0`.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,8 @@ class AttentionContext:
     value_states: Tensor | None = None  # (B, T, D) split K/V (SeFi-IDE): values from this
     store: AttentionStore | None = None
     latent_hw: tuple[int, int] | None = None  # full-resolution latent grid, for maps
+    # (identity of the encoder states, them, the inputs built from them) of `_virtual_inputs`
+    _virtual: tuple | None = field(default=None, init=False, repr=False)
 
     def grid(self, num_queries: int) -> tuple[int, int]:
         """(h, w) of a layer's query grid, from latent_hw (or the face masks' grid)."""
@@ -127,10 +129,29 @@ def _virtual_mixer(layout: TokenLayout, dtype: torch.dtype, device: torch.device
 
 
 def _add_virtual_keys(key: Tensor, value: Tensor, layout: TokenLayout) -> tuple[Tensor, Tensor]:
-    """Append one virtual key per face slot: zero key (logit 0), value = mean of the slot's
-    values (see `FaceMasks.bias`). One op each, as small ops dominate this layer's overhead."""
-    key = F.pad(key, (0, 0, 0, layout.num_slots))  # (B, heads, K+N, d)
-    return key, _virtual_mixer(layout, value.dtype, value.device) @ value  # (B, heads, K+N, d)
+    """Append one virtual token per face slot along dim -2: zeros to the keys (the zero key,
+    logit 0), the mean of the slot's tokens to the values (see `FaceMasks.bias`). One op
+    each, as small ops dominate this layer's overhead. Works on (B, heads, K, d) projected
+    keys/values and on (B, K, D) inputs of to_k/to_v alike."""
+    key = F.pad(key, (0, 0, 0, layout.num_slots))  # (..., K+N, ·)
+    return key, _virtual_mixer(layout, value.dtype, value.device) @ value  # (..., K+N, ·)
+
+
+def _virtual_inputs(ctx: AttentionContext, layout: TokenLayout, keys_from: Tensor,
+                    values_from: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, K+N, D) inputs of to_k / to_v with the virtual tokens appended: a bias-free to_k
+    maps the zeros to the zero key, and to_v, being affine, maps the mean of a slot's tokens
+    to the mean of its values. All cross-attention layers of a forward see the same encoder
+    states, so the pair is built by the first layer and reused by the others, saving two ops
+    per layer; not when autograd needs a graph through it (a pair cached in a checkpointed
+    no_grad forward has none)."""
+    if torch.is_grad_enabled() and (keys_from.requires_grad or values_from.requires_grad):
+        return _add_virtual_keys(keys_from, values_from, layout)
+    tag = (id(keys_from), keys_from._version, id(values_from), values_from._version)
+    if ctx._virtual is None or ctx._virtual[0] != tag:
+        pair = _add_virtual_keys(keys_from, values_from, layout)
+        ctx._virtual = (tag, (keys_from, values_from), pair)  # holding them keeps ids unique
+    return ctx._virtual[2]
 
 
 def _fold_virtual_probs(probs: Tensor, layout: TokenLayout) -> Tensor:
@@ -144,18 +165,15 @@ def _fold_virtual_probs(probs: Tensor, layout: TokenLayout) -> Tensor:
 def _masked_attention(query: Tensor, key: Tensor, value: Tensor, faces: FaceMasks,
                       extra: Tensor | None, scale: float,
                       keep_probs: bool) -> tuple[Tensor, Tensor | None]:
-    """InstantFamily Eq. 6 with SDPA and the per-batch bias of `FaceMasks.bias`."""
+    """InstantFamily Eq. 6 with SDPA and the per-batch bias of `FaceMasks.bias`; key and
+    value (B, heads, K', d) already carry multiply mode's virtual tokens (`_keys_values`)."""
     layout, (batch, _, num_q, _) = faces.layout, query.shape
-    if key.shape[2] != layout.total:
-        raise ValueError(f"{key.shape[2]} keys but the token layout has {layout.total}")
     bias = faces.bias(num_q, query.dtype, query.device)  # (B, 1, Q, K')
     if bias.shape[0] not in (1, batch):
         raise ValueError(f"face masks built for batch {bias.shape[0]}, layer sees {batch} "
                          "(classifier-free guidance doubles the batch: build masks for it)")
     if extra is not None:
         bias = bias + F.pad(extra, (0, bias.shape[-1] - extra.shape[-1]))
-    if faces.mode == "multiply":
-        key, value = _add_virtual_keys(key, value, layout)
     out, probs = _attend(query, key, value, bias, scale, keep_probs)
     if probs is not None and faces.mode == "multiply":
         probs = _fold_virtual_probs(probs, layout)
@@ -167,22 +185,41 @@ def _record(ctx: AttentionContext, name: str, probs: Tensor, prep: _Prepared) ->
     ctx.store.record(name, probs, hw)
 
 
-def _text_attention(name: str, attn, prep: _Prepared,
-                    ctx: AttentionContext) -> tuple[Tensor, Tensor]:
-    """Query (B, heads, Q, d) and attention output (B, heads, Q, d) over the text keys,
-    masked (ctx.face_masks) and with split values (ctx.value_states) in cross-attention."""
-    values_from = prep.context
+def _keys_values(attn, prep: _Prepared, ctx: AttentionContext) -> tuple[Tensor, Tensor]:
+    """Key and value (B, heads, T, d). In cross-attention the values come from
+    ctx.value_states when given (split K/V), and multiply face masks append their N virtual
+    tokens (T = K + N): to to_k/to_v's inputs, once per batch, when to_k maps zeros to the
+    zero key (no bias, no norm_k, as in SD1.5/SDXL), else to the projected keys/values."""
+    keys_from = values_from = prep.context
     if prep.is_cross and ctx.value_states is not None:
         if ctx.value_states.shape[:2] != prep.context.shape[:2]:
             raise ValueError("value_states must match encoder_hidden_states in batch and tokens")
         values_from = _norm_context(attn, ctx.value_states)
-    query = _heads(attn, attn.to_q(prep.hidden))
-    key = _heads(attn, attn.to_k(prep.context))
+    faces = ctx.face_masks if prep.is_cross else None
+    if faces is not None and keys_from.shape[1] != faces.layout.total:
+        raise ValueError(f"{keys_from.shape[1]} keys but the token layout has "
+                         f"{faces.layout.total}")
+    virtual = faces is not None and faces.mode == "multiply"
+    on_inputs = virtual and attn.to_k.bias is None and attn.norm_k is None
+    if on_inputs:
+        keys_from, values_from = _virtual_inputs(ctx, faces.layout, keys_from, values_from)
+    key = _heads(attn, attn.to_k(keys_from))
     value = _heads(attn, attn.to_v(values_from))
-    if attn.norm_q is not None:
-        query = attn.norm_q(query)
     if attn.norm_k is not None:
         key = attn.norm_k(key)
+    if virtual and not on_inputs:
+        key, value = _add_virtual_keys(key, value, faces.layout)
+    return key, value
+
+
+def _text_attention(name: str, attn, prep: _Prepared,
+                    ctx: AttentionContext) -> tuple[Tensor, Tensor]:
+    """Query (B, heads, Q, d) and attention output (B, heads, Q, d) over the text keys,
+    masked (ctx.face_masks) and with split values (ctx.value_states) in cross-attention."""
+    query = _heads(attn, attn.to_q(prep.hidden))
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    key, value = _keys_values(attn, prep, ctx)
     keep = ctx.store is not None and ctx.store.wants(name)
     if prep.is_cross and ctx.face_masks is not None:
         out, probs = _masked_attention(query, key, value, ctx.face_masks, prep.mask,
