@@ -14,7 +14,7 @@ from PIL import Image
 from pytorch_lightning.loggers import WandbLogger
 
 from ldm_ext.pipelines.sampling import image_grid
-from ldm_ext.pose import SLOT_COLORS
+from ldm_ext.pose import slot_color
 
 
 def identity_shares(maps: torch.Tensor, groups: list[slice]) -> torch.Tensor:
@@ -44,7 +44,8 @@ def attention_overlay(image: Image.Image, shares: torch.Tensor) -> Image.Image:
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255  # (H, W, 3)
     faces = _upsample(shares, (height, width))[1:].clip(0, 1)  # (N, H, W)
     top = faces.argmax(0)  # (H, W) the identity attended to most
-    colours = np.asarray(SLOT_COLORS[: len(faces)], np.float32)[top] / 255  # (H, W, 3)
+    palette = [slot_color(k) for k in range(len(faces))]
+    colours = np.asarray(palette, np.float32)[top] / 255  # (H, W, 3)
     opacity = np.take_along_axis(faces, top[None], 0)[0, ..., None]  # (H, W, 1)
     panels = [rgb, rgb * (1 - opacity) + colours * opacity]
     grey = rgb.mean(-1, keepdims=True) * 0.4

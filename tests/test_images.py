@@ -5,7 +5,7 @@ from PIL import Image
 
 from callbacks.images import attention_overlay, identity_shares
 from ldm_ext.attention import TokenLayout
-from ldm_ext.pose import SLOT_COLORS
+from ldm_ext.pose import SLOT_COLORS, slot_color
 
 LAYOUT = TokenLayout(num_text=3, num_slots=2, tokens_per_face=2)  # keys: t t t a a b b
 GROUPS = [slice(0, 3), LAYOUT.face_slice(0), LAYOUT.face_slice(1)]
@@ -40,3 +40,11 @@ def test_overlay_tints_each_pixel_with_the_identity_it_attends_to():
     np.testing.assert_allclose(row[16, 64 - 3], expected[1], atol=1)  # right: identity 1
     heat0, heat1 = row[:, 64:96].astype(int), row[:, 96:].astype(int)
     assert heat0[:, :8].sum() > heat0[:, 24:].sum() and heat1[:, 24:].sum() > heat1[:, :8].sum()
+
+
+def test_overlay_of_more_identities_than_the_colour_table():
+    groups = [slice(0, 1)] + [slice(k, k + 1) for k in range(1, 15)]  # text + 14 identities
+    maps = torch.zeros(15, 4, 4)
+    maps[14] = 1.0  # every pixel attends to identity 14 (index 13)
+    row = np.asarray(attention_overlay(Image.new("RGB", (8, 8)), identity_shares(maps, groups)))
+    np.testing.assert_allclose(row[4, 8 + 4], slot_color(13), atol=1)
