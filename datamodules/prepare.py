@@ -40,7 +40,7 @@ from datamodules.codec import encode_sample
 from datamodules.parsing import DEFAULT_FACE_PARSER, DEFAULT_HUMAN_PARSER
 from datamodules.schema import BadSample, validate
 from datamodules.sources import (Task, decode_image, load_video_meta, plan_images, plan_videos,
-                                 read_frames, read_images, video_caption)
+                                 read_frames, read_images, sample_key, video_caption)
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,7 @@ def run_task(task: Task, config: PrepareConfig) -> dict:
         for key, image, caption, reference in samples:
             stats["inputs"] += 1
             try:
+                key = sample_key(key)  # from input data: names previews, tar members
                 if isinstance(image, Rejected):
                     raise image
                 sample = config.annotator(key, image, caption)

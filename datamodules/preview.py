@@ -40,8 +40,11 @@ def draw_preview(sample: Sample) -> np.ndarray:
 
 
 def write_preview(sample: Sample, folder: str | Path) -> Path:
-    """Write ``draw_preview(sample)`` as ``folder/<key>.jpg``; return its path."""
+    """Write ``draw_preview(sample)`` as ``folder/<key>.jpg``; return its path. A key that
+    would name a file elsewhere (``prepare`` refuses such keys first) is an error."""
     path = Path(folder) / f"{sample.key}.jpg"
+    if path.resolve().parent != Path(folder).resolve():
+        raise ValueError(f"sample key {sample.key!r} names a preview outside {folder}")
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), cv2.cvtColor(draw_preview(sample), cv2.COLOR_RGB2BGR))
     return path

@@ -27,6 +27,7 @@ from datamodules.annotate import Rejected
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm")
+MAX_KEY_BYTES = 200  # a key names files (previews, tar members): well under NAME_MAX (255)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,21 @@ def decode_image(data: bytes, max_side: int) -> np.ndarray:
         raise
     except Exception as err:  # PIL raises many types for corrupt files
         raise Rejected("bad_image", str(err)) from None
+
+
+def sample_key(key: str) -> str:
+    """``key`` as the shards' sample key, or ``Rejected("unsafe_key")``.
+
+    Keys come from input data (tar members, parquet rows) and name files: previews and the
+    output tar's members. A key that is not one plain path component (empty, ``.``/``..``
+    only, a ``/`` or ``\\``, a control character, too long) could name a file outside
+    ``--output`` and is refused. Dots become ``_``: webdataset cuts a key at its first dot,
+    so ``IMG.2020`` would be read back as key ``IMG`` without its members.
+    """
+    if (not key.strip(".") or "/" in key or "\\" in key or len(key.encode()) > MAX_KEY_BYTES
+            or any(ord(c) < 32 for c in key)):
+        raise Rejected("unsafe_key", repr(key[:MAX_KEY_BYTES]))
+    return key.replace(".", "_")
 
 
 def read_images(task: Task) -> Iterator[tuple[str, bytes, str]]:

@@ -74,3 +74,32 @@ def test_own_run_resumes_weights_only(tmp_path, monkeypatch):
     state = read_state(tmp_path / "resume" / "checkpoints" / "last.ckpt")
     assert state and torch.load(tmp_path / "resume" / "checkpoints" / "last.ckpt",
                                 weights_only=True)["global_step"] == 3
+
+
+# --- prepare: keys from input data never name files outside --output --------------------
+
+def test_traversing_keys_write_nothing_outside_the_output(tmp_path, shard_samples):
+    """Tar keys ``../../x`` and ``/abs/x`` would name previews outside ``--output``: such
+    samples are skipped and counted as ``unsafe_key``; a good key beside them is kept."""
+    import io
+
+    import skimage.data
+    import webdataset as wds
+    from PIL import Image
+
+    from datamodules.prepare import main as prepare
+
+    jpg = io.BytesIO()
+    Image.fromarray(skimage.data.astronaut()).resize((256, 256)).save(jpg, format="JPEG")
+    inputs, out = tmp_path / "in", tmp_path / "deep" / "out"
+    inputs.mkdir()
+    keys = ["../../escaped", f"{tmp_path}/absolute", "good"]
+    with wds.TarWriter(str(inputs / "000.tar"), encoder=False) as writer:
+        for key in keys:
+            writer.write({"__key__": key, "jpg": jpg.getvalue(), "txt": b"an astronaut"})
+    stats = prepare(["images", "--input", str(inputs), "--output", str(out), "--workers", "1",
+                     "--pose", "faces", "--min-face-size", "20"])
+    assert stats["kept"] == 1 and stats["rejected"] == {"unsafe_key": 2}
+    assert list(shard_samples(out)) == ["good"]
+    written = {p for p in tmp_path.rglob("*") if p.is_file()}
+    assert all(out in p.parents or inputs in p.parents for p in written), written
