@@ -81,13 +81,22 @@ def decode_image(data: bytes, max_side: int) -> np.ndarray:
             if image.width * image.height > MAX_PIXELS:
                 raise Rejected("too_large", f"{image.width}x{image.height}")
             image.draft("RGB", (max_side, max_side))  # JPEG: decode at a reduced scale
-            image = image.convert("RGB")
+            image = _eight_bit(image).convert("RGB")
             image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
             return np.array(image)
     except Rejected:
         raise
     except Exception as err:  # PIL raises many types for corrupt files
         raise Rejected("bad_image", str(err)) from None
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit greyscale (PNG opens as ``I;16*`` or ``I``) scaled to 8 bits, rounded;
+    Pillow's ``convert("RGB")`` clips those values at 255, so all but the darkest tones
+    turned white. Other modes pass unchanged (16-bit RGB PNGs already open as 8-bit RGB)."""
+    if not image.mode.startswith("I"):
+        return image
+    return image.convert("I").point(lambda value: value / 257 + 0.5).convert("L")
 
 
 def sample_key(key: str) -> str:
