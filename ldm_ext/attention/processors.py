@@ -137,6 +137,12 @@ def _add_virtual_keys(key: Tensor, value: Tensor, layout: TokenLayout) -> tuple[
     return key, _virtual_mixer(layout, value.dtype, value.device) @ value  # (..., K+N, ·)
 
 
+def _state_tag(tensor: Tensor) -> tuple[int, int | None]:
+    """A tensor's identity and in-place version. Inference tensors keep no version counter,
+    so an in-place edit of encoder states under inference_mode goes unseen."""
+    return id(tensor), None if tensor.is_inference() else tensor._version
+
+
 def _virtual_inputs(ctx: AttentionContext, layout: TokenLayout, keys_from: Tensor,
                     values_from: Tensor) -> tuple[Tensor, Tensor]:
     """(B, K+N, D) inputs of to_k / to_v with the virtual tokens appended: a bias-free to_k
@@ -147,7 +153,7 @@ def _virtual_inputs(ctx: AttentionContext, layout: TokenLayout, keys_from: Tenso
     no_grad forward has none)."""
     if torch.is_grad_enabled() and (keys_from.requires_grad or values_from.requires_grad):
         return _add_virtual_keys(keys_from, values_from, layout)
-    tag = (id(keys_from), keys_from._version, id(values_from), values_from._version)
+    tag = (_state_tag(keys_from), _state_tag(values_from))
     if ctx._virtual is None or ctx._virtual[0] != tag:
         pair = _add_virtual_keys(keys_from, values_from, layout)
         ctx._virtual = (tag, (keys_from, values_from), pair)  # holding them keeps ids unique
