@@ -8,9 +8,11 @@
 
 Every output shard is one task (``datamodules.sources``), run in a process pool over all
 cores. A task writes ``shard-NNNNNN.tar`` under a temporary name, renames it, then writes
-``shard-NNNNNN.json`` (its stats), the done-marker: an interrupted run resumes without
-redoing finished shards. At the end ``stats.json`` sums the shards (kept, rejected by
-reason, faces-per-image histogram) and shard 0 writes a few previews (boxes, masks, pose).
+``shard-NNNNNN.json`` (its stats and the inputs it holds), the done-marker: a rerun
+redoes no finished shard, resumes an interrupted one and puts inputs added since into new
+shards (``datamodules.resume``; inputs gone since stop it). At the end ``stats.json`` sums
+the shards (kept, rejected by reason and by input name, faces-per-image histogram) and
+shard 0 writes a few previews (boxes, masks, pose).
 
 Videos (CelebV-Text, PortraitBooth): the target is the first or the last frame (chosen by
 the clip's key), the reference face the largest face of the middle frame, the caption names
@@ -39,8 +41,10 @@ from datamodules.preview import write_preview
 from datamodules.codec import encode_sample
 from datamodules.parsing import DEFAULT_FACE_PARSER, DEFAULT_HUMAN_PARSER
 from datamodules.schema import BadSample, validate
-from datamodules.sources import (Task, decode_image, load_video_meta, plan_images, plan_videos,
-                                 read_frames, read_images, sample_key, video_caption)
+from datamodules.resume import pending, remove_leftovers, shard_path, task_sources
+from datamodules.sources import (Task, decode_image, input_name, load_video_meta, plan_images,
+                                 plan_videos, read_frames, read_images, sample_key,
+                                 video_caption)
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +58,6 @@ class PrepareConfig:
     max_side: int = 1024  # longer image side kept in the shards
     previews: int = 4  # preview images written by shard 0
     meta: dict = field(default_factory=dict)  # videos: clip id -> load_video_meta entry
-
-
-def shard_path(output: str, index: int, suffix: str) -> Path:
-    return Path(output) / f"shard-{index:06d}.{suffix}"
 
 
 def is_prepared(folder: str | Path) -> bool:
@@ -83,27 +83,22 @@ def prepared_stats(root: str | Path) -> dict:
     return json.loads((Path(root) / "stats.json").read_text())
 
 
-def is_done(output: str, task: Task) -> bool:
-    """A shard counts as done once its stats json (written after the tar) exists."""
-    return shard_path(output, task.index, "json").exists() and \
-        shard_path(output, task.index, "tar").exists()
-
-
 def _image_samples(task: Task, config: PrepareConfig):
-    """(key, RGB image, caption, reference) of an image task; ``Rejected`` items as such."""
-    for key, data, caption in read_images(task):
+    """(key, RGB image, caption, reference, name) of an image task; ``Rejected`` items as
+    such."""
+    for key, data, caption, name in read_images(task):
         if task.kind == "folder" and not caption:
             caption = None  # no .txt beside the image: the annotator names the people
         try:
-            yield key, decode_image(data, config.max_side), caption, None
+            yield key, decode_image(data, config.max_side), caption, None, name
         except Rejected as rejected:
-            yield key, rejected, caption, None
+            yield key, rejected, caption, None, name
 
 
 def _video_samples(task: Task, config: PrepareConfig):
-    """(key, target frame, caption, reference crop) of a video task."""
+    """(key, target frame, caption, reference crop, name) of a video task."""
     for path in task.items:
-        key = Path(path).stem
+        key, name = Path(path).stem, input_name(task, path)
         try:
             last = zlib.crc32(key.encode()) % 2  # first or last frame, fixed per clip
             target, middle = read_frames(path, [float(last), 0.5])
@@ -112,9 +107,9 @@ def _video_samples(task: Task, config: PrepareConfig):
                 raise Rejected("no_reference_face")
             meta = config.meta.get(key, {"subject": "person", "text": ""})
             yield key, _shrink(target, config.max_side), video_caption(meta), \
-                crops_uint8(faces.select(0))[0]
+                crops_uint8(faces.select(0))[0], name
         except Rejected as rejected:
-            yield key, rejected, "", None
+            yield key, rejected, "", None, name
 
 
 def _shrink(image: np.ndarray, max_side: int) -> np.ndarray:
@@ -126,32 +121,27 @@ def _shrink(image: np.ndarray, max_side: int) -> np.ndarray:
 
 
 def run_task(task: Task, config: PrepareConfig) -> dict:
-    """Annotate and write one shard; returns its stats (also written as the done-marker)."""
+    """Annotate and write one shard; returns its stats, also written as the done-marker with
+    the inputs the shard holds (``sources``) and those it rejected, by name and reason."""
     stats = {"inputs": 0, "kept": 0, "rejected": Counter(), "faces": Counter(),
-             "models": Counter()}
+             "models": Counter(), "rejected_inputs": [], "sources": task_sources(task)}
     samples = _video_samples(task, config) if task.kind == "video" else \
         _image_samples(task, config)
     tar, previews = shard_path(config.output, task.index, "tar"), []
     tar.parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{tar}.{os.getpid()}.tmp"
     with wds.TarWriter(tmp, encoder=False, mtime=0) as writer:
-        for key, image, caption, reference in samples:
+        for key, image, caption, reference, name in samples:
             stats["inputs"] += 1
             try:
-                key = sample_key(key)  # from input data: names previews, tar members
-                if isinstance(image, Rejected):
-                    raise image
-                sample = config.annotator(key, image, caption)
-                sample.reference = reference
-                if reference is not None:
-                    sample.models["reference"] = f"{sample.face_model}(middle frame)"
-                writer.write(encode_sample(validate(sample)))
+                sample = _annotate(config, key, image, caption, reference)
+                writer.write(encode_sample(sample))
             except (Rejected, BadSample) as rejected:
-                stats["rejected"][rejected.reason] += 1
+                _reject(stats, name, rejected.reason)
                 continue
             except Exception as err:  # one odd input must not cost the shard  # noqa: BLE001
-                log.warning("shard %d: %s failed: %r", task.index, key, err)
-                stats["rejected"]["error"] += 1
+                log.warning("shard %d: %s failed: %r", task.index, name, err)
+                _reject(stats, name, "error")
                 continue
             stats["kept"] += 1
             stats["faces"][str(sample.num_faces)] += 1
@@ -162,6 +152,23 @@ def run_task(task: Task, config: PrepareConfig) -> dict:
     stats = {k: dict(v) if isinstance(v, Counter) else v for k, v in stats.items()}
     shard_path(config.output, task.index, "json").write_text(json.dumps(stats))
     return stats
+
+
+def _annotate(config: PrepareConfig, key: str, image, caption: str | None, reference):
+    """The validated sample of one input; raises ``Rejected`` / ``BadSample``."""
+    key = sample_key(key)  # from input data: names previews and tar members
+    if isinstance(image, Rejected):
+        raise image
+    sample = config.annotator(key, image, caption)
+    sample.reference = reference
+    if reference is not None:
+        sample.models["reference"] = f"{sample.face_model}(middle frame)"
+    return validate(sample)
+
+
+def _reject(stats: dict, name: str, reason: str) -> None:
+    stats["rejected"][reason] += 1
+    stats["rejected_inputs"].append({"input": name, "reason": reason})
 
 
 _CONFIG: PrepareConfig | None = None
@@ -181,7 +188,7 @@ def _run_in_worker(task: Task) -> dict:
 def summarise(output: str) -> dict:
     """Sum the per-shard stats into ``stats.json``."""
     total = {"shards": 0, "inputs": 0, "kept": 0, "rejected": Counter(), "faces": Counter(),
-             "models": Counter()}
+             "models": Counter(), "rejected_inputs": []}
     for path in sorted(Path(output).glob("shard-*.json")):
         shard = json.loads(path.read_text())
         total["shards"] += 1
@@ -189,16 +196,20 @@ def summarise(output: str) -> dict:
             total[key] += shard[key]
         for key in ("rejected", "faces", "models"):
             total[key].update(shard[key])
+        total["rejected_inputs"] += shard.get("rejected_inputs", [])
     total = {k: dict(sorted(v.items())) if isinstance(v, Counter) else v
              for k, v in total.items()}
+    total["rejected_inputs"].sort(key=lambda entry: entry["input"])
     Path(output, "stats.json").write_text(json.dumps(total, indent=1))
     return total
 
 
 def prepare(tasks: list[Task], config: PrepareConfig, workers: int | None = None) -> dict:
-    """Run the unfinished ``tasks`` on ``workers`` processes (default: all cores; <= 1:
-    in this process); print images/s; return the summed stats."""
-    todo = [t for t in tasks if not is_done(config.output, t)]
+    """Run what no finished shard holds yet (``resume.pending``: an interrupted run's shards,
+    inputs added since) on ``workers`` processes (default: all cores; <= 1: in this
+    process); print images/s; return the summed stats."""
+    remove_leftovers(config.output)
+    todo, finished = pending(tasks, config.output)
     workers = min(workers or os.cpu_count() or 1, len(todo))
     start, done = time.perf_counter(), []
     if workers <= 1:
@@ -212,7 +223,7 @@ def prepare(tasks: list[Task], config: PrepareConfig, workers: int | None = None
             done = list(pool.imap_unordered(_run_in_worker, todo))
     seconds = time.perf_counter() - start
     inputs = sum(s["inputs"] for s in done)
-    print(f"prepared {inputs} inputs in {len(todo)} shards ({len(tasks) - len(todo)} already "
+    print(f"prepared {inputs} inputs in {len(todo)} shards ({finished} already "
           f"done) in {seconds:.1f} s: {inputs / max(seconds, 1e-9):.2f} images/s")
     return summarise(config.output)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import io
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,9 @@ MAX_KEY_BYTES = 200  # a key names files (previews, tar members): well under NAM
 
 @dataclass(frozen=True)
 class Task:
-    """One output shard: ``kind`` folder | parquet | tar | video, its ``source`` and
-    ``items`` (file paths for folder/video, (start, stop) rows for parquet, () for tar)."""
+    """One output shard: ``kind`` folder | parquet | tar | video, its ``source`` (the input)
+    and ``items``, the inputs it reads: file paths for folder/video, input tar paths for
+    tar, ``(start, stop)`` row ranges for parquet (``input_name`` names each)."""
 
     index: int
     kind: str
@@ -56,13 +58,22 @@ def plan_images(input_path: str, samples_per_shard: int) -> list[Task]:
         import pyarrow.parquet as pq
 
         rows = pq.ParquetFile(path).metadata.num_rows
-        return [Task(i, "parquet", input_path, (start, min(rows, start + samples_per_shard)))
+        return [Task(i, "parquet", input_path, ((start, min(rows, start + samples_per_shard)),))
                 for i, start in enumerate(range(0, rows, samples_per_shard))]
     tars = sorted(glob.glob(str(path / "*.tar"))) if path.is_dir() else \
         sorted(u for p in wds.shardlists.expand_urls(input_path) for u in glob.glob(p))
     if not tars:
         raise ValueError(f"no images, parquet or tar shards at {input_path!r}")
-    return [Task(i, "tar", tar) for i, tar in enumerate(tars)]
+    return [Task(i, "tar", input_path, (tar,)) for i, tar in enumerate(tars)]
+
+
+def input_name(task: Task, item) -> str:
+    """The name of one of ``task.items`` as the user knows it: a file's path relative to
+    the input folder (as given when the input is a file or pattern), ``rows A-B`` of a
+    parquet. It stays the same when the input folder moves."""
+    if task.kind == "parquet":
+        return f"rows {item[0]}-{item[1]}"
+    return os.path.relpath(item, task.source) if os.path.isdir(task.source) else str(item)
 
 
 def plan_videos(input_dir: str, clips_per_shard: int) -> list[Task]:
@@ -114,26 +125,42 @@ def sample_key(key: str) -> str:
     return key.replace(".", "_")
 
 
-def read_images(task: Task) -> Iterator[tuple[str, bytes, str]]:
-    """(key, encoded image, caption) of every input of ``task``."""
-    if task.kind == "folder":
-        for name in task.items:
-            text = Path(name).with_suffix(".txt")
-            caption = text.read_text(encoding="utf-8").strip() if text.exists() else ""
-            yield Path(name).stem, Path(name).read_bytes(), caption
-    elif task.kind == "parquet":
-        import pyarrow.parquet as pq
+def read_images(task: Task) -> Iterator[tuple[str, bytes, str, str]]:
+    """(key, encoded image, caption, name) of every input of ``task``; ``name`` tells the
+    user which input it is (``stats.json`` lists rejected inputs by it)."""
+    readers = {"folder": _folder_images, "parquet": _parquet_images, "tar": _tar_images}
+    yield from readers[task.kind](task)
 
-        start, stop = task.items
-        table = pq.read_table(task.source).slice(start, stop - start).to_pylist()
-        for row, record in enumerate(table, start):
+
+def _folder_images(task: Task) -> Iterator[tuple[str, bytes, str, str]]:
+    """Image files; the caption is ``<stem>.txt`` beside one ('' without)."""
+    for path in task.items:
+        text = Path(path).with_suffix(".txt")
+        caption = text.read_text(encoding="utf-8").strip() if text.exists() else ""
+        yield Path(path).stem, Path(path).read_bytes(), caption, input_name(task, path)
+
+
+def _parquet_images(task: Task) -> Iterator[tuple[str, bytes, str, str]]:
+    """img2dataset parquet rows: ``jpg`` bytes, ``caption`` or ``txt``, ``key`` (else the
+    row number)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(task.source)
+    for start, stop in task.items:
+        for row, record in enumerate(table.slice(start, stop - start).to_pylist(), start):
             caption = record.get("caption") or record.get("txt") or ""
-            yield str(record.get("key") or f"{row:09d}"), record.get("jpg") or b"", caption
-    else:
-        for raw in wds.DataPipeline(wds.SimpleShardList([task.source]),
+            key = str(record.get("key") or f"{row:09d}")
+            yield key, record.get("jpg") or b"", caption, key
+
+
+def _tar_images(task: Task) -> Iterator[tuple[str, bytes, str, str]]:
+    """img2dataset webdataset shards: ``jpg``/``png``/``webp`` + ``txt`` per key."""
+    for tar in task.items:
+        for raw in wds.DataPipeline(wds.SimpleShardList([tar]),
                                     wds.tarfile_to_samples(handler=wds.warn_and_continue)):
             data = raw.get("jpg") or raw.get("png") or raw.get("webp") or b""
-            yield raw["__key__"], data, raw.get("txt", b"").decode("utf-8", "replace").strip()
+            caption = raw.get("txt", b"").decode("utf-8", "replace").strip()
+            yield raw["__key__"], data, caption, f"{input_name(task, tar)}:{raw['__key__']}"
 
 
 def read_frames(path: str, positions: list[float]) -> list[np.ndarray]:
