@@ -293,9 +293,10 @@ def test_multiply_mode_with_biased_to_k_appends_virtual_keys_after_projection():
 
 
 def test_multiply_mode_reuses_virtual_inputs_only_without_graph():
-    """The per-batch virtual inputs are reused across layers, rebuilt when the encoder states
-    change in place, and never reused where autograd needs their graph (a forward under
-    no_grad, then the same ctx with grad, as reentrant checkpointing does)."""
+    """The per-batch virtual inputs are reused across layers (with or without autocast),
+    rebuilt when the encoder states change in place, and never reused where autograd needs
+    their graph (a forward under no_grad, then the same ctx with grad, as reentrant
+    checkpointing does)."""
     attn, (hidden, enc) = layer(), layer_inputs()
     boxes = torch.tensor([[0.0, 0.0, 0.5, 0.6], [0.4, 0.5, 1.0, 1.0], [0.2, 0.2, 0.7, 0.7]])
     faces = build_face_masks(boxes.expand(2, 3, 4), torch.ones(2, 3, dtype=torch.bool), LAYOUT,
@@ -303,6 +304,8 @@ def test_multiply_mode_reuses_virtual_inputs_only_without_graph():
     attn.set_processor(IdAttnProcessor("l"))
     ctx = AttentionContext(face_masks=faces)
     with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # built under autocast, then fp32
+            attn(hidden, enc, ctx=ctx)
         first = attn(hidden, enc, ctx=ctx)
         torch.testing.assert_close(attn(hidden, enc, ctx=ctx), first, atol=0, rtol=0)
         enc.mul_(2.0)

@@ -132,9 +132,11 @@ def _add_virtual_keys(key: Tensor, value: Tensor, layout: TokenLayout) -> tuple[
     """Append one virtual token per face slot along dim -2: zeros to the keys (the zero key,
     logit 0), the mean of the slot's tokens to the values (see `FaceMasks.bias`). One op
     each, as small ops dominate this layer's overhead. Works on (B, heads, K, d) projected
-    keys/values and on (B, K, D) inputs of to_k/to_v alike."""
+    keys/values and on (B, K, D) inputs of to_k/to_v alike; both keep their dtype (under
+    autocast the product would not, and a cached pair must fit with and without it)."""
     key = F.pad(key, (0, 0, 0, layout.num_slots))  # (..., K+N, ·)
-    return key, _virtual_mixer(layout, value.dtype, value.device) @ value  # (..., K+N, ·)
+    mixer = _virtual_mixer(layout, value.dtype, value.device)  # (K+N, K)
+    return key, (mixer @ value).to(value.dtype)  # (..., K+N, ·)
 
 
 def _state_tag(tensor: Tensor) -> tuple[int, int | None]:
