@@ -19,13 +19,14 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from callbacks.report import markdown_table, pyplot, save_figure, stats_cell
+from ldm_ext.cli import UserError
 
 # metrics given a table and a plot per category and per N (all metrics are in "Overall")
 HEADLINE = ("identity", "multi_sim", "clip_t", "clip_i", "face_sim", "id_p")
 SUMMARY_KEYS = ("overall", "by_category", "by_num_ids", "mixing")
 
 
-class NotAResult(ValueError):
+class NotAResult(UserError, ValueError):
     """A folder given to ``--compare`` is not an ``eval.py`` results folder."""
 
 

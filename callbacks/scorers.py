@@ -28,6 +28,7 @@ from facenet_pytorch.models.utils.detect_face import extract_face
 
 from ldm_ext.face import Faces, MTCNNDetector, build_face_detector, build_face_encoder
 from ldm_ext.face.align import crops_to_tensor, to_rgb_array
+from ldm_ext.cli import UserError
 from ldm_ext.face.detect import largest_first
 
 ImageLike = PIL.Image.Image | np.ndarray
@@ -42,7 +43,7 @@ TINY_CLIP_CONFIG = {
 }
 
 
-class ClipModelMissing(RuntimeError):
+class ClipModelMissing(UserError, RuntimeError):
     """CLIP weights are not available locally (and could not be fetched)."""
 
 

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ldm_ext.cli import UserError
+
 DEFAULT_FACE_PARSER = "jonathandinu/face-parsing"
 DEFAULT_HUMAN_PARSER = "mattmdjaga/segformer_b2_clothes"
 FACE_PARTS = ("skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "l_ear", "r_ear",
@@ -24,7 +26,7 @@ FACE_PARTS = ("skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "l_ear", "r
 BACKGROUND = "background"
 
 
-class ParserMissing(RuntimeError):
+class ParserMissing(UserError, RuntimeError):
     """A parser's weights are not available; the message says how to provide them."""
 
 

@@ -20,12 +20,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ldm_ext.cli import UserError
+
 EXPORT_INDEX = "export.json"  # {"modules": {name: "diffusers" | "adapters"}, ...}
 ADAPTERS = "adapters.safetensors"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be read safely or holds no trainable state; names the file."""
 
 

@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from ldm_ext.cli import UserError
+
 if TYPE_CHECKING:
     import PIL.Image
 
 
-class FaceModelMissing(RuntimeError):
+class FaceModelMissing(UserError, RuntimeError):
     """Weights of a face/pose model are not available locally (and cannot be fetched).
 
     The message names the model, where it was expected and how to provide it.

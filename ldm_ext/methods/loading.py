@@ -8,6 +8,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from ldm_ext.cli import InputError
 from ldm_ext.config import load_config
 from ldm_ext.methods.base import IdentityMethod
 from ldm_ext.registry import method_spec
@@ -28,13 +29,13 @@ def run_folder(path: str | Path) -> tuple[Path, Path]:
     path = Path(path)
     if path.is_dir():
         if not (path / RUN_CONFIG).is_file():
-            raise FileNotFoundError(f"{path} is not a run or export folder (no {RUN_CONFIG})")
+            raise InputError(f"{path} is not a run or export folder (no {RUN_CONFIG})")
         return path, (path if (path / EXPORT_INDEX).is_file() else path / TRAINABLE)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such run folder, export folder or weights file")
+        raise InputError(f"{path}: no such run folder, export folder or weights file")
     run_dir = next((p for p in path.parents if (p / RUN_CONFIG).is_file()), None)
     if run_dir is None:
-        raise FileNotFoundError(f"{path}: no run folder ({RUN_CONFIG}) above this file")
+        raise InputError(f"{path}: no run folder ({RUN_CONFIG}) above this file")
     return run_dir, path
 
 
