@@ -3,7 +3,10 @@
 Without arguments it trains the tiny offline InstantFamily demo on CPU. Each run lives in
 ``<output_dir>/<name>/`` (resolved config, checkpoints, ``trainable.safetensors``,
 samples, logs). Starting a run whose folder exists resumes it from its last checkpoint;
-a folder made with a different model/data/method config is refused, never overwritten.
+a folder holding weights made with a different model/data/method config is refused, never
+overwritten. ``group=name`` picks a preset (``data=laion_face data.root=DIR``). The config
+and the data paths are checked before torch is imported: a mistake is told in one line
+within a second, before the run folder is made.
 """
 from __future__ import annotations
 
@@ -22,6 +25,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="experiment YAML")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. trainer.max_steps=10")
     return parser.parse_args(argv)
+
+
+# data.kind -> (the data key it reads, what that key names); demo writes its own shards
+DATA_PATHS = {"shards": ("shards", "pattern"), "laion_face": ("root", "folder"),
+              "celebv_text": ("root", "folder"), "folder": ("root", "folder"),
+              "single_image": ("image", "file")}
+
+
+def check_data_paths(cfg) -> None:
+    """The data key the config's ``data.kind`` reads is set and names something that
+    exists: checked in a blink, before any import of torch or the run folder."""
+    from ldm_ext.config import ConfigError
+
+    if cfg.data.kind not in DATA_PATHS:
+        return
+    key, what = DATA_PATHS[cfg.data.kind]
+    value = cfg.data[key]
+    if not value:
+        raise ConfigError(f"data.kind={cfg.data.kind} needs data.{key} (the {what} of the data)")
+    path = Path(value)
+    if (what == "folder" and not path.is_dir()) or (what == "file" and not path.is_file()):
+        hint = (" (the --output of `python -m datamodules.prepare`)"
+                if cfg.data.kind in ("laion_face", "celebv_text") else "")
+        raise ConfigError(f"data.{key}={value!r}: no such {what}{hint}")
 
 
 def preflight(cfg) -> None:
@@ -44,8 +71,36 @@ def preflight(cfg) -> None:
                               'pip install -e ".[deepspeed]"') from err
 
 
+def build_data(cfg):
+    """The DataModule, built before the run folder: a shard pattern that matches nothing
+    or a folder ``prepare`` has not finished is a ConfigError naming the key."""
+    from datamodules.factory import build_datamodule
+    from datamodules.shards import expand_shards
+    from ldm_ext.config import ConfigError
+
+    data = cfg.data
+    if data.kind == "shards":
+        try:
+            expand_shards(data.shards)
+        except ValueError as err:
+            raise ConfigError(f"data.shards={data.shards!r}: {err}") from None
+    try:
+        return build_datamodule(cfg)
+    except FileNotFoundError as err:  # datamodules.prepare.prepared_shards
+        raise ConfigError(f"data.root={data.root!r}: {err}") from None
+
+
+def has_trained(run_dir: Path) -> bool:
+    """Whether a run folder holds weights (a checkpoint or the trainable export)."""
+    return (run_dir / "trainable.safetensors").is_file() or \
+        any((run_dir / "checkpoints").glob("*.ckpt"))
+
+
 def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
-    """Create or reopen the run folder; return it and the checkpoint to resume from."""
+    """Create or reopen the run folder; return it and the checkpoint to resume from.
+
+    A folder that holds weights keeps its model, data, method and seed; one without (a
+    start that failed before its first checkpoint) takes the corrected config."""
     from omegaconf import OmegaConf
 
     from ldm_ext.config import ConfigError, to_yaml
@@ -56,10 +111,13 @@ def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
     if previous is not None:
         changed = [g for g in ("model", "data", "method", "seed")
                    if OmegaConf.select(previous, g) != OmegaConf.select(cfg, g)]
-        if changed:
+        if changed and has_trained(run_dir):
             raise ConfigError(
                 f"run folder {run_dir} exists with a different {', '.join(changed)} config; "
                 "choose another name=... or delete the folder (it is never overwritten)")
+        if changed:
+            print(f"{run_dir} has no checkpoint yet: restarting it with the new "
+                  f"{', '.join(changed)} config", file=sys.stderr)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_CONFIG).write_text(to_yaml(cfg))
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -120,18 +178,18 @@ def build_trainer(cfg, run_dir: Path):
 
 
 def run(cfg) -> Path:
-    """Train one configured experiment to trainer.max_steps; return the run folder."""
+    """Train one configured (and checked: ``check_data_paths``) experiment to
+    trainer.max_steps; return the run folder."""
     preflight(cfg)
-    run_dir, resume_from = prepare_run_dir(cfg)
     import pytorch_lightning as pl
 
-    from datamodules.factory import build_datamodule
     from ldm_ext.methods.loading import build_method
 
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = build_data(cfg)
+    run_dir, resume_from = prepare_run_dir(cfg)
     if resume_from is not None:
         print(f"resuming {run_dir} from {resume_from}", file=sys.stderr)
-    pl.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(cfg)
     method = build_method(cfg)
     method.set_gradient_checkpointing(cfg.trainer.gradient_checkpointing)
     trainer = build_trainer(cfg, run_dir)
@@ -141,21 +199,29 @@ def run(cfg) -> Path:
     return run_dir
 
 
-def main(argv: list[str] | None = None) -> int:
-    from ldm_ext.config import ConfigError, load_config
-    from ldm_ext.methods.base import NonFiniteLossError
+def train(argv: list[str] | None) -> int:
+    """Parse, check the config (imports nothing heavy before that), train."""
+    from ldm_ext.config import load_config
 
     args = parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    check_data_paths(cfg)  # before torch loads: a wrong path is told in a blink
+    from ldm_ext.methods.base import NonFiniteLossError
+
     try:
-        cfg = load_config(args.config, args.overrides)
         run(cfg)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
     except NonFiniteLossError as err:
         print(f"training stopped: {err}", file=sys.stderr)
         return 3
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit code: 0 trained; 2 a config or input mistake, told in one line; 3 a
+    non-finite loss stopped training (the last good checkpoint stays)."""
+    from ldm_ext.cli import run_cli
+
+    return run_cli(train, argv, prog="train")
 
 
 if __name__ == "__main__":

@@ -8,26 +8,24 @@ fields::
     trainer: {max_steps: 40}
 
 Each group file is merged onto its dataclass, then the experiment body, then the
-command-line ``key=value`` overrides. Every merge is checked against the dataclasses,
-so an unknown key, a wrong type or a missing required value fails here, naming the
-key and the file, before any model is loaded.
+command-line ``key=value`` overrides (``group=name`` picks another preset of a group;
+``ldm_ext/compose.py`` reads the layers). Every merge is checked against the dataclasses,
+so an unknown key, a wrong type, a missing required value or a value out of range
+(``CHOICES``, ``RANGES``) fails here, naming the key and the file, before any model is
+loaded.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
-GROUPS = ("model", "data", "trainer", "logger", "method")
+from ldm_ext.compose import ConfigError, Layer, compose_layers, merge
+
 SAMPLERS = ("ddim", "unipc", "euler", "dpmsolver++")  # ldm_ext/pipelines/sampling.py
-
-
-class ConfigError(ValueError):
-    """A config problem, reported with the offending key and the file it came from."""
+Bounds = tuple[float | None, float | None]  # inclusive (low, high); None: unbounded
 
 
 @dataclass
@@ -105,6 +103,12 @@ class MethodConfig:
         "lr_schedule": ("constant", "step"),
         "sampler": SAMPLERS,
     }
+    RANGES: ClassVar[dict[str, Bounds]] = {
+        "lr": (0, None), "weight_decay": (0, None), "lr_milestones": (0, None),
+        "lr_gamma": (0, None), "warmup_steps": (0, None), "num_slots": (1, None),
+        "empty_prompt_prob": (0, 1), "noise_offset": (0, None), "sample_num_ids": (1, None),
+        "sample_steps": (1, None), "guidance_scale": (0, None),
+    }
 
     name: str = MISSING
     optimizer: str = "adamw"  # adamw | adam
@@ -128,9 +132,18 @@ class MethodConfig:
     @classmethod
     def choices(cls) -> dict[str, tuple[str, ...]]:
         """Allowed values per field: the shared ones and the subclass's own."""
-        merged: dict[str, tuple[str, ...]] = {}
+        return cls._class_table("CHOICES")
+
+    @classmethod
+    def ranges(cls) -> dict[str, Bounds]:
+        """Bounds per numeric field (``RANGES``): the shared ones and the subclass's own."""
+        return cls._class_table("RANGES")
+
+    @classmethod
+    def _class_table(cls, attr: str) -> dict:
+        merged: dict = {}
         for klass in reversed(cls.__mro__):
-            merged.update(vars(klass).get("CHOICES", {}))
+            merged.update(vars(klass).get(attr, {}))
         return merged
 
 
@@ -156,22 +169,18 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "trainer.precision": ("32-true", "bf16-mixed", "16-mixed", "bf16-true"),
     "logger.wandb_mode": ("auto", "online", "offline"),
 }
-
-
-def _merge(base: DictConfig, update: Any, source: str) -> DictConfig:
-    """Merge ``update`` onto the typed ``base``; re-raise schema errors naming ``source``."""
-    try:
-        return OmegaConf.merge(base, update)
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "?"
-        reason = str(err).splitlines()[0]
-        raise ConfigError(f"{source}: bad config key '{key}': {reason}") from None
-
-
-def _load_yaml(path: Path) -> DictConfig:
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    return OmegaConf.load(path)
+# Values that cannot work (a list is checked item by item); a method's own are in its
+# config class's RANGES, checked as method.<key>.
+RANGES: dict[str, Bounds] = {
+    "seed": (0, 2**32 - 1),  # numpy's seed range (pl.seed_everything)
+    "data.num_demo_samples": (1, None), "data.resolution": (8, None),
+    "data.batch_size": (1, None), "data.num_workers": (0, None),
+    "data.shuffle_buffer": (0, None), "trainer.num_nodes": (1, None),
+    "trainer.max_steps": (1, None), "trainer.accumulate_grad_batches": (1, None),
+    "trainer.gradient_clip_val": (0, None), "trainer.checkpoint_every": (1, None),
+    "trainer.sample_every": (0, None), "trainer.eval_every": (0, None),
+    "trainer.log_every": (1, None),
+}
 
 
 def _method_class(name: Any, source: str) -> type[MethodConfig]:
@@ -183,29 +192,7 @@ def _method_class(name: Any, source: str) -> type[MethodConfig]:
     return method_spec(name).config_class
 
 
-def _parse_overrides(overrides: list[str]) -> DictConfig:
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"command line: override '{item}' is not key=value")
-    return OmegaConf.from_dotlist(list(overrides))
-
-
-def _compose_raw(path: Path, overrides: DictConfig) -> list[tuple[str, str, DictConfig]]:
-    """The (group or '', source, YAML) layers of an experiment in merge order."""
-    body = _load_yaml(path)
-    defaults = body.pop("defaults", {}) or {}
-    layers = []
-    for group, choice in dict(defaults).items():
-        if group not in GROUPS:
-            raise ConfigError(f"{path}: unknown defaults group '{group}' (known: {GROUPS})")
-        group_file = CONFIG_ROOT / group / f"{choice}.yaml"
-        layers.append((group, str(group_file), _load_yaml(group_file)))
-    layers.append(("", str(path), body))
-    layers.append(("", "command line", overrides))
-    return layers
-
-
-def _method_name(layers: list[tuple[str, str, DictConfig]]) -> tuple[Any, str]:
+def _method_name(layers: list[Layer]) -> tuple[Any, str]:
     name, source = None, "experiment"
     for group, src, cfg in layers:
         node = cfg if group == "method" else cfg.get("method", None)
@@ -215,19 +202,26 @@ def _method_name(layers: list[tuple[str, str, DictConfig]]) -> tuple[Any, str]:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> DictConfig:
-    """Compose, type-check and validate an experiment config. Loads no model."""
+    """Compose, type-check and validate an experiment config. Loads no model.
+
+    ``overrides``: ``key=value`` items, and ``group=name`` to use the preset
+    ``configs/<group>/<name>.yaml`` for that group instead of the experiment's."""
     path = Path(path)
-    layers = _compose_raw(path, _parse_overrides(overrides or []))
+    layers = compose_layers(path, list(overrides or []))
     name, name_source = _method_name(layers)
     method_class = _method_class(name, name_source)
     cfg = OmegaConf.structured(ExperimentConfig)
     cfg.method = OmegaConf.structured(method_class)
     for group, source, layer in layers:
-        cfg = _merge(cfg, OmegaConf.create({group: layer}) if group else layer, source)
+        cfg = merge(cfg, OmegaConf.create({group: layer}) if group else layer, source)
     _check_missing(cfg, str(path))
-    _check_choices(cfg, str(path), {**CHOICES, **{
-        f"method.{key}": allowed for key, allowed in method_class.choices().items()}})
+    _check_choices(cfg, layers, {**CHOICES, **_prefixed(method_class.choices())})
+    _check_ranges(cfg, layers, {**RANGES, **_prefixed(method_class.ranges())})
     return cfg
+
+
+def _prefixed(table: dict[str, Any]) -> dict[str, Any]:
+    return {f"method.{key}": value for key, value in table.items()}
 
 
 def _check_missing(cfg: DictConfig, source: str) -> None:
@@ -236,19 +230,38 @@ def _check_missing(cfg: DictConfig, source: str) -> None:
         raise ConfigError(f"{source}: missing required value(s): {', '.join(missing)}")
 
 
-def _check_choices(cfg: DictConfig, source: str,
+def _source(layers: list[Layer], key: str) -> str:
+    """The layer that set ``key`` last: its file, or "command line"."""
+    found = "defaults"
+    for group, source, layer in layers:
+        prefix = f"{group}." if group else ""
+        if key.startswith(prefix) and OmegaConf.select(layer, key[len(prefix):]) is not None:
+            found = source
+    return found
+
+
+def _check_choices(cfg: DictConfig, layers: list[Layer],
                    choices: dict[str, tuple[str, ...]]) -> None:
     for key, allowed in choices.items():
         value = OmegaConf.select(cfg, key)
         if value is not None and value not in allowed:
-            raise ConfigError(f"{source}: {key}={value!r} is not one of {allowed}")
+            raise ConfigError(f"{_source(layers, key)}: {key}={value!r} is not one of {allowed}")
 
 
-def check(cfg: DictConfig, key: str, ok: Callable[[Any], bool], why: str) -> None:
-    """Semantic check used by the entry points: raise ConfigError naming the key."""
-    value = OmegaConf.select(cfg, key)
-    if not ok(value):
-        raise ConfigError(f"{key}={value!r}: {why}")
+def _check_ranges(cfg: DictConfig, layers: list[Layer], ranges: dict[str, Bounds]) -> None:
+    for key, (low, high) in ranges.items():
+        value = OmegaConf.select(cfg, key)
+        items = list(value) if OmegaConf.is_list(value) else [value]
+        if any(x is not None and ((low is not None and x < low) or (high is not None and x > high))
+               for x in items):
+            raise ConfigError(f"{_source(layers, key)}: {key}={value!r} must be "
+                              f"{_bound_text(low, high)}")
+
+
+def _bound_text(low: float | None, high: float | None) -> str:
+    if low is not None and high is not None:
+        return f"between {low} and {high}"
+    return f">= {low}" if high is None else f"<= {high}"
 
 
 def to_yaml(cfg: DictConfig) -> str:

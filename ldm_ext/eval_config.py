@@ -16,7 +16,8 @@ from pathlib import Path
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ldm_ext.config import SAMPLERS, ConfigError, _load_yaml, _merge, _parse_overrides
+from ldm_ext.compose import load_yaml, merge, parse_overrides
+from ldm_ext.config import SAMPLERS, ConfigError
 
 
 @dataclass
@@ -103,8 +104,8 @@ def load_eval_config(path: str | Path | None, overrides: list[str] | None = None
     """Compose and check an eval config (YAML, then overrides). Loads no model."""
     cfg = OmegaConf.structured(EvalConfig)
     if path is not None:
-        cfg = _merge(cfg, _load_yaml(Path(path)), str(path))
-    cfg = _merge(cfg, _parse_overrides(overrides or []), "command line")
+        cfg = merge(cfg, load_yaml(Path(path)), str(path))
+    cfg = merge(cfg, parse_overrides(overrides or []), "command line")
     source = str(path) if path is not None else "command line"
     missing = sorted(set(require) & OmegaConf.missing_keys(cfg))
     if missing:

@@ -39,7 +39,7 @@ class MethodSpec:
 
 
 METHODS: dict[str, MethodSpec] = {
-    "instantfamily": MethodSpec("ldm_ext.methods.instantfamily:InstantFamilyConfig",
+    "instantfamily": MethodSpec("ldm_ext.methods.instantfamily_config:InstantFamilyConfig",
                                 "ldm_ext.methods.instantfamily:InstantFamily",
                                 "ldm_ext.pipelines.instantfamily:InstantFamilyPipeline",
                                 view="instantfamily"),

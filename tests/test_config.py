@@ -74,6 +74,97 @@ def test_deepspeed_without_cuda_fails_fast(tmp_path, capsys):
     import train
 
     rc = train.main(["--config", "configs/experiment/instantfamily_sd15.yaml",
-                     f"output_dir={tmp_path}"])
+                     f"output_dir={tmp_path}", f"data.root={tmp_path}"])
     assert rc == 2 and "CUDA" in capsys.readouterr().err
     assert not (tmp_path / "instantfamily_sd15").exists()
+
+
+# ----- group presets by name, values of the wrong kind ------------------------------------
+def test_group_preset_by_name_on_the_command_line():
+    """data=laion_face picks configs/data/laion_face.yaml (before: silently dropped, so the
+    run trained on demo data); the later data.root override still applies."""
+    cfg = load_config(DEMO, ["data=laion_face", "data.root=shards/here", "model=tiny_sdxl",
+                             "trainer=ddp", "method=instantfamily"])
+    assert (cfg.data.kind, cfg.data.root, cfg.data.random_flip) == ("laion_face",
+                                                                      "shards/here", True)
+    assert cfg.model.family == "sdxl" and cfg.trainer.strategy == "ddp"
+    assert cfg.trainer.max_steps == 60  # the experiment body still overrides the preset
+
+
+@pytest.mark.parametrize("override, words", [
+    ("data=5", ["data=5", "laion_face"]),
+    ("data=lion_face", ["lion_face", "not a data preset", "celebv_text, demo, laion_face"]),
+    ("trainer=[1]", ["trainer=", "not a trainer preset"]),
+])
+def test_group_value_of_the_wrong_kind_is_named(override, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(DEMO, [override])
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_preset_name_in_an_experiment_body_is_named(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("defaults: {model: tiny, data: demo, trainer: cpu, method: instantfamily}\n"
+                   "name: x\ndata: laion_face\n")
+    with pytest.raises(ConfigError, match="'data' must hold data keys") as err:
+        load_config(bad)
+    assert str(bad) in str(err.value) and "defaults" in str(err.value)
+
+
+# ----- ranges -----------------------------------------------------------------------------
+@pytest.mark.parametrize("override", [
+    "trainer.max_steps=0", "trainer.max_steps=-5", "data.batch_size=0",
+    "trainer.checkpoint_every=0", "data.resolution=0", "method.empty_prompt_prob=1.5",
+    "method.sample_num_ids=[0,2]", "method.num_slots=0", "method.mask_margin=-0.1",
+    "seed=-1",
+])
+def test_values_that_cannot_work_are_refused(override):
+    with pytest.raises(ConfigError) as err:
+        load_config(DEMO, [override])
+    key = override.split("=")[0]
+    assert f"command line: {key}=" in str(err.value) and "must be" in str(err.value)
+
+
+# ----- data paths and the run folder ------------------------------------------------------
+def test_wrong_data_root_is_caught_before_the_run_folder(tmp_path, capsys):
+    import train
+
+    for root, words in [(tmp_path / "nowhere", "no such folder"),
+                        (tmp_path, "no finished `prepare` output")]:
+        rc = train.main(["data=laion_face", f"data.root={root}", f"output_dir={tmp_path}",
+                         "name=run", "trainer.max_steps=1", "logger.wandb=false"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "data.root" in err and words in err, err
+        assert not (tmp_path / "run").exists()
+
+
+def test_run_folder_without_weights_takes_a_corrected_config(tmp_path):
+    """A start that failed before its first checkpoint left config.yaml: the corrected
+    config may reuse the folder; once it holds weights, a different config is refused."""
+    import train
+
+    first = load_config(DEMO, [f"output_dir={tmp_path}", "data.kind=laion_face",
+                               "data.root=wrong"])
+    fixed = load_config(DEMO, [f"output_dir={tmp_path}"])
+    run_dir, _ = train.prepare_run_dir(first)
+    assert train.prepare_run_dir(fixed) == (run_dir, None)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(ConfigError, match="different data"):
+        train.prepare_run_dir(first)
+
+
+def test_config_error_takes_under_three_seconds():
+    """A config mistake is reported before torch is imported (it took 13-17 s of imports)."""
+    import subprocess
+    import sys
+    import time
+
+    code = ("import sys, train; rc = train.main(['trainer.max_steps=0']); "
+            "print(rc, 'torch' in sys.modules)")
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent,
+                          capture_output=True, text=True, timeout=120)
+    seconds = time.perf_counter() - start
+    assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
+    assert done.stderr.count("\n") == 1 and "trainer.max_steps" in done.stderr
+    assert seconds < 3.0, f"{seconds:.1f} s"

@@ -7,9 +7,6 @@ masks come from the face boxes of the batch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 from torch import nn
 
@@ -17,33 +14,8 @@ from ldm_ext.adapters.embedding_stack import FaceProjector, stack_embeddings
 from ldm_ext.attention import (AttentionContext, TokenLayout, build_face_masks,
                                install_processors)
 from ldm_ext.backbone import Backbone, load_backbone
-from ldm_ext.config import MethodConfig
 from ldm_ext.losses import noise_loss
 from ldm_ext.methods.base import IdentityMethod
-
-
-@dataclass
-class InstantFamilyConfig(MethodConfig):
-    """InstantFamily (METHODS.md §1): face projector + ControlNet with masked attention."""
-
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
-        "mask_mode": ("multiply", "hard"),
-        "face_encoder": ("facenet", "arcface"),
-    }
-
-    name: str = "instantfamily"
-    face_encoder: str = "facenet"  # facenet | arcface
-    face_weights: str = "vggface2"  # name, state-dict path, or "random" (offline demo only)
-    mask_mode: str = "multiply"  # multiply (Eq. 6 literally) | hard (-inf)
-    mask_margin: float = 0.25  # face box enlargement for the attention masks
-    empty_prompt_prob: float = 0.5  # Sec. 4.3
-    train_unet_kv: bool = False  # also train the UNet's cross-attention to_k / to_v
-    # identity guidance: the unconditional branch also drops the faces (their tokens and
-    # masks), so CFG pushes towards the identities, not only towards the prompt; at
-    # identity_scale s > 0 a third branch (faces, no text) separates the two scales:
-    # eps = eps_u + g (eps_c - eps_f) + s (eps_f - eps_u) (s = 0: the paper's 2-branch CFG)
-    identity_guidance: bool = False
-    identity_scale: float = 0.0
 
 
 class InstantFamily(IdentityMethod):

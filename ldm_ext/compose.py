@@ -1,0 +1,108 @@
+"""The YAML layers of an experiment: group presets, the experiment body, the command line.
+
+``ldm_ext.config.load_config`` merges these layers onto the typed dataclasses, in order:
+one preset file per group (``defaults:`` of the experiment, ``configs/<group>/<name>.yaml``;
+``group=name`` on the command line picks another), the experiment body, then the
+command-line ``key=value`` overrides. A group in a body or override holds that group's keys;
+a name where keys belong is refused, naming the key, so it is never silently dropped.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ldm_ext.cli import UserError
+
+CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+GROUPS = ("model", "data", "trainer", "logger", "method")
+
+Layer = tuple[str, str, DictConfig]  # (group, or "" for top-level keys; source; YAML)
+
+
+class ConfigError(UserError, ValueError):
+    """A config problem, reported with the offending key and the file it came from."""
+
+
+def merge(base: DictConfig, update: Any, source: str) -> DictConfig:
+    """Merge ``update`` onto the typed ``base``; re-raise schema errors naming ``source``."""
+    try:
+        return OmegaConf.merge(base, update)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        reason = str(err).splitlines()[0]
+        raise ConfigError(f"{source}: bad config key '{key}': {reason}") from None
+
+
+def load_yaml(path: Path) -> DictConfig:
+    """A YAML mapping file; a ConfigError naming the file when missing or malformed."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as err:  # yaml's parser errors share no public base with OmegaConf's
+        raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: must hold key: value pairs, not a list")
+    return loaded
+
+
+def parse_overrides(overrides: list[str]) -> DictConfig:
+    """``key=value`` command-line items as one config."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"command line: override '{item}' is not key=value")
+    return OmegaConf.from_dotlist(list(overrides))
+
+
+def presets(group: str) -> list[str]:
+    """The preset names of a config group: the files ``configs/<group>/<name>.yaml``."""
+    return sorted(p.stem for p in (CONFIG_ROOT / group).glob("*.yaml"))
+
+
+def group_file(group: str, choice: Any, source: str) -> Path:
+    """``configs/<group>/<choice>.yaml``; a ConfigError listing the presets otherwise."""
+    path = CONFIG_ROOT / group / f"{choice}.yaml"
+    if not isinstance(choice, str) or not path.is_file():
+        raise ConfigError(f"{source}: {group}={choice!r} is not a {group} preset (one of "
+                          f"{', '.join(presets(group))}; or set its keys: {group}.<key>=...)")
+    return path
+
+
+def _split_overrides(overrides: list[str]) -> tuple[dict[str, Path], DictConfig]:
+    """Command-line ``group=name`` choices (the preset file of each) and the other items."""
+    chosen, rest = {}, []
+    for item in overrides:
+        key, equals, _ = item.partition("=")
+        if key in GROUPS and equals:
+            chosen[key] = group_file(key, OmegaConf.from_dotlist([item])[key], "command line")
+        else:
+            rest.append(item)
+    return chosen, parse_overrides(rest)
+
+
+def _check_group_kinds(layer: DictConfig, source: str) -> None:
+    """A group key in an experiment body holds that group's keys, never a preset name."""
+    for group in GROUPS:
+        value = layer[group] if group in layer else None
+        if group in layer and not isinstance(value, DictConfig):
+            raise ConfigError(f"{source}: '{group}' must hold {group} keys, not {value!r} "
+                              f"(a preset is chosen under defaults: {{{group}: NAME}}, or "
+                              f"on the command line as {group}=NAME)")
+
+
+def compose_layers(path: Path, overrides: list[str]) -> list[Layer]:
+    """The layers of experiment ``path`` with command-line ``overrides``, in merge order."""
+    body = load_yaml(path)
+    defaults = body.pop("defaults", {}) or {}
+    _check_group_kinds(body, str(path))
+    for group in dict(defaults):
+        if group not in GROUPS:
+            raise ConfigError(f"{path}: unknown defaults group '{group}' (known: {GROUPS})")
+    files = {g: group_file(g, choice, str(path)) for g, choice in dict(defaults).items()}
+    chosen, rest = _split_overrides(overrides)
+    files.update(chosen)
+    layers = [(group, str(file), load_yaml(file)) for group, file in files.items()]
+    return layers + [("", str(path), body), ("", "command line", rest)]
