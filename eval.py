@@ -19,7 +19,10 @@ Image naming (both modes): ``<id>[+<id>...]__p<prompt index, 2 digits>__<k>.png`
 ``000001+001603__p07__3.png`` is image k=3 of multi prompt 7 for that pair, the ids in slot
 order. In ``--images`` mode, a ``manifest.jsonl`` in DIR (lines as eval.py writes them, at
 least ``file`` and ``subjects``; ``prompt_index``/``category``/``clip_prompt`` are filled
-from the prompt set when absent) takes precedence over the file names.
+from the prompt set when absent) takes precedence over the file names. A name outside the
+scheme, a prompt index outside the prompt set, a subject id the references lack or an
+empty folder stops the run before any model loads, in one line naming the file; an image
+that cannot be read is skipped and listed in ``report.md`` and ``summary.json``.
 
 Outputs in ``<output_dir>/<name>/``: ``images/`` + ``manifest.jsonl`` (generation mode;
 image i of the plan draws from its own generator (seed, i), so a rerun skips finished
@@ -36,10 +39,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from callbacks.report import write_outputs
 from callbacks.subjects import load_subjects, plan, records_from_folder
+from ldm_ext.cli import InputError, open_image, run_cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -92,7 +95,17 @@ def subject_identities(cfg, pipe, subjects: dict[str, dict]) -> dict:
         if missing:
             raise ConfigError(f"subjects.checkpoints has no checkpoint for {missing[:5]}")
         return {sid: pipe.identity_from_weights(fitted[sid]) for sid in subjects}
-    return {sid: pipe.identity(Image.open(s["photo"])) for sid, s in subjects.items()}
+    return {sid: photo_identity(pipe, sid, s["photo"]) for sid, s in subjects.items()}
+
+
+def photo_identity(pipe, sid: str, photo: str):
+    """The pipeline's identity of subject ``sid`` from its photo; a photo that cannot be
+    read, or in which the pipeline finds no face, is an InputError naming both."""
+    image = open_image(photo, f"subject {sid}: photo")
+    try:
+        return pipe.identity(image)
+    except InputError as err:
+        raise InputError(f"subject {sid}: {photo}: {err}") from None
 
 
 def read_manifest(path: Path) -> dict[str, dict]:
@@ -138,28 +151,45 @@ def generate(cfg, method, subjects: dict[str, dict], records: list[dict], out_di
 
 # ----- scoring and outputs ----------------------------------------------------------------
 def score_folder(cfg, image_dir: Path, records: list[dict], subjects: dict[str, dict],
-                 device: str) -> tuple[list[dict], list[np.ndarray]]:
-    """Metrics rows and similarity matrices of every record's image, in chunks, with a
-    progress bar and ETA (a protocol run scores thousands of images)."""
+                 device: str) -> tuple[list[dict], list[np.ndarray], list[dict]]:
+    """Metrics rows and similarity matrices of every readable image, in chunks, with a
+    progress bar and ETA (a protocol run scores thousands of images), and the images that
+    could not be read (``{"file", "reason"}``: skipped, counted, listed in the report)."""
     from tqdm import tqdm
 
     from callbacks.scoring import build_scorers, embed_references, score_images
 
     scorers = build_scorers(cfg.scoring, device)
-    photos = {sid: np.asarray(Image.open(s["photo"]).convert("RGB"))
+    photos = {sid: np.asarray(open_image(s["photo"], f"subject {sid}: photo"))
               for sid, s in subjects.items()}
     refs = embed_references(scorers, photos)
-    rows, sims, chunk = [], [], max(1, cfg.scoring.batch_size) * 4
+    rows, sims, skipped, chunk = [], [], [], max(1, cfg.scoring.batch_size) * 4
     with tqdm(total=len(records), desc="scoring", unit="image") as bar:
         for start in range(0, len(records), chunk):
-            part = records[start:start + chunk]
-            images = [np.asarray(Image.open(image_dir / r["file"]).convert("RGB"))
-                      for r in part]
-            new_rows, new_sims = score_images(scorers, images, part, refs)
-            rows += new_rows
-            sims += new_sims
-            bar.update(len(part))
-    return rows, sims
+            images, part, unread = read_images(image_dir, records[start:start + chunk])
+            skipped += unread
+            if part:
+                new_rows, new_sims = score_images(scorers, images, part, refs)
+                rows += new_rows
+                sims += new_sims
+            bar.update(len(part) + len(unread))
+    if not rows:
+        raise InputError(f"{image_dir}: none of its {len(records)} images could be read "
+                         f"(first: {skipped[0]['file']}: {skipped[0]['reason']})")
+    return rows, sims, skipped
+
+
+def read_images(image_dir: Path, records: list[dict]) -> tuple[list, list[dict], list[dict]]:
+    """(RGB arrays, their records) of the readable images of ``records``, and a
+    ``{"file", "reason"}`` entry per image that is missing or cannot be decoded."""
+    images, kept, unread = [], [], []
+    for record in records:
+        try:
+            images.append(np.asarray(open_image(image_dir / record["file"])))
+            kept.append(record)
+        except InputError as err:
+            unread.append({"file": record["file"], "reason": str(err)})
+    return images, kept, unread
 
 
 # ----- entry ------------------------------------------------------------------------------
@@ -172,9 +202,9 @@ def resolve_device(name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> Path:
-    """Generate (``--checkpoint``) or take a folder (``--images``), score, write outputs."""
-    import torch
-
+    """Generate (``--checkpoint``) or take a folder (``--images``), score, write outputs.
+    Names, prompt indices and subject ids of an ``--images`` folder are checked before any
+    model loads and before the results folder is made."""
     from ldm_ext.eval_config import load_eval_config
 
     overrides = list(args.overrides)
@@ -184,47 +214,42 @@ def run(args: argparse.Namespace) -> Path:
         overrides.append(f"name={Path(args.images).resolve().name}")
     cfg = load_eval_config(args.config, overrides)
     out_dir = Path(cfg.output_dir) / cfg.name
-    out_dir.mkdir(parents=True, exist_ok=True)
     subjects = load_subjects(cfg.subjects, out_dir)
-    device = resolve_device(cfg.generation.device)
     if args.images:
         image_dir = Path(args.images)
         words = {sid: s["class_word"] for sid, s in subjects.items()}
         records = records_from_folder(image_dir, cfg, words)
+        out_dir.mkdir(parents=True, exist_ok=True)
     else:
         image_dir, records = out_dir / "images", plan(cfg, subjects)
+    device = resolve_device(cfg.generation.device)  # imports torch: after the checks
+    if not args.images:
+        import torch
+
         torch.manual_seed(cfg.generation.seed)  # random-init parts (demo runs) load alike
         generate(cfg, load_method(args.checkpoint).to(device), subjects, records, out_dir)
-    rows, sims = score_folder(cfg, image_dir, records, subjects, device)
-    write_outputs(cfg, out_dir, image_dir, rows, sims)
-    print(f"wrote {out_dir} ({len(rows)} images)")
+    rows, sims, skipped = score_folder(cfg, image_dir, records, subjects, device)
+    write_outputs(cfg, out_dir, image_dir, rows, sims, skipped)
+    unread = f", {len(skipped)} unreadable skipped (listed in report.md)" if skipped else ""
+    print(f"wrote {out_dir} ({len(rows)} images{unread})")
     return out_dir
 
 
-def main(argv: list[str] | None = None) -> int:
-    from callbacks.scorers import ClipModelMissing
-    from ldm_ext.config import ConfigError
-    from ldm_ext.face import FaceModelMissing
-
+def evaluate(argv: list[str] | None) -> int:
+    """``--compare`` finished results, or run (generate or take images, then score)."""
     args = parse_args(argv)
     if args.compare:
-        from callbacks.compare import NotAResult, compare
+        from callbacks.compare import compare
 
-        try:
-            print(f"wrote {compare(args.compare, args.out) / 'report.md'}")
-        except NotAResult as err:
-            print(f"compare: {err}", file=sys.stderr)
-            return 2
-        return 0
-    try:
+        print(f"wrote {compare(args.compare, args.out) / 'report.md'}")
+    else:
         run(args)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    except (ClipModelMissing, FaceModelMissing) as err:
-        print(f"model missing: {err}", file=sys.stderr)
-        return 4
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit code: 0 done; 2 a config, input or missing-weights mistake, told in one line."""
+    return run_cli(evaluate, argv, prog="eval")
 
 
 if __name__ == "__main__":

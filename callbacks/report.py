@@ -34,8 +34,11 @@ def mixing_by_n(rows: list[dict], sims: list[np.ndarray], matching: str) -> dict
 
 
 def write_outputs(cfg, out_dir: Path, image_dir: Path, rows: list[dict],
-                  sims: list[np.ndarray]) -> dict:
-    """metrics.csv, summary.json, report.md (+ grids/, plots/) and the wandb table."""
+                  sims: list[np.ndarray], skipped: list[dict] | None = None) -> dict:
+    """metrics.csv, summary.json, report.md (+ grids/, plots/) and the wandb table.
+
+    ``skipped``: ``{"file", "reason"}`` of images that could not be read (not scored),
+    listed in summary.json and report.md."""
     from omegaconf import OmegaConf
 
     from callbacks.scoring import summarize
@@ -43,6 +46,7 @@ def write_outputs(cfg, out_dir: Path, image_dir: Path, rows: list[dict],
     write_csv(out_dir / "metrics.csv", rows)
     summary = {"name": cfg.name, **summarize(rows),
                "mixing": mixing_by_n(rows, sims, cfg.scoring.matching),
+               "skipped": list(skipped or []),
                "image_dir": str(image_dir.resolve()),  # --compare finds --images runs' images
                "config": OmegaConf.to_container(cfg, resolve=True)}
     (out_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=2))
@@ -172,7 +176,8 @@ def write_report(out_dir: Path, image_dir: Path, rows: list[dict], summary: dict
              f"{summary['num_images']} images; mean ± population std (numpy `std`).", "",
              "## Overall", *markdown_table({"all": summary["overall"]}, "images"), "",
              "## By prompt category", *markdown_table(summary["by_category"], "category"), "",
-             "## By number of subjects", *markdown_table(summary["by_num_ids"], "N"), ""]
+             "## By number of subjects", *markdown_table(summary["by_num_ids"], "N"), "",
+             *skipped_section(summary["skipped"])]
     for n, matrix in summary["mixing"].items():
         lines += [f"## Identity mixing, N = {n}",
                   "Row i: generated face matched to reference slot i; column j: its cosine "
@@ -188,3 +193,12 @@ def write_report(out_dir: Path, image_dir: Path, rows: list[dict], summary: dict
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def skipped_section(skipped: list[dict]) -> list[str]:
+    """report.md lines listing the images that could not be read (none: no section)."""
+    if not skipped:
+        return []
+    return [f"## Skipped images ({len(skipped)})",
+            "Not scored, not in the means above: they could not be read.", "",
+            *[f"- `{entry['file']}`: {entry['reason']}" for entry in skipped], ""]

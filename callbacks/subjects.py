@@ -17,6 +17,8 @@ import numpy as np
 from PIL import Image
 
 from callbacks.prompts import FASTCOMPOSER_CLASSES, fill, prompt_list
+from ldm_ext.cli import InputError
+from ldm_ext.config import ConfigError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 NAME_PATTERN = re.compile(r"^(?P<ids>.+?)__p(?P<index>\d+)__(?P<k>\d+)$")
@@ -43,7 +45,8 @@ def load_subjects(subjects, out_dir: Path) -> dict[str, dict]:
     if subjects.root == "demo":
         root = write_demo_subjects(out_dir / "subjects")
     if not root.is_dir():
-        raise FileNotFoundError(f"subjects folder {root} not found (<root>/<id>/<photo>)")
+        raise ConfigError(f"subjects.root={subjects.root!r}: no such folder "
+                          "(<root>/<id>/<photo>)")
     class_file = Path(subjects.class_words) if subjects.class_words else root / "classes.txt"
     words = {**FASTCOMPOSER_CLASSES, **(read_class_words(class_file)
                                         if class_file.is_file() else {})}
@@ -53,9 +56,9 @@ def load_subjects(subjects, out_dir: Path) -> dict[str, dict]:
     for sid in ids:
         photos = sorted(p for p in (root / sid).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not photos:
-            raise FileNotFoundError(f"subject {sid}: no photo in {root / sid}")
+            raise InputError(f"subject {sid}: no photo in {root / sid}")
         if sid not in words:
-            raise KeyError(f"subject {sid}: no class word in {class_file}")
+            raise InputError(f"subject {sid}: no class word in {class_file}")
         found[sid] = {"photo": str(photos[0]), "class_word": words[sid]}
     return found
 
@@ -114,28 +117,80 @@ def plan(cfg, subjects: dict[str, dict]) -> list[dict]:
 
 
 def records_from_folder(folder: Path, cfg, words: dict[str, str]) -> list[dict]:
-    """Records of the images of a foreign folder: its manifest.jsonl or the file names."""
-    prompts = {p.index: p for p in prompt_list(cfg.prompts.set)}
+    """Records of the images of a foreign folder: its manifest.jsonl or the file names.
+
+    ``words``: class word by subject id (the references). Refused with an InputError
+    naming the file, before any model loads: no images, a name outside the scheme, a
+    prompt index outside ``prompts.set``, a subject id missing from ``words``."""
+    if not folder.is_dir():
+        raise InputError(f"--images {folder}: no such folder")
     manifest = folder / "manifest.jsonl"
-    if manifest.is_file():
-        raw = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-    else:
-        raw = [parse_name(p.name) for p in sorted(folder.iterdir())
-               if p.suffix.lower() in IMAGE_SUFFIXES]
+    raw = read_entries(manifest) if manifest.is_file() else names_in(folder)
+    if not raw:
+        raise InputError(f"--images {folder}: no images to score (no {', '.join(IMAGE_SUFFIXES)} "
+                         "files and no manifest.jsonl)")
+    prompts = {p.index: p for p in prompt_list(cfg.prompts.set)}
+    _check_entries(folder, raw, prompts, cfg.prompts.set, words)
     records = []
     for entry in raw:
         ids = list(entry["subjects"])
         prompt = prompts[int(entry.get("prompt_index", 0))]
-        base = make_record(ids, [words.get(s, "person") for s in ids], prompt,
-                           int(entry.get("k", 0)), cfg.prompts.marker)
+        base = make_record(ids, [words[s] for s in ids], prompt, int(entry.get("k", 0)),
+                           cfg.prompts.marker)
         records.append({**base, **entry})
     return records
 
 
+def read_entries(manifest: Path) -> list[dict]:
+    """The entries of a manifest.jsonl; a line that is not a record is an InputError."""
+    entries = []
+    for number, line in enumerate(manifest.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{manifest} line {number}: not JSON ({err.msg})") from None
+        if not isinstance(entry, dict) or not {"file", "subjects"} <= entry.keys():
+            raise InputError(f"{manifest} line {number}: needs at least \"file\" and "
+                             "\"subjects\"")
+        entries.append(entry)
+    return entries
+
+
+def names_in(folder: Path) -> list[dict]:
+    """Entries from the image file names of ``folder``; names outside the scheme are an
+    InputError listing them."""
+    files = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    bad = [name for name in files if NAME_PATTERN.match(Path(name).stem) is None]
+    if bad:
+        raise InputError(f"{folder}: {len(bad)} image(s) named outside "
+                         f"<id>[+<id>]__p<index>__<k>.png, e.g. {', '.join(bad[:3])}; rename "
+                         "them, move them out or add a manifest.jsonl")
+    return [parse_name(name) for name in files]
+
+
+def _check_entries(folder: Path, raw: list[dict], prompts: dict, prompt_set: str,
+                   words: dict[str, str]) -> None:
+    """Every entry's prompt index is in the prompt set and its ids are references."""
+    for entry in raw:
+        index = str(entry.get("prompt_index", 0))
+        if not index.isdigit() or int(index) not in prompts:
+            raise InputError(f"{folder / entry['file']}: prompt index {index} is not in "
+                             f"prompts.set={prompt_set} (0..{len(prompts) - 1})")
+        unknown = [str(s) for s in entry["subjects"] if s not in words]
+        if unknown:
+            known = sorted(words)
+            raise InputError(f"{folder / entry['file']}: subject(s) {', '.join(unknown)} not "
+                             f"among the {len(known)} references ({', '.join(known[:5])}"
+                             f"{', ...' if len(known) > 5 else ''})")
+
+
 def parse_name(name: str) -> dict:
+    """The entry (file, subjects, prompt_index, k) an image file name encodes."""
     match = NAME_PATTERN.match(Path(name).stem)
     if match is None:
-        raise ValueError(f"image '{name}' does not follow <id>[+<id>]__p<index>__<k>.png "
+        raise InputError(f"image '{name}' does not follow <id>[+<id>]__p<index>__<k>.png "
                          "and the folder has no manifest.jsonl")
     return {"file": name, "subjects": match["ids"].split("+"),
             "prompt_index": int(match["index"]), "k": int(match["k"])}
