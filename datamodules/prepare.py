@@ -275,4 +275,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from ldm_ext.cli import run_cli
+
+    raise SystemExit(run_cli(main, prog="prepare"))

@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from pathlib import Path
 
 from diffusers import ModelMixin
 from safetensors import safe_open
 
+from ldm_ext.cli import InputError, run_cli
 from ldm_ext.config import to_yaml
 from ldm_ext.weights import ADAPTERS, EXPORT_INDEX, save
 
@@ -26,8 +28,7 @@ STEP_KEY = "global_step"  # metadata of trainable.safetensors (callbacks/checkpo
 
 def export(method, run_dir: Path, out: Path) -> Path:
     """Write ``method``'s trainable parts and its model card into ``out``."""
-    if (out / EXPORT_INDEX).exists():
-        raise FileExistsError(f"{out} already holds an export; choose another --out")
+    check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     modules, adapters = {}, {}
     state = method.trainable_state_dict()
@@ -46,6 +47,12 @@ def export(method, run_dir: Path, out: Path) -> Path:
     (out / "config.yaml").write_text(to_yaml(method.cfg))
     (out / "README.md").write_text(model_card(method.cfg, modules, step, run_dir))
     return out
+
+
+def check_out(out: Path) -> None:
+    """An export never overwrites another: an InputError when ``out`` holds one."""
+    if (out / EXPORT_INDEX).exists():
+        raise InputError(f"{out} already holds an export; choose another --out")
 
 
 def trained_steps(run_dir: Path) -> int | None:
@@ -99,6 +106,7 @@ Load: `python -m ldm_ext.generate --run <this folder> ...` or
 
 
 def main(argv: list[str] | None = None) -> Path:
+    """Export the run ``--run`` into ``--out``; return the export folder."""
     from ldm_ext.methods.loading import load_run, run_folder
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -106,10 +114,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", required=True, help="export folder to write")
     args = parser.parse_args(argv)
     run_dir, _ = run_folder(args.run)
+    check_out(Path(args.out))  # before the weights load
     out = export(load_run(args.run), run_dir, Path(args.out))
     print(f"exported {run_dir} to {out}")
     return out
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, prog="export"))

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import PIL.Image
 
+from .cli import InputError
 from .face.align import apply_similarity, fit_similarity, to_rgb_array
 from .openpose_draw import draw_body, draw_face
 
@@ -316,12 +317,25 @@ def save_people(people: list[Person], path: str | Path,
 
 
 def load_pose(path: str | Path) -> tuple[list[Person], tuple[int, int] | None]:
-    """People and (height, width) (None if not stored) from :func:`save_people` JSON."""
-    data = json.loads(Path(path).read_text())
-    people = [Person(body=np.array(p["body"]),
-                     face=None if p.get("face") is None else np.array(p["face"]))
-              for p in data["people"]]
-    hw = (data["height"], data["width"]) if data.get("width") is not None else None
+    """People and (height, width) (None if not stored) from :func:`save_people` JSON; a
+    missing file, bad JSON or keypoints of the wrong shape are an InputError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"pose {path}: no such file")
+    try:
+        data = json.loads(path.read_text())
+        people = [Person(body=np.array(p["body"]),
+                         face=None if p.get("face") is None else np.array(p["face"]))
+                  for p in data["people"]]
+        hw = None if data.get("width") is None else (int(data["height"]), int(data["width"]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"pose {path}: not JSON ({err})") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        shape = (f'{{"people": [{{"body": {len(BODY_PARTS)} x [x, y, c], "face": '
+                 f'{NUM_FACE_POINTS} x [x, y, c] or null}}], "width": W, "height": H}}')
+        raise InputError(f"pose {path}: expected {shape} ({type(err).__name__}: {err})") from None
+    if not people or (hw is not None and min(hw) < 1):
+        raise InputError(f"pose {path}: needs at least one person and a positive width/height")
     return people, hw
 
 

@@ -20,6 +20,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ldm_ext.attention import AttentionStore
+from ldm_ext.cli import InputError, open_image, positive_int
 from ldm_ext.face.align import tensor_to_uint8
 from ldm_ext.pipelines.base import MethodPipeline
 from ldm_ext.pipelines.sampling import decode_images, denoise, initial_latents, to_tensor
@@ -42,7 +43,7 @@ class InstantFamilyPipeline(MethodPipeline):
         """Largest face of a photo -> (3, S, S) aligned crop in [-1, 1]."""
         faces = self._detect(photo)
         if len(faces) == 0:
-            raise ValueError("no face found in the identity photo")
+            raise InputError("no face found in the identity photo")
         return faces.crops[0]
 
     def identities_from_photos(self, photos: list[Image.Image]) -> torch.Tensor:
@@ -51,15 +52,15 @@ class InstantFamilyPipeline(MethodPipeline):
         for i, photo in enumerate(photos):
             try:
                 crops.append(self.identity(photo))
-            except ValueError:
-                raise ValueError(f"no face found in identity photo {i}") from None
+            except InputError:
+                raise InputError(f"no face found in identity photo {i}") from None
         return torch.stack(crops)
 
     def identities_from_group(self, photo: Image.Image, indices: list[int] | None = None):
         """Several faces of one group photo (largest first, or ``indices``) -> (K, 3, S, S)."""
         faces = self._detect(photo)
         if len(faces) == 0:
-            raise ValueError("no face found in the group photo")
+            raise InputError("no face found in the group photo")
         return faces.crops if indices is None else faces.crops[indices]
 
     def _detect(self, photo: Image.Image):
@@ -152,7 +153,8 @@ class InstantFamilyPipeline(MethodPipeline):
         ids = parser.add_mutually_exclusive_group(required=True)
         ids.add_argument("--ids", nargs="+", help="one photo per identity (largest face used)")
         ids.add_argument("--group", help="one group photo: its faces are the identities")
-        parser.add_argument("--num-ids", type=int, default=None, help="with --group: how many")
+        parser.add_argument("--num-ids", type=positive_int, default=None,
+                            help="with --group: how many of its faces (largest first)")
         pose = parser.add_mutually_exclusive_group()
         pose.add_argument("--pose", help="OpenPose-style JSON template (default: side by side)")
         pose.add_argument("--pose-image", help="photo to estimate the pose template from "
@@ -160,23 +162,55 @@ class InstantFamilyPipeline(MethodPipeline):
 
     def inputs_from_args(self, args: argparse.Namespace) -> dict:
         """Identities from --ids / --group; pose template (and its size) from --pose /
-        --pose-image, else the default side-by-side template at ``args.size``."""
-        if args.ids:
-            crops = self.identities_from_photos([Image.open(p) for p in args.ids])
-        else:
-            crops = self.identities_from_group(Image.open(args.group))[: args.num_ids]
-        inputs = {"identities": crops}
+        --pose-image, else the default side-by-side template at ``args.size``. A file that
+        is missing, unreadable or malformed, a photo without a face, --num-ids beyond the
+        group photo's faces or with --ids, a pose with too few people: an InputError."""
+        if args.ids and args.num_ids is not None:
+            raise InputError("--num-ids goes with --group; --ids takes one identity per photo")
+        inputs = {"identities": self._identities_from_args(args)}
         side = args.size or self.method.cfg.data.resolution
         if args.pose_image:
             from ldm_ext.pose import OpenPoseEstimator
 
-            photo = Image.open(args.pose_image).convert("RGB").resize((side, side))
+            photo = open_image(args.pose_image, "pose image").resize((side, side))
             inputs["people"] = OpenPoseEstimator()(np.asarray(photo))
         elif args.pose:
             inputs["people"], hw = load_pose(args.pose)
             if hw is not None and not args.size:
                 inputs["size"] = hw
+        if "people" in inputs:
+            _check_people(inputs["people"], len(inputs["identities"]),
+                          args.pose or args.pose_image)
         return inputs
+
+    def _identities_from_args(self, args: argparse.Namespace) -> torch.Tensor:
+        """(K, 3, S, S) crops of the --ids photos or of --num-ids faces of the --group photo."""
+        if args.ids:
+            crops = []
+            for path in args.ids:
+                try:
+                    crops.append(self.identity(open_image(path, "identity photo")))
+                except InputError as err:
+                    raise InputError(f"identity photo {path}: {err}") from None
+            return torch.stack(crops)
+        try:
+            crops = self.identities_from_group(open_image(args.group, "group photo"))
+        except InputError as err:
+            raise InputError(f"group photo {args.group}: {err}") from None
+        if args.num_ids is not None and args.num_ids > len(crops):
+            raise InputError(f"group photo {args.group}: {len(crops)} faces found, --num-ids "
+                             f"asks for {args.num_ids}")
+        return crops[: args.num_ids]
+
+
+def _check_people(people: list[Person], num_ids: int, source: str) -> None:
+    """The pose template ``source`` has a person with face or head keypoints per identity."""
+    if len(people) < num_ids:
+        raise InputError(f"pose {source}: {len(people)} people for {num_ids} identities")
+    faceless = [k for k, person in enumerate(people[:num_ids]) if detector_box(person) is None]
+    if faceless:
+        raise InputError(f"pose {source}: person {faceless[0]} (of the first {num_ids}, who "
+                         "take the identities) has no face or head keypoints")
 
 
 def control_legend(id_crops: torch.Tensor, size: tuple[int, int]) -> Image.Image:

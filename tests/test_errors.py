@@ -1,0 +1,223 @@
+"""User mistakes end in one line and exit 2 (``ldm_ext/cli.py``), checked before any model
+loads: eval.py --images folders, generation inputs, run folders. No model is built here
+(scorers, detectors and methods are stand-ins)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+import eval as evaluate
+from ldm_ext.cli import InputError, UserError, run_cli
+from ldm_ext.face.types import Faces
+from ldm_ext.pipelines.instantfamily import InstantFamilyPipeline
+from ldm_ext.pose import load_pose, pose_template, save_people
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = str(ROOT / "configs" / "eval" / "tiny.yaml")
+
+
+# ----- the shared error path --------------------------------------------------------------
+def test_user_error_is_one_line_and_exit_2(capsys):
+    def main(argv):
+        raise InputError("photo.png: no such file\nsecond line")
+
+    assert run_cli(main, [], prog="tool") == 2
+    assert capsys.readouterr().err == "tool: error: photo.png: no such file; second line\n"
+
+
+def test_internal_error_keeps_its_traceback():
+    def main(argv):
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        run_cli(main, [])
+
+
+def test_run_folder_mistakes_are_user_errors(tmp_path, capsys):
+    from ldm_ext import export, generate
+
+    missing = str(tmp_path / "no_run")
+    assert run_cli(generate.main, ["--run", missing, "--prompt", "x"]) == 2
+    assert run_cli(export.main, ["--run", missing, "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(missing in line for line in err)
+
+
+# ----- eval.py --images -------------------------------------------------------------------
+@pytest.fixture
+def refs(tmp_path) -> Path:
+    """Subjects a and b: one small photo each and their class words."""
+    root = tmp_path / "refs"
+    for sid in "ab":
+        (root / sid).mkdir(parents=True)
+        Image.new("RGB", (32, 32), "gray").save(root / sid / "0.png")
+    (root / "classes.txt").write_text("a man\nb woman\n")
+    return root
+
+
+@pytest.fixture
+def fake_scoring(monkeypatch):
+    """Stand-in scorers: every readable image scores identity 0.5; building them is
+    recorded, so a test can tell that a mistake was found before any model loaded."""
+    import callbacks.scoring as scoring
+
+    built = []
+
+    def score(scorers, images, records, refs):
+        assert all(image.ndim == 3 for image in images)
+        rows = [{**r, "faces": 1, "identity": 0.5} for r in records]
+        return rows, [np.eye(len(r["subjects"])) for r in records]
+
+    monkeypatch.setattr(scoring, "build_scorers", lambda cfg, device: built.append(1))
+    monkeypatch.setattr(scoring, "embed_references", lambda scorers, photos: None)
+    monkeypatch.setattr(scoring, "score_images", score)
+    return built
+
+
+def images_args(folder: Path, refs: Path, out: Path) -> list[str]:
+    return ["--config", TINY, "--images", str(folder), "--references", str(refs),
+            f"output_dir={out}", "prompts.set=fastcomposer_single"]
+
+
+def test_unreadable_image_is_skipped_and_listed(tmp_path, refs, fake_scoring, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), "red").save(folder / "a__p00__0.png")
+    Image.new("RGB", (32, 32), "blue").save(folder / "b__p01__0.png")
+    whole = (folder / "b__p01__0.png").read_bytes()
+    (folder / "b__p01__0.png").write_bytes(whole[: len(whole) // 2])  # truncated PNG
+    assert evaluate.main(images_args(folder, refs, tmp_path / "out")) == 0
+    summary = json.loads((tmp_path / "out" / "imgs" / "summary.json").read_text())
+    assert summary["num_images"] == 1
+    assert [s["file"] for s in summary["skipped"]] == ["b__p01__0.png"]
+    report = (tmp_path / "out" / "imgs" / "report.md").read_text()
+    assert "## Skipped images (1)" in report and "b__p01__0.png" in report
+    assert "1 unreadable skipped" in capsys.readouterr().out
+
+
+def test_nothing_readable_is_refused(tmp_path, refs, fake_scoring, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "a__p00__0.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    assert evaluate.main(images_args(folder, refs, tmp_path / "out")) == 2
+    assert "none of its 1 images could be read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("names, words", [
+    ([], ["no images to score"]),
+    (["a__p00__0.png", "holiday.png"], ["holiday.png", "named outside"]),
+    (["a__p99__0.png"], ["a__p99__0.png", "prompt index 99"]),
+    (["a+bob__p00__0.png"], ["a+bob__p00__0.png", "bob", "references"]),
+])
+def test_folder_mistakes_are_refused_before_models(tmp_path, refs, fake_scoring, capsys,
+                                                   names, words):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in names:
+        Image.new("RGB", (32, 32), "red").save(folder / name)
+    assert evaluate.main(images_args(folder, refs, tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and all(w in err for w in words), err
+    assert not fake_scoring and not (tmp_path / "out" / "imgs").exists()
+
+
+def test_bad_manifest_line_is_named(tmp_path, refs, fake_scoring, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "manifest.jsonl").write_text('{"file": "x.png", "subjects": ["a"]}\n{oops\n')
+    assert evaluate.main(images_args(folder, refs, tmp_path / "out")) == 2
+    assert "manifest.jsonl line 2: not JSON" in capsys.readouterr().err
+
+
+# ----- generation inputs ------------------------------------------------------------------
+class CountingDetector:
+    """Finds ``n`` faces in any photo."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def detect(self, image: np.ndarray) -> Faces:
+        return Faces(np.tile([0, 0, 8, 8], (self.n, 1)), np.zeros((self.n, 5, 2)),
+                     np.ones(self.n), torch.zeros(self.n, 3, 16, 16))
+
+
+def pipeline(faces: int) -> InstantFamilyPipeline:
+    """The InstantFamily pipeline's argument handling around a stand-in method."""
+    from diffusers import DDPMScheduler
+
+    method = SimpleNamespace(backbone=SimpleNamespace(scheduler=DDPMScheduler()),
+                             cfg=OmegaConf.create({"data": {"resolution": 64}}))
+    return InstantFamilyPipeline(method, detector=CountingDetector(faces))
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    from ldm_ext.generate import common_parser
+
+    parser = common_parser(add_help=True)
+    InstantFamilyPipeline.add_arguments(parser)
+    return parser.parse_args(["--run", "r", "--prompt", "p", *argv])
+
+
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64), "white").save(path)
+    return path
+
+
+def test_good_inputs_pass(photo, tmp_path):
+    pose = tmp_path / "pose.json"
+    save_people(pose_template(2, (64, 96)), pose, hw=(64, 96))
+    inputs = pipeline(6).inputs_from_args(parse(["--group", str(photo), "--num-ids", "2",
+                                                 "--pose", str(pose)]))
+    assert inputs["identities"].shape[0] == 2 and inputs["size"] == (64, 96)
+
+
+@pytest.mark.parametrize("faces, argv, words", [
+    (0, ["--ids", "{photo}"], ["identity photo", "photo.png", "no face"]),
+    (1, ["--ids", "{missing}"], ["missing.png", "no such file"]),
+    (1, ["--ids", "{truncated}"], ["truncated.png", "not a readable image"]),
+    (0, ["--group", "{photo}"], ["group photo", "no face"]),
+    (6, ["--group", "{photo}", "--num-ids", "10"], ["6 faces", "10"]),
+    (1, ["--ids", "{photo}", "--num-ids", "2"], ["--num-ids goes with --group"]),
+    (1, ["--ids", "{photo}", "--pose", "{missing}"], ["pose", "missing.png", "no such file"]),
+    (1, ["--ids", "{photo}", "--pose", "{truncated}"], ["truncated.png", "not JSON"]),
+    (1, ["--ids", "{photo}", "--pose", "{flat_pose}"], ["flat.json", "18 x [x, y, c]"]),
+    (3, ["--group", "{photo}", "--pose", "{one_person}"], ["one.json", "1 people for 3"]),
+])
+def test_generation_input_mistakes(photo, tmp_path, faces, argv, words):
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(photo.read_bytes()[:40])
+    flat, one = tmp_path / "flat.json", tmp_path / "one.json"
+    flat.write_text(json.dumps({"people": [{"body": [[1, 2, 1]] * 6, "face": None}]}))
+    save_people(pose_template(1, (64, 64)), one)
+    paths = {"photo": photo, "missing": tmp_path / "missing.png", "truncated": truncated,
+             "flat_pose": flat, "one_person": one}
+    args = parse([a.format(**paths) for a in argv])
+    with pytest.raises(UserError) as err:
+        pipeline(faces).inputs_from_args(args)
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_num_ids_must_be_positive(photo, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse(["--group", str(photo), "--num-ids", "-1"])
+    assert exit_.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+
+
+def test_pose_json_mistakes_name_the_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    for text, words in [("{oops", "not JSON"), ("[1, 2]", "expected"),
+                        ('{"people": []}', "at least one person")]:
+        bad.write_text(text)
+        with pytest.raises(InputError, match=words) as err:
+            load_pose(bad)
+        assert str(bad) in str(err.value)
