@@ -8,7 +8,8 @@ self- and cross-attention layers alike, so every processor here names `ctx`.
 - masked cross-attention, InstantFamily Eq. 6-8: softmax(M ⊙ QKᵀ/√d) V,
 - decoupled cross-attention, IP-Adapter / StoryMaker Eq. 3,
 - split K/V conditioning, SeFi-IDE Sec. III-C: keys from one prompt, values from another,
-- softmax maps recorded for the layers an `AttentionStore` wants.
+- softmax maps recorded for the layers an `AttentionStore` wants, and (detached) those of
+  the same queries against other keys (`probe_states`: a reference map in the same pass).
 
 The prelude/epilogue (spatial/group norm, 4-D reshape, norm_cross, attention_mask,
 output projection, residual, rescale) follow diffusers' `AttnProcessor2_0`.
@@ -34,6 +35,10 @@ class AttentionContext:
     image_tokens: Tensor | None = None  # (B, M, D_img) decoupled layers (IP-Adapter/StoryMaker)
     ip_scale: float = 1.0  # gamma of StoryMaker Eq. 3
     value_states: Tensor | None = None  # (B, T, D) split K/V (SeFi-IDE): values from this
+    # tag -> other key inputs (B, T, D): the softmax of the layer's own queries against each
+    # is recorded, detached, as "<name>:<tag>" when the store wants it; the layer's output
+    # never sees them (a reference map computed in the same pass, e.g. SeFi-IDE Eq. 4)
+    probe_states: dict[str, Tensor] | None = None
     store: AttentionStore | None = None
     latent_hw: tuple[int, int] | None = None  # full-resolution latent grid, for maps
     # (identity of the encoder states, them, the inputs built from them) of `_virtual_inputs`
@@ -112,11 +117,16 @@ def _attend(query: Tensor, key: Tensor, value: Tensor, bias: Tensor | None, scal
     if not keep_probs:
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scale)
         return out, None
+    probs = _softmax(query, key, bias, scale)
+    return probs @ value, probs
+
+
+def _softmax(query: Tensor, key: Tensor, bias: Tensor | None, scale: float) -> Tensor:
+    """softmax(QKᵀ·scale + bias) (B, heads, Q, K), in fp32 then the query's dtype."""
     logits = query @ key.transpose(-1, -2) * scale  # (B, heads, Q, K)
     if bias is not None:
         logits = logits + bias
-    probs = logits.float().softmax(dim=-1).to(query.dtype)
-    return probs @ value, probs
+    return logits.float().softmax(dim=-1).to(query.dtype)
 
 
 @functools.lru_cache(maxsize=16)
@@ -236,7 +246,23 @@ def _text_attention(name: str, attn, prep: _Prepared,
         out, probs = _attend(query, key, value, prep.mask, attn.scale, keep)
     if keep:
         _record(ctx, name, probs, prep)
+    if prep.is_cross and ctx.probe_states and ctx.store is not None:
+        _record_probes(name, attn, query, prep, ctx)
     return query, out
+
+
+@torch.no_grad()
+def _record_probes(name: str, attn, query: Tensor, prep: _Prepared,
+                   ctx: AttentionContext) -> None:
+    """Record softmax(Q K_pᵀ/√d) of this layer's queries against the keys of each probe
+    (ctx.probe_states) as "<name>:<tag>", without gradients; the output is untouched."""
+    for tag, states in ctx.probe_states.items():
+        probe = f"{name}:{tag}"
+        if ctx.store.wants(probe):
+            key = _heads(attn, attn.to_k(_norm_context(attn, states)))  # (B, heads, T, d)
+            if attn.norm_k is not None:
+                key = attn.norm_k(key)
+            _record(ctx, probe, _softmax(query, key, prep.mask, attn.scale), prep)
 
 
 class IdAttnProcessor:
