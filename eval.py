@@ -5,6 +5,13 @@ Generate and score::
     python eval.py --config configs/eval/fastcomposer_single.yaml --checkpoint runs/x \
         subjects.root=data/celeba_test_single [key=value ...]
 
+Per-identity methods (e.g. SeFi-IDE) take one fitted checkpoint per subject
+(``subjects.checkpoints``); with ``subjects.fit=true`` the subjects without one are fitted
+first, with the recipe of ``--checkpoint`` (a fitted run, or an experiment YAML)::
+
+    python eval.py --config configs/eval/sefi_ide.yaml \
+        --checkpoint configs/experiment/sefi_ide_sd15.yaml subjects.root=data/celeba_test_single
+
 Score images made by anything (another repository's outputs included)::
 
     python eval.py --images DIR --references SUBJECTS_DIR [--config X.yaml] [key=value ...]
@@ -48,7 +55,8 @@ from ldm_ext.cli import InputError, open_image, run_cli
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="eval YAML (configs/eval/*.yaml)")
-    parser.add_argument("--checkpoint", help="run or export folder, or a weights file in a run")
+    parser.add_argument("--checkpoint", help="run or export folder, or a weights file in a run "
+                                             "(per-identity methods: or an experiment YAML)")
     parser.add_argument("--images", help="score this folder instead of generating")
     parser.add_argument("--references", help="subjects folder (overrides subjects.root)")
     parser.add_argument("--compare", nargs="+", metavar="RESULT",
@@ -77,19 +85,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ----- generation (resumable) -------------------------------------------------------------
 def load_method(checkpoint: str):
     """A trained method from a run folder, an export folder, or a weights file inside a
-    run (``trainable.safetensors``, ``<run>/checkpoints/*.ckpt``)."""
-    from ldm_ext.methods.loading import load_run
+    run (``trainable.safetensors``, ``<run>/checkpoints/*.ckpt``); or, for per-identity
+    methods whose subjects bring their own weights, from an experiment YAML."""
+    from ldm_ext.methods.loading import build_method, load_run
 
+    if is_experiment(checkpoint):
+        from ldm_ext.config import load_config
+
+        return build_method(load_config(checkpoint)).eval()
     return load_run(checkpoint)
 
 
-def subject_identities(cfg, pipe, subjects: dict[str, dict]) -> dict:
-    """Each subject's identity for the pipeline: from the weights fitted to them when the
-    config names one checkpoint per subject (``subjects.checkpoints``, per-identity
-    methods), otherwise from their photo."""
+def is_experiment(checkpoint: str) -> bool:
+    return Path(checkpoint).suffix in (".yaml", ".yml") and Path(checkpoint).is_file()
+
+
+def fit_subjects(cfg, checkpoint: str, subjects: dict[str, dict], out_dir: Path) -> dict:
+    """Subject id -> weights: ``subjects.checkpoints``, plus (``subjects.fit``) every
+    subject without one fitted now from its photo by ``ldm_ext.fit`` with the recipe of
+    ``checkpoint`` (its run's config, or the experiment YAML) into ``<out_dir>/fitted/<id>``.
+    A finished fit is reused and an interrupted one resumes, so a rerun fits what is left."""
     from ldm_ext.config import ConfigError
 
     fitted = dict(cfg.subjects.checkpoints or {})
+    if is_experiment(checkpoint) and not cfg.subjects.fit and set(subjects) - fitted.keys():
+        raise ConfigError(f"--checkpoint {checkpoint} is a config: it holds no weights, so "
+                          "every subject needs subjects.checkpoints or subjects.fit=true")
+    if not cfg.subjects.fit:
+        return fitted
+    from ldm_ext.fit import fit_config, fit_identity
+    from ldm_ext.methods.loading import RUN_CONFIG, run_folder
+
+    recipe = checkpoint if is_experiment(checkpoint) else run_folder(checkpoint)[0] / RUN_CONFIG
+    for sid in sorted(set(subjects) - fitted.keys()):
+        run = fit_config(recipe, subjects[sid]["photo"], sid, output_dir=out_dir / "fitted")
+        fitted[sid] = str(fit_identity(run))
+    return fitted
+
+
+def subject_identities(pipe, subjects: dict[str, dict], fitted: dict[str, str]) -> dict:
+    """Each subject's identity for the pipeline: from the weights fitted to them when
+    ``fitted`` names one checkpoint per subject (``fit_subjects``, per-identity methods),
+    otherwise from their photo."""
+    from ldm_ext.config import ConfigError
+
     if fitted:
         missing = sorted(set(subjects) - fitted.keys())
         if missing:
@@ -121,7 +160,8 @@ def read_manifest(path: Path) -> dict[str, dict]:
     return done
 
 
-def generate(cfg, method, subjects: dict[str, dict], records: list[dict], out_dir: Path) -> None:
+def generate(cfg, method, subjects: dict[str, dict], records: list[dict], out_dir: Path,
+             fitted: dict[str, str]) -> None:
     """Generate every planned image not already in the manifest, appending as it goes.
 
     Image i of the plan draws from its own generator seeded (``generation.seed``, i), so a
@@ -136,7 +176,7 @@ def generate(cfg, method, subjects: dict[str, dict], records: list[dict], out_di
     image_dir.mkdir(parents=True, exist_ok=True)
     done = {f for f in read_manifest(manifest) if (image_dir / f).is_file()}
     pipe = method.pipeline(scheduler=g.sampler or method.cfg.method.sampler)
-    identities = subject_identities(cfg, pipe, subjects)
+    identities = subject_identities(pipe, subjects, fitted)
     todo = [(i, r) for i, r in enumerate(records) if r["file"] not in done]
     with manifest.open("a") as handle:
         for index, record in tqdm(todo, desc="generating", unit="image"):
@@ -226,8 +266,10 @@ def run(args: argparse.Namespace) -> Path:
     if not args.images:
         import torch
 
+        fitted = fit_subjects(cfg, args.checkpoint, subjects, out_dir)
         torch.manual_seed(cfg.generation.seed)  # random-init parts (demo runs) load alike
-        generate(cfg, load_method(args.checkpoint).to(device), subjects, records, out_dir)
+        generate(cfg, load_method(args.checkpoint).to(device), subjects, records, out_dir,
+                 fitted)
     rows, sims, skipped = score_folder(cfg, image_dir, records, subjects, device)
     write_outputs(cfg, out_dir, image_dir, rows, sims, skipped)
     unread = f", {len(skipped)} unreadable skipped (listed in report.md)" if skipped else ""

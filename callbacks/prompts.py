@@ -73,7 +73,11 @@ FASTCOMPOSER_CLASSES = {
     "003785": "man", "004153": "woman",
 }
 
-PROMPT_SETS = {"fastcomposer_single": SINGLE_PROMPTS, "fastcomposer_multi": MULTI_PROMPTS}
+# SeFi-IDE's *ID(F) / *Detect(F): identity on face photos, "a photo of the face of V*"
+FACE_PHOTO_PROMPTS: dict[str, list[str]] = {"face": ["a photo of the face of a {s}"]}
+
+PROMPT_SETS = {"fastcomposer_single": SINGLE_PROMPTS, "fastcomposer_multi": MULTI_PROMPTS,
+               "face_photo": FACE_PHOTO_PROMPTS}
 
 
 @dataclass(frozen=True)

@@ -32,13 +32,17 @@ class SubjectsConfig:
     max_groups: int | None = None  # sample this many groups per N (seeded); None = all
     # per-identity methods (one fitted checkpoint per subject, e.g. SeFi-IDE): id -> weights
     checkpoints: dict[str, str] | None = None
+    # per-identity methods: fit each subject without a checkpoint from its photo first
+    # (ldm_ext.fit with --checkpoint's recipe) into <output_dir>/<name>/fitted/<id>/;
+    # finished fits are reused and an interrupted one resumes
+    fit: bool = False
 
 
 @dataclass
 class PromptsConfig:
     """Which protocol prompts (callbacks/prompts.py) and the method's identity marker."""
 
-    set: str = "fastcomposer_single"  # fastcomposer_single | fastcomposer_multi | storymaker
+    set: str = "fastcomposer_single"  # fastcomposer_single | _multi | storymaker | face_photo
     limit: int | None = None  # first prompts only (None = the whole set)
     marker: str = ""  # identity marker after the class word for generation (FastComposer: img)
 
@@ -92,7 +96,7 @@ class EvalConfig:
 
 
 CHOICES = {
-    "prompts.set": ("fastcomposer_single", "fastcomposer_multi", "storymaker"),
+    "prompts.set": ("fastcomposer_single", "fastcomposer_multi", "storymaker", "face_photo"),
     "scoring.matching": ("hungarian", "greedy"),
     "generation.device": ("auto", "cpu", "cuda"),
     "generation.sampler": (None, *SAMPLERS),

@@ -1,0 +1,105 @@
+"""Fit one identity from one photo: ``python -m ldm_ext.fit --photo alice.jpg --name alice``.
+
+For per-identity methods, whose experiment configs read one photo (``data.kind:
+single_image``; SeFi-IDE's ``configs/experiment/sefi_ide_*.yaml``, the SD1.5 paper recipe by
+default). The fit is a training run in ``<output_dir>/<name>/`` (``train.py``: resolved
+config, resumable checkpoints, a progress bar, sample grid at the end) whose
+``trainable.safetensors`` is the identity file: the trained weights by name, with the
+method's metadata (SeFi-IDE: module sizes and config). Running the same command again
+resumes an interrupted fit and returns a finished one at once::
+
+    python -m ldm_ext.fit --photo alice.jpg --name alice [--config X.yaml] [key=value ...]
+    python -m ldm_ext.generate --run runs/alice --prompt "a photo of V* on the beach"
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ldm_ext.cli import run_cli
+
+DEFAULT_CONFIG = "configs/experiment/sefi_ide_sd15.yaml"
+IDENTITY_FILE = "trainable.safetensors"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--photo", required=True, help="one photo of the identity")
+    parser.add_argument("--name", help="run folder name (default: the photo's file stem)")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="experiment YAML")
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. trainer.max_steps=500")
+    return parser.parse_args(argv)
+
+
+def fit_config(config: str | Path, photo: str | Path, name: str,
+               overrides: list[str] | None = None, output_dir: str | Path | None = None):
+    """The checked config of fitting ``photo`` as run ``name`` with experiment ``config``
+    (an experiment YAML or a run's ``config.yaml``). Photo, name and folder are set after
+    parsing, so a name such as "000001" stays a string."""
+    from train import check_data_paths
+
+    from ldm_ext.config import ConfigError, load_config
+
+    cfg = load_config(config, overrides)
+    if cfg.data.kind != "single_image":
+        raise ConfigError(f"{config}: fitting takes a per-identity method's config "
+                          f"(data.kind=single_image), not data.kind={cfg.data.kind}")
+    cfg.data.image, cfg.name = str(photo), str(name)
+    if output_dir is not None:
+        cfg.output_dir = str(output_dir)
+    check_data_paths(cfg)
+    return cfg
+
+
+def finished_identity(cfg) -> Path | None:
+    """The identity file of a fit that reached ``trainer.max_steps``, else None."""
+    from safetensors import safe_open
+
+    path = Path(cfg.output_dir) / cfg.name / IDENTITY_FILE
+    if not path.is_file():
+        return None
+    with safe_open(str(path), "pt") as handle:
+        step = int((handle.metadata() or {}).get("global_step", -1))
+    return path if step >= cfg.trainer.max_steps else None
+
+
+def fit_identity(cfg) -> Path:
+    """Fit (or resume, or reuse) the identity of a ``fit_config``; its identity file."""
+    import train
+
+    done = finished_identity(cfg)
+    if done is not None:
+        print(f"{cfg.name}: already fitted ({done})", file=sys.stderr)
+        return done
+    start = time.perf_counter()
+    run_dir = train.run(cfg)
+    print(f"{cfg.name}: fitted in {time.perf_counter() - start:.0f} s -> "
+          f"{run_dir / IDENTITY_FILE}", file=sys.stderr)
+    return run_dir / IDENTITY_FILE
+
+
+def fit(argv: list[str] | None) -> int:
+    """Parse, check the config (before any weights load), fit."""
+    args = parse_args(argv)
+    cfg = fit_config(args.config, args.photo, args.name or Path(args.photo).stem,
+                     args.overrides)
+    from ldm_ext.methods.base import NonFiniteLossError
+
+    try:
+        fit_identity(cfg)
+    except NonFiniteLossError as err:
+        print(f"fitting stopped: {err}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit code: 0 fitted; 2 a config or input mistake, told in one line; 3 a non-finite
+    loss stopped the fit (the last good checkpoint stays)."""
+    return run_cli(fit, argv, prog="fit")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

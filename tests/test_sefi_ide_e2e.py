@@ -1,0 +1,104 @@
+"""SeFi-IDE end to end on the tiny offline setup: ``ldm_ext.fit`` (resumable, a finished fit
+reused), ``ldm_ext.generate`` with one and with two identities in one prompt, and eval.py
+fitting the subjects that have no checkpoint (cached across reruns)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import skimage.data
+from PIL import Image
+from safetensors import safe_open
+
+import eval as evaluate
+from ldm_ext import fit
+from ldm_ext.cli import InputError
+from ldm_ext.generate import main as generate
+
+TINY = "configs/experiment/sefi_ide_tiny.yaml"
+FAST = ["trainer.progress_bar=false", "trainer.checkpoint_every=2", "method.sample_steps=2"]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _step(path: Path) -> int:
+    with safe_open(str(path), "pt") as handle:
+        return int(handle.metadata()["global_step"])
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> dict[str, Path]:
+    """Two identities fitted for 2 steps; alice is then resumed to 3."""
+    out = tmp_path_factory.mktemp("sefi")
+    photos = {"alice": skimage.data.astronaut()[0:300, 80:380], "bob": skimage.data.chelsea()}
+    for name, array in photos.items():
+        Image.fromarray(array).save(out / f"{name}.png")
+        assert fit.main(["--config", TINY, "--photo", str(out / f"{name}.png"), "--name", name,
+                         f"output_dir={out}", "trainer.max_steps=2", *FAST]) == 0
+    assert fit.main(["--config", TINY, "--photo", str(out / "alice.png"), "--name", "alice",
+                     f"output_dir={out}", "trainer.max_steps=3", *FAST]) == 0
+    return {name: out / name for name in photos}
+
+
+def test_fit_writes_a_resumable_identity(fitted, capsys):
+    identity = fitted["alice"] / "trainable.safetensors"
+    assert _step(identity) == 3  # resumed from step 2's checkpoint, one more step
+    with safe_open(str(identity), "pt") as handle:
+        meta, keys = handle.metadata(), set(handle.keys())
+    assert json.loads(meta["stage_tokens"])["num_stages"] == 5
+    assert "name: sefi_ide" in meta["config"] and "stage_tokens.word" in keys
+    assert len(list((fitted["alice"] / "samples").glob("*.png"))) >= 1
+    stamp = identity.stat().st_mtime_ns
+    assert fit.main(["--config", TINY, "--photo", str(fitted["alice"].parent / "alice.png"),
+                     "--name", "alice", f"output_dir={fitted['alice'].parent}",
+                     "trainer.max_steps=3", *FAST]) == 0
+    assert "already fitted" in capsys.readouterr().err and identity.stat().st_mtime_ns == stamp
+
+
+def test_fit_refuses_a_method_without_photos(tmp_path):
+    assert fit.main(["--config", "configs/experiment/demo.yaml", "--photo", "x.png",
+                     f"output_dir={tmp_path}"]) == 2
+
+
+def test_generate_one_and_two_identities(fitted, tmp_path):
+    common = ["--run", str(fitted["alice"]), "--size", "64", "--steps", "2"]
+    one = generate([*common, "--prompt", "a photo of V* on the beach",
+                    "--out", str(tmp_path / "one.png")])
+    assert Image.open(one).size == (64, 64)
+    pair = ["--identity", f"alice={fitted['alice']}",
+            "--identity", str(fitted["bob"] / "trainable.safetensors")]
+    two = generate([*common, *pair, "--prompt", "V1* and V2* at the beach",
+                    "--out", str(tmp_path / "two.png")])
+    swapped = generate([*common, *pair, "--prompt", "V2* and V1* at the beach",
+                        "--out", str(tmp_path / "swapped.png")])
+    assert Image.open(two).tobytes() != Image.open(swapped).tobytes()
+    with pytest.raises(InputError, match="names identity 3, 2 given"):
+        generate([*common, *pair, "--prompt", "V3* at the beach", "--out", str(tmp_path / "x.png")])
+
+
+def test_eval_fits_missing_subjects_once(fitted, tmp_path, capsys):
+    """astronaut brings its checkpoint; t1_0 is fitted with alice's recipe, then reused."""
+    alice = fitted["alice"] / "trainable.safetensors"
+    args = ["--config", "configs/eval/tiny.yaml", "--checkpoint", str(fitted["alice"]),
+            f"output_dir={tmp_path}", "subjects.ids=[astronaut,t1_0]", "subjects.fit=true",
+            f"subjects.checkpoints={{astronaut: '{alice}'}}", "prompts.marker=V*",
+            "prompts.limit=1"]
+    assert evaluate.main(args) == 0
+    out = tmp_path / "tiny"
+    fitted_t1 = out / "fitted" / "t1_0" / "trainable.safetensors"
+    assert _step(fitted_t1) == 3 and not (out / "fitted" / "astronaut").exists()
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all("V*" in r["prompt"] for r in records)
+    assert {r["method"] for r in records} == {"sefi_ide"}
+    stamp = fitted_t1.stat().st_mtime_ns
+    capsys.readouterr()
+    assert evaluate.main(args) == 0
+    assert "t1_0: already fitted" in capsys.readouterr().err
+    assert fitted_t1.stat().st_mtime_ns == stamp
+
+
+def test_eval_config_checkpoint_needs_subject_weights(tmp_path, capsys):
+    args = ["--config", "configs/eval/tiny.yaml", "--checkpoint", TINY,
+            f"output_dir={tmp_path}", "prompts.limit=1"]
+    assert evaluate.main(args) == 2
+    assert "holds no weights" in capsys.readouterr().err
