@@ -43,6 +43,10 @@ METHODS: dict[str, MethodSpec] = {
                                 "ldm_ext.methods.instantfamily:InstantFamily",
                                 "ldm_ext.pipelines.instantfamily:InstantFamilyPipeline",
                                 view="instantfamily"),
+    "portraitbooth": MethodSpec("ldm_ext.methods.portraitbooth_config:PortraitBoothConfig",
+                                "ldm_ext.methods.portraitbooth:PortraitBooth",
+                                "ldm_ext.pipelines.portraitbooth:PortraitBoothPipeline",
+                                view="portraitbooth"),
     # fits one photo (data.kind=single_image), so its view is never used
     "sefi_ide": MethodSpec("ldm_ext.methods.sefi_ide_config:SeFiIDEConfig",
                            "ldm_ext.methods.sefi_ide:SeFiIDE",

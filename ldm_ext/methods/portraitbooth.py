@@ -1,0 +1,218 @@
+"""PortraitBooth (papers/portraitbooth.txt; METHODS.md §4).
+
+The UNet and the STEA MLP train. Identity tokens of the caption are augmented with
+shallow face features of the subject's reference face (STEA, Eq. 4); for t <= R_t the
+one-step x̂0 is decoded, its face cropped with the training box and compared with the
+reference through the face encoder (DIP, Eq. 5-6); the cross-attention maps of identity
+and expression tokens are pulled into the face mask and truncated at β / γ (ECAC, Eq. 7).
+Loss: L = L_loc + L_noise + L_id (Eq. 8).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ldm_ext.adapters.stea import STEA, augment_tokens
+from ldm_ext.attention import AttentionContext, AttentionStore, install_processors
+from ldm_ext.backbone import Backbone, load_backbone
+from ldm_ext.face.types import FaceFeatures
+from ldm_ext.losses import noise_loss
+from ldm_ext.methods.base import IdentityMethod
+from ldm_ext.methods.portraitbooth_losses import (crop_faces, identity_loss, latent_window,
+                                                  localization_terms, predicted_x0)
+from ldm_ext.word_tokens import word_positions
+
+
+class PortraitBooth(IdentityMethod):
+    """Training module; ``face_features``, ``text_conditioning`` and ``predict_noise`` are
+    shared with ``PortraitBoothPipeline``."""
+
+    def __init__(self, cfg, backbone: Backbone, face_encoder: nn.Module) -> None:
+        super().__init__(cfg, backbone)
+        self.face_encoder = face_encoder
+        self.stea = STEA(backbone.unet.config.cross_attention_dim, face_encoder.shallow_dim)
+        install_processors(self.unet)  # ECAC reads maps through the store (Eq. 7)
+        self.freeze_all_but_trainable()
+
+    @classmethod
+    def from_config(cls, cfg) -> "PortraitBooth":
+        from ldm_ext.face import build_face_encoder
+
+        m = cfg.method
+        encoder = build_face_encoder(m.face_encoder, weights=m.face_weights,
+                                     shallow_block=m.shallow_block)
+        return cls(cfg, load_backbone(cfg.model), encoder)
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {"unet": self.unet, "stea": self.stea}
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.vae, self.text_encoders, self.face_encoder]
+
+    def batch_identities(self, batch: dict) -> torch.Tensor | None:
+        """The reference faces of the batch's valid subjects (K, 3, S, S) in [-1, 1]."""
+        return batch["reference"][batch["face_valid"]].detach().cpu()
+
+    # ----- conditioning (Eq. 4) -----------------------------------------------------------
+    @torch.no_grad()
+    def face_features(self, crops: torch.Tensor) -> FaceFeatures:
+        """crops (..., 3, S, S) in [-1, 1] -> features of the flattened crops (no grad)."""
+        return self.face_encoder.encode(crops.flatten(0, -4).to(self.device))
+
+    def text_conditioning(self, prompts: list[str], shallow: torch.Tensor | None,
+                          valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Eq. 4: text (B, 77, D) with occurrence k of an identity word augmented by subject
+        k's shallow features ``shallow`` (B, N, F) where ``valid`` (B, N); pooled or None."""
+        text, pooled = self.encode_text(prompts)
+        if shallow is None or not bool(valid.any()):
+            return text, pooled
+        found = word_positions(self.backbone.tokenizers[0], prompts,
+                               list(self.cfg.method.identity_words))
+        return augment_tokens(text, self.stea, shallow, found, valid), pooled
+
+    def predict_noise(self, noisy: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+                      added: dict | None = None, store: AttentionStore | None = None,
+                      ) -> torch.Tensor:
+        """UNet output for the (augmented) text; ``store`` records the maps it wants."""
+        ctx = AttentionContext(store=store, latent_hw=tuple(noisy.shape[-2:]))
+        return self.unet(noisy, t, encoder_hidden_states=text, added_cond_kwargs=added,
+                         cross_attention_kwargs={"ctx": ctx}).sample
+
+    # ----- training ------------------------------------------------------------------------
+    def model_step(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Eq. 8: L = L_loc + L_noise + L_id for one batch (terms logged apart)."""
+        latents = self.encode_latents(batch["pixel_values"], generator)
+        captions, full = self.condition_modes(batch["caption"], generator)
+        b, n = batch["face_valid"].shape
+        faces = self.face_features(batch["reference"])
+        shallow = faces.shallow.unflatten(0, (b, n))  # (B, N, F)
+        text, pooled = self.text_conditioning(captions, shallow,
+                                              batch["face_valid"] & full[:, None])
+        noisy, t, target = self.noised_latents(latents, generator)
+        weights = self.noise_weights(batch, tuple(latents.shape[-2:]), generator)
+        m = self.cfg.method
+        store = (AttentionStore(self.attention_layers, m.attention_size)
+                 if m.loc_identity_weight or m.loc_expression_weight else None)
+        added = self.added_cond_kwargs(pooled, tuple(batch["pixel_values"].shape[-2:]))
+        pred = self.predict_noise(noisy, t, text, added, store)
+        losses = {"noise": noise_loss(pred, target, weights)}
+        if store is not None:
+            losses["loc"] = self.ecac_loss(store, captions, batch)
+        if m.id_weight:
+            need = (t <= m.dip_max_timestep) & full & batch["face_valid"][:, 0]
+            reference = self._id_features(faces).unflatten(0, (b, n))[:, 0]  # (B, D)
+            losses["id"] = m.id_weight * self.dip_loss(noisy, pred, t, reference,
+                                                       batch["face_boxes"][:, 0], need)
+        return {"loss": sum(losses.values()), **losses}
+
+    def condition_modes(self, captions: list[str], generator: torch.Generator,
+                        ) -> tuple[list[str], torch.Tensor]:
+        """Sec. 5.1: per sample u ~ U(0, 1): u < empty_prompt_prob -> "" (unconditional),
+        u < + text_only_prob -> caption without face features, else fully conditioned.
+        Returns (captions, full (B,) bool)."""
+        m = self.cfg.method
+        u = torch.rand(len(captions), generator=generator, device=generator.device).cpu()
+        empty = (u < m.empty_prompt_prob).tolist()
+        full = u >= m.empty_prompt_prob + m.text_only_prob
+        return [("" if e else c) for c, e in zip(captions, empty)], full.to(self.device)
+
+    def noise_weights(self, batch: dict, latent_hw: tuple[int, int],
+                      generator: torch.Generator) -> torch.Tensor | None:
+        """(B, 1, h, w) per-pixel weights of the noise loss: the face mask for a
+        ``face_loss_prob`` share of the samples, 1 elsewhere, each sample's weights
+        normalised to mean 1 so every sample weighs the same; None when no sample is
+        restricted (a sample whose mask is empty at latent size keeps the whole image)."""
+        b = len(batch["caption"])
+        chosen = torch.rand(b, generator=generator, device=generator.device).to(self.device) \
+            < self.cfg.method.face_loss_prob
+        valid = batch["face_valid"][:, :, None, None].to(batch["face_masks"].dtype)
+        region = (batch["face_masks"] * valid).amax(1, keepdim=True)  # (B, 1, R, R)
+        region = F.interpolate(region, size=latent_hw, mode="area")  # (B, 1, h, w)
+        chosen = chosen & (region.flatten(1).sum(1) > 0)
+        if not bool(chosen.any()):
+            return None
+        weights = torch.where(chosen[:, None, None, None], region, torch.ones_like(region))
+        return weights / weights.mean(dim=(1, 2, 3), keepdim=True)
+
+    # ----- DIP (Eq. 5-6) --------------------------------------------------------------------
+    def _id_features(self, feats: FaceFeatures) -> torch.Tensor:
+        return feats.global_ if self.cfg.method.id_features == "global" else feats.shallow
+
+    def dip_loss(self, noisy: torch.Tensor, pred: torch.Tensor, t: torch.Tensor,
+                 reference: torch.Tensor, boxes: torch.Tensor, need: torch.Tensor,
+                 ) -> torch.Tensor:
+        """Eq. 6 averaged over the batch: 1 − cos(φ(f), φ(x̂0^f)) for the samples of
+        ``need`` (t <= R_t, face conditioned, a face), 0 for the others. Only those samples
+        are decoded. reference (B, D) φ(f); boxes (B, 4) normalised training boxes."""
+        index = need.nonzero().flatten()
+        if len(index) == 0:
+            return pred.new_zeros((), dtype=torch.float32)
+        z0 = predicted_x0(self.backbone.scheduler, noisy[index], pred[index], t[index])
+        generated = self._id_features(self.face_encoder(self.decode_faces(z0, boxes[index])))
+        return identity_loss(reference[index], generated).sum() / len(need)
+
+    def decode_faces(self, z0: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """x̂0^f: ẑ0 (E, C, h, w) decoded (Eq. 5's D) and cropped at the normalised boxes
+        (E, 4) -> (E, 3, S, S) at the face encoder's input size, differentiably. ``window``
+        decodes each face's latent box plus ``dip_window_margin`` latents of context
+        instead of the whole latent (the decoder's cost follows the area)."""
+        vae, scale, m = self.vae, self.backbone.vae_scale, self.cfg.method
+        size, (h, w) = self.face_encoder.input_size, z0.shape[-2:]
+        z0 = z0.to(vae.dtype) / vae.config.scaling_factor
+        if m.dip_decode == "full":
+            pixels = vae.decode(z0).sample.float()  # (E, 3, H, W)
+            return crop_faces(pixels, boxes * boxes.new_tensor([w, h, w, h]) * scale, size)
+        crops = []
+        for latent, box in zip(z0, boxes):
+            y0, y1, x0, x1 = latent_window(box, (h, w), m.dip_window_margin)
+            pixels = vae.decode(latent[None, :, y0:y1, x0:x1]).sample.float()
+            shift = box.new_tensor([x0, y0, x0, y0]) * scale
+            crops.append(crop_faces(pixels, (box * box.new_tensor([w, h, w, h]) * scale
+                                             - shift)[None], size))
+        return torch.cat(crops)
+
+    # ----- ECAC (Eq. 7) ---------------------------------------------------------------------
+    def ecac_loss(self, store: AttentionStore, captions: list[str], batch: dict) -> torch.Tensor:
+        """Eq. 7 over the recorded cross-attention layers, averaged over the batch: λ times
+        the mean over a sample's identity tokens (occurrence k against face mask k) plus μ
+        times the mean over its emotion tokens (against the union of its face masks); a
+        sample without such tokens adds 0."""
+        entries = ecac_entries(self, captions, batch["face_valid"])
+        if entries is None or not store.maps:
+            return torch.zeros((), device=self.device)
+        rows, tokens, slots, caps, weights = entries
+        s = store.size
+        valid = batch["face_valid"][:, :, None, None].to(batch["face_masks"].dtype)
+        masks = F.interpolate(batch["face_masks"].flatten(0, 1)[:, None], size=(s, s),
+                              mode="area").view(*valid.shape[:2], s, s) * valid  # (B, N, S, S)
+        masks = torch.cat([masks, masks.amax(1, keepdim=True)], dim=1)  # slot N: the union
+        maps = torch.stack([m[rows, :, tokens].float().mean(1)
+                            for m in store.maps.values()])  # (layers, E, S, S)
+        terms = localization_terms(maps, masks[rows, slots], caps)  # (E,)
+        return (terms * weights).sum() / len(captions)
+
+
+def ecac_entries(method: PortraitBooth, captions: list[str], valid: torch.Tensor):
+    """(rows, tokens, mask slots, caps, weights) tensors of Eq. 7's entries, one per token
+    piece: identity occurrence k (a valid face k) -> mask k, cap β, weight λ / count; emotion
+    words -> the union mask (slot N), cap γ, weight μ / count; None without entries."""
+    m, tokenizer = method.cfg.method, method.backbone.tokenizers[0]
+    num_slots, flags = valid.shape[1], valid.tolist()
+    identity = word_positions(tokenizer, captions, list(m.identity_words))
+    emotion = word_positions(tokenizer, captions, list(m.emotion_words))
+    out: list[tuple[int, int, int, float, float]] = []
+    for b in range(len(captions)):
+        ids = [(p, k) for k, found in enumerate(identity[b][:num_slots]) if flags[b][k]
+               for p in found]
+        out += [(b, p, k, m.identity_cap, m.loc_identity_weight / len(ids)) for p, k in ids]
+        emo = [p for found in emotion[b] for p in found] if any(flags[b]) else []
+        out += [(b, p, num_slots, m.expression_cap, m.loc_expression_weight / len(emo))
+                for p in emo]
+    if not out:
+        return None
+    rows, tokens, slots, caps, weights = zip(*out)
+    device = method.device
+    return (torch.tensor(rows, device=device), torch.tensor(tokens, device=device),
+            torch.tensor(slots, device=device), torch.tensor(caps, device=device),
+            torch.tensor(weights, device=device))

@@ -1,0 +1,68 @@
+"""PortraitBooth's config (METHODS.md §4), apart from its module so that reading and
+checking a config imports no torch (``ldm_ext/registry.py`` resolves it on its own)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from ldm_ext.config import Bounds, MethodConfig
+
+# Sec. 5.1 names "happy, angry, sad, etc."; METHODS.md §4 Decision completes the eleven.
+EMOTION_WORDS = ["happy", "sad", "angry", "surprised", "disgusted", "fearful", "smiling",
+                 "laughing", "crying", "serious", "neutral"]
+
+
+@dataclass
+class PortraitBoothConfig(MethodConfig):
+    """PortraitBooth (METHODS.md §4): STEA (Eq. 4), DIP (Eq. 5-6), ECAC (Eq. 7), Eq. 8.
+
+    The UNet and the STEA MLP train. Per sample: ``empty_prompt_prob`` unconditional
+    (empty caption), ``text_only_prob`` text-only (identity tokens left as text), the rest
+    fully conditioned; independently, ``face_loss_prob`` of the samples have their noise
+    loss restricted to the face mask (Sec. 5.1)."""
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "face_encoder": ("facenet", "arcface"),  # differentiable: DIP backpropagates through it
+        "id_features": ("global", "shallow"),
+        "dip_decode": ("window", "full"),
+    }
+    RANGES: ClassVar[dict[str, Bounds]] = {
+        "text_only_prob": (0, 1), "face_loss_prob": (0, 1), "dip_max_timestep": (0, None),
+        "id_weight": (0, None), "loc_identity_weight": (0, None),
+        "loc_expression_weight": (0, None), "identity_cap": (0, 1), "expression_cap": (0, 1),
+        "attention_size": (1, None), "dip_window_margin": (0, None),
+        "region_margin": (0, 1),
+    }
+
+    name: str = "portraitbooth"
+    lr: float = 1e-5  # constant (Sec. 5.1)
+    num_slots: int = 1  # the paper trains single-subject images
+    face_encoder: str = "facenet"  # phi (TFace in the paper; METHODS.md §4 Decision)
+    face_weights: str = "vggface2"  # name, state-dict path, or "random" (offline demo only)
+    shallow_block: str = "mixed_6a"  # STEA's phi: pooled output of this early block (896-d)
+    # STEA (Eq. 4): words whose tokens are augmented, k-th occurrence <- k-th subject
+    identity_words: list[str] = field(default_factory=lambda: ["man", "woman", "person"])
+    emotion_words: list[str] = field(default_factory=lambda: list(EMOTION_WORDS))  # ECAC j
+    empty_prompt_prob: float = 0.1  # unconditional samples (Sec. 5.1)
+    text_only_prob: float = 0.1  # text-only samples: no face features (Sec. 5.1)
+    face_loss_prob: float = 0.5  # noise loss only inside the face mask (Sec. 5.1)
+    # DIP (Eq. 5-6): identity loss for t <= R_t through the VAE decoder and the face encoder
+    dip_max_timestep: int = 250  # R_t
+    id_weight: float = 1.0  # Eq. 8 sums the three losses; 0 switches DIP off
+    id_features: str = "global"  # phi of Eq. 6: the recognition embedding (Decision)
+    dip_decode: str = "window"  # window: decode the face box + margin only; full: all
+    dip_window_margin: int = 4  # latent pixels of context around the box (window decode)
+    # ECAC (Eq. 7); 0 for both weights switches it off (no maps are materialised)
+    loc_identity_weight: float = 0.001  # lambda
+    loc_expression_weight: float = 0.01  # mu
+    identity_cap: float = 0.5  # beta (METHODS.md Decision; the paper's Sec. 5.5 picks 0.8)
+    expression_cap: float = 0.5  # gamma (METHODS.md Decision; the paper's Sec. 5.5: 0.1)
+    attention_size: int = 32  # side the cross-attention maps and the mask are compared at
+    # inference (Sec. 5.1): Euler, 50 steps, CFG 5; several subjects: region composition
+    sampler: str = "euler"
+    sample_steps: int = 50
+    guidance_scale: float = 5.0
+    sample_prompts: list[str] = field(
+        default_factory=lambda: ["a photo of a happy person and a sad person in a park"])
+    sample_num_ids: list[int] = field(default_factory=lambda: [1, 2])
+    region_margin: float = 0.1  # pose-template regions: keypoint box + this x image side
