@@ -1,0 +1,184 @@
+"""PortraitBooth on the tiny backbone: what trains, gradients into the STEA MLP (Eq. 4) and
+into the UNet through DIP (Eq. 5-6) and ECAC (Eq. 7), DIP decoding only the samples that
+need it, v-prediction, per-subject conditioning of the composition; then the demo end to
+end: train.py with sample grids, generate with one and two subjects, eval.py."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from PIL import Image
+
+import eval as evaluate
+import train
+from callbacks.subjects import write_demo_subjects
+from ldm_ext.attention import AttentionStore
+from ldm_ext.config import load_config
+from ldm_ext.methods.loading import build_method, load_run
+
+DEMO = "configs/experiment/portraitbooth_demo.yaml"
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def method():
+    cfg = load_config(DEMO, ["method.empty_prompt_prob=0", "method.text_only_prob=0"])
+    return build_method(cfg).train()
+
+
+def make_batch(size: int = 64) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.zeros(2, 1, size, size)
+    masks[:, :, size // 4:3 * size // 4, size // 4:3 * size // 4] = 1.0
+    return {"pixel_values": torch.rand(2, 3, size, size, generator=gen) * 2 - 1,
+            "caption": ["a photo of a happy person", "a sad woman in a park"],
+            "reference": torch.rand(2, 1, 3, 160, 160, generator=gen) * 2 - 1,
+            "face_boxes": torch.tensor([[[0.25, 0.25, 0.75, 0.75]]] * 2),
+            "face_valid": torch.ones(2, 1, dtype=torch.bool), "face_masks": masks}
+
+
+def grads(module: torch.nn.Module) -> dict[str, float]:
+    return {n: 0.0 if p.grad is None else p.grad.abs().sum().item()
+            for n, p in module.named_parameters()}
+
+
+def test_unet_and_stea_train_the_rest_is_frozen(method):
+    assert {n.split(".")[0] for n in method.trainable_parameters()} == {"unet", "stea"}
+    trainable = {id(p) for p in method.trainable_parameters().values()}
+    assert all(p.requires_grad == (id(p) in trainable) for p in method.parameters())
+    assert method.unet.training and not method.vae.training
+    assert not method.face_encoder.training
+    cfg = load_config("configs/experiment/portraitbooth_sd15.yaml")
+    assert (cfg.method.lr, cfg.method.lr_schedule, cfg.data.batch_size) == (1e-5, "constant", 2)
+    assert (cfg.trainer.devices, cfg.trainer.max_steps) == (6, 150_000)
+    assert cfg.trainer.strategy == "deepspeed_stage_2" and cfg.model.controlnet is None
+
+
+def test_stea_receives_gradients_from_the_noise_loss(method):
+    torch.nn.init.normal_(method.stea.fc2.weight, std=0.02)
+    method.zero_grad(set_to_none=True)
+    method.model_step(make_batch(), torch.Generator().manual_seed(1))["noise"].backward()
+    assert all(g > 0 for g in grads(method.stea).values())
+
+
+def _prediction(method, t: list[int], store=None):
+    batch = make_batch()
+    faces = method.face_features(batch["reference"])
+    text, _ = method.text_conditioning(batch["caption"], faces.shallow[:, None],
+                                       batch["face_valid"])
+    noisy = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor(t)
+    return batch, faces, noisy, t, method.predict_noise(noisy, t, text, store=store)
+
+
+def test_dip_reaches_the_unet_and_decodes_only_samples_at_small_t(method, monkeypatch):
+    decoded = []
+    original = method.vae.decode
+    monkeypatch.setattr(method.vae, "decode", lambda z: decoded.append(len(z)) or original(z))
+    method.zero_grad(set_to_none=True)
+    batch, faces, noisy, t, pred = _prediction(method, [100, 600])
+    need = t <= method.cfg.method.dip_max_timestep
+    loss = method.dip_loss(noisy, pred, t, faces.global_, batch["face_boxes"][:, 0], need)
+    assert decoded == [1] and loss > 0
+    loss.backward()
+    assert sum(grads(method.unet).values()) > 0
+    none = method.dip_loss(noisy, pred, t, faces.global_, batch["face_boxes"][:, 0],
+                           torch.zeros(2, dtype=torch.bool))
+    assert none == 0 and decoded == [1]
+
+
+def test_window_decode_is_the_full_decode_when_the_window_is_the_latent(method, monkeypatch):
+    z0, boxes = torch.randn(1, 4, 8, 8), torch.tensor([[0.3, 0.2, 0.7, 0.9]])
+    monkeypatch.setattr(method.cfg.method, "dip_decode", "full")
+    full = method.decode_faces(z0, boxes)
+    monkeypatch.setattr(method.cfg.method, "dip_decode", "window")
+    monkeypatch.setattr(method.cfg.method, "dip_window_margin", 8)
+    torch.testing.assert_close(method.decode_faces(z0, boxes), full)
+    assert full.shape == (1, 3, 160, 160)
+
+
+def test_ecac_reaches_the_unet_from_every_cross_attention_layer(method):
+    method.zero_grad(set_to_none=True)
+    store = AttentionStore(method.attention_layers, method.cfg.method.attention_size)
+    batch, *_ = _prediction(method, [100, 600], store)
+    assert len(store.maps) == sum(n.endswith("attn2") for n, _ in method.unet.named_modules())
+    loss = method.ecac_loss(store, batch["caption"], batch)
+    loss.backward()
+    to_k = [g for n, g in grads(method.unet).items() if "attn2.to_k" in n]
+    assert loss > 0 and all(g > 0 for g in to_k)
+
+
+def test_v_prediction_training_step(method, monkeypatch):
+    sched = DDPMScheduler.from_config(method.backbone.scheduler.config,
+                                      prediction_type="v_prediction")
+    monkeypatch.setattr(method.backbone, "scheduler", sched)
+    losses = method.model_step(make_batch(), torch.Generator().manual_seed(0))
+    assert set(losses) == {"loss", "noise", "loc", "id"} and torch.isfinite(losses["loss"])
+
+
+def test_composition_conditions_each_subject_alone(method):
+    pipe = method.pipeline()
+    crops = torch.rand(3, 3, 160, 160) * 2 - 1
+    prompt = "a man, a woman and a person"  # identity words at tokens 2, 5, 8
+    text, _ = pipe.conditioning(prompt, "", crops)
+    plain, _ = method.encode_text([prompt])
+    assert text.shape[0] == 5  # negative, all subjects, then each subject alone
+    changed = (text[1:] != plain).any(-1)  # (4, 77)
+    assert changed[0].nonzero().flatten().tolist() == [2, 5, 8]
+    for k, position in enumerate([2, 5, 8]):
+        assert changed[k + 1].nonzero().flatten().tolist() == [position]
+        torch.testing.assert_close(text[k + 2, position], text[1, position])
+    image = pipe(prompt, crops, size=(64, 64), steps=1, progress=False)
+    assert image.size == (64, 64)
+
+
+# ----- the demo end to end ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    assert train.main(["--config", DEMO, f"output_dir={out}", "trainer.max_steps=2",
+                       "trainer.checkpoint_every=2", "trainer.progress_bar=false",
+                       "logger.wandb=false", "method.sample_steps=2",
+                       "data.num_demo_samples=8"]) == 0
+    return out / "portraitbooth_demo"
+
+
+def test_demo_trains_with_one_and_two_subject_samples(demo_run: Path):
+    grid = Image.open(demo_run / "samples" / "step_0000002.png")
+    assert grid.size == (2 * 128, 2 * 128)  # legend row + one prompt; 1 and 2 subjects
+    assert set(load_run(demo_run).trainable_modules()) == {"unet", "stea"}
+
+
+def test_demo_generates_one_and_two_subjects(demo_run: Path, tmp_path):
+    from ldm_ext.generate import main as generate
+
+    subjects = write_demo_subjects(tmp_path / "subjects")
+    photos = [str(subjects / sid / "0.png") for sid in ("astronaut", "t1_0")]
+    common = ["--run", str(demo_run), "--steps", "2", "--size", "64"]
+    images = {}
+    for name, prompt, ids in [("happy", "a photo of a happy woman", photos[:1]),
+                              ("sad", "a photo of a sad woman", photos[:1]),
+                              ("two", "a woman and a person on the beach", photos)]:
+        out = tmp_path / f"{name}.png"
+        generate(common + ["--prompt", prompt, "--ids", *ids, "--out", str(out)])
+        images[name] = Image.open(out)
+    assert images["two"].size == (64, 64)
+    assert images["happy"].tobytes() != images["sad"].tobytes()  # the expression word acts
+    layout = tmp_path / "layout.json"
+    layout.write_text(json.dumps({"regions": [[0, 0, 0.5, 1], [0.5, 0, 1, 1]]}))
+    generate(common + ["--prompt", "a man and a woman", "--ids", *photos, "--layout",
+                       str(layout), "--out", str(tmp_path / "layout.png")])
+
+
+def test_demo_evaluates_on_the_tiny_setup(demo_run: Path, tmp_path):
+    args = ["--config", "configs/eval/tiny.yaml", "--checkpoint", str(demo_run),
+            f"output_dir={tmp_path}", "subjects.max_groups=1", "prompts.limit=1"]
+    assert evaluate.main(args) == 0
+    records = [json.loads(line) for line in
+               (tmp_path / "tiny" / "manifest.jsonl").read_text().splitlines()]
+    assert {r["method"] for r in records} == {"portraitbooth"}
+    assert sorted(len(r["subjects"]) for r in records) == [1, 2]
+    assert (tmp_path / "tiny" / "report.md").is_file()
