@@ -18,10 +18,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from datamodules.sources import Task, input_name
+from ldm_ext.cli import InputError
 
 
-class InputChanged(ValueError):
-    """Inputs of finished shards are gone from the input; the message says how to re-run."""
+class InputChanged(InputError):
+    """Inputs of finished shards are gone from the input; the message says how to re-run
+    (a user error: the command line prints it in one line and exits 2)."""
 
 
 def shard_path(output: str | Path, index: int, suffix: str) -> Path:

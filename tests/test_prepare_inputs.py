@@ -77,6 +77,9 @@ def test_removed_photos_stop_the_run_naming_them(photos, annotator, tmp_path):
     (photos / "a.png").unlink()
     with pytest.raises(InputChanged, match=r"a\.png.*--output"):
         run(photos, out, annotator, per_shard=2)
+    from ldm_ext.cli import UserError
+
+    assert issubclass(InputChanged, UserError)  # run_cli: one line, exit 2
 
 
 def test_a_killed_runs_temporary_file_is_removed(photos, annotator, tmp_path):
