@@ -63,9 +63,17 @@ def sd_noise_scheduler() -> DDPMScheduler:
 
 
 def save_tiny_backbone(folder: str | Path, family: str = "sd15", seed: int = 0) -> Path:
-    """Build the tiny random backbone with a fixed seed and save it to ``folder``."""
+    """Build the tiny random backbone with a fixed seed and save it to ``folder``. The
+    caller's random state is left as it was: a run that builds the cache on first use must
+    draw the same numbers after it as a run that finds the cache built."""
     folder = Path(folder)
-    torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        _save_components(folder, family)
+    return folder
+
+
+def _save_components(folder: Path, family: str) -> None:
     _unet(family).save_pretrained(folder / "unet")
     _vae().save_pretrained(folder / "vae")
     CLIPTextModel(_text_config()).save_pretrained(folder / "text_encoder")
@@ -74,7 +82,6 @@ def save_tiny_backbone(folder: str | Path, family: str = "sd15", seed: int = 0) 
         CLIPTextModelWithProjection(_text_config()).save_pretrained(folder / "text_encoder_2")
         build_clip_tokenizer(folder / "tokenizer_2")
     sd_noise_scheduler().save_pretrained(folder / "scheduler")
-    return folder
 
 
 def tiny_backbone_dir(family: str = "sd15") -> Path:

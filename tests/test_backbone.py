@@ -76,3 +76,12 @@ def test_missing_controlnet_is_named(tmp_path):
     with pytest.raises(BackboneError, match="ControlNet"):
         load_backbone(model_cfg(f"model.pretrained={folder}",
                                 "model.controlnet=lllyasviel/sd-controlnet-openpose"))
+
+
+def test_building_the_tiny_backbone_leaves_the_random_state_alone(tmp_path):
+    """A run that builds the cache on first use draws what a run finding it built draws
+    (the first run of a fresh cache trained from other initial weights)."""
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    save_tiny_backbone(tmp_path / "sd15")
+    assert torch.equal(torch.get_rng_state(), before)
