@@ -1,6 +1,7 @@
 """Overhead of our attention processors vs diffusers' at the 16 SD1.5 cross-attention layers.
 
-    python benchmarks/attention_overhead.py [--device cpu|cuda] [--pairs 20] [--quick]
+    python benchmarks/attention_overhead.py [--device cpu|cuda] [--pairs 20] [--threads 1]
+        [--quick]
 
 The layers have SD1.5's real shapes for 512² images: query lengths 4096/1024/256/64,
 widths 320/640/1280, 8 heads, 768-wide text, batch 2 (classifier-free guidance). Three
@@ -23,6 +24,10 @@ turns layer by layer (who goes first alternates with layer and pair), so both se
 load and neither always runs on the other's warm cache. A case's figure is the median of
 its per-pair ratios (ours / baseline seconds of the pass), so a burst of load from other
 processes spoils a pair, not the figure; the quartiles of the ratios are printed beside it.
+Times are wall clock on CUDA (synchronised); on the CPU this process's CPU time with
+``--threads`` (default 1) intra-op threads: on a shared 2-core machine the wall time mostly
+measures the other processes, and a second thread spins, billing CPU time and waiting at
+every op, whenever its core is taken (which made the figures depend on op counts).
 
 Ends with one line per case: ``RESULT attention_<case>_ratio=<ours/baseline> goal<=<g>``.
 """
@@ -118,13 +123,16 @@ def check_decoupled(cases: dict[str, Case]) -> None:
 
 
 def timed(fn: Call, device: str) -> float:
-    """Wall seconds of fn(), device work included."""
-    if device == "cuda":
-        torch.cuda.synchronize()
+    """Seconds of fn(): wall clock with CUDA synchronised, or on the CPU this process's CPU
+    time, which other processes on a shared machine do not inflate (see the module doc)."""
+    if device != "cuda":
+        start = time.process_time()
+        fn()
+        return time.process_time() - start
+    torch.cuda.synchronize()
     start = time.perf_counter()
     fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
+    torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -167,7 +175,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--pairs", type=int, default=20, help="timed pairs per case")
     parser.add_argument("--quick", action="store_true", help="smoke test: 4 pairs")
+    parser.add_argument("--threads", type=int, default=1, help="CPU: torch intra-op threads")
     args = parser.parse_args(argv)
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
     pairs = 4 if args.quick else args.pairs
     print(f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} "
           f"pairs={pairs}")
