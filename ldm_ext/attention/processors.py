@@ -34,6 +34,9 @@ class AttentionContext:
     face_masks: FaceMasks | None = None  # masked cross-attention (InstantFamily)
     image_tokens: Tensor | None = None  # (B, M, D_img) decoupled layers (IP-Adapter/StoryMaker)
     ip_scale: float = 1.0  # gamma of StoryMaker Eq. 3
+    # (B, 1, 1, M) bool, True = attend: image tokens each sample's decoupled layers see
+    # (e.g. the token groups of absent characters are False); None: all of them
+    image_mask: Tensor | None = None
     value_states: Tensor | None = None  # (B, T, D) split K/V (SeFi-IDE): values from this
     # tag -> other key inputs (B, T, D): the softmax of the layer's own queries against each
     # is recorded, detached, as "<name>:<tag>" when the store wants it; the layer's output
@@ -122,9 +125,12 @@ def _attend(query: Tensor, key: Tensor, value: Tensor, bias: Tensor | None, scal
 
 
 def _softmax(query: Tensor, key: Tensor, bias: Tensor | None, scale: float) -> Tensor:
-    """softmax(QKᵀ·scale + bias) (B, heads, Q, K), in fp32 then the query's dtype."""
+    """softmax(QKᵀ·scale + bias) (B, heads, Q, K), in fp32 then the query's dtype; a
+    boolean ``bias`` is a mask (True = attend, False = −∞), as SDPA reads one."""
     logits = query @ key.transpose(-1, -2) * scale  # (B, heads, Q, K)
-    if bias is not None:
+    if bias is not None and bias.dtype == torch.bool:  # a boolean mask, as SDPA takes one
+        logits = logits.masked_fill(~bias, float("-inf"))
+    elif bias is not None:
         logits = logits + bias
     return logits.float().softmax(dim=-1).to(query.dtype)
 
@@ -326,13 +332,14 @@ class DecoupledAttnProcessor(nn.Module):
 
     def _image_attention(self, attn, query: Tensor, prep: _Prepared,
                          ctx: AttentionContext) -> Tensor:
-        """Attn(Q, K_i, V_i) as (B, heads, Q, d); records its softmax as "<name>:ip"."""
+        """Attn(Q, K_i, V_i) as (B, heads, Q, d) over the tokens ctx.image_mask keeps;
+        records its softmax as "<name>:ip"."""
         tokens = ctx.image_tokens.to(self.to_k_ip.weight.dtype)
         key = _heads(attn, self.to_k_ip(tokens).to(query.dtype))  # (B, heads, M, d)
         value = _heads(attn, self.to_v_ip(tokens).to(query.dtype))
         name = f"{self.name}:ip"
         keep = ctx.store is not None and ctx.store.wants(name)
-        out, probs = _attend(query, key, value, None, attn.scale, keep)
+        out, probs = _attend(query, key, value, ctx.image_mask, attn.scale, keep)
         if keep:
             _record(ctx, name, probs, prep)
         return out
