@@ -47,6 +47,9 @@ METHODS: dict[str, MethodSpec] = {
                                 "ldm_ext.methods.portraitbooth:PortraitBooth",
                                 "ldm_ext.pipelines.portraitbooth:PortraitBoothPipeline",
                                 view="portraitbooth"),
+    "storymaker": MethodSpec("ldm_ext.methods.storymaker_config:StoryMakerConfig",
+                             "ldm_ext.methods.storymaker:StoryMaker",
+                             "ldm_ext.pipelines.storymaker:StoryMakerPipeline", view="storymaker"),
     # fits one photo (data.kind=single_image), so its view is never used
     "sefi_ide": MethodSpec("ldm_ext.methods.sefi_ide_config:SeFiIDEConfig",
                            "ldm_ext.methods.sefi_ide:SeFiIDE",

@@ -1,0 +1,86 @@
+"""StoryMaker's config (METHODS.md §3), apart from its module so that reading and checking a
+config imports no torch. Defaults are the official recipe (RedAIGC/StoryMaker, what made the
+released weights); ``configs/experiment/storymaker_sdxl_paper.yaml`` flips the paper's."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from ldm_ext.config import Bounds, MethodConfig
+
+
+@dataclass
+class StoryMakerConfig(MethodConfig):
+    """StoryMaker: PPR image tokens (Eq. 4-7) through decoupled cross-attention (Eq. 3) with
+    LoRA (Eq. 8), attention loss against character masks (Eq. 9-12)."""
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "face_encoder": ("insightface", "arcface"),
+        "lora_layers": ("all", "cross"),
+        "attn_loss_layers": ("lowest", "all"),
+        "attn_loss_form": ("official", "paper"),
+    }
+    RANGES: ClassVar[dict[str, Bounds]] = {
+        "num_slots": (1, None), "max_characters": (1, None), "face_tokens": (1, None),
+        "face_perceiver_depth": (1, None), "face_shortcut_scale": (0, None),
+        "resampler_dim": (1, None), "resampler_depth": (1, None), "resampler_heads": (1, None),
+        "resampler_dim_head": (1, None), "character_tokens": (1, None), "lora_rank": (0, None),
+        "attn_loss_weight": (0, None), "person_loss_weight": (0, None),
+        "drop_characters": (0, 1), "drop_both": (0, 1), "drop_face_tokens": (0, 1),
+        "drop_character_tokens": (0, 1), "ip_scale": (0, None), "lora_scale": (0, None),
+    }
+
+    name: str = "storymaker"
+    lr: float = 1e-4
+    num_slots: int = 2  # character slots per training sample (<= max_characters)
+    # frozen encoders: ArcFace identity (insightface buffalo_l ONNX, or a torch IResNet:
+    # arcface + face_arch + face_weights = backbone.pth | random) and CLIP ViT-H/14
+    face_encoder: str = "insightface"
+    face_weights: str | None = None  # insightface: the .onnx (default ~/.insightface buffalo_l)
+    face_arch: str = "r100"  # arcface only: IResNet depth of face_weights
+    image_encoder: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # or a folder, or "tiny"
+    # PPR (Eq. 4-7): R1 face tokens, R2 character resampler, positions, background
+    face_tokens: int = 4
+    face_perceiver_depth: int = 4
+    face_shortcut_scale: float = 1.0  # s of E1 = x + s * perceiver(x) (FaceID-PlusV2)
+    resampler_dim: int = 1280
+    resampler_depth: int = 4
+    resampler_heads: int = 20
+    resampler_dim_head: int = 64
+    character_tokens: int = 16
+    max_characters: int = 3  # rows of E_pos
+    # released initialisation (paths; released.py maps their keys): FaceID-PlusV2 (its
+    # sections: image_proj -> R1, ip_adapter -> LoRA + K_i/V_i), IP-Adapter-Plus ViT-H
+    # (image_proj -> R2), StoryMaker's own weights (everything; overrides both)
+    faceid_weights: str | None = None
+    faceid_sections: list[str] = field(default_factory=lambda: ["image_proj", "ip_adapter"])
+    plus_weights: str | None = None
+    storymaker_weights: str | None = None
+    # LoRA through peft (Eq. 8): official to_q/k/v/out of every attention layer (all);
+    # the paper's W_q, W_k^t, W_v^t of the cross-attention layers (cross, three targets)
+    lora_rank: int = 128  # 0: no LoRA
+    lora_layers: str = "all"  # all (attn1 + attn2) | cross (attn2)
+    lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    # losses: L = L_SD(weighted) + λ L_attn (Eq. 12)
+    attn_loss_weight: float = 0.1  # λ; 0 turns the loss (and the maps) off
+    attn_loss_layers: str = "lowest"  # lowest-resolution cross-attention layers | all
+    # official: maps averaged over layers, (Σ_k MSE_k + MSE_bg) / N; paper: Eq. 11 per
+    # layer, 1/(N+1) Σ, averaged over the M layers (Eq. 12)
+    attn_loss_form: str = "official"
+    person_loss_weight: float = 5.0  # noise MSE weighted by 1 + w * person mask (0: plain)
+    # drops per sample (one draw: characters | text | both; text = empty_prompt_prob), and
+    # the released projector's own token drops (E1 = 0 / E2 = 0, each independently)
+    empty_prompt_prob: float = 0.2
+    drop_characters: float = 0.05
+    drop_both: float = 0.05
+    drop_face_tokens: float = 0.1
+    drop_character_tokens: float = 0.1
+    # inference (infer.py): image scale gamma (Eq. 3) and LoRA scale
+    ip_scale: float = 0.8
+    lora_scale: float = 0.8
+    sample_num_ids: list[int] = field(default_factory=lambda: [1, 2])
+    sample_prompts: list[str] = field(
+        default_factory=lambda: ["a photo of people walking in a park"])
+    sample_steps: int = 25
+    guidance_scale: float = 7.5
+    sampler: str = "unipc"
