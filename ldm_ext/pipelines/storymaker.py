@@ -1,0 +1,223 @@
+"""Generate with StoryMaker: one to three characters (face, hair, clothes, body) in any prompt.
+
+A character comes from one reference photo (its largest face) or from one person of a group
+photo: the face crop (ArcFace and CLIP) and the character crop made as the official
+inference makes it (the bounding box of the character's mask, the mask blurred 5 x 5, the
+person composited on white, resized to 224²). Masks come from ``--masks`` or from the
+annotation stages of ``datamodules.prepare`` (human parsing split by pose when its weights are
+local, else the pose hull). Sampling as ``infer.py``: UniPC, 25 steps, CFG 7.5, image scale
+0.8 (γ of Eq. 3), LoRA scale 0.8, negative = the PPR on all-zero embeddings; a pose template
+drives the frozen pose ControlNet when the run has one.
+
+An identity is a (6, 224, 224) tensor in [-1, 1]: the face crop, then the character crop.
+
+    python -m ldm_ext.generate --run runs/storymaker_demo --ids a.jpg b.jpg \
+        --prompt "a man and a woman taking a selfie by a volcano" --out out.png
+"""
+from __future__ import annotations
+
+import argparse
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from ldm_ext.adapters.lora import lora_scale
+from ldm_ext.attention import AttentionContext
+from ldm_ext.cli import InputError, open_image, positive_int
+from ldm_ext.face.align import tensor_to_uint8
+from ldm_ext.pipelines.base import MethodPipeline
+from ldm_ext.pipelines.sampling import decode_images, denoise, initial_latents, to_tensor
+from ldm_ext.pose import load_pose, render_control_image, slot_color
+
+SIDE = 224  # CLIP ViT-H/14 input; both halves of an identity
+
+
+def official_character_crop(image: np.ndarray, mask: np.ndarray, size: int = SIDE) -> np.ndarray:
+    """(size, size, 3) uint8 as StoryMaker's ``crop_image``: the mask's bounding box cut
+    from the image and the mask, the mask blurred (5 x 5 Gaussian), the person blended onto
+    white by it, resized to a square (aspect not kept). An empty mask gives white."""
+    ys, xs = np.nonzero(mask)
+    if not len(ys):
+        return np.full((size, size, 3), 255, np.uint8)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    alpha = cv2.GaussianBlur(mask[y0:y1, x0:x1].astype(np.uint8) * 255, (5, 5), 0)
+    alpha = alpha[..., None].astype(np.float64) / 255.0  # (h, w, 1)
+    crop = (255 * (1 - alpha) + alpha * image[y0:y1, x0:x1]).astype(np.uint8)
+    return np.array(Image.fromarray(crop).resize((size, size), Image.BICUBIC))
+
+
+def pack_identity(face: torch.Tensor, character: np.ndarray) -> torch.Tensor:
+    """face (3, S, S) in [-1, 1] and character (224, 224, 3) uint8 -> (6, 224, 224) in [-1, 1]."""
+    face = F.interpolate(face[None].float(), size=(SIDE, SIDE), mode="bilinear",
+                         antialias=True, align_corners=False)[0].clamp(-1, 1)
+    return torch.cat([face, to_tensor(character) * 2 - 1])
+
+
+class StoryMakerPipeline(MethodPipeline):
+    """Wraps a trained ``StoryMaker`` module (weights loaded) for sampling.
+
+    ``annotator``: faces, pose and character masks of reference photos
+    (``datamodules.annotate.Annotator``; default MTCNN, built on first use)."""
+
+    def __init__(self, method, annotator=None, scheduler: str = "unipc") -> None:
+        super().__init__(method, scheduler)
+        self.annotator = annotator
+
+    # ----- identities ------------------------------------------------------------------
+    def identity(self, photo: Image.Image, mask: np.ndarray | None = None) -> torch.Tensor:
+        """The character of a photo's largest face (its mask: ``mask`` or segmented)."""
+        return self.characters(photo, 1, None if mask is None else [mask])[0]
+
+    def characters(self, photo: Image.Image, count: int | None = None,
+                   masks: list[np.ndarray] | None = None) -> torch.Tensor:
+        """(K, 6, 224, 224): the ``count`` largest faces' characters (all when None)."""
+        image = np.asarray(photo.convert("RGB"))
+        annotator = self._annotator()
+        faces = annotator.faces(image)
+        if len(faces) == 0:
+            raise InputError("no face found in the photo")
+        if count is not None and count > len(faces):
+            raise InputError(f"{len(faces)} faces found, {count} characters asked for")
+        faces = faces.select(slice(0, count))
+        if masks is not None:  # given masks: white = the person, resized to the photo
+            masks = [cv2.resize(m.astype(np.uint8), image.shape[1::-1],
+                                interpolation=cv2.INTER_NEAREST) > 0 for m in masks]
+        else:
+            people, owner, _ = annotator.people(image, faces)
+            masks = list(annotator.character_segmenter()(image, faces.boxes, people, owner))
+        return torch.stack([pack_identity(face, official_character_crop(image, mask))
+                            for face, mask in zip(faces.crops, masks)])
+
+    def _annotator(self):
+        if self.annotator is None:
+            from datamodules.annotate import Annotator, Filters
+
+            self.annotator = Annotator(filters=Filters(min_face_size=16, min_score=0.9))
+        return self.annotator
+
+    def legend(self, identities, size: tuple[int, int]) -> Image.Image:
+        """Each character's face and character crop, framed in its slot colour."""
+        height, width = size
+        canvas = Image.new("RGB", (width, height), (235, 235, 235))
+        ids = _stacked(identities)
+        side = max(8, min(height // 2, width // (2 * max(1, len(ids)))) - 6)
+        for k, identity in enumerate(ids):
+            for half in range(2):
+                thumb = Image.fromarray(tensor_to_uint8(identity[None, 3 * half:3 * half + 3],
+                                                        side)[0])
+                framed = ImageOps.expand(thumb, border=2, fill=slot_color(k))
+                canvas.paste(framed, ((2 * k + half) * (side + 6), 2))
+        return canvas
+
+    # ----- generation ------------------------------------------------------------------
+    def context(self, identities: torch.Tensor | None, latent_hw: tuple[int, int], store=None,
+                zero_character: bool = False, ip_scale: float | None = None):
+        """The guidance branches' attention context: image tokens (negative, positive)."""
+        method = self.method
+        ctx = AttentionContext(store=store, latent_hw=latent_hw,
+                               ip_scale=method.cfg.method.ip_scale if ip_scale is None
+                               else ip_scale)
+        if identities is None:
+            return ctx
+        if len(identities) > method.ppr.max_characters:
+            raise InputError(f"{len(identities)} characters; the model takes at most "
+                             f"{method.ppr.max_characters}")
+        ids, valid = identities.to(method.device), torch.ones(1, len(identities), dtype=torch.bool)
+        zero = torch.tensor([zero_character])
+        tokens = method.image_tokens(ids[None, :, :3], (ids[None, :, 3:] + 1) / 2,
+                                     valid.to(method.device), zero_character=zero.to(method.device))
+        ctx.image_tokens = torch.cat([method.negative_tokens(valid), tokens])  # (2, M, D)
+        return ctx
+
+    @torch.no_grad()
+    def __call__(self, prompt: str, identities, *, size: tuple[int, int] = (1024, 1024),
+                 steps: int = 25, guidance: float = 7.5,
+                 generator: torch.Generator | None = None, negative_prompt: str = "",
+                 progress: bool = True, store=None, people=None, zero_character: bool = False,
+                 ip_scale: float | None = None, lora: float | None = None) -> Image.Image:
+        """One image of ``size`` (H, W) with the characters ``identities`` ((K, 6, 224, 224)
+        or a list of (6, 224, 224); None: the prompt alone). ``people``: a pose template
+        for the ControlNet; ``zero_character``: identity only (E2 = 0, Fig. 4);
+        ``ip_scale`` / ``lora``: γ and the LoRA scale (default the config's)."""
+        method, cfg = self.method, self.method.cfg.method
+        latent_hw = tuple(self.latent_shape(size)[-2:])
+        ctx = self.context(_stacked(identities), latent_hw, store, zero_character, ip_scale)
+        text, pooled = method.encode_text([negative_prompt, prompt])
+        added = method.added_cond_kwargs(pooled, size)
+        control = self.control(people, size)
+        latents = initial_latents(self.latent_shape(size), generator, method.device, text.dtype)
+        with lora_scale(method.unet, cfg.lora_scale if lora is None else lora):
+            latents = denoise(self.scheduler, lambda x, t: method.predict_noise(
+                x, t, text, ctx, added, control), latents, steps, guidance, progress, generator)
+        return decode_images(method.vae, latents)[0]
+
+    def control(self, people, size: tuple[int, int]) -> torch.Tensor | None:
+        """(2, 3, H, W) pose image of ``people`` for both branches, or None without them."""
+        if people is None:
+            return None
+        if self.method.controlnet is None:
+            raise InputError("a pose was given but this run has no ControlNet "
+                             "(model.controlnet: a pretrained OpenPose ControlNet)")
+        image = render_control_image(people, size, [None] * len(people))
+        return to_tensor(image)[None].expand(2, -1, -1, -1).to(self.method.device)
+
+    # ----- command line (ldm_ext.generate) -----------------------------------------------
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        ids = parser.add_mutually_exclusive_group(required=True)
+        ids.add_argument("--ids", nargs="+", help="one photo per character (largest face)")
+        ids.add_argument("--group", help="one photo whose largest faces are the characters")
+        parser.add_argument("--num-ids", type=positive_int, default=None,
+                            help="with --group: how many characters (largest faces first)")
+        parser.add_argument("--masks", nargs="+", help="with --ids: one character mask image "
+                            "per photo (white = the person); default: segmented")
+        parser.add_argument("--pose", help="OpenPose-style JSON for the pose ControlNet")
+        parser.add_argument("--zero-character", action="store_true",
+                            help="identity only: the character tokens set to zero (Fig. 4)")
+        parser.add_argument("--ip-scale", type=float, default=None, help="γ (Eq. 3)")
+        parser.add_argument("--lora-scale", type=float, default=None)
+
+    def inputs_from_args(self, args: argparse.Namespace) -> dict:
+        """Characters from --ids (+ --masks) or --group (+ --num-ids); --pose, scales."""
+        if args.masks and not args.ids:
+            raise InputError("--masks goes with --ids (one mask per photo)")
+        if args.ids and args.num_ids is not None:
+            raise InputError("--num-ids goes with --group; --ids takes one character per photo")
+        inputs = {"identities": self._identities_from_args(args),
+                  "zero_character": args.zero_character, "ip_scale": args.ip_scale,
+                  "lora": args.lora_scale}
+        if args.pose:
+            inputs["people"], hw = load_pose(args.pose)
+            if hw is not None and not args.size:
+                inputs["size"] = hw
+        return inputs
+
+    def _identities_from_args(self, args: argparse.Namespace) -> torch.Tensor:
+        if args.group:
+            photo = open_image(args.group, "group photo")
+            try:
+                return self.characters(photo, args.num_ids)
+            except InputError as err:
+                raise InputError(f"group photo {args.group}: {err}") from None
+        if args.masks and len(args.masks) != len(args.ids):
+            raise InputError(f"{len(args.masks)} --masks for {len(args.ids)} --ids photos")
+        found = []
+        for k, path in enumerate(args.ids):
+            mask = None if not args.masks else \
+                np.asarray(open_image(args.masks[k], "mask image").convert("L")) > 127
+            photo = open_image(path, "character photo")
+            try:
+                found.append(self.identity(photo, mask))
+            except InputError as err:
+                raise InputError(f"character photo {path}: {err}") from None
+        return torch.stack(found)
+
+
+def _stacked(identities) -> torch.Tensor | None:
+    """(K, 6, S, S) from a tensor, a list of (6, S, S), or None / empty (no characters)."""
+    if identities is None or len(identities) == 0:
+        return None
+    return torch.stack(list(identities)) if isinstance(identities, (list, tuple)) else identities
