@@ -50,7 +50,8 @@ def write_outputs(cfg, out_dir: Path, image_dir: Path, rows: list[dict],
                "image_dir": str(image_dir.resolve()),  # --compare finds --images runs' images
                "config": OmegaConf.to_container(cfg, resolve=True)}
     (out_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=2))
-    write_report(out_dir, image_dir, rows, summary, cfg.note)
+    write_report(out_dir, image_dir, rows, summary, cfg.note,
+                 OmegaConf.to_container(cfg.published))
     if cfg.wandb:
         log_wandb(cfg, image_dir, rows, summary)
     return summary
@@ -170,11 +171,13 @@ def save_figure(fig, path: Path) -> Path:
 
 
 def write_report(out_dir: Path, image_dir: Path, rows: list[dict], summary: dict,
-                 note: str = "") -> Path:
-    """report.md: overall / per-category / per-N tables, mixing matrices, grids, plots."""
+                 note: str = "", published: dict[str, dict[str, float]] | None = None) -> Path:
+    """report.md: overall / per-category / per-N tables, published figures beside this
+    run's, mixing matrices, grids, plots."""
     lines = [f"# {summary['name']}", "", note, "",
              f"{summary['num_images']} images; mean ± population std (numpy `std`).", "",
              "## Overall", *markdown_table({"all": summary["overall"]}, "images"), "",
+             *published_section(published, summary["overall"]),
              "## By prompt category", *markdown_table(summary["by_category"], "category"), "",
              "## By number of subjects", *markdown_table(summary["by_num_ids"], "N"), "",
              *skipped_section(summary["skipped"])]
@@ -193,6 +196,22 @@ def write_report(out_dir: Path, image_dir: Path, rows: list[dict], summary: dict
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def published_section(published: dict[str, dict[str, float]] | None,
+                      overall: dict[str, dict]) -> list[str]:
+    """report.md lines: the published figures (one row per paper entry) and this run's
+    means of the same metrics (none given: no section)."""
+    if not published:
+        return []
+    metrics = list(dict.fromkeys(m for values in published.values() for m in values))
+    lines = ["## Published figures", "| | " + " | ".join(metrics) + " |",
+             "|---" * (len(metrics) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(f"{values[m]:.4f}" if m in values else "–"
+                                          for m in metrics) + " |"
+              for name, values in published.items()]
+    ours = [f"{overall[m]['mean']:.4f}" if overall.get(m, {}).get("n") else "–" for m in metrics]
+    return lines + ["| this run | " + " | ".join(ours) + " |", ""]
 
 
 def skipped_section(skipped: list[dict]) -> list[str]:

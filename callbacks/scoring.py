@@ -37,8 +37,8 @@ def build_scorers(scoring, device: str = "cpu") -> Scorers:
     s = scoring
     faces = build_face_scorer(s.detector, s.face_encoder, s.face_weights, s.min_face_score,
                               device, s.batch_size)
-    face_sim = (build_face_scorer(s.face_sim_detector, s.face_sim_encoder, None, 0.5, device,
-                                  s.batch_size) if s.face_sim_encoder else None)
+    face_sim = (build_face_scorer(s.face_sim_detector, s.face_sim_encoder, s.face_sim_weights,
+                                  0.5, device, s.batch_size) if s.face_sim_encoder else None)
     clip_t = (CLIPScorer(s.clip_t_model, s.clip_t_pretrained, device, s.batch_size)
               if s.clip_t_model else None)
     clip_i = (CLIPScorer(s.clip_i_model, s.clip_i_pretrained, device, s.batch_size)

@@ -70,6 +70,7 @@ class ScoringConfig:
     face_weights: str | None = "vggface2"
     face_sim_encoder: str | None = None  # StoryMaker Face Sim: insightface (buffalo_l)
     face_sim_detector: str = "insightface"
+    face_sim_weights: str | None = None  # None: the backend's default; random: plumbing runs
     clip_t_model: str | None = "ViT-L-14"
     clip_t_pretrained: str = "openai"
     clip_i_model: str | None = None  # StoryMaker CLIP-I: ViT-H-14
@@ -93,6 +94,9 @@ class EvalConfig:
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     wandb: bool = False
     wandb_project: str = "idforge-eval"
+    # figures a paper reports on this protocol, shown beside the run's in report.md:
+    # row name -> metric -> value on the metric's own scale (e.g. 0.6736 for 67.36 %)
+    published: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 CHOICES = {
