@@ -21,7 +21,6 @@ from pathlib import Path
 from ldm_ext.cli import run_cli
 
 DEFAULT_CONFIG = "configs/experiment/sefi_ide_sd15.yaml"
-IDENTITY_FILE = "trainable.safetensors"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,7 +56,9 @@ def finished_identity(cfg) -> Path | None:
     """The identity file of a fit that reached ``trainer.max_steps``, else None."""
     from safetensors import safe_open
 
-    path = Path(cfg.output_dir) / cfg.name / IDENTITY_FILE
+    from ldm_ext.methods.loading import TRAINABLE
+
+    path = Path(cfg.output_dir) / cfg.name / TRAINABLE
     if not path.is_file():
         return None
     with safe_open(str(path), "pt") as handle:
@@ -69,15 +70,17 @@ def fit_identity(cfg) -> Path:
     """Fit (or resume, or reuse) the identity of a ``fit_config``; its identity file."""
     import train
 
+    from ldm_ext.methods.loading import TRAINABLE
+
     done = finished_identity(cfg)
     if done is not None:
         print(f"{cfg.name}: already fitted ({done})", file=sys.stderr)
         return done
     start = time.perf_counter()
-    run_dir = train.run(cfg)
-    print(f"{cfg.name}: fitted in {time.perf_counter() - start:.0f} s -> "
-          f"{run_dir / IDENTITY_FILE}", file=sys.stderr)
-    return run_dir / IDENTITY_FILE
+    identity = train.run(cfg) / TRAINABLE
+    print(f"{cfg.name}: fitted in {time.perf_counter() - start:.0f} s -> {identity}",
+          file=sys.stderr)
+    return identity
 
 
 def fit(argv: list[str] | None) -> int:

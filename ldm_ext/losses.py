@@ -29,21 +29,14 @@ def noise_loss(pred: torch.Tensor, target: torch.Tensor,
 
 def face_attention_loss(target: list[torch.Tensor],
                         reference: list[torch.Tensor]) -> torch.Tensor:
-    """SeFi-IDE's face-wise attention loss (Eq. 4, Alg. 1): MSE(A_r, A_t).
+    """SeFi-IDE's face-wise attention loss (Eq. 4, Alg. 1): MSE(A_t, A_r).
 
-    ``target[l]`` / ``reference[l]``: softmax maps (B, heads, 77, s, s) of cross-attention
-    layer l, the same queries against the target's and the reference prompt's keys, over
-    all tokens, resized to s x s (32). As Alg. 1's Re2 gathers the layers into one
-    heads x 77 x 32 x 32 map, the maps are averaged over layers first; layers with another
-    head count (SDXL) form their own average, and the mean runs over every element of all.
-    A_r is detached: only the target side trains."""
-    groups: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-    for a_t, a_r in zip(target, reference, strict=True):
-        groups.setdefault(a_t.shape[1], []).append((a_t, a_r))
-    total, count = target[0].new_zeros((), dtype=torch.float32), 0
-    for pairs in groups.values():
-        a_t = torch.stack([t for t, _ in pairs]).float().mean(0)  # (B, heads, 77, s, s)
-        a_r = torch.stack([r for _, r in pairs]).float().mean(0).detach()
-        total = total + (a_t - a_r).pow(2).sum()
-        count += a_t.numel()
-    return total / count
+    ``target[g]`` / ``reference[g]``: (B, heads, 77, s, s) softmax maps of the same queries
+    against the target's and the reference prompt's keys, over all tokens, resized to
+    s x s (32) and averaged over the cross-attention layers (Alg. 1's Re2 gathers the
+    layers into one heads x 77 x 32 x 32 map); one entry per head count (SD1.5's layers
+    all have 8 heads, SDXL's differ), the mean running over every element of all. A_r is
+    detached: only the target side trains."""
+    total = sum((a_t.float() - a_r.detach().float()).pow(2).sum()
+                for a_t, a_r in zip(target, reference, strict=True))
+    return total / sum(a_t.numel() for a_t in target)

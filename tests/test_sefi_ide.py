@@ -15,6 +15,7 @@ from ldm_ext.cli import InputError
 from ldm_ext.config import load_config
 from ldm_ext.losses import face_attention_loss
 from ldm_ext.methods.loading import build_method
+from ldm_ext.methods.sefi_ide import LayerMeans
 
 TINY = "configs/experiment/sefi_ide_tiny.yaml"
 TARGET = "a photo of the face of V*"
@@ -97,6 +98,16 @@ def test_sdxl_both_encoders_read_their_slice(method_xl):
     assert not torch.allclose(pooled2, pooled)  # pooled comes from encoder 2
 
 
+def test_sdxl_fits_and_samples(method_xl):
+    """SDXL: the step runs with the added conditioning of the value condition; sampling
+    with the module's own identity."""
+    losses = _step(method_xl)
+    assert losses["attention"].item() == 0.0 and torch.isfinite(losses["loss"])
+    image = method_xl.pipeline()("a photo of V*", None, size=(64, 64), steps=1,
+                                 progress=False)
+    assert image.size == (64, 64)
+
+
 def _perturbed(method) -> dict:
     state = {k: v.clone() for k, v in method.stage_tokens.state_dict().items()}
     with torch.no_grad():
@@ -147,17 +158,29 @@ def test_attention_loss_gradient_reaches_only_the_identity(method):
         method.zero_grad(set_to_none=True)
 
 
-def test_face_attention_loss_groups_head_counts():
-    """Alg. 1: maps averaged over layers (per head count), then the MSE; A_r detached."""
-    a = [torch.rand(1, 2, 77, 4, 4, requires_grad=True) for _ in range(2)]
-    b = [torch.rand(1, 4, 77, 4, 4)]
-    ref = [torch.rand_like(x, requires_grad=True) for x in a + b]
-    loss = face_attention_loss(a + b, ref)
-    mean_a = (a[0] + a[1]) / 2 - (ref[0] + ref[1]) / 2
-    expected = (mean_a.pow(2).sum() + (b[0] - ref[2]).pow(2).sum()) / (mean_a.numel() + b[0].numel())
+def test_face_attention_loss_is_the_mse_of_layer_means(method):
+    """Alg. 1: each layer's maps resized to 32x32, averaged over layers (per head count),
+    then the MSE with A_r detached; the store sums same-grid layers before resizing."""
+    store = AttentionStore(lambda n: True, size=4)
+    means = LayerMeans(lambda n: True, size=4)
+    probs = {("a", 2, 8): torch.rand(1, 2, 64, 5), ("b", 2, 4): torch.rand(1, 2, 16, 5),
+             ("c", 2, 8): torch.rand(1, 2, 64, 5), ("d", 4, 4): torch.rand(1, 4, 16, 5)}
+    for (name, _, side), p in probs.items():
+        for target in (store, means):
+            target.record(name, p, (side, side))
+            target.record(f"{name}:ref", p.flip(-1), (side, side))
+    for tag in ("", ":ref"):
+        two_heads = torch.stack([store.maps[n + tag] for n in "abc"]).mean(0)
+        got = means.means(tag.lstrip(":"))
+        torch.testing.assert_close(got[0], two_heads)
+        torch.testing.assert_close(got[1], store.maps["d" + tag])
+    a_t = [m.requires_grad_(True) for m in means.means()]
+    a_r = [m.requires_grad_(True) for m in means.means("ref")]
+    loss = face_attention_loss(a_t, a_r)
+    expected = sum((t - r).pow(2).sum() for t, r in zip(a_t, a_r)) / sum(t.numel() for t in a_t)
     torch.testing.assert_close(loss, expected)
     loss.backward()
-    assert a[0].grad is not None and ref[0].grad is None
+    assert a_t[0].grad is not None and a_r[0].grad is None
 
 
 def test_one_unet_pass_probes_the_same_queries(method):

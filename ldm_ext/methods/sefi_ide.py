@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -27,6 +28,39 @@ from ldm_ext.losses import face_attention_loss, noise_loss
 from ldm_ext.methods.base import IdentityMethod
 
 REFERENCE = "reference"  # probe tag of y_r's maps in the attention store
+
+
+class LayerMeans(AttentionStore):
+    """The maps of Alg. 1: per tag (the layers' own maps "", a probe's "<tag>") and head
+    count, every recorded layer's softmax resized to ``size`` x ``size`` and averaged over
+    the layers, with gradients. Bilinear resizing is linear, so the maps of layers on the
+    same query grid are summed as they come and each sum is resized once: the same average
+    for a fraction of the copies and resizes of keeping every layer's map. (A
+    gradient-checkpoint recomputation adds again after the loss was taken, unread.)"""
+
+    def __init__(self, layers, size: int = 32) -> None:
+        super().__init__(layers, size)
+        self.sums: dict[tuple[str, int, int, int], torch.Tensor] = {}  # (B, heads, Q, K)
+
+    def record(self, name: str, probs: torch.Tensor, hw: tuple[int, int]) -> None:
+        """probs (B, heads, Q = h*w, K) of layer ``name`` ("<layer>" or "<layer>:<tag>")."""
+        key = (name.partition(":")[2], probs.shape[1], *hw)
+        self.sums[key] = probs if key not in self.sums else self.sums[key] + probs
+        self.counts[key[:2]] = self.counts.get(key[:2], 0) + 1
+
+    def means(self, tag: str = "") -> list[torch.Tensor]:
+        """Per head count (ascending): (B, heads, K, size, size) the layers' mean map."""
+        found: dict[int, torch.Tensor] = {}
+        for (kind, heads, h, w), total in self.sums.items():
+            if kind != tag:
+                continue
+            maps = total.transpose(2, 3).unflatten(-1, (h, w)).flatten(0, 1)  # (B*heads, K, h, w)
+            if (h, w) != (self.size, self.size):
+                maps = F.interpolate(maps, size=(self.size, self.size), mode="bilinear",
+                                     align_corners=False)
+            maps = maps.unflatten(0, (total.shape[0], heads))  # (B, heads, K, size, size)
+            found[heads] = maps if heads not in found else found[heads] + maps
+        return [found[h] / self.counts[(tag, h)] for h in sorted(found)]
 
 
 class SeFiIDE(IdentityMethod):
@@ -110,17 +144,15 @@ class SeFiIDE(IdentityMethod):
         loss_att = self.attention_loss(store)
         return {"loss": loss_kv + lam * loss_att, "noise": loss_kv, "attention": loss_att}
 
-    def _loss_store(self) -> AttentionStore:
-        """Records every UNet cross-attention layer's map and its y_r probe (Alg. 1)."""
-        return AttentionStore(lambda n: self.attention_layers(n.removesuffix(f":{REFERENCE}")),
-                              size=self.cfg.method.attention_map_size)
+    def _loss_store(self) -> LayerMeans:
+        """Averages every UNet cross-attention layer's map and its y_r probe (Alg. 1)."""
+        return LayerMeans(lambda n: self.attention_layers(n.removesuffix(f":{REFERENCE}")),
+                          size=self.cfg.method.attention_map_size)
 
     @staticmethod
-    def attention_loss(store: AttentionStore) -> torch.Tensor:
-        """Eq. 4 over the recorded layers: their own maps (A_t) vs their y_r probes (A_r)."""
-        layers = [name for name in store.maps if ":" not in name]
-        return face_attention_loss([store.maps[n] for n in layers],
-                                   [store.maps[f"{n}:{REFERENCE}"] for n in layers])
+    def attention_loss(store: LayerMeans) -> torch.Tensor:
+        """Eq. 4: the layers' own mean maps (A_t) vs those of their y_r probes (A_r)."""
+        return face_attention_loss(store.means(), store.means(REFERENCE))
 
     # ----- the identity file -------------------------------------------------------------
     def save_trainable(self, path, metadata: dict[str, str] | None = None) -> None:
