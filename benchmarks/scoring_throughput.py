@@ -203,7 +203,7 @@ def overhead(scorers: Scorers, images: list[np.ndarray], records: list[dict],
         parts = {name: timed_pair(fn, bare[name], 0, args.device)
                  for name, fn in our_parts(scorers, ims, recs).items()}
     print(f"overhead: {len(images)} images in chunks of {args.chunk}; (ours, bare) seconds "
-          "per pair: " + ", ".join(f"({o:.1f}, {b:.1f})" for o, b in pairs))
+          "per pair: " + ", ".join(f"({o:.2f}, {b:.2f})" for o, b in pairs))
     ours_s, bare_s = (statistics.median(side) / args.chunk for side in zip(*pairs))
     print(f"  median seconds per image: ours {ours_s:.2f}, bare {bare_s:.2f}; parts, first chunk:")
     for name, (mine, theirs) in parts.items():
