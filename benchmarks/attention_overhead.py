@@ -63,7 +63,7 @@ Case = list[tuple[Call, Call]]  # per layer: (ours, baseline)
 
 
 def face_context(mode: str, device: str) -> AttentionContext:
-    """The four faces' masks at every UNet resolution, built once as per batch."""
+    """The four faces' masks at every UNet resolution, built once, as once per batch."""
     boxes = BOXES.expand(BATCH, -1, -1).to(device)  # (B, N, 4)
     valid = torch.ones(BATCH, LAYOUT.num_slots, dtype=torch.bool, device=device)
     return AttentionContext(face_masks=build_face_masks(boxes, valid, LAYOUT, (LATENT, LATENT),
