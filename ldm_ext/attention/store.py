@@ -30,16 +30,19 @@ class AttentionStore:
             `install_processors`; image-attention maps of decoupled layers are `"<name>:ip"`.
         size: side of the stored maps (32 in SeFi-IDE).
         accumulate: sum the records of each layer (no grads) instead of keeping the last.
+        keys: key positions to keep, in this order (default all): a loss that reads the
+            maps of a few tokens need not resize, store and backprop through all of them.
     """
 
     def __init__(self, layers: Callable[[str], bool] | Iterable[str], size: int = 32,
-                 accumulate: bool = False):
+                 accumulate: bool = False, keys: Iterable[int] | None = None):
         if callable(layers):
             self._wants = layers
         else:
             chosen = frozenset(layers)
             self._wants = chosen.__contains__
         self.size, self.accumulate = size, accumulate
+        self.keys = None if keys is None else torch.as_tensor(list(keys), dtype=torch.long)
         self.maps: dict[str, Tensor] = {}
         self.counts: dict[str, int] = {}
 
@@ -48,8 +51,11 @@ class AttentionStore:
         return bool(self._wants(name))
 
     def record(self, name: str, probs: Tensor, hw: tuple[int, int]) -> None:
-        """probs (B, heads, Q=h*w, K). Stored as (B, heads, K, size, size); a second record
-        of the same name (e.g. gradient-checkpoint recomputation) replaces the first."""
+        """probs (B, heads, Q=h*w, K). Stored as (B, heads, K, size, size) (K: the chosen
+        ``keys`` when given); a second record of the same name (e.g. gradient-checkpoint
+        recomputation) replaces the first."""
+        if self.keys is not None:
+            probs = probs.index_select(-1, self.keys.to(probs.device))  # (B, heads, Q, K')
         batch, heads, queries, keys = probs.shape
         h, w = hw
         if h * w != queries:
