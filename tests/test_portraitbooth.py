@@ -14,7 +14,8 @@ from diffusers import DDPMScheduler
 from ldm_ext.adapters.stea import STEA, augment_tokens
 from ldm_ext.cli import InputError
 from ldm_ext.losses import noise_loss
-from ldm_ext.methods.portraitbooth import PortraitBooth
+from ldm_ext.attention import AttentionStore
+from ldm_ext.methods.portraitbooth import PortraitBooth, ecac_entries
 from ldm_ext.methods.portraitbooth_losses import (crop_faces, identity_loss, latent_window,
                                                   localization_terms, predicted_x0)
 from ldm_ext.pipelines.regions import (blend_weights, boxes_from_people, compose, load_layout,
@@ -145,14 +146,20 @@ def test_ecac_loss_wires_tokens_masks_and_weights(tokenizer):
     man: mean(1·(1−M)) = .5, mean(relu(.8 − 1)M) = 0 -> λ .5; each fearful piece:
     0 + mean(.1·M) = .05 -> μ .05; batch mean: (.001·.5 + .01·.05) / 2."""
     method = _stub(tokenizer)
-    maps = torch.zeros(2, 3, 77, 2, 2)  # (B, heads, K, S, S)
-    maps[0, :, 4] = 1.0
-    store = SimpleNamespace(maps={"layer": maps}, size=2)
+    valid = torch.tensor([[True], [True]])
+    entries = ecac_entries(method, ["a fearful man", "a dog"], valid)
+    assert entries.keys == [2, 3, 4] and entries.rows.tolist() == [0, 0, 0]
+    store = AttentionStore(["layer"], size=2, keys=entries.keys)
+    probs = torch.zeros(2, 3, 4, 77)  # (B, heads, Q = 2x2, K)
+    probs[0, :, :, 4] = 1.0
+    store.record("layer", probs, (2, 2))
+    assert store.maps["layer"].shape == (2, 3, 3, 2, 2)  # only the three tokens kept
     masks = torch.zeros(2, 1, 4, 4)
     masks[:, :, :, :2] = 1.0
-    batch = {"face_masks": masks, "face_valid": torch.tensor([[True], [True]])}
-    loss = PortraitBooth.ecac_loss(method, store, ["a fearful man", "a dog"], batch)
+    batch = {"face_masks": masks, "face_valid": valid}
+    loss = PortraitBooth.ecac_loss(method, store, entries, batch)
     torch.testing.assert_close(loss, torch.tensor((0.001 * 0.5 + 0.01 * 0.05) / 2))
+    assert ecac_entries(method, ["a dog", ""], valid) is None
 
 
 # ----- training samples ------------------------------------------------------------------

@@ -18,6 +18,7 @@ from callbacks.subjects import write_demo_subjects
 from ldm_ext.attention import AttentionStore
 from ldm_ext.config import load_config
 from ldm_ext.methods.loading import build_method, load_run
+from ldm_ext.methods.portraitbooth import ecac_entries
 
 DEMO = "configs/experiment/portraitbooth_demo.yaml"
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -102,10 +103,13 @@ def test_window_decode_is_the_full_decode_when_the_window_is_the_latent(method, 
 
 def test_ecac_reaches_the_unet_from_every_cross_attention_layer(method):
     method.zero_grad(set_to_none=True)
-    store = AttentionStore(method.attention_layers, method.cfg.method.attention_size)
-    batch, *_ = _prediction(method, [100, 600], store)
+    batch = make_batch()
+    entries = ecac_entries(method, batch["caption"], batch["face_valid"])
+    store = AttentionStore(method.attention_layers, method.cfg.method.attention_size,
+                           keys=entries.keys)
+    _prediction(method, [100, 600], store)
     assert len(store.maps) == sum(n.endswith("attn2") for n, _ in method.unet.named_modules())
-    loss = method.ecac_loss(store, batch["caption"], batch)
+    loss = method.ecac_loss(store, entries, batch)
     loss.backward()
     to_k = [g for n, g in grads(method.unet).items() if "attn2.to_k" in n]
     assert loss > 0 and all(g > 0 for g in to_k)

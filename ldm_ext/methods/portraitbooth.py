@@ -9,6 +9,8 @@ Loss: L = L_loc + L_noise + L_id (Eq. 8).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -92,13 +94,15 @@ class PortraitBooth(IdentityMethod):
         noisy, t, target = self.noised_latents(latents, generator)
         weights = self.noise_weights(batch, tuple(latents.shape[-2:]), generator)
         m = self.cfg.method
-        store = (AttentionStore(self.attention_layers, m.attention_size)
-                 if m.loc_identity_weight or m.loc_expression_weight else None)
+        entries = (ecac_entries(self, captions, batch["face_valid"])
+                   if m.loc_identity_weight or m.loc_expression_weight else None)
+        store = (AttentionStore(self.attention_layers, m.attention_size, keys=entries.keys)
+                 if entries is not None else None)  # only the tokens Eq. 7 reads
         added = self.added_cond_kwargs(pooled, tuple(batch["pixel_values"].shape[-2:]))
         pred = self.predict_noise(noisy, t, text, added, store)
         losses = {"noise": noise_loss(pred, target, weights)}
-        if store is not None:
-            losses["loc"] = self.ecac_loss(store, captions, batch)
+        if m.loc_identity_weight or m.loc_expression_weight:
+            losses["loc"] = self.ecac_loss(store, entries, batch)
         if m.id_weight:
             need = (t <= m.dip_max_timestep) & full & batch["face_valid"][:, 0]
             reference = self._id_features(faces).unflatten(0, (b, n))[:, 0]  # (B, D)
@@ -173,30 +177,43 @@ class PortraitBooth(IdentityMethod):
         return torch.cat(crops)
 
     # ----- ECAC (Eq. 7) ---------------------------------------------------------------------
-    def ecac_loss(self, store: AttentionStore, captions: list[str], batch: dict) -> torch.Tensor:
+    def ecac_loss(self, store: AttentionStore | None, entries: "EcacEntries | None",
+                  batch: dict) -> torch.Tensor:
         """Eq. 7 over the recorded cross-attention layers, averaged over the batch: λ times
         the mean over a sample's identity tokens (occurrence k against face mask k) plus μ
         times the mean over its emotion tokens (against the union of its face masks); a
-        sample without such tokens adds 0."""
-        entries = ecac_entries(self, captions, batch["face_valid"])
-        if entries is None or not store.maps:
+        sample without such tokens adds 0. ``store`` kept the maps of ``entries.keys``."""
+        if entries is None or store is None or not store.maps:
             return torch.zeros((), device=self.device)
-        rows, tokens, slots, caps, weights = entries
-        s = store.size
-        valid = batch["face_valid"][:, :, None, None].to(batch["face_masks"].dtype)
+        s, valid = store.size, batch["face_valid"][:, :, None, None].to(batch["face_masks"].dtype)
         masks = F.interpolate(batch["face_masks"].flatten(0, 1)[:, None], size=(s, s),
                               mode="area").view(*valid.shape[:2], s, s) * valid  # (B, N, S, S)
         masks = torch.cat([masks, masks.amax(1, keepdim=True)], dim=1)  # slot N: the union
-        maps = torch.stack([m[rows, :, tokens].float().mean(1)
+        maps = torch.stack([m[entries.rows, :, entries.columns].float().mean(1)
                             for m in store.maps.values()])  # (layers, E, S, S)
-        terms = localization_terms(maps, masks[rows, slots], caps)  # (E,)
-        return (terms * weights).sum() / len(captions)
+        terms = localization_terms(maps, masks[entries.rows, entries.slots], entries.caps)
+        return (terms * entries.weights).sum() / len(valid)
 
 
-def ecac_entries(method: PortraitBooth, captions: list[str], valid: torch.Tensor):
-    """(rows, tokens, mask slots, caps, weights) tensors of Eq. 7's entries, one per token
-    piece: identity occurrence k (a valid face k) -> mask k, cap β, weight λ / count; emotion
-    words -> the union mask (slot N), cap γ, weight μ / count; None without entries."""
+@dataclass
+class EcacEntries:
+    """Eq. 7's entries, one per token piece: sample ``rows``, the token's column among
+    ``keys`` (the positions the store keeps), the mask ``slots`` (N: the union), ``caps``
+    (β or γ) and ``weights`` (λ or μ over the sample's count of such tokens), all (E,)."""
+
+    keys: list[int]
+    rows: torch.Tensor
+    columns: torch.Tensor
+    slots: torch.Tensor
+    caps: torch.Tensor
+    weights: torch.Tensor
+
+
+def ecac_entries(method: PortraitBooth, captions: list[str],
+                 valid: torch.Tensor) -> EcacEntries | None:
+    """The entries of Eq. 7 for a batch: identity occurrence k (a valid face k) -> mask k,
+    cap β, weight λ / count; emotion words -> the union mask, cap γ, weight μ / count;
+    None when no caption holds such a token."""
     m, tokenizer = method.cfg.method, method.backbone.tokenizers[0]
     num_slots, flags = valid.shape[1], valid.tolist()
     identity = word_positions(tokenizer, captions, list(m.identity_words))
@@ -212,7 +229,11 @@ def ecac_entries(method: PortraitBooth, captions: list[str], valid: torch.Tensor
     if not out:
         return None
     rows, tokens, slots, caps, weights = zip(*out)
-    device = method.device
-    return (torch.tensor(rows, device=device), torch.tensor(tokens, device=device),
-            torch.tensor(slots, device=device), torch.tensor(caps, device=device),
-            torch.tensor(weights, device=device))
+    keys = sorted(set(tokens))
+    column = {token: i for i, token in enumerate(keys)}
+
+    def tensor(values) -> torch.Tensor:
+        return torch.tensor(values, device=method.device)
+
+    return EcacEntries(keys, tensor(rows), tensor([column[t] for t in tokens]), tensor(slots),
+                       tensor(caps), tensor(weights))
