@@ -1,5 +1,5 @@
-"""An SD1.5-size InstantFamily module with random weights, built in memory (no download),
-shared by the step benchmarks."""
+"""An SD1.5-size backbone (+ ControlNet) with random weights, built in memory (no
+download), shared by the step benchmarks."""
 from __future__ import annotations
 
 import tempfile
@@ -8,9 +8,6 @@ from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from ldm_ext.backbone import Backbone
-from ldm_ext.config import load_config
-from ldm_ext.face import build_face_encoder
-from ldm_ext.methods.instantfamily import InstantFamily
 from ldm_ext.tiny import sd_noise_scheduler
 from ldm_ext.tokenizer import build_clip_tokenizer
 
@@ -33,10 +30,3 @@ def random_backbone(unet_channels=(320, 640, 1280, 1280), text_width: int = 768,
         tokenizer = build_clip_tokenizer(tmp)
     return Backbone("sd15", unet, vae, [text], [tokenizer], sd_noise_scheduler(),
                     ControlNetModel.from_unet(unet))
-
-
-def sd15_method(overrides: list[str] | None = None) -> InstantFamily:
-    """InstantFamily at SD1.5 size with a random-init FaceNet, 512² training images."""
-    cfg = load_config("configs/experiment/demo.yaml",
-                      ["data.resolution=512", "method.face_weights=random", *(overrides or [])])
-    return InstantFamily(cfg, random_backbone(), build_face_encoder("facenet", weights="random"))
