@@ -48,6 +48,10 @@ class LayerMeans(AttentionStore):
         self.sums[key] = probs if key not in self.sums else self.sums[key] + probs
         self.counts[key[:2]] = self.counts.get(key[:2], 0) + 1
 
+    def clear(self) -> None:
+        super().clear()
+        self.sums.clear()
+
     def means(self, tag: str = "") -> list[torch.Tensor]:
         """Per head count (ascending): (B, heads, K, size, size) the layers' mean map."""
         found: dict[int, torch.Tensor] = {}
