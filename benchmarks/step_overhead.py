@@ -15,6 +15,7 @@ median step of each is compared.
     python benchmarks/step_overhead.py [--device cpu|cuda] [--steps 6] [--rounds 2]
 
 Ends with ``RESULT step_overhead_ratio=<ours/bare median step time> goal<=1.05``.
+``--method storymaker [--pairs 8]`` measures StoryMaker instead (``storymaker_step.py``).
 """
 from __future__ import annotations
 
@@ -107,7 +108,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--method", choices=("instantfamily", "storymaker"),
+                        default="instantfamily")
+    parser.add_argument("--pairs", type=int, default=8, help="storymaker: interleaved pairs")
     args = parser.parse_args()
+    if args.method == "storymaker":  # its own model and its second figure (storymaker_step.py)
+        from storymaker_step import main as storymaker
+
+        return storymaker(args.device, args.pairs)
     torch.manual_seed(0)
     cfg = load_config("configs/experiment/demo.yaml", ["method.face_weights=random",
                                                        "trainer.gradient_clip_val=1.0"])
