@@ -76,8 +76,20 @@ FASTCOMPOSER_CLASSES = {
 # SeFi-IDE's *ID(F) / *Detect(F): identity on face photos, "a photo of the face of V*"
 FACE_PHOTO_PROMPTS: dict[str, list[str]] = {"face": ["a photo of the face of a {s}"]}
 
+# PortraitBooth's expression editing (Sec. 5.4): per subject, 11 prompts with an emotion
+# word each (the paper does not list its prompts; the words are METHODS.md §4's), one
+# category per word, scored by the expression coefficient (``scoring.emotions``)
+EXPRESSION_PROMPTS: dict[str, list[str]] = {
+    "happy": ["a photo of a happy {s}"], "sad": ["a photo of a sad {s}"],
+    "angry": ["a photo of an angry {s}"], "surprised": ["a photo of a surprised {s}"],
+    "disgusted": ["a photo of a disgusted {s}"], "fearful": ["a photo of a fearful {s}"],
+    "smiling": ["a photo of a smiling {s}"], "laughing": ["a photo of a laughing {s}"],
+    "crying": ["a photo of a crying {s}"], "serious": ["a photo of a serious {s}"],
+    "neutral": ["a photo of a neutral {s}"],
+}
+
 PROMPT_SETS = {"fastcomposer_single": SINGLE_PROMPTS, "fastcomposer_multi": MULTI_PROMPTS,
-               "face_photo": FACE_PHOTO_PROMPTS}
+               "face_photo": FACE_PHOTO_PROMPTS, "expression": EXPRESSION_PROMPTS}
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ class PromptsConfig:
     """Which protocol prompts (callbacks/prompts.py) and the method's identity marker."""
 
     set: str = "fastcomposer_single"  # fastcomposer_single | _multi | storymaker | face_photo
+    # | expression (11 emotion-word prompts per subject, scored with scoring.emotions)
     limit: int | None = None  # first prompts only (None = the whole set)
     marker: str = ""  # identity marker after the class word for generation (FastComposer: img)
 
@@ -100,7 +101,8 @@ class EvalConfig:
 
 
 CHOICES = {
-    "prompts.set": ("fastcomposer_single", "fastcomposer_multi", "storymaker", "face_photo"),
+    "prompts.set": ("fastcomposer_single", "fastcomposer_multi", "storymaker", "face_photo",
+                    "expression"),
     "scoring.matching": ("hungarian", "greedy"),
     "generation.device": ("auto", "cpu", "cuda"),
     "generation.sampler": (None, *SAMPLERS),

@@ -178,11 +178,15 @@ def test_demo_generates_one_and_two_subjects(demo_run: Path, tmp_path):
 
 
 def test_demo_evaluates_on_the_tiny_setup(demo_run: Path, tmp_path):
+    """The tiny eval with the expression prompts: one and two subjects, expression scored."""
     args = ["--config", "configs/eval/tiny.yaml", "--checkpoint", str(demo_run),
-            f"output_dir={tmp_path}", "subjects.max_groups=1", "prompts.limit=1"]
+            f"output_dir={tmp_path}", "subjects.max_groups=1", "prompts.limit=1",
+            "prompts.set=expression"]
     assert evaluate.main(args) == 0
-    records = [json.loads(line) for line in
-               (tmp_path / "tiny" / "manifest.jsonl").read_text().splitlines()]
+    out = tmp_path / "tiny"
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert {r["method"] for r in records} == {"portraitbooth"}
     assert sorted(len(r["subjects"]) for r in records) == [1, 2]
-    assert (tmp_path / "tiny" / "report.md").is_file()
+    assert all(r["prompt"].startswith("a photo of a happy ") for r in records)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["overall"]["expression"]["n"] == 2 and (out / "report.md").is_file()
