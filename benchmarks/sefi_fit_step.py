@@ -17,7 +17,9 @@ step of each side, who goes first alternating; the figure is the median of the p
 ratios (ours / bare), so a burst of load spoils a pair, not the figure; the quartiles are
 printed beside it. On the CPU the steps run on one thread and are timed in process CPU
 time, which other processes' load leaves alone (wall time on a busy 2-core machine
-scattered the ratios over 0.7-1.4); on CUDA, wall time between synchronisations. The time to fit one identity is ``method.max_steps`` (1000, the paper's)
+scattered the ratios over 0.7-1.4), with freed memory kept by the allocator (no page
+faults after warm-up; ``attention_overhead.py``); on CUDA, wall time between
+synchronisations. The time to fit one identity is ``method.max_steps`` (1000, the paper's)
 times ours' median step, on this model and device.
 
 Ends with ``RESULT sefi_fit_step_ratio=<ours/bare> goal<=1.15``.
@@ -26,10 +28,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from attention_overhead import keep_freed_memory, timed  # benchmarks/ is on sys.path
 
 from ldm_ext.adapters.pseudo_words import encode
 from ldm_ext.config import load_config
@@ -77,19 +79,6 @@ def bare_step(method: SeFiIDE, batch: dict, token: torch.Tensor, optimizer, seed
     optimizer.zero_grad(set_to_none=True)
 
 
-def timed(fn, device: str) -> float:
-    """Seconds of ``fn()``: wall time on CUDA, this process's CPU time otherwise."""
-    if device != "cuda":
-        start = time.process_time()
-        fn()
-        return time.process_time() - start
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def measure(method: SeFiIDE, batch: dict, pairs: int, device: str) -> tuple[list, list]:
     """(ours, bare) step seconds of ``pairs`` interleaved pairs after warm-up."""
     ours_opt = method.configure_optimizers()["optimizer"]
@@ -115,6 +104,7 @@ def main() -> None:
     torch.manual_seed(0)
     if args.device != "cuda":
         torch.set_num_threads(1)
+        keep_freed_memory()
     method, batch = build(args.device, args.size)
     ours, bare = measure(method, batch, args.pairs, args.device)
     ratios = sorted(o / b for o, b in zip(ours, bare))
