@@ -77,7 +77,7 @@ class EvaluationCallback(pl.Callback):
 
     def _run(self, trainer: pl.Trainer, pl_module) -> dict:
         images, records, overlays = self._generate(pl_module)
-        refs = self._identity_references()
+        refs = self._identity_references(pl_module)
         rows, _ = score_images(self.scorers, images, records, refs)
         overall = summarize(rows)["overall"]
         values = {f"eval/{m}": s["mean"] for m, s in overall.items() if s["n"]}
@@ -100,9 +100,10 @@ class EvaluationCallback(pl.Callback):
                             self.out_dir / f"attention_step_{trainer.global_step:07d}.png",
                             "eval/attention")
 
-    def _identity_references(self) -> References:
-        """The identity crops themselves are the references (they are face crops already)."""
-        embedded = self.scorers.faces.encode(cycled(self.identities, max(self.num_ids)))
+    def _identity_references(self, pl_module) -> References:
+        """The identities' face crops are the references (``reference_faces``)."""
+        faces = pl_module.reference_faces(cycled(self.identities, max(self.num_ids)))
+        embedded = self.scorers.faces.encode(faces)
         return References({f"id{k}": e for k, e in enumerate(embedded)})
 
     @torch.no_grad()

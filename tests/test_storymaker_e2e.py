@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 def run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs")
     assert train.main(["--config", DEMO, f"output_dir={out}", "trainer.max_steps=2",
-                       "trainer.checkpoint_every=2", "trainer.log_every=1",
+                       "trainer.checkpoint_every=2", "trainer.log_every=1", "trainer.eval_every=2",
                        "trainer.progress_bar=false", "logger.wandb=false",
                        "data.num_demo_samples=8", "data.resolution=64",
                        "method.sample_steps=2"]) == 0
@@ -43,9 +43,11 @@ def subjects(tmp_path_factory) -> Path:
     return write_demo_subjects(tmp_path_factory.mktemp("subjects"))
 
 
-def test_demo_trains_with_attention_loss_and_grids(run: Path):
+def test_demo_trains_with_attention_loss_grids_and_evaluation(run: Path):
     assert (run / "trainable.safetensors").is_file()
     assert [p.name for p in (run / "samples").glob("*.png")] == ["step_0000002.png"]
+    rows = (run / "eval" / "eval.csv").read_text().splitlines()
+    assert rows[1].startswith("2,") and (run / "eval" / "attention_step_0000002.png").is_file()
     header = next((run / "csv").glob("version_*/metrics.csv")).read_text().splitlines()[0]
     assert {"train/attn", "train/noise", "train/loss"} <= set(header.split(","))
     method = load_run(run)

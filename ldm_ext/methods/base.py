@@ -181,6 +181,12 @@ class IdentityMethod(pl.LightningModule):
             return None
         return batch["face_crops"][batch["face_valid"]].detach().cpu()
 
+    def reference_faces(self, identities: torch.Tensor) -> torch.Tensor:
+        """The face crops (K, 3, S, S) in [-1, 1] of identities from ``batch_identities``,
+        which the evaluation callback scores generated faces against: the identities
+        themselves, unless a method's identities hold more than the face crop."""
+        return identities
+
     def attention_layers(self, name: str) -> bool:
         """Which attention processors an overlay records: the UNet's cross-attention."""
         return name.endswith("attn2") and not name.startswith("controlnet.")

@@ -234,6 +234,10 @@ class StoryMaker(IdentityMethod):
                               mode="bilinear", antialias=True, align_corners=False)
         return torch.cat([faces, chars], dim=1).clamp(-1, 1).detach().cpu()
 
+    def reference_faces(self, identities: torch.Tensor) -> torch.Tensor:
+        """The face halves (K, 3, 224, 224) of ``batch_identities``' identities."""
+        return identities[:, :3]
+
     def attention_layers(self, name: str) -> bool:
         """Overlays record the image attention of the decoupled layers."""
         return name.endswith("attn2:ip") and not name.startswith("controlnet.")
