@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -85,14 +86,20 @@ def _save_components(folder: Path, family: str) -> None:
 
 
 def tiny_backbone_dir(family: str = "sd15") -> Path:
-    """The cached tiny backbone for ``family``, built atomically on first use (safe when
-    several DDP processes race to build it)."""
-    target = cache_root() / f"tiny-{family}-v1"
+    """The cached tiny backbone for ``family``, built on first use (``cached_build``)."""
+    return cached_build(f"tiny-{family}-v1", lambda folder: save_tiny_backbone(folder, family))
+
+
+def cached_build(name: str, build: Callable[[Path], object]) -> Path:
+    """``cache_root() / name``, made on first use by ``build(folder)`` into a temporary
+    folder renamed into place, so it appears atomically (safe when several DDP processes
+    race to build it: the builds are seeded, so every copy is identical)."""
+    target = cache_root() / name
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tiny-{family}-", dir=target.parent))
-    save_tiny_backbone(tmp, family)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    build(tmp)
     try:
         tmp.rename(target)
     except OSError:  # another process won the race; its copy is identical

@@ -10,8 +10,6 @@ e.g. ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` or IP-Adapter's ``models/image_en
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -35,23 +33,17 @@ def _tiny_config() -> CLIPVisionConfig:
                             projection_dim=32)
 
 
-def tiny_image_encoder_dir() -> Path:
-    """The cached tiny random CLIP vision model (seeded, built atomically on first use)."""
-    from ldm_ext.tiny import cache_root
-
-    target = cache_root() / "tiny-clip-vision-v1"
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-clip-vision-", dir=target.parent))
-    with torch.random.fork_rng(devices=[]):
+def _save_tiny(folder: Path) -> None:
+    with torch.random.fork_rng(devices=[]):  # seeded, the caller's random state kept
         torch.manual_seed(0)
-        CLIPVisionModelWithProjection(_tiny_config()).save_pretrained(tmp)
-    try:
-        tmp.rename(target)
-    except OSError:  # another process built it first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        CLIPVisionModelWithProjection(_tiny_config()).save_pretrained(folder)
+
+
+def tiny_image_encoder_dir() -> Path:
+    """The cached tiny random CLIP vision model, built on first use."""
+    from ldm_ext.tiny import cached_build
+
+    return cached_build("tiny-clip-vision-v1", _save_tiny)
 
 
 def load_image_encoder(name: str, dtype: torch.dtype = torch.float32,
