@@ -17,7 +17,6 @@ import warnings
 from pathlib import Path
 
 DEFAULT_CONFIG = "configs/experiment/demo.yaml"
-RESUMABLE_GROUPS = ("trainer", "logger")  # may change between a run and its resumption
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
