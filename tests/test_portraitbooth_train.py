@@ -115,12 +115,13 @@ def test_ecac_reaches_the_unet_from_every_cross_attention_layer(method):
     assert loss > 0 and all(g > 0 for g in to_k)
 
 
-def test_v_prediction_training_step(method, monkeypatch):
+def test_eq8_sum_with_v_prediction(method, monkeypatch):
     sched = DDPMScheduler.from_config(method.backbone.scheduler.config,
                                       prediction_type="v_prediction")
     monkeypatch.setattr(method.backbone, "scheduler", sched)
     losses = method.model_step(make_batch(), torch.Generator().manual_seed(0))
     assert set(losses) == {"loss", "noise", "loc", "id"} and torch.isfinite(losses["loss"])
+    torch.testing.assert_close(losses["loss"], losses["noise"] + losses["loc"] + losses["id"])
 
 
 def test_composition_conditions_each_subject_alone(method):
