@@ -32,6 +32,19 @@ class MethodPipeline:
         """One subject's identity from a photo of them (what ``__call__`` takes per id)."""
         raise NotImplementedError(f"{type(self).__name__} takes no identity photos")
 
+    def identities_from_files(self, paths: list[str]) -> list:
+        """``identity`` of each photo file, in order; a missing or unreadable file or a
+        photo without a face is an ``InputError`` naming the file."""
+        from ldm_ext.cli import InputError, open_image
+
+        identities = []
+        for path in paths:
+            try:
+                identities.append(self.identity(open_image(path, "identity photo")))
+            except InputError as err:
+                raise InputError(f"identity photo {path}: {err}") from None
+        return identities
+
     def identity_from_weights(self, path: str) -> dict[str, torch.Tensor]:
         """One subject's identity from weights fitted to them (per-identity methods):
         the trainable state of that checkpoint, by name."""

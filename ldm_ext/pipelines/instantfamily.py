@@ -186,13 +186,7 @@ class InstantFamilyPipeline(MethodPipeline):
     def _identities_from_args(self, args: argparse.Namespace) -> torch.Tensor:
         """(K, 3, S, S) crops of the --ids photos or of --num-ids faces of the --group photo."""
         if args.ids:
-            crops = []
-            for path in args.ids:
-                try:
-                    crops.append(self.identity(open_image(path, "identity photo")))
-                except InputError as err:
-                    raise InputError(f"identity photo {path}: {err}") from None
-            return torch.stack(crops)
+            return torch.stack(self.identities_from_files(args.ids))
         try:
             crops = self.identities_from_group(open_image(args.group, "group photo"))
         except InputError as err:
