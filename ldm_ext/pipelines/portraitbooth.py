@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
-from ldm_ext.cli import InputError, open_image
+from ldm_ext.cli import InputError
 from ldm_ext.face.align import tensor_to_uint8
 from ldm_ext.pipelines.base import MethodPipeline
 from ldm_ext.pipelines.regions import (blend_weights, boxes_from_people, compose, load_layout,
@@ -140,12 +140,7 @@ class PortraitBoothPipeline(MethodPipeline):
 
     def inputs_from_args(self, args: argparse.Namespace) -> dict:
         """Identities from --ids; regions from --layout or --pose (default side by side)."""
-        crops = []
-        for path in args.ids:
-            try:
-                crops.append(self.identity(open_image(path, "identity photo")))
-            except InputError as err:
-                raise InputError(f"identity photo {path}: {err}") from None
+        crops = self.identities_from_files(args.ids)
         inputs = {"identities": torch.stack(crops)}
         if args.layout:
             boxes = load_layout(args.layout)
