@@ -93,10 +93,10 @@ def test_dip_reaches_the_unet_and_decodes_only_samples_at_small_t(method, monkey
 
 def test_window_decode_is_the_full_decode_when_the_window_is_the_latent(method, monkeypatch):
     z0, boxes = torch.randn(1, 4, 8, 8), torch.tensor([[0.3, 0.2, 0.7, 0.9]])
-    monkeypatch.setattr(method.cfg.method, "dip_decode", "full")
+    monkeypatch.setitem(method.cfg.method, "dip_decode", "full")
     full = method.decode_faces(z0, boxes)
-    monkeypatch.setattr(method.cfg.method, "dip_decode", "window")
-    monkeypatch.setattr(method.cfg.method, "dip_window_margin", 8)
+    monkeypatch.setitem(method.cfg.method, "dip_decode", "window")
+    monkeypatch.setitem(method.cfg.method, "dip_window_margin", 8)
     torch.testing.assert_close(method.decode_faces(z0, boxes), full)
     assert full.shape == (1, 3, 160, 160)
 
