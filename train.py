@@ -147,6 +147,7 @@ def build_trainer(cfg, run_dir: Path):
 
     from callbacks.checkpointing import AtomicCheckpointIO, TrainableExport
     from callbacks.data_health import SkippedSamples
+    from callbacks.loss_summary import LossSummary
     from callbacks.evaluation import build_evaluation_callback
     from callbacks.images import SampleGrid
 
@@ -159,6 +160,7 @@ def build_trainer(cfg, run_dir: Path):
         SampleGrid(run_dir / "samples", t.sample_every, max(cfg.method.sample_num_ids),
                    seed=cfg.seed),
         SkippedSamples(t.log_every),
+        LossSummary(),
     ]
     evaluation = build_evaluation_callback(cfg, run_dir)  # None unless trainer.eval_every
     if evaluation is not None:
