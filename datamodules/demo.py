@@ -1,6 +1,7 @@
 """A small synthetic dataset in our shard schema, so training runs offline.
 
-Each image shows 1-4 cartoon people placed like ``pose_template`` with random jitter: a
+Each image shows 1-4 cartoon people placed like ``pose_template`` with random jitter, in
+front of a sky (or wall) and a ground (or floor) coloured by the caption's place: a
 stick body, a skin-coloured face ellipse with hair, eyes, nose and mouth drawn exactly at its
 landmarks. Landmarks and pose keypoints come from the known geometry, so they are exact;
 the face boxes are those a face detector gives for such a face (``pose.detector_box`` of its
@@ -30,6 +31,12 @@ from datamodules.shards import ShardDataModule
 from ldm_ext.pose import Person, detector_box, face_box, pose_template
 
 PLACES = ("in a park", "at the beach", "in a city street", "in a kitchen", "on a mountain")
+# (sky or wall, ground or floor) per place, each varied by up to +-SCENE_JITTER: the caption
+# decides the scene, so a model can learn it (random colours average to a grey nothing)
+SCENES = (((110, 170, 240), (60, 160, 60)), ((150, 210, 250), (230, 200, 130)),
+          ((170, 170, 180), (90, 90, 95)), ((240, 230, 200), (150, 100, 60)),
+          ((120, 150, 220), (130, 120, 110)))
+SCENE_JITTER = 20
 WHO = {1: "a person", 2: "two people", 3: "three people", 4: "four people"}
 SKIN = ((241, 194, 167), (224, 172, 105), (198, 134, 66), (141, 85, 36), (255, 219, 172))
 MANIFEST = "demo.json"  # the parameters the shards beside it were written with
@@ -74,6 +81,12 @@ def _draw(draw: ImageDraw.ImageDraw, person: Person, box: np.ndarray, marks: np.
     draw.line([tuple(marks[3]), tuple(marks[4])], fill=(170, 30, 40), width=max(1, int(r)))
 
 
+def _vary(colour: tuple[int, int, int], rng: np.random.Generator) -> tuple[int, ...]:
+    """``colour`` with each channel moved by up to +-SCENE_JITTER, kept in 0..255."""
+    moved = np.array(colour) + rng.integers(-SCENE_JITTER, SCENE_JITTER + 1, 3)
+    return tuple(int(c) for c in np.clip(moved, 0, 255))
+
+
 def _crop(image: Image.Image, box: np.ndarray) -> np.ndarray:
     """(3, 160, 160) uint8: the square around the face box, resized."""
     (cx, cy), side = (box[:2] + box[2:]) / 2, (box[2:] - box[:2]).max()
@@ -89,7 +102,8 @@ def demo_sample(index: int, seed: int = 0, hw: tuple[int, int] = (128, 128)) -> 
     template = pose_template(count, hw)
     spread = np.array([0.08 * hw[1] / count, 0.05 * hw[0]])
     people = [_jitter(p, rng.uniform(-spread, spread), hw) for p in template]
-    sky, ground = (tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(2))
+    place = int(rng.integers(len(PLACES)))
+    sky, ground = (_vary(colour, rng) for colour in SCENES[place])
     image = Image.new("RGB", hw[::-1], sky)
     draw = ImageDraw.Draw(image)
     draw.rectangle([0, int(hw[0] * 0.6), hw[1], hw[0]], fill=ground)
@@ -101,7 +115,7 @@ def demo_sample(index: int, seed: int = 0, hw: tuple[int, int] = (128, 128)) -> 
     order = np.argsort(-np.prod(boxes[:, 2:] - boxes[:, :2], axis=1), kind="stable")
     return Sample(
         key=f"{seed:04d}_{index:06d}", image=np.array(image), caption=
-        f"a photo of {WHO[count]} {PLACES[rng.integers(len(PLACES))]}",
+        f"a photo of {WHO[count]} {PLACES[place]}",
         boxes=boxes[order], landmarks=marks[order], scores=np.ones(count, np.float32),
         crops=np.stack([_crop(image, boxes[f]) for f in order]), people=people,
         face_person=order.astype(np.int64), face_model="synthetic", pose_model="synthetic")
@@ -155,7 +169,7 @@ def demo_manifest(num_samples: int, size: int, samples_per_shard: int, seed: int
     """What ``demo.json`` records: the parameters and the schema version."""
     return {"num_samples": num_samples, "size": size, "samples_per_shard": samples_per_shard,
             "seed": seed, "schema": SCHEMA_VERSION, "masks": "fallback",
-            "boxes": "detector_box unclipped"}
+            "boxes": "detector_box unclipped", "scenes": "coloured by place"}
 
 
 def default_root(num_samples: int, size: int, samples_per_shard: int, seed: int) -> Path:

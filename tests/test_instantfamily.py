@@ -16,7 +16,7 @@ def make(*overrides):
 
 @pytest.fixture(scope="module")
 def method():
-    return make()
+    return make("method.train_unet=false")  # the paper's recipe; the demo also trains the UNet
 
 
 def test_face_projector_tokens():
@@ -58,9 +58,18 @@ def test_only_controlnet_and_projector_train(method):
 
 
 def test_unet_kv_option_adds_cross_attention_projections():
-    names = make("method.train_unet_kv=true").trainable_parameters().keys()
+    method = make("method.train_unet_kv=true", "method.train_unet=false")
+    names = method.trainable_parameters().keys()
     unet = [n for n in names if n.startswith("unet.")]
     assert unet and all("attn2.to_k" in n or "attn2.to_v" in n for n in unet)
+
+
+def test_unet_option_trains_the_whole_unet():
+    method = make("method.train_unet=true")
+    names = method.trainable_parameters().keys()
+    assert {n.split(".")[0] for n in names} == {"controlnet", "face_projector", "unet"}
+    assert all(p.requires_grad for p in method.unet.parameters())
+    assert not any(p.requires_grad for p in method.vae.parameters())
 
 
 def test_frozen_parts_stay_in_eval_mode(method):

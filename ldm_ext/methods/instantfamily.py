@@ -45,7 +45,9 @@ class InstantFamily(IdentityMethod):
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         modules = {"controlnet": self.controlnet, "face_projector": self.face_projector}
-        if self.cfg.method.train_unet_kv:
+        if self.cfg.method.train_unet:
+            modules["unet"] = self.unet
+        elif self.cfg.method.train_unet_kv:
             for name, module in self.unet.named_modules():
                 if name.endswith("attn2.to_k") or name.endswith("attn2.to_v"):
                     modules[f"unet.{name}"] = module

@@ -25,6 +25,9 @@ class InstantFamilyConfig(MethodConfig):
     mask_margin: float = 0.25  # face box enlargement for the attention masks
     empty_prompt_prob: float = 0.5  # Sec. 4.3
     train_unet_kv: bool = False  # also train the UNet's cross-attention to_k / to_v
+    # also train the whole UNet (K/V included): for a random backbone such as the demo's,
+    # where a frozen UNet leaves the samples noise; the paper keeps SD's UNet frozen
+    train_unet: bool = False
     # identity guidance: the unconditional branch also drops the faces (their tokens and
     # masks), so CFG pushes towards the identities, not only towards the prompt; at
     # identity_scale s > 0 a third branch (faces, no text) separates the two scales:
