@@ -25,7 +25,11 @@ CORE = [
     "tqdm>=4.66",
 ]
 FACE_EXTRA = ["dlib-bin>=19.24", "face-recognition-models>=0.3.0"]
-TEST_EXTRA = ["pytest>=8", "scikit-image>=0.22", "pyarrow>=14"]  # pyarrow: LAION parquet input
+TEST_EXTRA = ["pytest>=8", "scikit-image>=0.22", "pyarrow>=14",  # pyarrow: LAION parquet input
+              "moto[server]>=5"]  # a local S3 server for the object-storage round trip
+# data at LAION-Face scale: `prepare --engine ray`, s3:// (and any fsspec URL) in and out;
+# add the fsspec backend of another store (gcsfs, adlfs) the same way
+SCALE_EXTRA = ["ray>=2.9", "s3fs>=2024.6"]
 
 setup(
     name="idforge",
@@ -38,7 +42,8 @@ setup(
     extras_require={
         "face": FACE_EXTRA,
         "test": TEST_EXTRA,
-        "dev": FACE_EXTRA + TEST_EXTRA,
+        "scale": SCALE_EXTRA,
+        "dev": FACE_EXTRA + TEST_EXTRA + SCALE_EXTRA,  # ray: a 80 MB wheel, ~10 s to install
         "deepspeed": ["deepspeed>=0.14"],
     },
 )

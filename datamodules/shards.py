@@ -25,7 +25,6 @@ the consumed samples (no transform): about one image decode per consumed sample.
 """
 from __future__ import annotations
 
-import glob
 import logging
 import multiprocessing
 import random
@@ -39,6 +38,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
+from datamodules import storage
 from datamodules.codec import decode_sample
 from datamodules.schema import OPTIONAL_KEYS, REASONS, BadSample, Sample, validate
 from datamodules.transforms import ResizeCrop
@@ -55,12 +55,9 @@ def derive_seed(*parts: int) -> int:
 
 
 def expand_shards(shards: str | list[str]) -> list[str]:
-    """Shard paths from a list, ``::``-joined patterns, brace patterns and/or globs."""
-    patterns = [shards] if isinstance(shards, str) else list(shards)
-    urls = []
-    for pattern in patterns:
-        for url in wds.shardlists.expand_urls(pattern):
-            urls += sorted(glob.glob(url)) if glob.has_magic(url) else [url]
+    """Shard paths or URLs (``s3://``, any fsspec protocol: ``datamodules.storage``) from a
+    list, ``::``-joined patterns, brace patterns and/or globs."""
+    urls = storage.expand(shards)
     if not urls:
         raise ValueError(f"no shards match {shards!r}")
     return urls
@@ -188,7 +185,7 @@ class ShardStream(IterableDataset):
             wds.SimpleShardList(self.urls, seed=derive_seed(self.seed, epoch, SHARD_SHUFFLE)),
             partial(split_every, index=self.rank, count=self.world_size),
             partial(split_every, index=worker, count=num_workers),
-            wds.tarfile_to_samples(handler=self.counter.tar_handler),
+            storage.tar_samples(handler=self.counter.tar_handler),
             wds.shuffle(self.shuffle_buffer, self.shuffle_buffer,
                         rng=random.Random(sample_seed)),
             wds.map(partial(decode_and_validate, min_faces=self.min_faces,
@@ -235,7 +232,7 @@ class ShardDataModule(pl.LightningDataModule):
     """Training batches from webdataset shards of our schema (datamodules/schema.py).
 
     Args:
-        shards: list of paths, or a glob / brace / ``::``-joined pattern.
+        shards: list of paths or URLs, or a glob / brace / ``::``-joined pattern.
         resolution: side of the square training images.
         batch_size: samples per batch and process.
         num_workers: DataLoader workers (see the module doc for determinism).
