@@ -160,6 +160,7 @@ class Annotator:
         human_parser: the human parser's hub id or local folder.
         filters: face and image filters.
         detector_kwargs: extra detector arguments (the score filter is ``filters``').
+        device: torch device of the models (``cuda`` on a GPU worker of the Ray engine).
     """
 
     detector: str = "mtcnn"
@@ -170,11 +171,14 @@ class Annotator:
     human_parser: str = DEFAULT_HUMAN_PARSER
     filters: Filters = field(default_factory=Filters)
     detector_kwargs: dict = field(default_factory=dict)
+    device: str = "cpu"
     _models: dict = field(default_factory=dict, repr=False)
 
     def face_detector(self):
         if "faces" not in self._models:
             kwargs = {"min_score": 0.0, **self.detector_kwargs}
+            if self.device != "cpu":  # dlib runs on the CPU only and takes no device
+                kwargs["device"] = self.device
             self._models["faces"] = build_face_detector(self.detector, **kwargs)
         return self._models["faces"]
 
@@ -198,21 +202,23 @@ class Annotator:
     def pose_estimator(self) -> Callable | None:
         """OpenPose, or None for the landmark fallback."""
         return self._stage("pose", self.pose, ("openpose", "faces"),
-                           lambda: OpenPoseEstimator(local_files_only=True), None,
+                           lambda: OpenPoseEstimator(device=self.device,
+                                                     local_files_only=True), None,
                            (PoseModelMissing, FaceModelMissing),
                            "OpenPose unavailable, pose from face landmarks")
 
     def face_segmenter(self) -> Segmenter:
         """The face parser, or the ellipse fallback."""
         return self._stage("segmenter", self.segmenter, ("face-parsing", "ellipse"),
-                           lambda: FaceParsingSegmenter(self.parser, local_files_only=True),
+                           lambda: FaceParsingSegmenter(self.parser, self.device,
+                                                        local_files_only=True),
                            EllipseSegmenter(), (ParserMissing,),
                            "face parser unavailable, ellipse masks")
 
     def character_segmenter(self) -> Characters:
         """Human parsing split by pose, or the pose-hull fallback."""
         return self._stage("characters", self.characters, ("human-parsing", "pose-hull"),
-                           lambda: ParsedCharacters(HumanParser(self.human_parser,
+                           lambda: ParsedCharacters(HumanParser(self.human_parser, self.device,
                                                                 local_files_only=True)),
                            HullCharacters(), (ParserMissing,),
                            "human parser unavailable, pose-hull characters")
