@@ -117,8 +117,11 @@ def main() -> None:
 
         return storymaker(args.device, args.pairs)
     torch.manual_seed(0)
+    # the paper's trainable set and 2-branch CFG, not the demo's extras (train_unet, identity guidance)
     cfg = load_config("configs/experiment/demo.yaml", ["method.face_weights=random",
-                                                       "trainer.gradient_clip_val=1.0"])
+                                                       "trainer.gradient_clip_val=1.0",
+                                                       "method.train_unet=false",
+                                                       "method.identity_guidance=false"])
     # SD1.5-shaped at a fifth of its widths: a CPU step takes about a second, so fixed
     # per-step costs are measured against real work rather than against timer noise
     backbone = random_backbone(unet_channels=(64, 128, 256, 256), text_width=256,

@@ -88,7 +88,7 @@ def test_group_preset_by_name_on_the_command_line():
     assert (cfg.data.kind, cfg.data.root, cfg.data.random_flip) == ("laion_face",
                                                                       "shards/here", True)
     assert cfg.model.family == "sdxl" and cfg.trainer.strategy == "ddp"
-    assert cfg.trainer.max_steps == 60  # the experiment body still overrides the preset
+    assert cfg.trainer.max_steps == 500  # the experiment body still overrides the preset
 
 
 @pytest.mark.parametrize("override, words", [

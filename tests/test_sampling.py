@@ -86,6 +86,7 @@ def test_sdxl_added_conditioning_only_for_sdxl(method, monkeypatch):
 def test_identity_guidance_branches(method, monkeypatch):
     pipe = method.pipeline()
     crops = torch.rand(2, 3, 160, 160) * 2 - 1
+    monkeypatch.setitem(method.cfg.method, "identity_guidance", False)  # the demo turns it on
 
     def sample():
         return pipe("p", crops, size=(64, 64), steps=2, guidance=3.0,

@@ -17,7 +17,8 @@ from ldm_ext.methods.instantfamily import InstantFamily
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["trainer.progress_bar=false", "trainer.log_every=1", "logger.wandb=false", "method.sample_steps=2",
-        "method.sample_num_ids=[1,2]", "data.num_demo_samples=16"]
+        "method.sample_num_ids=[1,2]", "data.num_demo_samples=16",
+        "method.train_unet=false"]  # the paper's trainable set (ControlNet + projector)
 
 
 def overrides(tmp: Path, name: str, steps: int, *extra: str) -> list[str]:
