@@ -57,8 +57,9 @@ def _encode_optional(sample: Sample, quality: int) -> dict[str, bytes]:
         ref = io.BytesIO()
         np.save(ref, np.ascontiguousarray(sample.reference, np.uint8), allow_pickle=False)
         out["reference.npy"] = ref.getvalue()
-    if sample.models:
-        out["meta.json"] = json.dumps({"models": sample.models}).encode("utf-8")
+    if sample.models or sample.source:
+        meta = {"models": sample.models, **({"source": sample.source} if sample.source else {})}
+        out["meta.json"] = json.dumps(meta).encode("utf-8")
     return out
 
 
@@ -129,10 +130,11 @@ def _decode_optional(raw: dict, sample: Sample, optional: tuple[str, ...]) -> Sa
     if "reference.npy" in raw and "reference.npy" in optional:
         sample.reference = _npy(raw["reference.npy"])
     if "meta.json" in raw:
-        models = _json(raw["meta.json"], "meta.json").get("models", {})
-        if not isinstance(models, dict):
-            raise BadSample("bad_json", "meta.json 'models' must be an object")
-        sample.models = {str(k): str(v) for k, v in models.items()}
+        meta = _json(raw["meta.json"], "meta.json")
+        models, source = meta.get("models", {}), meta.get("source", {})
+        if not isinstance(models, dict) or not isinstance(source, dict):
+            raise BadSample("bad_json", "meta.json 'models' and 'source' must be objects")
+        sample.models, sample.source = {str(k): str(v) for k, v in models.items()}, source
     return sample
 
 

@@ -2,9 +2,10 @@
 
 ::
 
-    python -m datamodules.prepare images --input DIR|FILE.parquet|SHARDS --output OUT
-    python -m datamodules.prepare videos --input DIR --meta celebvtext_info.json \
-        [--texts DESCRIPTIONS_DIR] --output OUT
+    python -m datamodules.prepare images --input DIR|FILE.parquet|SHARDS --output OUT \
+        [--drop-nsfw NSFW UNSURE] [--min-similarity 0.3]
+    python -m datamodules.prepare videos --input CLIPS|RAW_VIDEOS --meta celebvtext_info.json \
+        [--texts TEXTS_DIR] [--text-extras emotion action_dur] --output OUT
 
 Every output shard is one task (``datamodules.sources``), run in a process pool over all
 cores. A task writes ``shard-NNNNNN.tar`` under a temporary name, renames it, then writes
@@ -12,11 +13,15 @@ cores. A task writes ``shard-NNNNNN.tar`` under a temporary name, renames it, th
 redoes no finished shard, resumes an interrupted one and puts inputs added since into new
 shards (``datamodules.resume``; inputs gone since stop it). At the end ``stats.json`` sums
 the shards (kept, rejected by reason and by input name, faces-per-image histogram) and
-shard 0 writes a few previews (boxes, masks, pose).
+shard 0 writes a few previews (boxes, masks, pose). Inputs (``datamodules.sources``):
+image folders, parquet, img2dataset's tars (one folder per part); each sample keeps its
+input's own metadata (img2dataset's columns) in ``meta.json`` ``source``.
 
-Videos (CelebV-Text, PortraitBooth): the target is the first or the last frame (chosen by
-the clip's key), the reference face the largest face of the middle frame, the caption names
-the subject as man/woman from the clip's attributes.
+Videos (CelebV-Text, PortraitBooth; ``datamodules.clips``, ``datamodules.clip_meta``): the
+target is the first or the last frame (chosen by the clip's key), the reference face the
+largest face of the middle frame, the caption names the subject as man/woman and goes on
+with the clip's texts. A clip the info json lacks is rejected (``no_metadata``); clips
+whose texts disagree on the subject, or lack a description, are counted in ``notes``.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator, NamedTuple
 
 import cv2
 import numpy as np
@@ -42,9 +48,11 @@ from datamodules.codec import encode_sample
 from datamodules.parsing import DEFAULT_FACE_PARSER, DEFAULT_HUMAN_PARSER
 from datamodules.schema import BadSample, validate
 from datamodules.resume import pending, remove_leftovers, shard_path, task_sources
-from datamodules.sources import (Task, decode_image, input_name, load_video_meta, plan_images,
-                                 plan_videos, read_frames, read_images, sample_key,
-                                 video_caption)
+from datamodules.clip_meta import DEFAULT_EXTRAS, TEXT_FOLDERS, clip_id, load_video_meta, \
+    video_caption
+from datamodules.clips import plan_videos, read_frames
+from datamodules.sources import (SourceFilter, Task, decode_image, input_name, plan_images,
+                                 read_images, sample_key)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +65,21 @@ class PrepareConfig:
     annotator: Annotator = field(default_factory=Annotator)
     max_side: int = 1024  # longer image side kept in the shards
     previews: int = 4  # preview images written by shard 0
-    meta: dict = field(default_factory=dict)  # videos: clip id -> load_video_meta entry
+    meta: dict = field(default_factory=dict)  # videos: clip id -> ClipMeta
+    source_filter: SourceFilter = field(default_factory=SourceFilter)
+
+
+class Prepared(NamedTuple):
+    """One input on its way to the annotator: ``image`` is ``Rejected`` when reading it
+    failed; ``source`` the input's own metadata; ``notes`` counted in stats.json."""
+
+    key: str
+    image: np.ndarray | Rejected
+    caption: str | None
+    reference: np.ndarray | None
+    name: str
+    source: dict = {}
+    notes: tuple[str, ...] = ()
 
 
 def is_prepared(folder: str | Path) -> bool:
@@ -83,33 +105,39 @@ def prepared_stats(root: str | Path) -> dict:
     return json.loads((Path(root) / "stats.json").read_text())
 
 
-def _image_samples(task: Task, config: PrepareConfig):
-    """(key, RGB image, caption, reference, name) of an image task; ``Rejected`` items as
-    such."""
-    for key, data, caption, name in read_images(task):
+def _image_samples(task: Task, config: PrepareConfig) -> Iterator[Prepared]:
+    """The inputs of an image task, decoded; filtered out or unreadable ones as
+    ``Rejected``."""
+    for key, data, caption, name, source in read_images(task):
         if task.kind == "folder" and not caption:
             caption = None  # no .txt beside the image: the annotator names the people
         try:
-            yield key, decode_image(data, config.max_side), caption, None, name
+            config.source_filter.check(source)
+            image = decode_image(data, config.max_side)
         except Rejected as rejected:
-            yield key, rejected, caption, None, name
+            image = rejected
+        yield Prepared(key, image, caption, None, name, source)
 
 
-def _video_samples(task: Task, config: PrepareConfig):
-    """(key, target frame, caption, reference crop, name) of a video task."""
-    for path in task.items:
-        key, name = Path(path).stem, input_name(task, path)
+def _video_samples(task: Task, config: PrepareConfig) -> Iterator[Prepared]:
+    """The clips of a video task: target frame, caption and reference crop. An item is a
+    clip's path or ``(raw video, clip id)``."""
+    for item in task.items:
+        path, key = (item[0], item[1]) if isinstance(item, tuple) else (item, clip_id(item))
+        name, meta = input_name(task, item), config.meta.get(key)
         try:
+            if meta is None:
+                raise Rejected("no_metadata", f"{key} is not in the info json")
             last = zlib.crc32(key.encode()) % 2  # first or last frame, fixed per clip
-            target, middle = read_frames(path, [float(last), 0.5])
+            target, middle = read_frames(path, [float(last), 0.5],
+                                         meta if isinstance(item, tuple) else None)
             faces = config.annotator.faces(middle)
             if not len(faces):
                 raise Rejected("no_reference_face")
-            meta = config.meta.get(key, {"subject": "person", "text": ""})
-            yield key, _shrink(target, config.max_side), video_caption(meta), \
-                crops_uint8(faces.select(0))[0], name
+            yield Prepared(key, _shrink(target, config.max_side), video_caption(meta),
+                           crops_uint8(faces.select(0))[0], name, notes=meta.notes)
         except Rejected as rejected:
-            yield key, rejected, "", None, name
+            yield Prepared(key, rejected, "", None, name)
 
 
 def _shrink(image: np.ndarray, max_side: int) -> np.ndarray:
@@ -124,26 +152,28 @@ def run_task(task: Task, config: PrepareConfig) -> dict:
     """Annotate and write one shard; returns its stats, also written as the done-marker with
     the inputs the shard holds (``sources``) and those it rejected, by name and reason."""
     stats = {"inputs": 0, "kept": 0, "rejected": Counter(), "faces": Counter(),
-             "models": Counter(), "rejected_inputs": [], "sources": task_sources(task)}
+             "models": Counter(), "notes": Counter(), "rejected_inputs": [],
+             "sources": task_sources(task)}
     samples = _video_samples(task, config) if task.kind == "video" else \
         _image_samples(task, config)
     tar, previews = shard_path(config.output, task.index, "tar"), []
     tar.parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{tar}.{os.getpid()}.tmp"
     with wds.TarWriter(tmp, encoder=False, mtime=0) as writer:
-        for key, image, caption, reference, name in samples:
+        for item in samples:
             stats["inputs"] += 1
             try:
-                sample = _annotate(config, key, image, caption, reference)
+                sample = _annotate(config, item)
                 writer.write(encode_sample(sample))
             except (Rejected, BadSample) as rejected:
-                _reject(stats, name, rejected.reason)
+                _reject(stats, item.name, rejected.reason)
                 continue
             except Exception as err:  # one odd input must not cost the shard  # noqa: BLE001
-                log.warning("shard %d: %s failed: %r", task.index, name, err)
-                _reject(stats, name, "error")
+                log.warning("shard %d: %s failed: %r", task.index, item.name, err)
+                _reject(stats, item.name, "error")
                 continue
             stats["kept"] += 1
+            stats["notes"].update(item.notes)
             stats["faces"][str(sample.num_faces)] += 1
             stats["models"][f"{sample.face_model}/{sample.pose_model}"] += 1
             if task.index == 0 and len(previews) < config.previews:
@@ -154,14 +184,14 @@ def run_task(task: Task, config: PrepareConfig) -> dict:
     return stats
 
 
-def _annotate(config: PrepareConfig, key: str, image, caption: str | None, reference):
+def _annotate(config: PrepareConfig, item: Prepared):
     """The validated sample of one input; raises ``Rejected`` / ``BadSample``."""
-    key = sample_key(key)  # from input data: names previews and tar members
-    if isinstance(image, Rejected):
-        raise image
-    sample = config.annotator(key, image, caption)
-    sample.reference = reference
-    if reference is not None:
+    key = sample_key(item.key)  # from input data: names previews and tar members
+    if isinstance(item.image, Rejected):
+        raise item.image
+    sample = config.annotator(key, item.image, item.caption)
+    sample.reference, sample.source = item.reference, dict(item.source)
+    if item.reference is not None:
         sample.models["reference"] = f"{sample.face_model}(middle frame)"
     return validate(sample)
 
@@ -188,14 +218,14 @@ def _run_in_worker(task: Task) -> dict:
 def summarise(output: str) -> dict:
     """Sum the per-shard stats into ``stats.json``."""
     total = {"shards": 0, "inputs": 0, "kept": 0, "rejected": Counter(), "faces": Counter(),
-             "models": Counter(), "rejected_inputs": []}
+             "models": Counter(), "notes": Counter(), "rejected_inputs": []}
     for path in sorted(Path(output).glob("shard-*.json")):
         shard = json.loads(path.read_text())
         total["shards"] += 1
         for key in ("inputs", "kept"):
             total[key] += shard[key]
-        for key in ("rejected", "faces", "models"):
-            total[key].update(shard[key])
+        for key in ("rejected", "faces", "models", "notes"):
+            total[key].update(shard.get(key, {}))
         total["rejected_inputs"] += shard.get("rejected_inputs", [])
     total = {k: dict(sorted(v.items())) if isinstance(v, Counter) else v
              for k, v in total.items()}
@@ -234,7 +264,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--meta", help="videos: the clips' info json (celebvtext_info.json)")
-    parser.add_argument("--texts", help="videos: CelebV-Text description folder (<clip>.txt)")
+    parser.add_argument("--texts", help="videos: CelebV-Text's text release (the folder of "
+                        "face40_details_new/, emotion/, ...) or one folder of <clip>.txt")
+    parser.add_argument("--text-extras", nargs="*", default=list(DEFAULT_EXTRAS),
+                        choices=TEXT_FOLDERS[1:], help="videos: text folders appended to the "
+                        "description when a clip has them")
+    parser.add_argument("--drop-nsfw", nargs="*", default=[], metavar="TAG",
+                        help="images: drop inputs whose NSFW column is one of these "
+                        "(LAION: NSFW UNSURE)")
+    parser.add_argument("--min-similarity", type=float, default=None,
+                        help="images: drop inputs whose CLIP similarity column is lower")
     parser.add_argument("--samples-per-shard", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=None, help="default: all cores")
     parser.add_argument("--detector", default="mtcnn")
@@ -262,13 +301,14 @@ def main(argv: list[str] | None = None) -> dict:
     annotator = Annotator(args.detector, args.pose, args.segmenter, args.parser,
                           characters=args.characters, human_parser=args.human_parser,
                           filters=filters)
-    config = PrepareConfig(args.output, annotator,
-                           max_side=args.max_side, previews=args.previews)
+    config = PrepareConfig(args.output, annotator, max_side=args.max_side,
+                           previews=args.previews, source_filter=SourceFilter(
+                               tuple(args.drop_nsfw), args.min_similarity))
     if args.mode == "videos":
         if not args.meta:
             raise SystemExit("videos needs --meta (the clips' info json)")
-        config.meta = load_video_meta(args.meta, args.texts)
-        tasks = plan_videos(args.input, args.samples_per_shard)
+        config.meta = load_video_meta(args.meta, args.texts, tuple(args.text_extras))
+        tasks = plan_videos(args.input, args.samples_per_shard, config.meta)
     else:
         tasks = plan_images(args.input, args.samples_per_shard)
     return prepare(tasks, config, args.workers)

@@ -25,7 +25,9 @@ ignore them, so the schema version stays 1):
   largest) from another frame (PortraitBooth's reference, video sources); a transform that
   crops face 0 away drops it;
 - ``meta.json``: ``{"models": {"masks": ..., "character": ..., "reference": ...},
-  "source": ...}``, which model produced each optional annotation.
+  "source": {...}}``, which model produced each optional annotation, and the input's own
+  metadata (img2dataset's columns: ``SAMPLE_ID``, ``LICENSE``, ``NSFW``, ``similarity``,
+  ``url``...; absent when the input had none).
 
 Writers store boxes as the detector gives them: a face cut by the image edge keeps its
 whole box, which overhangs the image (so its 25 % region is grown from the whole box and
@@ -83,6 +85,7 @@ class Sample:
     character: np.ndarray | None = None  # (h, w, 3) uint8 RGB, person on white
     reference: np.ndarray | None = None  # (3, 160, 160) uint8 face crop from another frame
     models: dict = field(default_factory=dict)  # producer of each optional annotation
+    source: dict = field(default_factory=dict)  # the input's own metadata (img2dataset columns)
 
     @property
     def num_faces(self) -> int:

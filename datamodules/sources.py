@@ -1,11 +1,18 @@
-"""Raw inputs of ``datamodules.prepare``, cut into tasks (one task = one output shard).
+"""Raw image inputs of ``datamodules.prepare``, cut into tasks (one task = one output shard).
 
 - a folder of images (``*.jpg|jpeg|png|webp``, caption in ``<stem>.txt`` beside it);
 - a LAION-style parquet written by img2dataset with ``output_format=parquet`` (image bytes
-  in ``jpg``, caption in ``caption`` or ``txt``, ``key``), read with pyarrow;
-- img2dataset's webdataset output (``.tar`` shards with ``jpg``/``png`` + ``txt``): one task
-  per input shard;
-- CelebV-Text clips (``*.mp4`` in a folder) with their attributes in a json (``videos``).
+  in ``jpg``, caption in ``caption`` or ``txt``, ``key``), read with pyarrow. A parquet of
+  URLs without image bytes (LAION-Face's ``laion_face_part_000NN.parquet``, img2dataset's
+  per-shard ``NNNNN.parquet``) is refused with the command that downloads the images;
+- img2dataset's webdataset output (``.tar`` shards with ``jpg``/``png`` + ``txt`` + ``json``),
+  also one folder per part (LAION-Face's ``split_000NN/``, found recursively): one task per
+  input shard. img2dataset numbers keys from ``000000000`` in every part, so a key read from
+  a tar below the input folder is prefixed with its part (``split_00001_000000000``). The
+  ``json`` member's columns (``SAMPLE_ID``, ``LICENSE``, ``NSFW``, ``similarity``, ``url``...)
+  travel with the sample as its ``source`` metadata.
+
+Video inputs: ``datamodules.clips``.
 """
 from __future__ import annotations
 
@@ -13,29 +20,30 @@ import glob
 import io
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
-import cv2
 import numpy as np
 import webdataset as wds
 from PIL import Image
 
 from datamodules.schema import MAX_PIXELS
 from datamodules.annotate import Rejected
+from ldm_ext.cli import InputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm")
+IMAGE_COLUMNS = ("jpg", "png", "webp")  # img2dataset's image bytes, by encode format
+IMG2DATASET_COLUMNS = '["NSFW","similarity","LICENSE","SAMPLE_ID"]'  # LAION-Face's download.sh
 MAX_KEY_BYTES = 200  # a key names files (previews, tar members): well under NAME_MAX (255)
 
 
 @dataclass(frozen=True)
 class Task:
     """One output shard: ``kind`` folder | parquet | tar | video, its ``source`` (the input)
-    and ``items``, the inputs it reads: file paths for folder/video, input tar paths for
-    tar, ``(start, stop)`` row ranges for parquet (``input_name`` names each)."""
+    and ``items``, the inputs it reads: file paths for folder/video (``(raw video, clip
+    id)`` for a clip cut from a raw video), input tar paths for tar, ``(start, stop)`` row
+    ranges for parquet (``input_name`` names each)."""
 
     index: int
     kind: str
@@ -43,46 +51,83 @@ class Task:
     items: tuple = ()
 
 
-def _chunks(items: list, size: int) -> list[tuple]:
+def chunks(items: list, size: int) -> list[tuple]:
+    """``items`` cut into tuples of ``size`` (the last may be shorter)."""
     return [tuple(items[i:i + size]) for i in range(0, len(items), size)]
 
 
 def plan_images(input_path: str, samples_per_shard: int) -> list[Task]:
-    """Tasks for a folder, a ``.parquet`` file, or a ``.tar`` pattern / folder of tars."""
+    """Tasks for a folder of images, a ``.parquet`` file with image bytes, or ``.tar``
+    shards: a pattern, or a folder holding them at any depth (one folder per part)."""
     path = Path(input_path)
-    if path.is_dir() and not any(path.glob("*.tar")):
-        files = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        return [Task(i, "folder", input_path, c) for i, c in enumerate(_chunks(files,
-                                                                              samples_per_shard))]
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows = pq.ParquetFile(path).metadata.num_rows
-        return [Task(i, "parquet", input_path, ((start, min(rows, start + samples_per_shard)),))
-                for i, start in enumerate(range(0, rows, samples_per_shard))]
-    tars = sorted(glob.glob(str(path / "*.tar"))) if path.is_dir() else \
-        sorted(u for p in wds.shardlists.expand_urls(input_path) for u in glob.glob(p))
+        return _plan_parquet(path, samples_per_shard)
+    if path.is_dir():
+        tars = sorted(str(p) for p in path.rglob("*.tar"))
+        if not tars:
+            return _plan_folder(path, samples_per_shard)
+    else:
+        tars = sorted(u for p in wds.shardlists.expand_urls(input_path) for u in glob.glob(p))
     if not tars:
-        raise ValueError(f"no images, parquet or tar shards at {input_path!r}")
+        raise InputError(f"no images, parquet or tar shards at {input_path!r}")
     return [Task(i, "tar", input_path, (tar,)) for i, tar in enumerate(tars)]
+
+
+def _plan_folder(path: Path, samples_per_shard: int) -> list[Task]:
+    files = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        parquets = sorted(path.rglob("*.parquet"))
+        if parquets:
+            check_parquet(parquets[0])  # LAION metadata: says which command downloads it
+            raise InputError(f"{path} holds no images or tar shards but {len(parquets)} "
+                             f"parquet files: pass one with --input {parquets[0]}")
+        raise InputError(f"no images, parquet or tar shards in {str(path)!r}")
+    return [Task(i, "folder", str(path), c) for i, c in enumerate(chunks(files,
+                                                                         samples_per_shard))]
+
+
+def _plan_parquet(path: Path, samples_per_shard: int) -> list[Task]:
+    import pyarrow.parquet as pq
+
+    check_parquet(path)
+    rows = pq.ParquetFile(path).metadata.num_rows
+    return [Task(i, "parquet", str(path), ((start, min(rows, start + samples_per_shard)),))
+            for i, start in enumerate(range(0, rows, samples_per_shard))]
+
+
+def check_parquet(path: str | Path) -> None:
+    """Raise ``InputError`` unless the parquet at ``path`` holds image bytes: a table of
+    URLs (LAION metadata, img2dataset's per-shard sidecar) says what to run instead."""
+    import pyarrow.parquet as pq
+
+    columns = pq.ParquetFile(path).schema_arrow.names
+    if any(c in columns for c in IMAGE_COLUMNS):
+        return
+    url = next((c for c in columns if c.lower() == "url"), None)
+    if url and "status" in columns:  # img2dataset writes one beside each of its tars
+        raise InputError(f"{path} is img2dataset's metadata of the tar beside it, not images: "
+                         f"pass the folder of .tar shards (--input {Path(path).parent})")
+    if url:
+        caption = next((c for c in columns if c.lower() in ("text", "caption")), "TEXT")
+        raise InputError(
+            f"{path} holds image URLs, not images (columns {', '.join(columns)}): download "
+            f"them first with `img2dataset --url_list {path} --input_format parquet --url_col "
+            f"{url} --caption_col {caption} --output_format webdataset --output_folder DIR "
+            f"--save_additional_columns '{IMG2DATASET_COLUMNS}'`, then run `python -m "
+            f"datamodules.prepare images --input DIR ...`")
+    raise InputError(f"{path} has no image column ({'/'.join(IMAGE_COLUMNS)}); its columns: "
+                     f"{', '.join(columns)}")
 
 
 def input_name(task: Task, item) -> str:
     """The name of one of ``task.items`` as the user knows it: a file's path relative to
     the input folder (as given when the input is a file or pattern), ``rows A-B`` of a
-    parquet. It stays the same when the input folder moves."""
+    parquet, ``<raw video>:<clip id>`` of a clip cut from a raw video. It stays the same when the input folder moves."""
     if task.kind == "parquet":
         return f"rows {item[0]}-{item[1]}"
+    if isinstance(item, tuple):  # (raw video, clip id): the clip cut from it
+        return f"{input_name(task, item[0])}:{item[1]}"
     return os.path.relpath(item, task.source) if os.path.isdir(task.source) else str(item)
-
-
-def plan_videos(input_dir: str, clips_per_shard: int) -> list[Task]:
-    """Tasks over the clips of a folder, sorted by name."""
-    files = sorted(str(p) for p in Path(input_dir).rglob("*") if p.suffix.lower() in
-                   VIDEO_SUFFIXES)
-    if not files:
-        raise ValueError(f"no video clips in {input_dir!r}")
-    return [Task(i, "video", input_dir, c) for i, c in enumerate(_chunks(files, clips_per_shard))]
 
 
 def decode_image(data: bytes, max_side: int) -> np.ndarray:
@@ -125,24 +170,34 @@ def sample_key(key: str) -> str:
     return key.replace(".", "_")
 
 
-def read_images(task: Task) -> Iterator[tuple[str, bytes, str, str]]:
-    """(key, encoded image, caption, name) of every input of ``task``; ``name`` tells the
-    user which input it is (``stats.json`` lists rejected inputs by it)."""
+class ImageInput(NamedTuple):
+    """One input image as read: ``source`` is its own metadata (img2dataset's columns)."""
+
+    key: str
+    data: bytes
+    caption: str
+    name: str  # how the user finds it (stats.json lists rejected inputs by it)
+    source: dict
+
+
+def read_images(task: Task) -> Iterator[ImageInput]:
+    """Every input of ``task``."""
     readers = {"folder": _folder_images, "parquet": _parquet_images, "tar": _tar_images}
     yield from readers[task.kind](task)
 
 
-def _folder_images(task: Task) -> Iterator[tuple[str, bytes, str, str]]:
+def _folder_images(task: Task) -> Iterator[ImageInput]:
     """Image files; the caption is ``<stem>.txt`` beside one ('' without)."""
     for path in task.items:
         text = Path(path).with_suffix(".txt")
         caption = text.read_text(encoding="utf-8").strip() if text.exists() else ""
-        yield Path(path).stem, Path(path).read_bytes(), caption, input_name(task, path)
+        yield ImageInput(Path(path).stem, Path(path).read_bytes(), caption,
+                         input_name(task, path), {})
 
 
-def _parquet_images(task: Task) -> Iterator[tuple[str, bytes, str, str]]:
+def _parquet_images(task: Task) -> Iterator[ImageInput]:
     """img2dataset parquet rows: ``jpg`` bytes, ``caption`` or ``txt``, ``key`` (else the
-    row number)."""
+    row number); the other scalar columns are the source metadata."""
     import pyarrow.parquet as pq
 
     table = pq.read_table(task.source)
@@ -150,108 +205,74 @@ def _parquet_images(task: Task) -> Iterator[tuple[str, bytes, str, str]]:
         for row, record in enumerate(table.slice(start, stop - start).to_pylist(), start):
             caption = record.get("caption") or record.get("txt") or ""
             key = str(record.get("key") or f"{row:09d}")
-            yield key, record.get("jpg") or b"", caption, key
+            data = next((record[c] for c in IMAGE_COLUMNS if record.get(c)), b"")
+            yield ImageInput(key, data, caption, key, _source_meta(record))
 
 
-def _tar_images(task: Task) -> Iterator[tuple[str, bytes, str, str]]:
-    """img2dataset webdataset shards: ``jpg``/``png``/``webp`` + ``txt`` per key."""
+def _tar_images(task: Task) -> Iterator[ImageInput]:
+    """img2dataset webdataset shards: ``jpg``/``png``/``webp`` + ``txt`` (+ ``json``) per
+    key; keys of a tar below the input folder get its part's prefix (``part_prefix``)."""
     for tar in task.items:
+        prefix = part_prefix(task.source, tar)
         for raw in wds.DataPipeline(wds.SimpleShardList([tar]),
                                     wds.tarfile_to_samples(handler=wds.warn_and_continue)):
-            data = raw.get("jpg") or raw.get("png") or raw.get("webp") or b""
+            data = next((raw[c] for c in IMAGE_COLUMNS if raw.get(c)), b"")
             caption = raw.get("txt", b"").decode("utf-8", "replace").strip()
-            yield raw["__key__"], data, caption, f"{input_name(task, tar)}:{raw['__key__']}"
+            yield ImageInput(prefix + raw["__key__"], data, caption,
+                             f"{input_name(task, tar)}:{raw['__key__']}", _json_meta(raw))
 
 
-def read_frames(path: str, positions: list[float]) -> list[np.ndarray]:
-    """RGB frames at ``positions`` of a clip (0: first, 0.5: middle, 1: last), by OpenCV."""
-    capture = cv2.VideoCapture(path)
+def part_prefix(source: str, tar: str) -> str:
+    """``<folder>_`` for a tar in a subfolder of the input root (``split_00001/00000.tar``
+    -> ``split_00001_``), '' at the root. The root is the input folder, or the folder a
+    pattern starts in (``data/split_*/*.tar`` -> ``data``)."""
+    root = source if os.path.isdir(source) else os.path.dirname(_fixed_part(source))
+    folder = os.path.relpath(os.path.dirname(tar), root or ".")
+    return "" if folder == "." else folder.replace(os.sep, "_") + "_"
+
+
+def _fixed_part(pattern: str) -> str:
+    """``pattern`` up to its first glob or brace character."""
+    cut = min((i for i, c in enumerate(pattern) if c in "*?[{"), default=len(pattern))
+    return pattern[:cut]
+
+
+def _json_meta(raw: dict) -> dict:
+    """img2dataset's per-sample ``json`` member as source metadata ({} without one)."""
     try:
-        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        if total <= 0:
-            raise Rejected("bad_video", f"{path}: no frames")
-        frames = []
-        for position in positions:
-            index = min(total - 1, int(position * (total - 1) + 0.5))
-            capture.set(cv2.CAP_PROP_POS_FRAMES, index)
-            ok, frame = capture.read()
-            if not ok:
-                raise Rejected("bad_video", f"{path}: frame {index} of {total}")
-            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-        return frames
-    finally:
-        capture.release()
+        record = json.loads(raw["json"]) if "json" in raw else {}
+    except ValueError:
+        return {}
+    return _source_meta(record) if isinstance(record, dict) else {}
 
 
-def _gender(entry: dict, mapping: list[str] | None) -> str | None:
-    """"man" / "woman" from a clip's attributes, or None when they do not say."""
-    attributes = entry.get("attributes", entry)
-    for key in ("gender", "sex"):
-        value = str(attributes.get(key, "")).lower()
-        if value in ("male", "man", "m"):
-            return "man"
-        if value in ("female", "woman", "f"):
-            return "woman"
-    appearance = attributes.get("appearance")
-    if mapping and isinstance(appearance, list) and "male" in mapping:
-        return "man" if appearance[mapping.index("male")] else "woman"
-    return None
+def _source_meta(record: dict) -> dict:
+    """The scalar columns of an img2dataset record, less the image, caption and EXIF."""
+    skip = {*IMAGE_COLUMNS, "caption", "txt", "exif"}
+    return {k: v for k, v in record.items()
+            if k not in skip and (v is None or isinstance(v, (str, int, float, bool)))}
 
 
-def load_video_meta(path: str, texts: str | None = None) -> dict[str, dict]:
-    """Clip id (file stem) -> {"subject": "man"|"woman"|"person", "text": description or ""}.
+@dataclass(frozen=True)
+class SourceFilter:
+    """Inputs kept by their own metadata (LAION's ``NSFW`` tag and CLIP ``similarity``); an
+    input without the column a filter reads is rejected too (``no_nsfw_tag``,
+    ``no_similarity``), so a filter never passes what it could not check."""
 
-    ``path``: the clips' info json. CelebV-Text's release holds per clip only download data
-    (``{"clips": {id: {"ytb_id", "duration", "bbox", "version"}}}``, ids with or without
-    ".mp4"; a bare ``{id: {...}}`` also works); CelebV-HQ-style files add attributes
-    (``"meta_info": {"appearance_mapping": [...]}`` and per clip ``"attributes":
-    {"appearance": [0/1 ...]}`` or ``"gender"``) and may carry a ``"text"``.
-    ``texts``: CelebV-Text's description folder, one ``<clip id>.txt`` per clip (its first
-    non-empty line is the description), searched recursively.
+    drop_nsfw: tuple[str, ...] = ()  # NSFW tags to drop (LAION: NSFW, UNSURE, UNLIKELY)
+    min_similarity: float | None = None
 
-    The subject is the attributes' gender, else the first gendered word of the description
-    ("man", "she", ...), else "person".
-    """
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    mapping = data.get("meta_info", {}).get("appearance_mapping")
-    mapping = [str(m).lower() for m in mapping] if mapping else None
-    clips = data.get("clips", data)
-    files = {p.stem: p for p in Path(texts).rglob("*.txt")} if texts else {}
-    meta = {}
-    for key, entry in clips.items():
-        if not isinstance(entry, dict):
-            continue
-        clip = Path(str(key)).stem if Path(str(key)).suffix.lower() in VIDEO_SUFFIXES else str(key)
-        text = str(entry.get("text") or entry.get("caption") or "") or _first_line(files.get(clip))
-        meta[clip] = {"subject": _gender(entry, mapping) or _gender_in_text(text) or "person",
-                      "text": text}
-    return meta
-
-
-def _first_line(path: Path | None) -> str:
-    """The first non-empty line of a text file ('' without one)."""
-    if path is None:
-        return ""
-    lines = (line.strip() for line in path.read_text(encoding="utf-8", errors="replace")
-             .splitlines())
-    return next((line for line in lines if line), "")
-
-
-GENDER_WORDS = {"man": "man", "male": "man", "he": "man", "his": "man", "him": "man",
-                "boy": "man", "gentleman": "man", "woman": "woman", "female": "woman",
-                "she": "woman", "her": "woman", "girl": "woman", "lady": "woman"}
-
-
-def _gender_in_text(text: str) -> str | None:
-    """"man" / "woman" from the first gendered word of a description, or None."""
-    for word in re.findall(r"[a-z]+", text.lower()):
-        if word in GENDER_WORDS:
-            return GENDER_WORDS[word]
-    return None
-
-
-def video_caption(meta: dict) -> str:
-    """Caption naming the subject as man/woman (PortraitBooth); the clip's description
-    follows when there is one (first letter lowered: it continues the sentence)."""
-    text = meta["text"].strip()
-    return f"a photo of a {meta['subject']}" + (f", {text[:1].lower()}{text[1:]}" if text else "")
+    def check(self, source: dict) -> None:
+        """Raise ``Rejected`` when ``source`` fails a filter."""
+        if self.drop_nsfw:
+            tag = source.get("NSFW")
+            if tag is None:
+                raise Rejected("no_nsfw_tag")
+            if str(tag).upper() in {t.upper() for t in self.drop_nsfw}:
+                raise Rejected("nsfw", str(tag))
+        if self.min_similarity is not None:
+            value = source.get("similarity")
+            if value is None:
+                raise Rejected("no_similarity")
+            if float(value) < self.min_similarity:
+                raise Rejected("low_similarity", str(value))

@@ -13,7 +13,7 @@ import skimage.data
 from PIL import Image
 
 from datamodules.prepare import main
-from datamodules.sources import load_video_meta, video_caption
+from datamodules.clip_meta import ClipMeta, load_video_meta, video_caption
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,7 +38,7 @@ def test_videos_cli(tmp_path, shard_samples):
                                  "text": "she smiles at the camera"},
                       "clip_b": {"attributes": {"gender": "male"}}}}
     (tmp_path / "info.json").write_text(json.dumps(meta))
-    assert load_video_meta(str(tmp_path / "info.json"))["clip_b"]["subject"] == "man"
+    assert load_video_meta(str(tmp_path / "info.json"))["clip_b"].subject == "man"
     stats = main(["videos", "--input", str(clips), "--meta", str(tmp_path / "info.json"),
                   "--output", str(tmp_path / "out"), "--workers", "1", "--pose", "faces",
                   "--min-face-size", "20"])
@@ -51,7 +51,8 @@ def test_videos_cli(tmp_path, shard_samples):
 
 def test_celebv_text_layout_ids_descriptions_and_subjects(tmp_path):
     """The released layout: a clip-keyed info json without attributes (ids with or without
-    ".mp4") and one description file per clip; the subject comes from the description."""
+    ".mp4") and one description file per clip, several lines each (one is chosen, seeded
+    by the clip); the subject comes from the description."""
     info = {"clips": {"abc_0_0.mp4": {"ytb_id": "abc", "bbox": {"top": 0.0}, "version": "v0.11"},
                       "abc_1": {"ytb_id": "abc", "version": "v0.1"},
                       "abc_2": {"ytb_id": "abc", "version": "v0.1"}}}
@@ -61,14 +62,18 @@ def test_celebv_text_layout_ids_descriptions_and_subjects(tmp_path):
     (texts / "abc_0_0.txt").write_text("\nThe woman has long hair. She smiles.\nline two\n")
     (texts / "abc_1.txt").write_text("This young man has a beard and his mouth is closed.\n")
     meta = load_video_meta(str(tmp_path / "info.json"), str(tmp_path / "texts"))
-    assert meta["abc_0_0"] == {"subject": "woman", "text": "The woman has long hair. She smiles."}
-    assert meta["abc_1"]["subject"] == "man"
-    assert meta["abc_2"] == {"subject": "person", "text": ""}  # no description file
+    assert meta["abc_0_0"].subject == "woman"
+    assert meta["abc_0_0"].text in ("The woman has long hair. She smiles.", "line two")
+    assert meta["abc_0_0"] == load_video_meta(str(tmp_path / "info.json"),
+                                              str(tmp_path / "texts"))["abc_0_0"]  # seeded
+    assert meta["abc_1"].subject == "man"
+    assert (meta["abc_2"].subject, meta["abc_2"].text) == ("person", "")  # no description
+    assert meta["abc_2"].notes == ("no_description",)
     assert video_caption(meta["abc_1"]).startswith("a photo of a man, this young man")
 
 
 def test_video_caption_without_text():
-    assert video_caption({"subject": "person", "text": ""}) == "a photo of a person"
+    assert video_caption(ClipMeta("person")) == "a photo of a person"
 
 
 def test_celebv_text_datamodule_and_factory(tmp_path):
@@ -82,7 +87,7 @@ def test_celebv_text_datamodule_and_factory(tmp_path):
     face = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((160, 160)))
     (tmp_path / "clips").mkdir()
     write_clip(tmp_path / "clips" / "c.mp4", [face] * 3)
-    (tmp_path / "m.json").write_text("{}")  # no attributes: "a person"
+    (tmp_path / "m.json").write_text('{"c": {"ytb_id": "x"}}')  # no attributes: "a person"
     main(["videos", "--input", str(tmp_path / "clips"), "--meta", str(tmp_path / "m.json"),
           "--output", str(tmp_path / "out"), "--workers", "1", "--pose", "faces",
           "--min-face-size", "20"])
