@@ -78,7 +78,7 @@ class Prepared(NamedTuple):
     caption: str | None
     reference: np.ndarray | None
     name: str
-    source: dict = {}
+    source: dict | None = None
     notes: tuple[str, ...] = ()
 
 
@@ -190,7 +190,7 @@ def _annotate(config: PrepareConfig, item: Prepared):
     if isinstance(item.image, Rejected):
         raise item.image
     sample = config.annotator(key, item.image, item.caption)
-    sample.reference, sample.source = item.reference, dict(item.source)
+    sample.reference, sample.source = item.reference, dict(item.source or {})
     if item.reference is not None:
         sample.models["reference"] = f"{sample.face_model}(middle frame)"
     return validate(sample)
