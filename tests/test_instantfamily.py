@@ -36,6 +36,21 @@ def test_local_tokens_follow_spatial_order():
     torch.testing.assert_close(tokens[0, 3], expected[0])
 
 
+def test_face_tokens_encode_only_valid_slots(method, monkeypatch):
+    """Empty slots skip the face encoder and stay zero; valid ones equal their own encoding."""
+    crops = torch.rand(2, 3, 3, 160, 160) * 2 - 1  # (B, N, 3, S, S)
+    valid = torch.tensor([[True, False, False], [True, True, False]])
+    seen = []
+    encode = method.face_encoder.encode
+    monkeypatch.setattr(method.face_encoder, "encode", lambda x: seen.append(len(x)) or encode(x))
+    tokens = method.face_tokens(crops, valid)
+    assert seen == [3] and tokens.shape[:2] == (2, 3)
+    assert (tokens[~valid] == 0).all()
+    alone = encode(crops[1, 1:2])
+    expected = method.face_projector(alone.global_.float(), alone.local.float())[0]
+    torch.testing.assert_close(tokens[1, 1], expected)
+
+
 def test_stack_is_text_then_faces_and_zeroes_empty_slots():
     text, faces = torch.randn(2, 77, 8), torch.randn(2, 3, 10, 8)
     valid = torch.tensor([[True, True, False], [True, False, False]])
