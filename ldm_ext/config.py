@@ -130,6 +130,21 @@ class MethodConfig:
     sampler: str = "ddim"  # ddim | unipc | euler | dpmsolver++ (diffusers schedulers)
 
     @classmethod
+    def identity_encoder(cls, method: DictConfig) -> str | None:
+        """The face network this method conditions on or optimises, as
+        ``<encoder>/<weights>`` (``facenet/vggface2``), or None when it uses none.
+
+        Eval reports show it beside the identity scores, so a reader sees when a scorer is
+        the very network the method was trained against. Default: the ``face_encoder`` and
+        ``face_weights`` fields where a method has them; a method that names its encoder
+        otherwise overrides this."""
+        name = OmegaConf.select(method, "face_encoder", default=None)
+        weights = OmegaConf.select(method, "face_weights", default=None)
+        if not name:
+            return None
+        return f"{name}/{weights}" if weights else str(name)
+
+    @classmethod
     def choices(cls) -> dict[str, tuple[str, ...]]:
         """Allowed values per field: the shared ones and the subclass's own."""
         return cls._class_table("CHOICES")
