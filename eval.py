@@ -31,12 +31,18 @@ scheme, a prompt index outside the prompt set, a subject id the references lack 
 empty folder stops the run before any model loads, in one line naming the file; an image
 that cannot be read is skipped and listed in ``report.md`` and ``summary.json``.
 
+Identity is scored by the protocol's encoder (``identity``) and by a second, independent
+one (``identity_second``; ``scoring.second_encoder``, default auto: ArcFace buffalo_l where
+present, else dlib), beside the method's own face encoder (``method_encoder``, from the
+run's config; give it for ``--images``), their rank correlation and warnings where they
+disagree (README "Why two face encoders").
+
 Outputs in ``<output_dir>/<name>/``: ``images/`` + ``manifest.jsonl`` (generation mode;
 image i of the plan draws from its own generator (seed, i), so a rerun skips finished
 images and still matches an uninterrupted run), ``metrics.csv`` (one row per image),
-``summary.json`` (mean ± population std per metric, per prompt category and per number of subjects; mixing
-matrices), ``report.md`` with tables, ``grids/`` and ``plots/``; a wandb table when
-``wandb=true``.
+``summary.json`` (mean ± population std per metric, per prompt category and per number of
+subjects; mixing matrices; ``identity_check``), ``report.md`` with tables, ``grids/`` and
+``plots/``; a wandb table when ``wandb=true``.
 """
 from __future__ import annotations
 
@@ -245,7 +251,8 @@ def run(args: argparse.Namespace) -> Path:
     """Generate (``--checkpoint``) or take a folder (``--images``), score, write outputs.
     Names, prompt indices and subject ids of an ``--images`` folder are checked before any
     model loads and before the results folder is made."""
-    from ldm_ext.eval_config import load_eval_config
+    from ldm_ext.eval_config import load_eval_config, second_encoder_name
+    from ldm_ext.registry import identity_encoder
 
     overrides = list(args.overrides)
     if args.references:
@@ -268,8 +275,11 @@ def run(args: argparse.Namespace) -> Path:
 
         fitted = fit_subjects(cfg, args.checkpoint, subjects, out_dir)
         torch.manual_seed(cfg.generation.seed)  # random-init parts (demo runs) load alike
-        generate(cfg, load_method(args.checkpoint).to(device), subjects, records, out_dir,
-                 fitted)
+        method = load_method(args.checkpoint).to(device)
+        cfg.method_encoder = identity_encoder(method.cfg.method)  # recorded in summary.json
+        generate(cfg, method, subjects, records, out_dir, fitted)
+        del method  # its memory is the scorers' now
+    cfg.scoring.second_encoder = second_encoder_name(cfg.scoring, cfg.method_encoder)
     rows, sims, skipped = score_folder(cfg, image_dir, records, subjects, device)
     write_outputs(cfg, out_dir, image_dir, rows, sims, skipped)
     unread = f", {len(skipped)} unreadable skipped (listed in report.md)" if skipped else ""

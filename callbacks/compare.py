@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from callbacks.identity_check import compare_lines
 from callbacks.report import markdown_table, pyplot, save_figure, stats_cell
 from ldm_ext.cli import UserError
 
 # metrics given a table and a plot per category and per N (all metrics are in "Overall")
-HEADLINE = ("identity", "multi_sim", "clip_t", "clip_i", "face_sim", "id_p")
+HEADLINE = ("identity", "identity_second", "multi_sim", "clip_t", "clip_i", "face_sim", "id_p")
 SUMMARY_KEYS = ("overall", "by_category", "by_num_ids", "mixing")
 
 
@@ -278,13 +279,17 @@ def mixing_section(out_dir: Path, results: list[Result]) -> list[str]:
 
 
 def write_compare_report(out_dir: Path, results: list[Result]) -> Path:
-    """report.md: runs, methods x metrics, coverage, per category and N, mixing, grids."""
+    """report.md: runs, methods x metrics, identity by two encoders (with a warning where a
+    lead on the protocol encoder does not hold on the second), coverage, per category and
+    N, mixing, grids."""
     overall = {f"{r.label} ({r.method})" if r.method else r.label: r.summary["overall"]
                for r in results}
     lines = [f"# Comparison: {' vs '.join(r.label for r in results)}", "",
              "Mean ± population std (numpy `std`) over each run's images.", "",
              "## Runs", *runs_table(results), "",
              "## Methods × metrics", *markdown_table(overall, "run"), "",
+             *compare_lines([(r.label, r.summary["overall"], r.summary.get("identity_check")
+                              or {}) for r in results]),
              "## Coverage", *coverage_lines(results), ""]
     for key, label, title in (("by_category", "category", "prompt category"),
                               ("by_num_ids", "N", "number of subjects")):

@@ -5,6 +5,7 @@ attention-map overlays of the UNet's cross-attention (``callbacks/images.py``).
 from __future__ import annotations
 
 import csv
+import json
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -14,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
+from callbacks.identity_check import identity_check
 from callbacks.images import (attention_overlay, cycled, gather_identities, identity_shares,
                               save_and_log)
 from callbacks.prompts import fill, prompt_list
@@ -22,6 +24,7 @@ from callbacks.scoring import METRICS, References, Scorers, build_scorers, score
 from ldm_ext.attention import AttentionStore
 from ldm_ext.pipelines.sampling import image_generator
 from ldm_ext.face import FaceModelMissing
+from ldm_ext.face.align import tensor_to_uint8
 
 
 class EvaluationCallback(pl.Callback):
@@ -38,6 +41,10 @@ class EvaluationCallback(pl.Callback):
         prompts: prompt templates with ``{s}`` (class word "person" is filled in).
         num_ids: identities per image, one image per (prompt, num_ids).
         steps, guidance, seed: sampling settings.
+        encoders: ``protocol`` / ``second`` / ``method`` face encoder names, written with
+            the two encoders' rank correlation and warnings to
+            ``<out_dir>/identity_check.jsonl`` (``callbacks/identity_check.py``).
+        min_rank_corr: warn below this Spearman correlation of the two encoders.
         attention_size: side of the cross-attention maps (``pl_module.attention_layers``)
             averaged over the sampling steps for the overlays
             ``<out_dir>/attention_step_<step>.png`` (0, or a method without
@@ -48,8 +55,10 @@ class EvaluationCallback(pl.Callback):
     def __init__(self, out_dir: str | Path, every: int, scorers: Scorers,
                  prompts: Sequence[str] | None = None, num_ids: Sequence[int] = (1, 2),
                  steps: int = 20, guidance: float = 5.0, seed: int = 0,
-                 attention_size: int = 16) -> None:
+                 attention_size: int = 16, encoders: dict[str, str | None] | None = None,
+                 min_rank_corr: float = 0.5) -> None:
         self.out_dir, self.every, self.scorers = Path(out_dir), every, scorers
+        self.encoders, self.min_rank_corr = dict(encoders or {}), min_rank_corr
         self.attention_size = attention_size
         self.prompts = list(prompts or [p.template for p in prompt_list(
             "fastcomposer_single", 4)[::2]])
@@ -81,6 +90,9 @@ class EvaluationCallback(pl.Callback):
         rows, _ = score_images(self.scorers, images, records, refs)
         overall = summarize(rows)["overall"]
         values = {f"eval/{m}": s["mean"] for m, s in overall.items() if s["n"]}
+        check = self._identity_check(trainer.global_step, rows)
+        if check["rank_corr"] == check["rank_corr"]:  # not NaN
+            values["eval/identity_rank_corr"] = check["rank_corr"]
         for logger in trainer.loggers:
             logger.log_metrics(values, step=trainer.global_step)
         self._append_csv(trainer.global_step, values)
@@ -100,11 +112,31 @@ class EvaluationCallback(pl.Callback):
                             self.out_dir / f"attention_step_{trainer.global_step:07d}.png",
                             "eval/attention")
 
+    def _identity_check(self, step: int, rows: list[dict]) -> dict:
+        """Both encoders' agreement and warnings, appended to ``identity_check.jsonl``."""
+        check = identity_check(rows, self.encoders, self.min_rank_corr)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with (self.out_dir / "identity_check.jsonl").open("a") as handle:
+            rho = check["rank_corr"]
+            handle.write(json.dumps({"step": step, **check,
+                                     "rank_corr": rho if rho == rho else None}) + "\n")
+        for line in check["warnings"]:
+            warnings.warn(f"evaluation: {line}", stacklevel=2)  # same text: shown once
+        return check
+
     def _identity_references(self, pl_module) -> References:
-        """The identities' face crops are the references (``reference_faces``)."""
+        """The identities' face crops are the references (``reference_faces``): encoded as
+        they are by the first scorer; the second detects and aligns its own face in each
+        crop (its encoder on the bare crop when its detector finds none)."""
         faces = pl_module.reference_faces(cycled(self.identities, max(self.num_ids)))
         embedded = self.scorers.faces.encode(faces)
-        return References({f"id{k}": e for k, e in enumerate(embedded)})
+        refs = References({f"id{k}": e for k, e in enumerate(embedded)})
+        if self.scorers.second is not None:
+            found = self.scorers.second.embed(list(tensor_to_uint8(faces)))  # (S, S, 3) each
+            for k, own in enumerate(found):
+                refs.second[f"id{k}"] = own[0] if len(own) else \
+                    self.scorers.second.encode(faces[k:k + 1])[0]
+        return refs
 
     @torch.no_grad()
     def _generate(self, pl_module) -> tuple[list, list[dict], list[Image.Image]]:
@@ -146,7 +178,7 @@ class EvaluationCallback(pl.Callback):
     def _append_csv(self, step: int, values: dict) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / "eval.csv"
-        columns = [f"eval/{m}" for m in METRICS]  # fixed, so every row lines up
+        columns = [f"eval/{m}" for m in (*METRICS, "identity_rank_corr")]  # fixed: rows line up
         new = not path.exists()
         with path.open("a", newline="") as handle:
             writer = csv.writer(handle)
@@ -157,26 +189,42 @@ class EvaluationCallback(pl.Callback):
 
 def build_evaluation_callback(cfg, run_dir: Path) -> EvaluationCallback | None:
     """The callback ``train.py`` adds when ``trainer.eval_every > 0``: face scores with the
-    method's own encoder backend (MTCNN detection) and, when its weights are available, the
-    protocol's CLIP ViT-L/14 text score (otherwise skipped with a warning)."""
+    method's own encoder backend (MTCNN detection) and by a second, independent encoder
+    (``ScoringConfig.second_encoder`` auto: never the method's own family), and, when its
+    weights are available, the protocol's CLIP ViT-L/14 text score. A scorer whose weights
+    are missing is skipped with a warning."""
     every = cfg.trainer.eval_every
     if not every:
         return None
     from omegaconf import OmegaConf
 
-    from ldm_ext.eval_config import ScoringConfig
+    from ldm_ext.eval_config import ScoringConfig, scorer_names, second_encoder_name
+    from ldm_ext.registry import identity_encoder
 
     scoring = OmegaConf.structured(ScoringConfig(
         face_encoder=OmegaConf.select(cfg, "method.face_encoder", default="facenet"),
         face_weights=OmegaConf.select(cfg, "method.face_weights", default="vggface2"),
         min_face_score=0.0, batch_size=8))
-    try:
-        scorers = build_scorers(scoring)
-    except (ClipModelMissing, FaceModelMissing) as error:
-        warnings.warn(f"evaluation callback: {error}; scoring faces only", stacklevel=2)
-        scoring.clip_t_model = None
-        scorers = build_scorers(scoring)
+    method = identity_encoder(cfg.method)
+    scoring.second_encoder = second_encoder_name(scoring, method)
+    scorers = _build_available(scoring)
     return EvaluationCallback(run_dir / "eval", every, scorers,
                               num_ids=sorted(set(cfg.method.sample_num_ids))[:2],
                               steps=cfg.method.sample_steps, guidance=cfg.method.guidance_scale,
-                              seed=cfg.seed)
+                              seed=cfg.seed, encoders={**scorer_names(scoring), "method": method},
+                              min_rank_corr=scoring.min_rank_corr)
+
+
+def _build_available(scoring) -> Scorers:
+    """The scorers of ``scoring``, switching off (with a warning) the CLIP text score or
+    the second face encoder while their weights are missing; ``scoring`` then names what
+    runs. Missing weights of the method's own encoder still raise."""
+    while True:
+        try:
+            return build_scorers(scoring)
+        except (ClipModelMissing, FaceModelMissing) as error:
+            off = "clip_t_model" if isinstance(error, ClipModelMissing) else "second_encoder"
+            if not getattr(scoring, off):
+                raise
+            warnings.warn(f"evaluation callback: {error}; {off}=null", stacklevel=3)
+            setattr(scoring, off, None)

@@ -41,10 +41,14 @@ def write_outputs(cfg, out_dir: Path, image_dir: Path, rows: list[dict],
     listed in summary.json and report.md."""
     from omegaconf import OmegaConf
 
+    from callbacks.identity_check import identity_check
     from callbacks.scoring import summarize
+    from ldm_ext.eval_config import scorer_names
 
     write_csv(out_dir / "metrics.csv", rows)
+    encoders = {**scorer_names(cfg.scoring), "method": cfg.method_encoder or "unknown"}
     summary = {"name": cfg.name, **summarize(rows),
+               "identity_check": identity_check(rows, encoders, cfg.scoring.min_rank_corr),
                "mixing": mixing_by_n(rows, sims, cfg.scoring.matching),
                "skipped": list(skipped or []),
                "image_dir": str(image_dir.resolve()),  # --compare finds --images runs' images
@@ -120,7 +124,10 @@ def write_grids(out_dir: Path, image_dir: Path, rows: list[dict], per_grid: int 
 
 
 def write_plots(out_dir: Path, rows: list[dict], summary: dict) -> list[Path]:
-    """Identity vs CLIP-T scatter, per-category bars (mean ± std), mixing heatmaps."""
+    """Identity vs CLIP-T and protocol vs second encoder scatters, per-category bars
+    (mean ± std), mixing heatmaps."""
+    from callbacks.identity_check import identity_pairs
+
     plt = pyplot()
     (out_dir / "plots").mkdir(exist_ok=True)
     paths = []
@@ -129,6 +136,13 @@ def write_plots(out_dir: Path, rows: list[dict], summary: dict) -> list[Path]:
         ax.scatter([r["clip_t"] for r in rows], [r["identity"] for r in rows], s=8)
         ax.set(xlabel="CLIP-T", ylabel="identity (FastComposer)", title="per image")
         paths.append(save_figure(fig, out_dir / "plots" / "identity_vs_clip_t.png"))
+    pairs = identity_pairs(rows)
+    if len(pairs):
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        ax.scatter(pairs[:, 0], pairs[:, 1], s=8)
+        ax.set(xlabel="identity (protocol encoder)", ylabel="identity_second",
+               title="the two encoders, per image")
+        paths.append(save_figure(fig, out_dir / "plots" / "identity_two_encoders.png"))
     groups = summary["by_category"]
     metrics = [m for m in ("identity", "clip_t") if m in summary["overall"]]
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -172,11 +186,14 @@ def save_figure(fig, path: Path) -> Path:
 
 def write_report(out_dir: Path, image_dir: Path, rows: list[dict], summary: dict,
                  note: str = "", published: dict[str, dict[str, float]] | None = None) -> Path:
-    """report.md: overall / per-category / per-N tables, published figures beside this
-    run's, mixing matrices, grids, plots."""
+    """report.md: overall table, identity by two encoders, published figures beside this
+    run's, per-category / per-N tables, mixing matrices, grids, plots."""
+    from callbacks.identity_check import report_lines
+
     lines = [f"# {summary['name']}", "", note, "",
              f"{summary['num_images']} images; mean ± population std (numpy `std`).", "",
              "## Overall", *markdown_table({"all": summary["overall"]}, "images"), "",
+             *report_lines(summary.get("identity_check"), summary["overall"]),
              *published_section(published, summary["overall"]),
              "## By prompt category", *markdown_table(summary["by_category"], "category"), "",
              "## By number of subjects", *markdown_table(summary["by_num_ids"], "N"), "",

@@ -15,7 +15,7 @@ import numpy as np
 from callbacks import metrics as M
 from callbacks.scorers import CLIPScorer, FaceScorer, build_face_scorer
 
-METRICS = ("faces", "detect", "identity", "single_sim", "multi_sim", "matched_identity",
+METRICS = ("faces", "detect", "identity", "identity_second", "single_sim", "multi_sim", "matched_identity",
            "clip_t", "id_p", "face_sim", "clip_i", "expression")
 
 
@@ -30,6 +30,7 @@ class Scorers:
     matching: str = "hungarian"
     id_p_threshold: float = 0.23
     emotions: list[str] = field(default_factory=list)
+    second: FaceScorer | None = None  # identity by an independent encoder (identity_second)
 
 
 def build_scorers(scoring, device: str = "cpu") -> Scorers:
@@ -44,7 +45,28 @@ def build_scorers(scoring, device: str = "cpu") -> Scorers:
     clip_i = (CLIPScorer(s.clip_i_model, s.clip_i_pretrained, device, s.batch_size)
               if s.clip_i_model else None)
     return Scorers(faces, clip_t, clip_i, face_sim, s.matching, s.id_p_threshold,
-                   list(s.emotions))
+                   list(s.emotions), build_second_scorer(s, device))
+
+
+def build_second_scorer(scoring, device: str = "cpu") -> FaceScorer | None:
+    """The second identity scorer: its encoder with its own detector and alignment
+    (``eval_config.SECOND_DETECTORS``); None when ``second_encoder`` is null. dlib not
+    installed raises ``FaceModelMissing`` naming the extra to install."""
+    from ldm_ext.eval_config import SECOND_DETECTORS, second_encoder_name
+    from ldm_ext.face import FaceModelMissing
+
+    encoder = second_encoder_name(scoring)
+    if encoder is None:
+        return None
+    detector = scoring.second_detector or SECOND_DETECTORS[encoder]
+    min_score = 0.5 if detector == "insightface" else 0.0
+    try:
+        return build_face_scorer(detector, encoder, scoring.second_weights, min_score, device,
+                                 scoring.batch_size)
+    except ImportError as error:
+        raise FaceModelMissing(f"second identity encoder {encoder}: {error}; install the "
+                               "face extra (pip install idforge[face]) or set "
+                               "scoring.second_encoder=null") from None
 
 
 @dataclass
@@ -54,6 +76,7 @@ class References:
     faces: dict[str, np.ndarray]  # id -> (D,) largest face of its photo
     clip: dict[str, np.ndarray] = field(default_factory=dict)  # id -> (D,) CLIP-I image
     face_sim: dict[str, np.ndarray] = field(default_factory=dict)  # id -> (D,) ArcFace
+    second: dict[str, np.ndarray] = field(default_factory=dict)  # id -> (D,) second encoder
 
 
 def embed_references(scorers: Scorers, photos: dict[str, np.ndarray]) -> References:
@@ -65,6 +88,8 @@ def embed_references(scorers: Scorers, photos: dict[str, np.ndarray]) -> Referen
         refs.clip = dict(zip(ids, scorers.clip_i.encode_images(images)))
     if scorers.face_sim is not None:
         refs.face_sim = dict(zip(ids, scorers.face_sim.references(images)))
+    if scorers.second is not None:
+        refs.second = dict(zip(ids, scorers.second.references(images)))
     return refs
 
 
@@ -92,6 +117,11 @@ def score_images(scorers: Scorers, images: Sequence, records: Sequence[dict],
     rows = [{**r, **_identity_metrics(sim, f, scorers.matching)}
             for r, sim, f in zip(records, sims, faces)]
     _add_clip_metrics(scorers, images, rows, refs)
+    if scorers.second is not None:
+        for row, found in zip(rows, scorers.second.embed(images)):
+            ref = np.stack([refs.second[s] for s in row["subjects"]])  # (N, D)
+            sim = M.cosine_matrix(found, ref) if len(found) else np.zeros((0, len(ref)))
+            row["identity_second"] = M.fastcomposer_identity(sim)
     if scorers.face_sim is not None:
         for row, found in zip(rows, scorers.face_sim.embed(images)):
             ref = np.stack([refs.face_sim[row["subjects"][0]]])

@@ -80,6 +80,14 @@ class ScoringConfig:
     id_p_threshold: float = 0.23
     emotions: list[str] = field(default_factory=list)  # expression words found in prompts
     batch_size: int = 16
+    # identity also by a second, independent encoder (README "Why two face encoders"), with
+    # its own detector and alignment. auto: insightface's ArcFace (buffalo_l) where its
+    # weights are present and neither the protocol nor the method uses ArcFace, else dlib's
+    # recognizer (ships offline); null: off
+    second_encoder: str | None = "auto"  # auto | insightface | dlib | facenet
+    second_detector: str | None = None  # None: the encoder's own (SECOND_DETECTORS)
+    second_weights: str | None = None  # None: the backend's default
+    min_rank_corr: float = 0.5  # report.md warns below this Spearman rho of the two encoders
 
 
 @dataclass
@@ -93,6 +101,10 @@ class EvalConfig:
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    # the face network the method conditions on or optimises (``<encoder>/<weights>``),
+    # shown beside the identity scores; generation mode fills it from the run's config
+    # (MethodConfig.identity_encoder), for --images give it by hand (else "unknown")
+    method_encoder: str | None = None
     wandb: bool = False
     wandb_project: str = "idforge-eval"
     # figures a paper reports on this protocol, shown beside the run's in report.md:
@@ -104,6 +116,7 @@ CHOICES = {
     "prompts.set": ("fastcomposer_single", "fastcomposer_multi", "storymaker", "face_photo",
                     "expression"),
     "scoring.matching": ("hungarian", "greedy"),
+    "scoring.second_encoder": (None, "auto", "insightface", "dlib", "facenet"),
     "generation.device": ("auto", "cpu", "cuda"),
     "generation.sampler": (None, *SAMPLERS),
 }
@@ -127,3 +140,50 @@ def load_eval_config(path: str | Path | None, overrides: list[str] | None = None
     if any(n < 1 for n in cfg.subjects.num_ids):
         raise ConfigError(f"{source}: subjects.num_ids must be >= 1, got {cfg.subjects.num_ids}")
     return cfg
+
+
+# ----- the two identity encoders --------------------------------------------------------
+# each second encoder with the detector and alignment its authors use (ldm_ext/face)
+SECOND_DETECTORS = {"insightface": "insightface", "dlib": "dlib", "facenet": "mtcnn"}
+ENCODER_FAMILIES = {"insightface": "arcface", "arcface": "arcface", "facenet": "facenet",
+                    "dlib": "dlib"}
+BUFFALO_L = "~/.insightface/models/buffalo_l"
+
+
+def encoder_family(name: str | None) -> str | None:
+    """The network family of an encoder description (``mtcnn+facenet/vggface2`` ->
+    ``facenet``; insightface's buffalo_l and a torch IResNet are both ``arcface``)."""
+    if not name or name == "unknown":
+        return None
+    base = name.split("+")[-1].split("/")[0].split("-")[0]
+    return ENCODER_FAMILIES.get(base, base)
+
+
+def buffalo_l_present(folder: str | None = None) -> bool:
+    """Whether insightface's buffalo_l pack (detector and ArcFace w600k_r50) is unpacked in
+    ``folder`` (default ``BUFFALO_L``, where insightface looks)."""
+    folder = Path(folder or BUFFALO_L).expanduser()
+    return (folder / "w600k_r50.onnx").is_file() and any(folder.glob("det_*.onnx"))
+
+
+def second_encoder_name(scoring, method_encoder: str | None = None) -> str | None:
+    """``scoring.second_encoder`` with ``auto`` resolved: insightface's ArcFace where
+    buffalo_l is present and ArcFace is neither the protocol's nor the method's network
+    (a method trained on ArcFace must not be checked by ArcFace), else dlib."""
+    if scoring.second_encoder != "auto":
+        return scoring.second_encoder
+    taken = {encoder_family(scoring.face_encoder), encoder_family(method_encoder)}
+    return "insightface" if buffalo_l_present() and "arcface" not in taken else "dlib"
+
+
+def scorer_names(scoring) -> dict[str, str | None]:
+    """``detector+encoder/weights`` of the protocol's and the second identity scorer
+    (``second`` None when off; ``auto`` must be resolved first)."""
+    protocol = f"{scoring.detector}+{scoring.face_encoder}"
+    protocol += f"/{scoring.face_weights}" if scoring.face_weights else ""
+    second = second_encoder_name(scoring)
+    if second:
+        detector = scoring.second_detector or SECOND_DETECTORS[second]
+        second = f"{detector}+{second}" + (f"/{scoring.second_weights}"
+                                           if scoring.second_weights else "")
+    return {"protocol": protocol, "second": second}

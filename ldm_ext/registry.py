@@ -74,3 +74,10 @@ def method_spec(name: str) -> MethodSpec:
     if name not in METHODS:
         raise KeyError(f"unknown method {name!r} (known: {', '.join(sorted(METHODS))})")
     return METHODS[name]
+
+
+def identity_encoder(method_cfg) -> str:
+    """The face network method ``method_cfg.name`` conditions on or optimises, as its
+    config class names it (``MethodConfig.identity_encoder``); "none" when it has none.
+    Eval reports show it beside the identity scores."""
+    return method_spec(method_cfg.name).config_class.identity_encoder(method_cfg) or "none"

@@ -98,11 +98,19 @@ def test_tiny_end_to_end_and_resume(tiny_run, tmp_path):
     files = [json.loads(line)["file"] for line in manifest]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_images"] == 2 and set(summary["by_num_ids"]) == {"1", "2"}
-    assert {"identity", "clip_t", "clip_i", "detect"} <= set(summary["overall"])
+    assert {"identity", "identity_second", "clip_t", "clip_i", "detect"} <= set(
+        summary["overall"])
     with (out / "metrics.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 2
+    check = summary["identity_check"]  # the method's encoder from the run's config
+    assert check["encoders"]["protocol"] == "mtcnn+facenet/random"
+    assert check["encoders"]["second"] in ("dlib+dlib", "insightface+insightface")
+    assert check["encoders"]["method"] == "facenet/random" == summary["config"]["method_encoder"]
+    assert check["flagged"] and "the protocol scorer" in check["warnings"][-1]
     report = (out / "report.md").read_text()
     assert "meaningless" in report and "| all |" in report and "grids/" in report
+    assert "## Identity by two encoders" in report and "| protocol |" in report
+    assert "> **Warning:** the protocol scorer (mtcnn+facenet/random)" in report
     assert (out / "plots" / "by_category.png").is_file()
     # interrupt after the first image: only the second is generated again, identically
     kept, redo = out / "images" / files[0], out / "images" / files[1]
@@ -126,18 +134,26 @@ def test_images_mode_scores_real_photos(tmp_path):
     args = ["--images", str(folder), "--references", str(refs), f"output_dir={tmp_path}",
             "scoring.face_encoder=dlib", "scoring.face_weights=null",
             "scoring.min_face_score=0.95", "scoring.clip_t_model=idforge-tiny-clip",
-            "scoring.clip_t_pretrained=random", "scoring.batch_size=2"]
+            "scoring.clip_t_pretrained=random", "scoring.batch_size=2",
+            "method_encoder=facenet/vggface2"]  # by hand: --images has no run to read
     assert evaluate.main(args) == 0
     with (tmp_path / "foreign" / "metrics.csv").open() as handle:
         rows = {r["file"]: r for r in csv.DictReader(handle)}
     right, wrong = rows["astronaut__p00__0.png"], rows["t1_0__p01__0.png"]
     assert float(right["identity"]) > float(wrong["identity"]) > 0
+    assert float(right["identity_second"]) > float(wrong["identity_second"]) > 0
     pair = rows["t1_0+t1_1__p02__0.png"]
     assert int(pair["faces"]) == 6 and float(pair["detect"]) == 1.0
     assert float(pair["matched_identity"]) > float(wrong["identity"])
     assert 1.0 < float(pair["multi_sim"]) <= 2.0
     summary = json.loads((tmp_path / "foreign" / "summary.json").read_text())
     assert np.array(summary["mixing"]["2"]).shape == (2, 2)
+    check = summary["identity_check"]
+    assert check["encoders"]["protocol"] == "mtcnn+dlib"
+    assert check["encoders"]["method"] == "facenet/vggface2" and check["n"] == 3
+    assert -1 <= check["rank_corr"] <= 1
+    report = (tmp_path / "foreign" / "report.md").read_text()
+    assert "## Identity by two encoders" in report and "`facenet/vggface2`" in report
 
 
 def test_images_mode_reads_a_manifest(tmp_path):
@@ -154,6 +170,10 @@ def test_training_callback_logged_at_eval_every(tiny_run):
         rows = list(csv.DictReader(handle))
     assert [r["step"] for r in rows] == ["2"]
     assert "eval/identity" in rows[0] and "eval/detect" in rows[0]
+    assert "eval/identity_second" in rows[0] and "eval/identity_rank_corr" in rows[0]
+    (check,) = [json.loads(line) for line in _lines(tiny_run / "eval" / "identity_check.jsonl")]
+    assert check["step"] == 2 and check["encoders"]["method"] == "facenet/random"
+    assert check["encoders"]["second"] in ("dlib+dlib", "insightface+insightface")
     assert 0.0 <= float(rows[0]["eval/detect"]) <= 1.0
     # attention overlays: a row per image (2 prompts x N in {1, 2}) of 128 px panels:
     # image, overlay and one heat map per identity (the widest row has 2 + 2 panels)

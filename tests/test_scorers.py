@@ -7,13 +7,16 @@ import time
 import insightface
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 import skimage.data
 import torch
 from PIL import Image
 
 from callbacks.metrics import cosine_matrix
+from callbacks.scoring import Scorers, build_scorers
 from callbacks.scorers import (TINY_CLIP, CLIPScorer, ClipModelMissing, FaceScorer,
                                build_face_scorer, clip_preprocess, detect_batch)
+from ldm_ext.eval_config import ScoringConfig
 from ldm_ext.face import DlibEncoder, FaceModelMissing, FaceNetEncoder, MTCNNDetector
 
 T1 = os.path.join(os.path.dirname(insightface.__file__), "data", "images", "t1.jpg")
@@ -109,3 +112,46 @@ def test_same_person_scores_higher_than_different_people(photos):
     assert references.shape == (2, 128)
     with pytest.raises(ValueError, match="no face"):
         scorer.references([np.zeros((100, 100, 3), np.uint8)])
+
+
+@pytest.fixture(scope="module")
+def two_encoders() -> Scorers:
+    """Both identity scorers as eval.py builds them, with real weights: the protocol's slot
+    holds MTCNN + dlib's recognizer (FaceNet's weights do not ship offline), the second is
+    ``second_encoder: auto`` (ArcFace buffalo_l where present, else dlib with its own HOG
+    detector and chip alignment)."""
+    return build_scorers(OmegaConf.structured(ScoringConfig(
+        face_encoder="dlib", face_weights=None, min_face_score=0.95, clip_t_model=None)))
+
+
+def _paired_faces(scorer: FaceScorer, images: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+    """(P, D) embeddings of the people in ``images`` (the largest face of the first image,
+    every face of the others) and (P, D) of the same people in the mirror images, paired
+    by the mirrored box centre."""
+    found = scorer.detect(images + [np.ascontiguousarray(im[:, ::-1]) for im in images])
+    originals, mirrored = [], []
+    for k, image in enumerate(images):
+        faces, flipped = found[k], found[k + len(images)]
+        centres = (faces.boxes[:, 0] + faces.boxes[:, 2]) / 2
+        back = image.shape[1] - (flipped.boxes[:, 0] + flipped.boxes[:, 2]) / 2
+        for i in range(1 if k == 0 else len(faces)):
+            j = int(np.argmin(np.abs(back - centres[i])))
+            assert abs(back[j] - centres[i]) < 20, (scorer.name, k, i)
+            originals.append(faces.crops[i])
+            mirrored.append(flipped.crops[j])
+    return scorer.encode(torch.stack(originals)), scorer.encode(torch.stack(mirrored))
+
+
+def test_both_encoders_rank_same_person_above_different_people(two_encoders, photos):
+    """Each person (the astronaut and the six of t1.jpg) is closer to their own mirror image
+    than to anyone else, original or mirrored, by both identity encoders."""
+    assert two_encoders.second is not None and two_encoders.second.name != "mtcnn+dlib"
+    for scorer in (two_encoders.faces, two_encoders.second):
+        originals, mirrored = _paired_faces(scorer, [photos["astronaut"], photos["t1"]])
+        assert len(originals) == 7, scorer.name
+        across, within = cosine_matrix(originals, mirrored), cosine_matrix(originals, originals)
+        same = np.diag(across)
+        other = ~np.eye(7, dtype=bool)
+        nearest_other = np.where(other, np.maximum(across, within), -1).max(axis=1)
+        assert (same > nearest_other).all(), (scorer.name, same, nearest_other)
+        assert (same > np.where(other, across.T, -1).max(axis=1)).all(), scorer.name

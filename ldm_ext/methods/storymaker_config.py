@@ -84,3 +84,11 @@ class StoryMakerConfig(MethodConfig):
     sample_steps: int = 25
     guidance_scale: float = 7.5
     sampler: str = "unipc"
+
+    @classmethod
+    def identity_encoder(cls, method) -> str | None:
+        """ArcFace as configured: insightface's ONNX (buffalo_l unless ``face_weights``
+        names another .onnx) or a torch IResNet of depth ``face_arch``."""
+        if method.face_encoder == "arcface":
+            return f"arcface-{method.face_arch}/{method.face_weights}"
+        return f"insightface/{method.face_weights or 'buffalo_l'}"
