@@ -305,6 +305,25 @@ def pose_template(num_people: int, hw: tuple[int, int]) -> list[Person]:
     return people_from_faces(np.stack(boxes), np.stack(landmarks), (height, width))
 
 
+def fit_people(people: list[Person], source_hw: tuple[int, int],
+               target_hw: tuple[int, int]) -> list[Person]:
+    """People drawn on a (H, W) ``source_hw`` canvas moved onto ``target_hw``: scaled by
+    one factor (the largest that fits) and centred, so a pose keeps its proportions on an
+    image of another size or shape instead of being squashed."""
+    scale = min(target_hw[0] / source_hw[0], target_hw[1] / source_hw[1])
+    offset = np.array([target_hw[1] - source_hw[1] * scale,
+                       target_hw[0] - source_hw[0] * scale], np.float32) / 2  # (x, y)
+
+    def move(points: np.ndarray | None) -> np.ndarray | None:
+        if points is None:
+            return None
+        moved = points.copy()
+        moved[:, :2] = points[:, :2] * scale + offset
+        return moved
+
+    return [Person(body=move(p.body), face=move(p.face)) for p in people]
+
+
 def save_people(people: list[Person], path: str | Path,
                 hw: tuple[int, int] | None = None) -> None:
     """Write OpenPose-style JSON: {"people": [{"body": [[x, y, c], ...], "face": ... | null}],

@@ -181,6 +181,19 @@ def test_good_inputs_pass(photo, tmp_path):
     assert inputs["identities"].shape[0] == 2 and inputs["size"] == (64, 96)
 
 
+def test_size_moves_a_stored_pose_onto_the_square_image(photo, tmp_path):
+    """--size with a pose JSON of another size: keypoints are fitted (scaled and centred),
+    not drawn at their old pixel positions off a smaller canvas."""
+    pose = tmp_path / "pose.json"
+    people = pose_template(2, (64, 128))
+    save_people(people, pose, hw=(64, 128))
+    inputs = pipeline(2).inputs_from_args(parse(["--group", str(photo), "--pose", str(pose),
+                                                 "--size", "256"]))
+    assert "size" not in inputs  # generate's square --size stays
+    moved = inputs["people"][1].body[:, :2]
+    np.testing.assert_allclose(moved, people[1].body[:, :2] * 2 + [0, 64], atol=1e-4)
+
+
 @pytest.mark.parametrize("faces, argv, words", [
     (0, ["--ids", "{photo}"], ["identity photo", "photo.png", "no face"]),
     (1, ["--ids", "{missing}"], ["missing.png", "no such file"]),

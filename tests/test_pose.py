@@ -6,7 +6,7 @@ import pytest
 
 from ldm_ext.pose import (BODY_PARTS, FACE_TEMPLATE, FACE_TEMPLATE_5, SLOT_COLORS,
                           OpenPoseEstimator, Person, PoseModelMissing, face_box, face_center,
-                          load_people, load_pose, people_from_faces, person_from_pose,
+                          fit_people, load_people, load_pose, people_from_faces, person_from_pose,
                           pose_template, render_control_image, save_people, slot_color)
 
 
@@ -187,6 +187,16 @@ def test_pose_template_faces_disjoint_and_inside(hw):
         assert (boxes[1:, 0] > boxes[:-1, 2]).all()  # left to right, no overlap
     again = pose_template(8, hw)
     assert all(np.array_equal(a.body, b.body) for a, b in zip(people, again))
+
+
+def test_fit_people_keeps_proportions_and_centres():
+    people = pose_template(1, (100, 200)) + [_head_only_person()]
+    fitted = fit_people(people, (100, 200), (400, 400))  # scale 2, 100 px bars top/bottom
+    np.testing.assert_allclose(fitted[0].body[:, :2], people[0].body[:, :2] * 2 + [0, 100])
+    np.testing.assert_allclose(fitted[0].face[:, 2], people[0].face[:, 2])  # confidences kept
+    assert fitted[1].face is None
+    tall = fit_people(people, (100, 200), (100, 50))  # scale 0.25: 37.5 px bars top/bottom
+    np.testing.assert_allclose(tall[0].body[:, :2], people[0].body[:, :2] * 0.25 + [0, 37.5])
 
 
 def test_json_round_trip(tmp_path):

@@ -24,8 +24,8 @@ from ldm_ext.cli import InputError, open_image, positive_int
 from ldm_ext.face.align import tensor_to_uint8
 from ldm_ext.pipelines.base import MethodPipeline
 from ldm_ext.pipelines.sampling import decode_images, denoise, initial_latents, to_tensor
-from ldm_ext.pose import (Person, detector_box, load_pose, pose_template, render_control_image,
-                          slot_color)
+from ldm_ext.pose import (Person, detector_box, fit_people, load_pose, pose_template,
+                          render_control_image, slot_color)
 
 
 class InstantFamilyPipeline(MethodPipeline):
@@ -172,12 +172,15 @@ class InstantFamilyPipeline(MethodPipeline):
         if args.pose_image:
             from ldm_ext.pose import OpenPoseEstimator
 
-            photo = open_image(args.pose_image, "pose image").resize((side, side))
-            inputs["people"] = OpenPoseEstimator()(np.asarray(photo))
+            photo = open_image(args.pose_image, "pose image")
+            people = OpenPoseEstimator()(np.asarray(photo))
+            inputs["people"] = fit_people(people, (photo.height, photo.width), (side, side))
         elif args.pose:
             inputs["people"], hw = load_pose(args.pose)
             if hw is not None and not args.size:
                 inputs["size"] = hw
+            elif hw is not None:  # keypoints are pixels of the stored size: move them
+                inputs["people"] = fit_people(inputs["people"], hw, (side, side))
         if "people" in inputs:
             _check_people(inputs["people"], len(inputs["identities"]),
                           args.pose or args.pose_image)
