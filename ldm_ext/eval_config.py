@@ -117,6 +117,7 @@ CHOICES = {
                     "expression"),
     "scoring.matching": ("hungarian", "greedy"),
     "scoring.second_encoder": (None, "auto", "insightface", "dlib", "facenet"),
+    "scoring.second_detector": (None, "mtcnn", "insightface", "dlib"),
     "generation.device": ("auto", "cpu", "cuda"),
     "generation.sampler": (None, *SAMPLERS),
 }

@@ -20,12 +20,14 @@ IDS = ["s1", "s2", "s3", "s4", "s5"]
 
 
 def fake_result(root: Path, name: str, colour: tuple, identity: float,
-                method: str | None = None, faces_of_five: int = 5) -> Path:
+                method: str | None = None, faces_of_five: int = 5,
+                second: float = 0.9) -> Path:
     """A results folder as eval.py writes it: N = 1, 2, 5 subjects, 2 prompts, one image
-    each, solid ``colour`` images, identities near ``identity``, mixing of strength
-    ``identity`` on the diagonal; N = 5 images show ``faces_of_five`` faces."""
+    each, solid ``colour`` images, identities near ``identity`` (``second`` by the second
+    encoder, dlib), mixing of strength ``identity`` on the diagonal; N = 5 images show
+    ``faces_of_five`` faces."""
     cfg = load_eval_config(TINY, [f"name={name}", f"output_dir={root}", "subjects.root=x",
-                                  "subjects.num_ids=[1,2,5]"])
+                                  "subjects.num_ids=[1,2,5]", "scoring.second_encoder=dlib"])
     records = subject_plan.plan(cfg, {sid: {"class_word": "woman"} for sid in IDS})
     out, rows, sims = root / name, [], []
     (out / "images").mkdir(parents=True)
@@ -33,7 +35,7 @@ def fake_result(root: Path, name: str, colour: tuple, identity: float,
         Image.new("RGB", (32, 32), colour).save(out / "images" / record["file"])
         n = len(record["subjects"])
         rows.append({**record, "faces": n, "identity": identity + 0.01 * (i % 3),
-                     "clip_t": 0.2, "multi_sim": 1.5 if n > 1 else None})
+                     "identity_second": second + 0.01 * (i % 3), "clip_t": 0.2, "multi_sim": 1.5 if n > 1 else None})
         sim = np.full((n, n), 0.1) + np.eye(n) * (identity - 0.1)
         sims.append(sim[:faces_of_five] if n == 5 else sim)
     lines = [json.dumps({**r, "method": method} if method else r) for r in records]
@@ -45,8 +47,9 @@ def fake_result(root: Path, name: str, colour: tuple, identity: float,
 @pytest.fixture(scope="module")
 def two_results(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("results")
-    return (fake_result(root, "A", (200, 0, 0), 0.8, "instantfamily"),
-            fake_result(root, "B", (0, 0, 200), 0.5, faces_of_five=4))
+    # A leads B by the protocol's encoder, not by the second: the report must say so
+    return (fake_result(root, "A", (200, 0, 0), 0.8, "instantfamily", second=0.9),
+            fake_result(root, "B", (0, 0, 200), 0.5, faces_of_five=4, second=0.92))
 
 
 def test_single_report_handles_five_subjects(two_results):
@@ -74,6 +77,9 @@ def test_compare_report(two_results, tmp_path):
         assert f"| {label} | 10 | " in report
         assert stats_cell(overall["identity"]) in report
     assert "| multi_sim \\ N | 1 | 2 | 5 |" in report
+    assert "## Identity by two encoders" in report and "| A | `unknown` |" in report
+    assert "> **Warning:** A leads B on the protocol encoder" in report
+    assert "B leads A" not in report
     assert report.count("| B | 0.500 | 0.100 |") == 2  # mixing N = 2 and 5 (row 4 unmatched)
     for plot in ("by_category", "by_num_ids", "mixing_n2", "mixing_n5"):
         assert f"plots/{plot}.png" in report and (out / "plots" / f"{plot}.png").is_file()

@@ -52,6 +52,8 @@ def test_eval_configs_load_and_errors_name_key_and_file(tmp_path):
         load_eval_config(bad)
     with pytest.raises(ConfigError, match="prompts.set"):
         load_eval_config(TINY, ["prompts.set=nope"])
+    with pytest.raises(ConfigError, match="scoring.second_encoder"):
+        load_eval_config(TINY, ["scoring.second_encoder=vgg"])
     with pytest.raises(ConfigError, match="subjects.root"):
         load_eval_config(None, ["name=x"])
 
