@@ -30,6 +30,9 @@ TEST_EXTRA = ["pytest>=8", "scikit-image>=0.22", "pyarrow>=14",  # pyarrow: LAIO
 # data at LAION-Face scale: `prepare --engine ray`, s3:// (and any fsspec URL) in and out;
 # add the fsspec backend of another store (gcsfs, adlfs) the same way
 SCALE_EXTRA = ["ray>=2.9", "s3fs>=2024.6"]
+# ZeRO training (trainer.strategy=deepspeed): a pure Python install (~10 s), its C++ ops
+# build on first use; in dev so CI runs ZeRO-2 on CPU processes (tests/test_deepspeed.py)
+DEEPSPEED_EXTRA = ["deepspeed>=0.16"]  # Lightning needs >= 0.16 with torch >= 2.6
 
 setup(
     name="idforge",
@@ -43,7 +46,8 @@ setup(
         "face": FACE_EXTRA,
         "test": TEST_EXTRA,
         "scale": SCALE_EXTRA,
-        "dev": FACE_EXTRA + TEST_EXTRA + SCALE_EXTRA,  # ray: a 80 MB wheel, ~10 s to install
-        "deepspeed": ["deepspeed>=0.14"],
+        "deepspeed": DEEPSPEED_EXTRA,
+        # ray: a 80 MB wheel, ~10 s to install
+        "dev": FACE_EXTRA + TEST_EXTRA + SCALE_EXTRA + DEEPSPEED_EXTRA,
     },
 )

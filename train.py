@@ -60,13 +60,15 @@ def preflight(cfg) -> None:
 
     from ldm_ext.config import ConfigError
 
-    wants_gpu = cfg.trainer.accelerator == "gpu" or cfg.trainer.strategy.startswith("deepspeed")
+    zero = cfg.trainer.strategy == "deepspeed"
+    # DeepSpeed on CPU processes is asked for by name (ldm_ext/strategy.py), never guessed
+    wants_gpu = cfg.trainer.accelerator == "gpu" or (zero and cfg.trainer.accelerator != "cpu")
     if wants_gpu and not torch.cuda.is_available():
         raise ConfigError(
             f"trainer.strategy={cfg.trainer.strategy} / trainer.accelerator="
             f"{cfg.trainer.accelerator} needs CUDA GPUs and none is visible; use "
-            "--config with trainer: cpu or ddp (trainer.accelerator=cpu) on this machine")
-    if cfg.trainer.strategy.startswith("deepspeed"):
+            "--config with trainer: cpu or ddp, or trainer.accelerator=cpu, on this machine")
+    if zero:
         try:
             import deepspeed  # noqa: F401
         except ImportError as err:
@@ -96,7 +98,7 @@ def build_data(cfg):
 def has_trained(run_dir: Path) -> bool:
     """Whether a run folder holds weights (a checkpoint or the trainable export)."""
     return (run_dir / "trainable.safetensors").is_file() or \
-        any((run_dir / "checkpoints").glob("*.ckpt"))
+        any((run_dir / "checkpoints").glob("*.ckpt"))  # a file, or a DeepSpeed folder
 
 
 def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
@@ -123,8 +125,8 @@ def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
                   f"{', '.join(changed)} config", file=sys.stderr)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_CONFIG).write_text(to_yaml(cfg))
-    last = run_dir / "checkpoints" / "last.ckpt"
-    return run_dir, (last if last.is_file() else None)
+    last = run_dir / "checkpoints" / "last.ckpt"  # a folder under DeepSpeed
+    return run_dir, (last if last.exists() else None)
 
 
 def build_loggers(cfg, run_dir: Path) -> list:
@@ -154,6 +156,7 @@ def build_trainer(cfg, run_dir: Path):
     from callbacks.loss_summary import LossSummary
     from callbacks.evaluation import build_evaluation_callback
     from callbacks.images import SampleGrid
+    from ldm_ext.strategy import build_strategy
 
     t = cfg.trainer
     callbacks = [
@@ -171,10 +174,11 @@ def build_trainer(cfg, run_dir: Path):
         callbacks.append(evaluation)
     if t.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
-    plugins = [] if t.strategy.startswith("deepspeed") else [AtomicCheckpointIO()]
+    # DeepSpeed writes its checkpoint folders itself, without a CheckpointIO
+    plugins = [] if t.strategy == "deepspeed" else [AtomicCheckpointIO()]
     return pl.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-        strategy=t.strategy, precision=t.precision, max_steps=t.max_steps,
+        strategy=build_strategy(cfg), precision=t.precision, max_steps=t.max_steps,
         accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val or None, log_every_n_steps=t.log_every,
         callbacks=callbacks, logger=build_loggers(cfg, run_dir), plugins=plugins,

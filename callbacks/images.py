@@ -105,9 +105,17 @@ class SampleGrid(pl.Callback):
         self.render(trainer, pl_module)
 
     def render(self, trainer: pl.Trainer, pl_module) -> Path | None:
-        """Write (and log) one grid: rows = prompts, columns = identity counts."""
-        if not trainer.is_global_zero or not self.seen_batch:
-            return None
+        """Write (and log) one grid on rank 0; every rank returns after the barrier, so
+        the others wait here, not inside the next step's gradient collective (whose
+        timeout a long sampling run could outlast)."""
+        path = None
+        if trainer.is_global_zero and self.seen_batch:
+            path = self._render(trainer, pl_module)
+        trainer.strategy.barrier("idforge-samples")
+        return path
+
+    def _render(self, trainer: pl.Trainer, pl_module) -> Path:
+        """One grid: rows = prompts, columns = identity counts."""
         ids = None if self.identities is None else cycled(self.identities, self.num_ids)
         generator = torch.Generator().manual_seed(self.seed)
         images, cols = pl_module.sample_images(ids, generator)

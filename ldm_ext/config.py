@@ -66,8 +66,13 @@ class TrainerConfig:
     accelerator: str = "auto"  # auto | cpu | gpu
     devices: int = 1  # per node
     num_nodes: int = 1
-    strategy: str = "auto"  # auto | ddp | ddp_spawn | deepspeed_stage_2
+    strategy: str = "auto"  # auto | ddp | ddp_spawn | deepspeed (ldm_ext/strategy.py)
     precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
+    # DeepSpeed only (strategy=deepspeed): ZeRO shards optimizer state (stage 1) and
+    # gradients too (stage 2) over the GPUs; checkpoints hold trainable weights only
+    zero_stage: int = 2  # 1 | 2
+    offload_optimizer: bool = False  # optimizer state and step in CPU memory
+    bucket_size: int = 200_000_000  # elements per all-gather / reduce bucket
     max_steps: int = 1000
     accumulate_grad_batches: int = 1
     gradient_clip_val: float = 1.0
@@ -180,7 +185,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.family": ("sd15", "sdxl"),
     "model.weight_dtype": ("fp32", "fp16", "bf16"),
     "data.kind": ("demo", "shards", "laion_face", "celebv_text", "folder", "single_image"),
-    "trainer.strategy": ("auto", "ddp", "ddp_spawn", "deepspeed_stage_2"),
+    "trainer.strategy": ("auto", "ddp", "ddp_spawn", "deepspeed"),
+    "trainer.zero_stage": (1, 2),
     "trainer.precision": ("32-true", "bf16-mixed", "16-mixed", "bf16-true"),
     "logger.wandb_mode": ("auto", "online", "offline"),
 }
@@ -194,7 +200,7 @@ RANGES: dict[str, Bounds] = {
     "trainer.max_steps": (1, None), "trainer.accumulate_grad_batches": (1, None),
     "trainer.gradient_clip_val": (0, None), "trainer.checkpoint_every": (1, None),
     "trainer.sample_every": (0, None), "trainer.eval_every": (0, None),
-    "trainer.log_every": (1, None),
+    "trainer.log_every": (1, None), "trainer.bucket_size": (1, None),
 }
 
 

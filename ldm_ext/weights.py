@@ -1,7 +1,8 @@
 """Trainable weights on disk: by name, as safetensors, strict on load.
 
-Three sources hold the same flat ``{name: tensor}`` state: a run's
-``trainable.safetensors``, a Lightning ``.ckpt`` of the module (its ``state_dict``) and an
+Four sources hold the same flat ``{name: tensor}`` state: a run's
+``trainable.safetensors``, a Lightning ``.ckpt`` of the module (its ``state_dict``), a
+DeepSpeed ZeRO checkpoint folder (``ldm_ext/strategy.py``; rank 0's module state) and an
 export folder (``ldm_ext/export.py``: diffusers models as ``save_pretrained`` folders, the
 other trainable parts in ``adapters.safetensors``).
 
@@ -25,6 +26,8 @@ from ldm_ext.cli import UserError
 EXPORT_INDEX = "export.json"  # {"modules": {name: "diffusers" | "adapters"}, ...}
 ADAPTERS = "adapters.safetensors"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+ZERO_LATEST = "latest"  # DeepSpeed checkpoint folder: latest names <tag>/, which holds
+ZERO_MODEL_STATES = "mp_rank_00_model_states.pt"  # the module state and the run state
 
 
 class CheckpointError(UserError, ValueError):
@@ -39,6 +42,8 @@ def save(state: dict[str, torch.Tensor], path: str | Path,
 def read_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The flat trainable state of a ``.safetensors`` file, a ``.ckpt`` or an export."""
     path = Path(path)
+    if is_zero_checkpoint(path):
+        return _zero_state(path)
     if path.is_dir():
         return _export_state(path)
     if path.suffix == ".ckpt":
@@ -62,6 +67,31 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
             f"{path}: refused, it holds pickled objects{what} that weights-only loading "
             "does not allow; only plain tensors and containers are read from checkpoints"
         ) from None
+
+
+def is_zero_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a checkpoint folder written by DeepSpeed (``last.ckpt/`` of a
+    ``trainer.strategy=deepspeed`` run)."""
+    return (Path(path) / ZERO_LATEST).is_file()
+
+
+def _zero_state(folder: Path) -> dict[str, torch.Tensor]:
+    """The trainable weights of a DeepSpeed ZeRO stage 1/2 checkpoint, read weights-only
+    and without DeepSpeed installed. Those stages shard the optimizer state and gradients,
+    never the module, so rank 0's module state holds every trainable weight whole (and
+    nothing frozen: ``strategy.TrainableZeroStrategy``), in the module's dtype: bf16 under
+    ``bf16-mixed``, as the run's ``trainable.safetensors``. The fp32 master copies live in
+    the optimizer shards (``python <folder>/zero_to_fp32.py``, trusted files only)."""
+    states_file = folder / (folder / ZERO_LATEST).read_text().strip() / ZERO_MODEL_STATES
+    if not states_file.is_file():
+        raise CheckpointError(f"{folder}: DeepSpeed checkpoint without {states_file.name} "
+                              "(an unfinished save?)")
+    states = load_checkpoint(states_file, map_location="cpu")
+    stage = states.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0)
+    if stage == 3:
+        raise CheckpointError(f"{folder}: ZeRO stage 3 partitions the weights; consolidate "
+                              f"them first: python {folder}/zero_to_fp32.py {folder} OUT_DIR")
+    return {name: tensor.float() for name, tensor in states["module"].items()}
 
 
 def _export_state(folder: Path) -> dict[str, torch.Tensor]:

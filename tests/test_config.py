@@ -21,7 +21,8 @@ def test_paper_recipe_values():
     assert cfg.method.lr == 1e-5 and cfg.method.num_slots == 4
     assert cfg.method.empty_prompt_prob == 0.5 and cfg.data.resolution == 512
     assert cfg.data.batch_size == 8 and cfg.trainer.devices == 8
-    assert cfg.trainer.strategy == "deepspeed_stage_2" and cfg.trainer.precision == "bf16-mixed"
+    assert cfg.trainer.strategy == "deepspeed" and cfg.trainer.precision == "bf16-mixed"
+    assert cfg.trainer.zero_stage == 2 and not cfg.trainer.offload_optimizer
     assert cfg.trainer.max_steps == 400_000
 
 

@@ -1,0 +1,76 @@
+"""The Lightning strategy a trainer config asks for.
+
+``ddp`` and the like are passed to Lightning by name. ``deepspeed`` is a
+``DeepSpeedStrategy`` built here from typed config fields (ZeRO stage, optimizer offload,
+bucket sizes), because the name form keeps Lightning's defaults, among them saving the
+whole module, frozen backbone and encoders included, in every checkpoint. Ours keep the
+trainable weights and their (sharded) optimizer state only.
+
+``trainer.accelerator=cpu`` runs the same ZeRO path on CPU processes over gloo (DeepSpeed's
+CPU accelerator); Lightning refuses any accelerator but CUDA for DeepSpeed, so the CPU form
+lifts that one check. It is how this path is tested without a GPU.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, Strategy
+
+
+def build_strategy(cfg) -> str | Strategy:
+    """What ``pl.Trainer(strategy=...)`` gets for an experiment config."""
+    t = cfg.trainer
+    if t.strategy != "deepspeed":
+        return t.strategy
+    options: dict[str, Any] = dict(
+        stage=t.zero_stage, offload_optimizer=t.offload_optimizer,
+        allgather_bucket_size=t.bucket_size, reduce_bucket_size=t.bucket_size,
+        exclude_frozen_parameters=True,
+        # Lightning would read it off the loader's batch sampler, which streamed shards lack
+        logging_batch_size_per_gpu=cfg.data.batch_size)
+    if t.accelerator != "cpu":
+        return TrainableZeroStrategy(**options)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read when DeepSpeed first picks one
+    devices = [torch.device("cpu", i) for i in range(t.devices)]  # (rank index)
+    return CPUZeroStrategy(parallel_devices=devices, process_group_backend="gloo", **options)
+
+
+@contextmanager
+def trainable_state_only(module: torch.nn.Module) -> Iterator[None]:
+    """While active, ``module.state_dict()`` holds only parameters that require grad:
+    DeepSpeed's ``exclude_frozen_parameters`` drops frozen parameters but keeps every
+    buffer (BatchNorm statistics of frozen encoders, ...), which the weights-only
+    checkpoints of the other strategies (``IdentityMethod.on_save_checkpoint``) omit too."""
+    keep = {name for name, p in module.named_parameters(remove_duplicate=False)
+            if p.requires_grad}
+
+    def drop_frozen(_module, state: dict, prefix: str, _metadata) -> None:
+        for key in [k for k in state if k[len(prefix):] not in keep]:
+            del state[key]
+
+    handle = module.register_state_dict_post_hook(drop_frozen)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class TrainableZeroStrategy(DeepSpeedStrategy):
+    """DeepSpeed ZeRO whose checkpoints (a folder per save) hold the trainable weights,
+    their optimizer shards and Lightning's loop state: nothing frozen."""
+
+    def save_checkpoint(self, checkpoint: dict, filepath, storage_options: Any = None) -> None:
+        with trainable_state_only(self.lightning_module):
+            super().save_checkpoint(checkpoint, filepath, storage_options)
+
+
+class CPUZeroStrategy(TrainableZeroStrategy):
+    """The same on CPU processes: DeepSpeed's CPU accelerator with gloo. Lightning's
+    ``setup_environment`` raises for any accelerator but CUDA; this skips only that check
+    (the DDP setup beneath it, which starts the process group, still runs)."""
+
+    def setup_environment(self) -> None:
+        DDPStrategy.setup_environment(self)
