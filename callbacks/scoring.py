@@ -15,8 +15,8 @@ import numpy as np
 from callbacks import metrics as M
 from callbacks.scorers import CLIPScorer, FaceScorer, build_face_scorer
 
-METRICS = ("faces", "detect", "identity", "identity_second", "single_sim", "multi_sim", "matched_identity",
-           "clip_t", "id_p", "face_sim", "clip_i", "expression")
+METRICS = ("faces", "detect", "identity", "identity_second", "single_sim", "multi_sim",
+           "matched_identity", "clip_t", "id_p", "face_sim", "clip_i", "expression")
 
 
 @dataclass

@@ -35,7 +35,8 @@ def fake_result(root: Path, name: str, colour: tuple, identity: float,
         Image.new("RGB", (32, 32), colour).save(out / "images" / record["file"])
         n = len(record["subjects"])
         rows.append({**record, "faces": n, "identity": identity + 0.01 * (i % 3),
-                     "identity_second": second + 0.01 * (i % 3), "clip_t": 0.2, "multi_sim": 1.5 if n > 1 else None})
+                     "identity_second": second + 0.01 * (i % 3), "clip_t": 0.2,
+                     "multi_sim": 1.5 if n > 1 else None})
         sim = np.full((n, n), 0.1) + np.eye(n) * (identity - 0.1)
         sims.append(sim[:faces_of_five] if n == 5 else sim)
     lines = [json.dumps({**r, "method": method} if method else r) for r in records]
