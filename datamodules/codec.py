@@ -4,6 +4,11 @@
 Decoders raise ``BadSample`` for a missing key or an undecodable member (the reason is
 the skip counter's key); the image's pixel count is checked from its header before any
 pixel is decoded (decompression bombs).
+
+Training at R px from larger sources (prepare keeps up to 1024 px): ``decode_sample(...,
+min_side=R)`` has libjpeg decode the JPEG at 1/2, 1/4 or 1/8 scale (its DCT-domain
+reduction, through OpenCV), the smallest scale whose shorter side stays >= R, and scales
+the sample's geometry (boxes, landmarks, keypoints, masks) with it.
 """
 from __future__ import annotations
 
@@ -74,13 +79,20 @@ def _open(data: bytes) -> Image.Image:
     return image
 
 
-def _jpeg(data: bytes) -> np.ndarray:
-    """(H, W, 3) RGB of a complete JPEG, decoded by OpenCV (libjpeg-turbo; about 2-3x
-    faster than PIL here). EXIF orientation is ignored, as PIL (and our writers) do.
-    OpenCV decodes a truncated JPEG with grey fill, so a missing end marker is refused."""
+# libjpeg's reduced decoding through OpenCV: these flags carry only the scale bits
+# (IMREAD_GRAYSCALE is 0); IMREAD_COLOR_RGB asks for colour
+REDUCED = {1: 0, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+           8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+
+
+def _jpeg(data: bytes, factor: int = 1) -> np.ndarray:
+    """(H / factor, W / factor, 3) RGB (sides rounded up) of a complete JPEG, decoded by
+    OpenCV (libjpeg-turbo; about 2-3x faster than PIL here) at ``factor`` 1, 2, 4 or 8.
+    EXIF orientation is ignored, as PIL (and our writers) do. OpenCV decodes a truncated
+    JPEG with grey fill, so a missing end marker is refused."""
     if not data.rstrip(b"\0").endswith(b"\xff\xd9"):
         raise BadSample("bad_image", "truncated JPEG (no end-of-image marker)")
-    flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+    flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION | REDUCED[factor]
     image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if image is None:
         raise BadSample("bad_image", "OpenCV cannot decode the JPEG")
@@ -101,6 +113,37 @@ def _image(data: bytes, mode: str = "RGB") -> np.ndarray:
         raise BadSample("bad_image", str(err)) from None
 
 
+def _scene(data: bytes, min_side: int) -> tuple[np.ndarray, tuple[int, int], int]:
+    """(the image, its stored (H, W), the reduction k): a JPEG is decoded at the largest
+    k in 2, 4, 8 that keeps its shorter side at least ``min_side`` (0: always k = 1)."""
+    header = _open(data)
+    hw = (header.height, header.width)
+    if header.format != "JPEG":
+        return _image(data), hw, 1
+    factor = 1
+    while factor < 8 and min_side and -(-min(hw) // (2 * factor)) >= min_side:
+        factor *= 2
+    return _jpeg(data, factor), hw, factor
+
+
+def _rescaled(sample: Sample, factor: int) -> Sample:
+    """``sample``'s geometry, given for the stored image, moved onto the image decoded at
+    1 / ``factor``: x and y divided by it (libjpeg's output pixel i covers stored pixels
+    [k i, k i + k)), masks resized by nearest neighbour."""
+    if factor == 1:
+        return sample
+    sample.boxes = sample.boxes / np.float32(factor)
+    sample.landmarks = sample.landmarks / np.float32(factor)
+    for person in sample.people:
+        for points in (p for p in (person.body, person.face) if p is not None):
+            points[:, :2] /= factor
+    if sample.masks is not None:  # (F, H, W), F >= 1 (no faces: no masks member)
+        size = sample.hw[::-1]
+        sample.masks = np.stack([cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+                                 for mask in sample.masks])
+    return sample
+
+
 def _masks(data: bytes, num_faces: int, width: int) -> np.ndarray:
     """(F, H, W) masks from the stacked PNG; its size is checked by ``validate``."""
     stacked = _image(data, mode="L")  # (F * H, W)
@@ -109,22 +152,24 @@ def _masks(data: bytes, num_faces: int, width: int) -> np.ndarray:
     return stacked.reshape(num_faces, -1, width)
 
 
-def _check_mask_header(data: bytes, sample: Sample) -> None:
-    """The stacked masks' size from the PNG header alone: ``(F * H, W)``."""
+def _check_mask_header(data: bytes, sample: Sample, hw: tuple[int, int]) -> None:
+    """The stacked masks' size from the PNG header alone: ``(F * H, W)`` of ``hw``."""
     width, height = _open(data).size
-    wanted = (sample.hw[1], sample.num_faces * sample.hw[0])
+    wanted = (hw[1], sample.num_faces * hw[0])
     if (width, height) != wanted:
         raise BadSample("bad_shape", f"masks {width}x{height}, expected {wanted[0]}x{wanted[1]}")
 
 
-def _decode_optional(raw: dict, sample: Sample, optional: tuple[str, ...]) -> Sample:
+def _decode_optional(raw: dict, sample: Sample, optional: tuple[str, ...],
+                     hw: tuple[int, int]) -> Sample:
     """Fill the optional members present in ``raw`` and named in ``optional`` into
-    ``sample``; masks not asked for are still checked (size, from the PNG header)."""
+    ``sample``; masks (of the stored image size ``hw``) not asked for are still checked
+    (size, from the PNG header)."""
     if "masks.png" in raw:
         if "masks.png" in optional:
-            sample.masks = _masks(raw["masks.png"], sample.num_faces, sample.hw[1])
+            sample.masks = _masks(raw["masks.png"], sample.num_faces, hw[1])
         else:
-            _check_mask_header(raw["masks.png"], sample)
+            _check_mask_header(raw["masks.png"], sample, hw)
     if "character.jpg" in raw and "character.jpg" in optional:
         sample.character = _image(raw["character.jpg"])
     if "reference.npy" in raw and "reference.npy" in optional:
@@ -205,12 +250,14 @@ def _person(entry) -> Person:
                                                                    "face"))
 
 
-def decode_sample(raw: dict, optional: tuple[str, ...] = OPTIONAL_KEYS) -> Sample:
+def decode_sample(raw: dict, optional: tuple[str, ...] = OPTIONAL_KEYS,
+                  min_side: int = 0) -> Sample:
     """Decode the raw bytes of one tar sample with our own decoders (PIL, json, npy).
 
     ``optional``: the optional members to decode (a view that needs none of them saves their
-    decoding). Raises ``BadSample`` for a missing key or an undecodable member; ``validate``
-    checks the rest.
+    decoding). ``min_side``: the shorter image side training needs; a JPEG at least twice
+    as large is decoded at a reduced scale (module doc). Raises ``BadSample`` for a missing
+    key or an undecodable member; ``validate`` checks the rest.
     """
     missing = [k for k in KEYS if k not in raw]
     if missing:
@@ -226,8 +273,9 @@ def decode_sample(raw: dict, optional: tuple[str, ...] = OPTIONAL_KEYS) -> Sampl
         raise BadSample("bad_json", f"no field {err}") from None
     if not isinstance(people, list) or not isinstance(face_person, list):
         raise BadSample("bad_json", "pose.json 'people' and 'face_person' must be lists")
+    image, stored, factor = _scene(raw["jpg"], min_side)
     sample = Sample(
-        key=str(raw.get("__key__", "")), image=_image(raw["jpg"]),
+        key=str(raw.get("__key__", "")), image=image,
         caption=raw["txt"].decode("utf-8", errors="replace"),
         boxes=_array(boxes, np.float32, (-1, 4), "boxes"),
         landmarks=_array(landmarks, np.float32, (-1, 5, 2), "landmarks"),
@@ -236,4 +284,4 @@ def decode_sample(raw: dict, optional: tuple[str, ...] = OPTIONAL_KEYS) -> Sampl
         face_person=_array([-1 if p is None else p for p in face_person], np.int64, (-1,),
                            "face_person"),
         face_model=str(faces.get("model", "")), pose_model=str(pose.get("model", "")))
-    return _decode_optional(raw, sample, optional)
+    return _rescaled(_decode_optional(raw, sample, optional, stored), factor)

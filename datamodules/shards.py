@@ -4,7 +4,8 @@ The stream is a stage list (open_clip ``get_wds_dataset`` style), rebuilt for ev
 
     shards (shuffled with seed (seed, e)) -> split by node -> split by worker
     -> tar expand (counting error handler) -> shuffle buffer (seed (seed, e))
-    -> decode (OpenCV / PIL, json, npy; no pickle) -> validate (skip and count by reason)
+    -> decode (OpenCV / PIL, json, npy; no pickle; large JPEGs at a reduced scale)
+    -> validate (skip and count by reason)
     -> at least ``min_faces`` faces -> drop keys already seen this epoch (count them)
     -> [skip the samples a resumed run already consumed]
     -> transform -> per-method view -> batch + collate
@@ -127,10 +128,11 @@ def split_every(src: Iterator, index: int, count: int) -> Iterator:
 
 
 def decode_and_validate(raw: dict, min_faces: int = 0,
-                        optional: tuple[str, ...] = OPTIONAL_KEYS) -> Sample:
-    """Our decoders (of the ``optional`` members asked for), then the schema checks and the
-    face count; all raise ``BadSample``."""
-    sample = validate(decode_sample(raw, optional))
+                        optional: tuple[str, ...] = OPTIONAL_KEYS, min_side: int = 0) -> Sample:
+    """Our decoders (of the ``optional`` members asked for; a JPEG at least twice
+    ``min_side`` at a reduced scale), then the schema checks and the face count; all raise
+    ``BadSample``."""
+    sample = validate(decode_sample(raw, optional, min_side))
     if sample.num_faces < min_faces:
         raise BadSample("no_faces", f"{sample.num_faces} < {min_faces} faces")
     return sample
@@ -163,14 +165,16 @@ class ShardStream(IterableDataset):
         rank, world_size: this process's shard split; default: torch.distributed (or the
             RANK / WORLD_SIZE environment) at construction.
         min_faces: samples with fewer faces are skipped (``no_faces``).
+        decode_side: the shorter image side ``transform`` makes (its resolution): JPEGs at
+            least twice as large are decoded at a reduced scale (0: always at full size).
     """
 
     def __init__(self, urls: list[str], transform: Callable, view: View, batch_size: int,
                  seed: int = 0, shuffle_buffer: int = 1000, start: int = 0,
                  counter: SkipCounter | None = None, rank: int | None = None,
-                 world_size: int | None = None, min_faces: int = 1):
+                 world_size: int | None = None, min_faces: int = 1, decode_side: int = 0):
         super().__init__()
-        self.min_faces = min_faces
+        self.min_faces, self.decode_side = min_faces, decode_side
         self.urls, self.transform, self.view = list(urls), transform, view
         self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
         self.start, self.counter = start, counter or SkipCounter()
@@ -189,6 +193,7 @@ class ShardStream(IterableDataset):
             wds.shuffle(self.shuffle_buffer, self.shuffle_buffer,
                         rng=random.Random(sample_seed)),
             wds.map(partial(decode_and_validate, min_faces=self.min_faces,
+                            min_side=self.decode_side,
                             optional=tuple(getattr(self.view, "optional", OPTIONAL_KEYS))),
                     handler=self.counter.sample_handler),
             partial(drop_duplicates, counter=self.counter),
@@ -272,7 +277,8 @@ class ShardDataModule(pl.LightningDataModule):
                                flip_prob=0.5 if hp.random_flip else 0.0)
         return ShardStream(expand_shards(hp.shards), transform, self.view, hp.batch_size,
                            seed=hp.seed, shuffle_buffer=hp.shuffle_buffer, start=start,
-                           counter=self.counter, min_faces=hp.min_faces)
+                           counter=self.counter, min_faces=hp.min_faces,
+                           decode_side=hp.resolution)
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.build_dataset(self.consumed_samples())
