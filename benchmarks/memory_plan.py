@@ -1,0 +1,246 @@
+"""Per-GPU memory of a training recipe, planned on paper and checked on the CPU.
+
+    python benchmarks/memory_plan.py --config configs/experiment/instantfamily_sd15.yaml \\
+        [--fit-widths 32 64] [--check-width 96] [--batch 2]
+
+The plan adds, per GPU: frozen weights, trainable weights, gradients, optimizer state
+(AdamW), DeepSpeed's reduce bucket and activations, and prints them against an 80 GiB
+A100. Parameter counts are exact, from the recipe's models built on the meta device: the
+InstantFamily shapes of ``step_memory.py`` (SD1.5 UNet, its ControlNet; the trainable
+ControlNet and face projector) plus SD1.5's VAE and CLIP ViT-L text encoder and the
+configured face encoder. Bytes per parameter follow the trainer config:
+
+  ddp / auto        frozen in model.weight_dtype, trainable fp32 with fp32 gradients and
+                    AdamW's two fp32 moments (8 B)
+  deepspeed, ZeRO   the module in bf16 under bf16 precision (DeepSpeed casts it all);
+                    fp32 master weights + two moments (12 B) sharded over the GPUs
+                    (stage >= 1, or in CPU RAM with offload_optimizer), gradients in the
+                    module dtype, sharded too at stage 2; one reduce bucket
+
+Activations (everything that grows with the batch: inputs, saved activations, attention
+maps, allocator slack) cannot be counted on paper: they are measured per sample with
+``step_memory.py``'s step at the recipe's choices (bf16 autocast under bf16 precision,
+the frozen UNet in bf16, ``trainer.gradient_checkpointing``) at two reduced widths, less
+that step's static bytes, and extrapolated linearly in width: feature maps grow with the
+channel count, attention maps (8 heads at every level) do not. The VAE and face encoder
+run without gradients before the UNet and are not in that peak. CPU kernels, not a GPU's:
+fused attention on a GPU keeps fewer maps, so the activation row leans high there.
+
+Checked: the plan of the same step at ``--check-width`` (one process, as measured; past
+both fit widths, so the width extrapolation is tested) over the measured CPU peak there,
+ending with ``RESULT memory_plan_error_ratio=<predicted/measured> goal<=1.15``. InstantFamily
+recipes only for now: another method's trainable set needs its own ``param_counts``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+import step_memory  # noqa: E402  (benchmarks/step_memory.py: models, inputs, step, RSS peak)
+
+GOAL = 1.15
+GIB = 2**30
+A100_GIB = 80
+SD15_WIDTH = 320
+DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+PLANNED_METHOD = "instantfamily"  # the models step_memory.py builds
+
+
+@dataclass
+class Setup:
+    """Bytes per parameter and sharding of one training setup."""
+
+    gpus: int
+    zero_stage: int  # 0: no ZeRO (ddp / auto)
+    offload_optimizer: bool
+    frozen_bytes: int  # per frozen parameter
+    module_bytes: int  # per trainable parameter, the module's copy
+    grad_bytes: int
+    optimizer_bytes: int  # AdamW state per trainable parameter
+    bucket_bytes: int  # DeepSpeed's reduce bucket
+
+
+def recipe_setup(cfg) -> Setup:
+    """The setup a trainer config trains with on ``devices x num_nodes`` GPUs."""
+    t, bf16 = cfg.trainer, cfg.trainer.precision.startswith("bf16")
+    gpus = t.devices * t.num_nodes
+    if t.strategy != "deepspeed":
+        return Setup(gpus, 0, False, DTYPE_BYTES[cfg.model.weight_dtype], 4, 4, 8, 0)
+    module = 2 if bf16 else 4
+    frozen = 2 if bf16 else DTYPE_BYTES[cfg.model.weight_dtype]
+    return Setup(gpus, t.zero_stage, t.offload_optimizer, frozen, module, module, 12,
+                 t.bucket_size * module)
+
+
+def check_setup(cfg) -> Setup:
+    """The single-process step ``step_memory`` measures: frozen UNet bf16 under bf16
+    precision, trainable fp32 with fp32 gradients and AdamW moments."""
+    frozen = 2 if cfg.trainer.precision.startswith("bf16") else 4
+    return Setup(1, 0, False, frozen, 4, 4, 8, 0)
+
+
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def param_counts(cfg, width: int, full: bool = True) -> dict[str, tuple[int, bool]]:
+    """Module -> (parameters, trainable) of the recipe at UNet ``width`` (meta device,
+    no memory). ``full=False``: only what ``step_memory``'s step holds (UNet, ControlNet)."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ldm_ext.adapters.embedding_stack import FaceProjector
+    from ldm_ext.face import build_face_encoder
+
+    with torch.device("meta"):
+        unet, controlnet = step_memory.build_models(width, "meta")
+        counts = {"unet": (count(unet), False), "controlnet": (count(controlnet), True)}
+        if not full:
+            return counts
+        vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4,
+                            block_out_channels=(128, 256, 512, 512), layers_per_block=2)
+        text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072,
+                                            num_hidden_layers=12, num_attention_heads=12,
+                                            max_position_embeddings=77))
+        face = build_face_encoder(cfg.method.face_encoder, weights="random")
+        projector = FaceProjector(face.global_dim, face.local_dim, 768)
+    counts.update({"vae": (count(vae), False), "text encoder": (count(text), False),
+                   "face encoder": (count(face), False),
+                   "face projector": (count(projector), True)})
+    return counts
+
+
+def static_bytes(counts: dict[str, tuple[int, bool]], setup: Setup) -> dict[str, float]:
+    """Per-GPU bytes of everything but activations."""
+    frozen = sum(n for n, trains in counts.values() if not trains)
+    trainable = sum(n for n, trains in counts.values() if trains)
+    grad_shards = setup.gpus if setup.zero_stage >= 2 else 1
+    optimizer_shards = setup.gpus if setup.zero_stage >= 1 else 1
+    optimizer = 0 if setup.offload_optimizer else trainable * setup.optimizer_bytes
+    return {"frozen weights": frozen * setup.frozen_bytes,
+            "trainable weights": trainable * setup.module_bytes,
+            "gradients": trainable * setup.grad_bytes / grad_shards,
+            "optimizer state": optimizer / optimizer_shards,
+            "reduce bucket": setup.bucket_bytes}
+
+
+def measure(cfg, width: int, batch: int) -> float:
+    """Peak bytes of ``step_memory``'s step at the recipe's choices (fresh process)."""
+    cmd = [sys.executable, __file__, "--child", str(width), "--batch", str(batch),
+           "--bf16", str(int(cfg.trainer.precision.startswith("bf16"))),
+           "--checkpointing", str(int(cfg.trainer.gradient_checkpointing))]
+    env = {**step_memory.os.environ, "MALLOC_MMAP_THRESHOLD_": str(step_memory.MMAP_THRESHOLD)}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
+
+
+def child(width: int, batch: int, bf16: bool, checkpointing: bool) -> dict:
+    """One measured step, as ``step_memory.child`` with the dtype and checkpointing split."""
+    import psutil
+
+    runtime = psutil.Process().memory_info().rss
+    unet, controlnet = step_memory.build_models(width, "cpu")
+    unet.requires_grad_(False).eval()
+    if bf16:
+        unet.to(torch.bfloat16)
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
+        controlnet.enable_gradient_checkpointing()
+    optimizer = _adamw(controlnet)
+    inputs = step_memory.step_inputs(batch, "cpu")
+    with step_memory.RssPeak() as rss:
+        step_memory.train_step(unet, controlnet, optimizer, inputs, bf16, "cpu")
+    return {"peak_bytes": rss.peak - runtime}
+
+
+def _adamw(controlnet: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW over the ControlNet with its state allocated, as after a first step."""
+    controlnet.train()
+    optimizer = torch.optim.AdamW(controlnet.parameters(), lr=1e-5)
+    for param in controlnet.parameters():
+        param.grad = torch.zeros_like(param)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return optimizer
+
+
+def activation_line(cfg, widths: list[int], batch: int) -> tuple[float, float]:
+    """(a, b): activation bytes per sample = a + b * width, from the measured peaks at two
+    widths less the step's static bytes there."""
+    per_sample = []
+    for width in widths:
+        static = sum(static_bytes(param_counts(cfg, width, full=False), check_setup(cfg)).values())
+        per_sample.append((measure(cfg, width, batch) - static) / batch)
+        print(f"  width {width}: activations {per_sample[-1] / GIB:.3f} GiB per sample")
+    (w0, w1), (y0, y1) = widths, per_sample
+    slope = (y1 - y0) / (w1 - w0)
+    return y0 - slope * w0, slope
+
+
+def print_plan(rows: dict[str, float], setup: Setup, title: str) -> float:
+    """A table of per-GPU GiB and the total against an 80 GiB A100; returns the total."""
+    total = sum(rows.values())
+    zero = f"ZeRO-{setup.zero_stage}" if setup.zero_stage else "no ZeRO"
+    offload = ", optimizer offloaded to CPU" if setup.offload_optimizer else ""
+    print(f"{title} ({setup.gpus} GPU(s), {zero}{offload})")
+    for name, value in rows.items():
+        print(f"  {name:<20}{value / GIB:>9.2f} GiB")
+    print(f"  {'total':<20}{total / GIB:>9.2f} GiB of {A100_GIB} "
+          f"({'fits' if total < A100_GIB * GIB else 'does NOT fit'} an A100 80GB)")
+    return total
+
+
+def main() -> None:
+    from ldm_ext.config import load_config
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/experiment/instantfamily_sd15.yaml")
+    parser.add_argument("--fit-widths", type=int, nargs=2, default=[32, 64],
+                        help="two UNet widths (multiples of 32, GroupNorm's groups)")
+    parser.add_argument("--check-width", type=int, default=96)
+    parser.add_argument("--batch", type=int, default=2, help="images per measured step")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--bf16", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--checkpointing", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    widths = [*args.fit_widths, args.check_width]
+    if any(w % 32 for w in widths) or len(set(args.fit_widths)) < 2:
+        parser.error(f"widths {widths}: two different fit widths, all multiples of 32")
+    if args.child:
+        print(json.dumps(child(args.child, args.batch, bool(args.bf16),
+                               bool(args.checkpointing))))
+        return
+    cfg = load_config(args.config)
+    if cfg.method.name != PLANNED_METHOD:  # its trainable set is what param_counts builds
+        parser.error(f"{args.config}: method.name={cfg.method.name} is not planned yet, only "
+                     f"{PLANNED_METHOD} (ControlNet + face projector trainable)")
+    print(f"activations measured on the CPU, batch {args.batch} (bf16 autocast: "
+          f"{cfg.trainer.precision.startswith('bf16')}, gradient checkpointing: "
+          f"{cfg.trainer.gradient_checkpointing})")
+    a, b = activation_line(cfg, args.fit_widths, args.batch)
+    batch = cfg.data.batch_size
+    rows = static_bytes(param_counts(cfg, SD15_WIDTH), recipe_setup(cfg))
+    rows["activations"] = (a + b * SD15_WIDTH) * batch
+    print_plan(rows, recipe_setup(cfg), f"{args.config}: SD1.5 (width {SD15_WIDTH}), "
+               f"batch {batch} per GPU")
+    check = static_bytes(param_counts(cfg, args.check_width, full=False), check_setup(cfg))
+    check["activations"] = (a + b * args.check_width) * args.batch
+    predicted = print_plan(check, check_setup(cfg), f"check: step_memory's step at width "
+                           f"{args.check_width}, batch {args.batch}, predicted")
+    measured = measure(cfg, args.check_width, args.batch)
+    print(f"  measured CPU peak {measured / GIB:.2f} GiB")
+    print(f"RESULT memory_plan_error_ratio={predicted / measured:.3f} goal<={GOAL}")
+
+
+if __name__ == "__main__":
+    main()
