@@ -230,3 +230,31 @@ def test_identity_of_another_width_is_refused(method, method_xl, tmp_path):
     method_xl.save_trainable(tmp_path / "xl.safetensors")
     with pytest.raises(InputError, match="token width 64, this model's is 32"):
         method.pipeline().identity_from_weights(str(tmp_path / "xl.safetensors"))
+
+
+def test_sampling_picks_the_stage_by_the_identity_s_own_stage_count(method, monkeypatch):
+    """An identity file fitted with another ``num_stages`` than the loaded run (its sizes
+    travel with it) is sampled with its own split of the timesteps: 2 stages -> t >= 500
+    reads pair 0, t < 500 pair 1 (the run's 5-stage split would read pair 1 at t = 751
+    and a pair that does not exist at t = 251)."""
+    word = method.stage_tokens.word.detach()
+    module = StageTokens(word, num_stages=2, width=8, heads=2, ff_mult=2)
+    with torch.no_grad():
+        module.slots.normal_(0, 0.5)
+    tokens = module()  # (2, 2, D)
+    pipe = method.pipeline()
+    keys, values, _ = method.conditions([TARGET] * 2, [tokens[None]] * 2, torch.tensor([0, 1]))
+    seen = []
+    original = method.predict_noise
+
+    def spy(noisy, t, keys_in, ctx, added=None):
+        seen.append((int(t[0]), keys_in[1:], ctx.value_states[1:]))
+        return original(noisy, t, keys_in, ctx, added)
+
+    monkeypatch.setattr(method, "predict_noise", spy)
+    pipe(TARGET, [tokens], size=(64, 64), steps=4, progress=False)
+    assert [t for t, _, _ in seen] == [751, 501, 251, 1]
+    for t, keys_in, values_in in seen:
+        stage = 0 if t >= 500 else 1
+        torch.testing.assert_close(keys_in, keys[stage:stage + 1])
+        torch.testing.assert_close(values_in, values[stage:stage + 1])

@@ -89,9 +89,11 @@ class SeFiIDE(IdentityMethod):
         self.stage_tokens.word.requires_grad_(False)
 
     # ----- conditioning ------------------------------------------------------------------
-    def stages(self, timesteps: torch.Tensor) -> torch.Tensor:
-        """(B,) stage index of each timestep (stage 0 = the first fifth of denoising)."""
-        return stage_of(timesteps, self.cfg.method.num_stages,
+    def stages(self, timesteps: torch.Tensor, num_stages: int | None = None) -> torch.Tensor:
+        """(B,) stage index of each timestep (stage 0 = the first fifth of denoising);
+        ``num_stages``: the split of identity tokens fitted with another count than this
+        run's (default ``method.num_stages``)."""
+        return stage_of(timesteps, num_stages or self.cfg.method.num_stages,
                         self.backbone.scheduler.config.num_train_timesteps)
 
     def conditions(self, prompts: list[str], identities: list[torch.Tensor],

@@ -104,7 +104,7 @@ class SeFiIDEPipeline(MethodPipeline):
         uncond, uncond_pooled = method.encode_text([negative_prompt])  # (1, 77, D)
 
         def predict(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            s = int(method.stages(t[:1]))
+            s = int(method.stages(t[:1], num_stages))  # the identities' own split
             ctx = AttentionContext(value_states=torch.cat([uncond, values[s:s + 1]]),
                                    store=store)
             both = None if pooled is None else torch.cat([uncond_pooled, pooled[s:s + 1]])
