@@ -47,6 +47,8 @@ def check_data_paths(cfg) -> None:
     value = cfg.data[key]
     if not value:
         raise ConfigError(f"data.kind={cfg.data.kind} needs data.{key} (the {what} of the data)")
+    if "://" in str(value):  # a URL (s3://...): build_data reads it through its storage
+        return
     path = Path(value)
     if (what == "folder" and not path.is_dir()) or (what == "file" and not path.is_file()):
         hint = (" (the --output of `python -m datamodules.prepare`)"
@@ -91,7 +93,7 @@ def build_data(cfg):
             raise ConfigError(f"data.shards={data.shards!r}: {err}") from None
     try:
         return build_datamodule(cfg)
-    except FileNotFoundError as err:  # datamodules.prepare.prepared_shards
+    except FileNotFoundError as err:  # datamodules.prepared.prepared_shards
         raise ConfigError(f"data.root={data.root!r}: {err}") from None
 
 
@@ -156,7 +158,7 @@ def build_trainer(cfg, run_dir: Path):
     from callbacks.loss_summary import LossSummary
     from callbacks.evaluation import build_evaluation_callback
     from callbacks.images import SampleGrid
-    from ldm_ext.strategy import build_strategy
+    from ldm_ext.strategy import build_strategy, trainer_precision
 
     t = cfg.trainer
     callbacks = [
@@ -178,7 +180,7 @@ def build_trainer(cfg, run_dir: Path):
     plugins = [] if t.strategy == "deepspeed" else [AtomicCheckpointIO()]
     return pl.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-        strategy=build_strategy(cfg), precision=t.precision, max_steps=t.max_steps,
+        strategy=build_strategy(cfg), precision=trainer_precision(cfg), max_steps=t.max_steps,
         accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val or None, log_every_n_steps=t.log_every,
         callbacks=callbacks, logger=build_loggers(cfg, run_dir), plugins=plugins,

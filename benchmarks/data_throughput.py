@@ -61,7 +61,7 @@ def write_shards(folder: Path, samples: int, hw: tuple[int, int], per_shard: int
     paths = []
     for start in range(0, samples, per_shard):
         paths.append(str(folder / f"shard-{start // per_shard:06d}.tar"))
-        with wds.TarWriter(paths[-1], encoder=False, mtime=0) as writer:  # as prepare.py
+        with wds.TarWriter(paths[-1], encoder=False, mtime=0) as writer:  # as prepare
             for i in range(start, min(samples, start + per_shard)):
                 sample = demo_sample(i, seed=1, hw=hw)
                 sample.image = ((sample.image.astype(np.uint16) + photo(i, hw)) // 2) \

@@ -2,7 +2,7 @@
 naming the subject man/woman (PortraitBooth, METHODS.md §4), from ``prepare videos``."""
 from __future__ import annotations
 
-from datamodules.prepare import prepared_shards
+from datamodules.prepared import prepared_shards
 from datamodules.shards import ShardDataModule
 
 

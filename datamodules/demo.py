@@ -125,8 +125,8 @@ def with_fallback_masks(sample: Sample) -> Sample:
     """``sample`` with the optional members ``prepare`` writes when no parser is available:
     masks (box + 25 %, inscribed ellipse, pose-hull character) and the main character crop.
     Benchmarks and tests use it for prepared-like samples."""
-    from datamodules.annotate import EllipseSegmenter, face_masks
-    from datamodules.characters import HullCharacters, character_crop
+    from datamodules.prepare.annotate import EllipseSegmenter, face_masks
+    from datamodules.prepare.characters import HullCharacters, character_crop
 
     bodies = HullCharacters()(sample.image, sample.boxes, sample.people, sample.face_person)
     sample.masks = face_masks(sample.image, sample.boxes, EllipseSegmenter(), bodies)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from datamodules.annotate import Annotator
-from datamodules.prepare import PrepareConfig, is_prepared, prepare
+from datamodules.prepare import PrepareConfig, prepare
+from datamodules.prepare.annotate import Annotator
+from datamodules.prepare.sources import plan_images
+from datamodules.prepared import is_prepared
 from datamodules.shards import ShardDataModule
-from datamodules.sources import plan_images
 
 
 def default_output(folder: str | Path) -> Path:

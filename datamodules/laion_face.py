@@ -1,7 +1,7 @@
 """LAION-Face: image-caption pairs with faces, prepared by ``datamodules.prepare images``."""
 from __future__ import annotations
 
-from datamodules.prepare import prepared_shards
+from datamodules.prepared import prepared_shards
 from datamodules.shards import ShardDataModule
 
 
@@ -10,7 +10,8 @@ class LaionFaceDataModule(ShardDataModule):
     defaults (512 px, random flip; METHODS.md §1).
 
     Args:
-        root: output folder of ``prepare images`` (``shard-NNNNNN.tar`` + ``.json``).
+        root: output folder or URL (``s3://``...) of ``prepare images``
+            (``shard-NNNNNN.tar`` + ``.json``).
         **kwargs: the other ``ShardDataModule`` arguments.
     """
 

@@ -8,10 +8,11 @@ import pytest
 import skimage.data
 import torch
 
-from datamodules.annotate import Annotator, EllipseSegmenter, Filters
-from datamodules.characters import HullCharacters, ParsedCharacters, character_crop, keep_owned, \
-    regions
-from datamodules.parsing import FaceParsingSegmenter, HumanParser, ParserMissing, square_crops
+from datamodules.prepare.annotate import Annotator, EllipseSegmenter, Filters
+from datamodules.prepare.characters import (HullCharacters, ParsedCharacters, character_crop,
+                                            keep_owned, regions)
+from datamodules.prepare.parsing import (FaceParsingSegmenter, HumanParser, ParserMissing,
+                                         square_crops)
 from datamodules.schema import MASK_BOX, MASK_SEG
 from ldm_ext.pose import people_from_faces
 

@@ -15,11 +15,11 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from datamodules.annotate import Annotator, EllipseSegmenter, Filters, face_masks
+from datamodules.prepare.annotate import Annotator, EllipseSegmenter, Filters, face_masks
 from datamodules.prepare import PrepareConfig, main, prepare, run_task
 from datamodules.schema import MASK_BOX, MASK_CHAR, MASK_SEG, validate
 from datamodules.shards import ShardDataModule
-from datamodules.sources import plan_images
+from datamodules.prepare.sources import plan_images
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -223,7 +223,7 @@ def test_a_face_cut_by_the_photo_edge_keeps_its_whole_box(annotator):
 def test_laion_face_and_folder_datamodules_read_prepared_shards(prepared, photos):
     from datamodules.folder import FolderDataModule
     from datamodules.laion_face import LaionFaceDataModule
-    from datamodules.prepare import prepared_stats
+    from datamodules.prepared import prepared_stats
 
     args = dict(resolution=32, batch_size=3, num_workers=0, shuffle_buffer=1)
     for dm in (LaionFaceDataModule(str(prepared[0]), **args),

@@ -12,7 +12,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from datamodules.clip_meta import load_video_meta, video_caption
+from datamodules.prepare.clip_meta import load_video_meta, video_caption
 from datamodules.prepare import main
 from ldm_ext.cli import InputError
 from test_videos import write_clip

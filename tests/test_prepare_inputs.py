@@ -12,10 +12,10 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from datamodules.annotate import Annotator, Filters
+from datamodules.prepare.annotate import Annotator, Filters
 from datamodules.prepare import PrepareConfig, prepare
-from datamodules.resume import InputChanged
-from datamodules.sources import decode_image, plan_images
+from datamodules.prepare.resume import InputChanged
+from datamodules.prepare.sources import decode_image, plan_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -111,8 +111,8 @@ def test_dotted_file_names_are_read_back(photos, annotator, tmp_path, shard_samp
 def test_pending_reads_older_markers_and_parquet_ranges(tmp_path):
     """A shard json without ``sources`` (written before shards listed them) holds the
     planned task of its number; parquet rows re-cut by another shard size are a change."""
-    from datamodules.resume import pending
-    from datamodules.sources import Task
+    from datamodules.prepare.resume import pending
+    from datamodules.prepare.sources import Task
 
     (tmp_path / "shard-000000.tar").write_bytes(b"")
     (tmp_path / "shard-000000.json").write_text(json.dumps({"inputs": 2, "kept": 2}))

@@ -15,10 +15,10 @@ import skimage.data
 import webdataset as wds
 from PIL import Image
 
-from datamodules.annotate import Annotator, Filters
+from datamodules.prepare.annotate import Annotator, Filters
 from datamodules.prepare import PrepareConfig, main, prepare, run_task
 from datamodules.shards import ShardDataModule
-from datamodules.sources import SourceFilter, plan_images
+from datamodules.prepare.sources import SourceFilter, plan_images
 from ldm_ext.cli import InputError, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -118,7 +118,7 @@ def test_two_downloaded_parts_give_unique_keys_and_keep_their_columns(tmp_path, 
 def test_a_pattern_over_parts_prefixes_keys_too(tmp_path):
     img2dataset_part(tmp_path / "split_00000", [columns(1)])
     img2dataset_part(tmp_path / "split_00001", [columns(2)])
-    from datamodules.sources import read_images
+    from datamodules.prepare.sources import read_images
 
     keys = [i.key for t in plan_images(str(tmp_path / "split_*" / "*.tar"), 10)
             for i in read_images(t)]

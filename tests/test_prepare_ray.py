@@ -10,10 +10,9 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from datamodules.annotate import Annotator, Filters
-from datamodules.prepare import PrepareConfig, prepare, run_task, summarise
-from datamodules.resume import remove_leftovers
-from datamodules.sources import plan_images
+from datamodules.prepare.annotate import Annotator, Filters
+from datamodules.prepare import PrepareConfig, prepare
+from datamodules.prepare.sources import plan_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
@@ -64,14 +63,12 @@ def annotator(**kwargs) -> Annotator:
 
 
 def on_ray(photos: Path, out: Path, chosen: Annotator) -> dict:
-    """The Ray engine's run over ``photos`` into ``out``; the summed stats."""
-    from datamodules.ray_engine import run_on_ray
+    """``prepare`` of ``photos`` into ``out`` on the Ray engine, two workers."""
+    from datamodules.prepare.engines import engine
 
     config = PrepareConfig(str(out), chosen, previews=1)
-    tasks = plan_images(str(photos), samples_per_shard=2)
-    assert len(list(run_on_ray(run_task, config, tasks, workers=2))) == 2
-    remove_leftovers(out)
-    return summarise(str(out))
+    return prepare(plan_images(str(photos), samples_per_shard=2), config, workers=2,
+                   engine=engine("ray"))
 
 
 @pytest.fixture(scope="module")

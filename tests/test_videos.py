@@ -13,7 +13,7 @@ import skimage.data
 from PIL import Image
 
 from datamodules.prepare import main
-from datamodules.clip_meta import ClipMeta, load_video_meta, video_caption
+from datamodules.prepare.clip_meta import ClipMeta, load_video_meta, video_caption
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.annotate import EllipseSegmenter
-from datamodules.characters import HullCharacters
+from datamodules.prepare.annotate import EllipseSegmenter
+from datamodules.prepare.characters import HullCharacters
 from datamodules.demo import demo_sample, with_fallback_masks
 from datamodules.schema import MASK_CHAR, MASK_SEG, Sample, validate
 from datamodules.transforms import ResizeCrop

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import torch
 
-from datamodules.characters import HullCharacters, character_crop
+from datamodules.prepare.characters import HullCharacters, character_crop
 from datamodules.schema import MASK_CHAR, Sample
 from datamodules.views.common import (BINARY, SIGNED, UNIT, ControlDrawing, draw_controls,
                                       floats, image_tensor, normalized_boxes, pad_slots,
@@ -51,7 +51,7 @@ class StoryMakerView:
         face_boxes       (B, N, 4) float xyxy in [0, 1]
         face_valid       (B, N) bool
 
-    Masks come from the shard's ``MASK_CHAR`` bits (``datamodules.characters``); shards
+    Masks come from the shard's ``MASK_CHAR`` bits (``datamodules.prepare.characters``); shards
     written without them get the pose-hull masks here, from the transformed pose.
     Character dropout (5 %) and caption dropout (10 %) belong to the training step.
 

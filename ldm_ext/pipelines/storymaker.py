@@ -60,7 +60,7 @@ class StoryMakerPipeline(MethodPipeline):
     """Wraps a trained ``StoryMaker`` module (weights loaded) for sampling.
 
     ``annotator``: faces, pose and character masks of reference photos
-    (``datamodules.annotate.Annotator``; default MTCNN, built on first use)."""
+    (``datamodules.prepare.annotate.Annotator``; default MTCNN, built on first use)."""
 
     def __init__(self, method, annotator=None, scheduler: str = "unipc") -> None:
         super().__init__(method, scheduler)
@@ -93,7 +93,7 @@ class StoryMakerPipeline(MethodPipeline):
 
     def _annotator(self):
         if self.annotator is None:
-            from datamodules.annotate import Annotator, Filters
+            from datamodules.prepare.annotate import Annotator, Filters
 
             self.annotator = Annotator(filters=Filters(min_face_size=16, min_score=0.9))
         return self.annotator

@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from datamodules import storage
 from datamodules.schema import MASK_BOX, MASK_CHAR, MASK_SEG, Sample
 from ldm_ext.pose import render_control_image, slot_color
 
@@ -39,12 +40,13 @@ def draw_preview(sample: Sample) -> np.ndarray:
     return out
 
 
-def write_preview(sample: Sample, folder: str | Path) -> Path:
-    """Write ``draw_preview(sample)`` as ``folder/<key>.jpg``; return its path. A key that
-    would name a file elsewhere (``prepare`` refuses such keys first) is an error."""
-    path = Path(folder) / f"{sample.key}.jpg"
-    if path.resolve().parent != Path(folder).resolve():
+def write_preview(sample: Sample, folder: str | Path) -> str:
+    """Write ``draw_preview(sample)`` as ``folder/<key>.jpg`` (a folder or URL); return its
+    path. A key that would name a file elsewhere (``prepare`` refuses such keys first) is an
+    error."""
+    if sample.key in ("", ".", "..") or Path(sample.key).name != sample.key:
         raise ValueError(f"sample key {sample.key!r} names a preview outside {folder}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), cv2.cvtColor(draw_preview(sample), cv2.COLOR_RGB2BGR))
+    path = storage.join(folder, f"{sample.key}.jpg")
+    _, jpg = cv2.imencode(".jpg", cv2.cvtColor(draw_preview(sample), cv2.COLOR_RGB2BGR))
+    storage.write_bytes(path, jpg.tobytes())
     return path

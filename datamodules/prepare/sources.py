@@ -12,11 +12,11 @@
   ``json`` member's columns (``SAMPLE_ID``, ``LICENSE``, ``NSFW``, ``similarity``, ``url``...)
   travel with the sample as its ``source`` metadata.
 
-Video inputs: ``datamodules.clips``.
+Video inputs: ``datamodules.prepare.clips``.
 """
 from __future__ import annotations
 
-import glob
+import functools
 import io
 import json
 import os
@@ -28,8 +28,9 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
+from datamodules import storage
 from datamodules.schema import MAX_PIXELS
-from datamodules.annotate import Rejected
+from datamodules.prepare.annotate import Rejected
 from ldm_ext.cli import InputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -58,25 +59,27 @@ def chunks(items: list, size: int) -> list[tuple]:
 
 def plan_images(input_path: str, samples_per_shard: int) -> list[Task]:
     """Tasks for a folder of images, a ``.parquet`` file with image bytes, or ``.tar``
-    shards: a pattern, or a folder holding them at any depth (one folder per part)."""
-    path = Path(input_path)
-    if path.suffix == ".parquet":
-        return _plan_parquet(path, samples_per_shard)
-    if path.is_dir():
-        tars = sorted(str(p) for p in path.rglob("*.tar"))
+    shards: a pattern, or a folder holding them at any depth (one folder per part). Any of
+    them may be a URL (``s3://``...: ``datamodules.storage``)."""
+    if input_path.endswith(".parquet"):
+        return _plan_parquet(input_path, samples_per_shard)
+    if _is_folder(input_path):
+        files = storage.find(input_path)
+        tars = [f for f in files if f.endswith(".tar")]
         if not tars:
-            return _plan_folder(path, samples_per_shard)
+            return _plan_folder(input_path, files, samples_per_shard)
     else:
-        tars = sorted(u for p in wds.shardlists.expand_urls(input_path) for u in glob.glob(p))
+        tars = sorted(u for u in storage.expand(input_path) if storage.exists(u))
     if not tars:
         raise InputError(f"no images, parquet or tar shards at {input_path!r}")
     return [Task(i, "tar", input_path, (tar,)) for i, tar in enumerate(tars)]
 
 
-def _plan_folder(path: Path, samples_per_shard: int) -> list[Task]:
-    files = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+def _plan_folder(path: str, found: list[str], samples_per_shard: int) -> list[Task]:
+    """Tasks over the images among ``found``, the files under the folder ``path``."""
+    files = [f for f in found if Path(f).suffix.lower() in IMAGE_SUFFIXES]
     if not files:
-        parquets = sorted(path.rglob("*.parquet"))
+        parquets = [f for f in found if f.endswith(".parquet")]
         if parquets:
             check_parquet(parquets[0])  # LAION metadata: says which command downloads it
             raise InputError(f"{path} holds no images or tar shards but {len(parquets)} "
@@ -86,11 +89,16 @@ def _plan_folder(path: Path, samples_per_shard: int) -> list[Task]:
                                                                          samples_per_shard))]
 
 
-def _plan_parquet(path: Path, samples_per_shard: int) -> list[Task]:
+def _parquet(path: str):
+    """A pyarrow ``ParquetFile`` of a path or URL."""
     import pyarrow.parquet as pq
 
+    return pq.ParquetFile(storage.open_read(path) if storage.is_remote(path) else path)
+
+
+def _plan_parquet(path: str, samples_per_shard: int) -> list[Task]:
     check_parquet(path)
-    rows = pq.ParquetFile(path).metadata.num_rows
+    rows = _parquet(path).metadata.num_rows
     return [Task(i, "parquet", str(path), ((start, min(rows, start + samples_per_shard)),))
             for i, start in enumerate(range(0, rows, samples_per_shard))]
 
@@ -98,15 +106,13 @@ def _plan_parquet(path: Path, samples_per_shard: int) -> list[Task]:
 def check_parquet(path: str | Path) -> None:
     """Raise ``InputError`` unless the parquet at ``path`` holds image bytes: a table of
     URLs (LAION metadata, img2dataset's per-shard sidecar) says what to run instead."""
-    import pyarrow.parquet as pq
-
-    columns = pq.ParquetFile(path).schema_arrow.names
+    columns = _parquet(str(path)).schema_arrow.names
     if any(c in columns for c in IMAGE_COLUMNS):
         return
     url = next((c for c in columns if c.lower() == "url"), None)
     if url and "status" in columns:  # img2dataset writes one beside each of its tars
         raise InputError(f"{path} is img2dataset's metadata of the tar beside it, not images: "
-                         f"pass the folder of .tar shards (--input {Path(path).parent})")
+                         f"pass the folder of .tar shards (--input {os.path.dirname(path)})")
     if url:
         caption = next((c for c in columns if c.lower() in ("text", "caption")), "TEXT")
         raise InputError(
@@ -122,12 +128,26 @@ def check_parquet(path: str | Path) -> None:
 def input_name(task: Task, item) -> str:
     """The name of one of ``task.items`` as the user knows it: a file's path relative to
     the input folder (as given when the input is a file or pattern), ``rows A-B`` of a
-    parquet, ``<raw video>:<clip id>`` of a clip cut from a raw video. It stays the same when the input folder moves."""
+    parquet, ``<raw video>:<clip id>`` of a clip cut from a raw video. It stays the same
+    when the input folder moves."""
     if task.kind == "parquet":
         return f"rows {item[0]}-{item[1]}"
     if isinstance(item, tuple):  # (raw video, clip id): the clip cut from it
         return f"{input_name(task, item[0])}:{item[1]}"
+    if storage.is_remote(task.source):
+        root = task.source.rstrip("/") + "/"
+        return item.removeprefix(root) if _is_folder(task.source) else str(item)
     return os.path.relpath(item, task.source) if os.path.isdir(task.source) else str(item)
+
+
+@functools.lru_cache(maxsize=64)
+def _remote_folder(url: str) -> bool:
+    return storage.is_dir(url)  # asked once per input URL, not once per input file
+
+
+def _is_folder(source: str) -> bool:
+    """Whether the input ``source`` (a path or URL) is a folder (else a file or pattern)."""
+    return _remote_folder(source) if storage.is_remote(source) else os.path.isdir(source)
 
 
 def decode_image(data: bytes, max_side: int) -> np.ndarray:
@@ -189,18 +209,16 @@ def read_images(task: Task) -> Iterator[ImageInput]:
 def _folder_images(task: Task) -> Iterator[ImageInput]:
     """Image files; the caption is ``<stem>.txt`` beside one ('' without)."""
     for path in task.items:
-        text = Path(path).with_suffix(".txt")
-        caption = text.read_text(encoding="utf-8").strip() if text.exists() else ""
-        yield ImageInput(Path(path).stem, Path(path).read_bytes(), caption,
+        text = os.path.splitext(path)[0] + ".txt"
+        caption = storage.read_text(text).strip() if storage.exists(text) else ""
+        yield ImageInput(Path(path).stem, storage.read_bytes(path), caption,
                          input_name(task, path), {})
 
 
 def _parquet_images(task: Task) -> Iterator[ImageInput]:
     """img2dataset parquet rows: ``jpg`` bytes, ``caption`` or ``txt``, ``key`` (else the
     row number); the other scalar columns are the source metadata."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(task.source)
+    table = _parquet(task.source).read()
     for start, stop in task.items:
         for row, record in enumerate(table.slice(start, stop - start).to_pylist(), start):
             caption = record.get("caption") or record.get("txt") or ""
@@ -215,7 +233,7 @@ def _tar_images(task: Task) -> Iterator[ImageInput]:
     for tar in task.items:
         prefix = part_prefix(task.source, tar)
         for raw in wds.DataPipeline(wds.SimpleShardList([tar]),
-                                    wds.tarfile_to_samples(handler=wds.warn_and_continue)):
+                                    storage.tar_samples(handler=wds.warn_and_continue)):
             data = next((raw[c] for c in IMAGE_COLUMNS if raw.get(c)), b"")
             caption = raw.get("txt", b"").decode("utf-8", "replace").strip()
             yield ImageInput(prefix + raw["__key__"], data, caption,
@@ -226,7 +244,7 @@ def part_prefix(source: str, tar: str) -> str:
     """``<folder>_`` for a tar in a subfolder of the input root (``split_00001/00000.tar``
     -> ``split_00001_``), '' at the root. The root is the input folder, or the folder a
     pattern starts in (``data/split_*/*.tar`` -> ``data``)."""
-    root = source if os.path.isdir(source) else os.path.dirname(_fixed_part(source))
+    root = source if _is_folder(source) else os.path.dirname(_fixed_part(source))
     folder = os.path.relpath(os.path.dirname(tar), root or ".")
     return "" if folder == "." else folder.replace(os.sep, "_") + "_"
 

@@ -9,7 +9,7 @@ weights are not available offline:
   brows, eyes, glasses, ears, nose, mouth, lips; not hair, neck or clothes) form its mask.
 - characters: a human parser (default ``mattmdjaga/segformer_b2_clothes``, ATR's 18 labels:
   hair, face, clothes, limbs, shoes, bag, ...). Each character is parsed on its own region
-  (``datamodules.characters``); every label but the background is the character.
+  (``datamodules.prepare.characters``); every label but the background is the character.
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ class SegFormerParser:
 
 
 class FaceParsingSegmenter:
-    """``Segmenter`` (``datamodules.annotate``) from a SegFormer face parser.
+    """``Segmenter`` (``datamodules.prepare.annotate``) from a SegFormer face parser.
 
     Args:
         name_or_path: hub id or local folder of a parser whose ``config.id2label`` names

@@ -8,10 +8,10 @@ offline; the name of whatever ran is stored in the sample (``face_model``, ``pos
 - pose: OpenPose through controlnet_aux when its weights are local, else
   ``people_from_faces`` (keypoints from the detector's landmarks), name ``faces-fallback``;
 - masks: per face, the box enlarged by 25 % (InstantFamily's face region, Sec. 3.5), a
-  segmentation from a ``Segmenter``: the SegFormer face parser of ``datamodules.parsing``
-  when its weights are local, else the ellipse inscribed in the detector box (``ellipse``),
-  and the face's character (StoryMaker's mask): the human parser split by pose
-  (``datamodules.characters``) when its weights are local, else the pose hull (``pose-hull``);
+  segmentation from a ``Segmenter``: the SegFormer face parser of ``prepare.parsing`` when
+  its weights are local, else the ellipse inscribed in the detector box (``ellipse``), and
+  the face's character (StoryMaker's mask): the human parser split by pose
+  (``prepare.characters``) when its weights are local, else the pose hull (``pose-hull``);
 - character: the main face's character on white (StoryMaker's reference crop).
 """
 from __future__ import annotations
@@ -24,9 +24,9 @@ import cv2
 import numpy as np
 import torch
 
-from datamodules.characters import HullCharacters, ParsedCharacters, character_crop
-from datamodules.parsing import (DEFAULT_FACE_PARSER, DEFAULT_HUMAN_PARSER, FaceParsingSegmenter,
-                                 HumanParser, ParserMissing)
+from datamodules.prepare.characters import HullCharacters, ParsedCharacters, character_crop
+from datamodules.prepare.parsing import (DEFAULT_FACE_PARSER, DEFAULT_HUMAN_PARSER,
+                                         FaceParsingSegmenter, HumanParser, ParserMissing)
 from datamodules.schema import CROP_SIZE, FACE_MARGIN, MASK_BOX, MASK_CHAR, MASK_SEG, Sample
 from ldm_ext.face import FaceModelMissing, Faces, build_face_detector
 from ldm_ext.face.align import tensor_to_uint8

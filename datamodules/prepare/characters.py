@@ -126,7 +126,7 @@ class HullCharacters:
 
 
 class ParsedCharacters:
-    """Character masks from a human parser (``datamodules.parsing.HumanParser``): person
+    """Character masks from a human parser (``datamodules.prepare.parsing.HumanParser``): person
     pixels in each character's region that it ``owners``; a character the parser finds
     nothing of keeps its hull.
 

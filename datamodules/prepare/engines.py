@@ -1,6 +1,9 @@
-"""``prepare --engine ray``: the shard tasks on a Ray cluster (``pip install -e ".[scale]"``).
+"""Engines that run ``prepare``'s shard tasks: ``local`` (a process pool over this machine's
+cores, the default) and ``ray`` (a Ray cluster, ``pip install -e ".[scale]"``). Both call
+the same ``run(task, config)`` per output shard and yield its stats as shards finish, so
+they write the same shards.
 
-The cluster is ``RAY_ADDRESS`` when set (``ray start --head`` on a head node, workers
+Ray: the cluster is ``RAY_ADDRESS`` when set (``ray start --head`` on a head node, workers
 joined to it), else a local Ray started here with one CPU per worker. Each worker is an
 actor holding its own copy of the run's config: its annotator builds its models once, on
 the first input (never per shard), on the actor's GPU when it was given one
@@ -16,12 +19,44 @@ every node mounts.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 from dataclasses import replace
+from functools import partial
 from typing import Callable, Iterator
+
+import torch
 
 log = logging.getLogger(__name__)
 RETRIES = 3  # restarts of a dead worker, and retries of the shard it held
+_WORKER: tuple[Callable, object] | None = None  # a local pool worker's (run, config)
+
+
+def _init_local(run: Callable, config) -> None:
+    """Pool worker: one intra-op thread per process (the pool uses the cores)."""
+    global _WORKER
+    torch.set_num_threads(1)
+    _WORKER = (run, config)
+
+
+def _run_local(task) -> dict:
+    run, config = _WORKER
+    return run(task, config)
+
+
+def run_local(run: Callable, config, tasks: list, workers: int | None = None) -> Iterator[dict]:
+    """``run(task, config)`` for every task on ``workers`` processes of this machine
+    (default: all cores; <= 1: in this process); yields the results as shards finish."""
+    workers = min(workers or os.cpu_count() or 1, len(tasks))
+    if workers <= 1:
+        yield from (run(task, config) for task in tasks)
+        return
+    # fork: workers start at once with the imports done (as DataLoader workers do); each
+    # runs its own copy of the annotator (models are built on first use)
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    with context.Pool(workers, _init_local, (run, config)) as pool:
+        yield from pool.imap_unordered(_run_local, tasks)
 
 
 class ShardWorker:
@@ -29,7 +64,6 @@ class ShardWorker:
 
     def __init__(self, run: Callable, config):
         import ray
-        import torch
 
         torch.set_num_threads(1)  # one CPU per actor; the cluster gives the parallelism
         if ray.get_gpu_ids() and hasattr(config, "annotator"):
@@ -67,3 +101,13 @@ def run_on_ray(run: Callable, config, tasks: list, workers: int | None = None,
     pool = ActorPool([actor.remote(run, shared) for _ in range(workers)])
     log.info("ray: %d shards on %d workers", len(tasks), workers)
     yield from pool.map_unordered(lambda worker, task: worker.__call__.remote(task), tasks)
+
+
+def engine(name: str, gpus_per_worker: float = 0) -> Callable:
+    """The engine called ``name`` (``local`` | ``ray``) as ``(run, config, tasks, workers)
+    -> stats per shard``."""
+    if name == "ray":
+        return partial(run_on_ray, gpus_per_worker=gpus_per_worker)
+    if name == "local":
+        return run_local
+    raise ValueError(f"unknown engine {name!r}: local or ray")

@@ -17,7 +17,8 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from datamodules.sources import Task, input_name
+from datamodules import storage
+from datamodules.prepare.sources import Task, input_name
 from ldm_ext.cli import InputError
 
 
@@ -26,8 +27,9 @@ class InputChanged(InputError):
     (a user error: the command line prints it in one line and exits 2)."""
 
 
-def shard_path(output: str | Path, index: int, suffix: str) -> Path:
-    return Path(output) / f"shard-{index:06d}.{suffix}"
+def shard_path(output: str | Path, index: int, suffix: str) -> str:
+    """``output/shard-NNNNNN.<suffix>``, a path or a URL as ``output`` is."""
+    return storage.join(output, f"shard-{index:06d}.{suffix}")
 
 
 def task_sources(task: Task) -> list[str]:
@@ -39,11 +41,13 @@ def finished(output: str | Path, tasks: list[Task]) -> dict[int, list[str]]:
     """Shard index -> the inputs it holds, for every finished shard in ``output``. A shard
     written before shards listed their inputs holds the planned task of its number."""
     planned = {t.index: t for t in tasks}
-    done = {}
-    for marker in Path(output).glob("shard-*.json"):
-        number = marker.stem.removeprefix("shard-")
-        if number.isdigit() and shard_path(output, int(number), "tar").exists():
-            index, sources = int(number), json.loads(marker.read_text()).get("sources")
+    tars = set(storage.glob(storage.join(output, "shard-*.tar")))  # one listing, not a
+    done = {}  # request per shard on an object store
+    for marker in storage.glob(storage.join(output, "shard-*.json")):
+        number = Path(marker).stem.removeprefix("shard-")
+        if number.isdigit() and shard_path(output, int(number), "tar") in tars:
+            index = int(number)
+            sources = json.loads(storage.read_text(marker)).get("sources")
             legacy = task_sources(planned[index]) if index in planned else []
             done[index] = legacy if sources is None else sources
     return done
@@ -81,7 +85,10 @@ def _renumber(tasks: list[Task], taken: set[int]) -> list[Task]:
 
 def remove_leftovers(output: str | Path) -> None:
     """Delete ``shard-*.tar.<pid>.tmp`` files whose writer is gone (a killed run); those of
-    a live process (another run writing now) stay."""
+    a live process (another run writing now) stay. An object store has none: an upload
+    never committed is not a file (``datamodules.storage``)."""
+    if storage.is_remote(output):
+        return
     for tmp in Path(output).glob("shard-*.tar.*.tmp"):
         pid = tmp.name.split(".")[-2]
         if pid.isdigit() and not _alive(int(pid)):

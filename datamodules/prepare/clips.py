@@ -16,9 +16,9 @@ from typing import Mapping
 import cv2
 import numpy as np
 
-from datamodules.annotate import Rejected
-from datamodules.clip_meta import VIDEO_SUFFIXES, ClipMeta, clip_id
-from datamodules.sources import Task, chunks
+from datamodules.prepare.annotate import Rejected
+from datamodules.prepare.clip_meta import VIDEO_SUFFIXES, ClipMeta, clip_id
+from datamodules.prepare.sources import Task, chunks
 from ldm_ext.cli import InputError
 
 BOX_GROWTH = 0.02  # CelebV-Text's cutting grows the box by 2 % of the frame per side

@@ -1,0 +1,88 @@
+"""``python -m datamodules.prepare``: raw images or videos -> annotated training shards.
+
+::
+
+    python -m datamodules.prepare images --input DIR|FILE.parquet|SHARDS --output OUT \
+        [--drop-nsfw NSFW UNSURE] [--min-similarity 0.3] [--engine ray]
+    python -m datamodules.prepare videos --input CLIPS|RAW_VIDEOS --meta celebvtext_info.json \
+        [--texts TEXTS_DIR] [--text-extras emotion action_dur] --output OUT
+
+``--input`` / ``--output`` of images may be URLs (``s3://bucket/laion/{00000..00099}.tar``,
+``gs://...``: any fsspec protocol, credentials from the environment). ``--engine ray`` runs
+the shards on the Ray cluster at ``RAY_ADDRESS`` (else a local Ray). What it does:
+``datamodules.prepare.run``.
+"""
+from __future__ import annotations
+
+import argparse
+
+from datamodules.prepare.annotate import Annotator, Filters
+from datamodules.prepare.clip_meta import DEFAULT_EXTRAS, TEXT_FOLDERS, load_video_meta
+from datamodules.prepare.clips import plan_videos
+from datamodules.prepare.engines import engine
+from datamodules.prepare.parsing import DEFAULT_FACE_PARSER, DEFAULT_HUMAN_PARSER
+from datamodules.prepare.run import PrepareConfig, prepare
+from datamodules.prepare.sources import SourceFilter, plan_images
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m datamodules.prepare",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=("images", "videos"))
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--meta", help="videos: the clips' info json (celebvtext_info.json)")
+    parser.add_argument("--texts", help="videos: CelebV-Text's text release (the folder of "
+                        "face40_details_new/, emotion/, ...) or one folder of <clip>.txt")
+    parser.add_argument("--text-extras", nargs="*", default=list(DEFAULT_EXTRAS),
+                        choices=TEXT_FOLDERS[1:], help="videos: text folders appended to the "
+                        "description when a clip has them")
+    parser.add_argument("--drop-nsfw", nargs="*", default=[], metavar="TAG",
+                        help="images: drop inputs whose NSFW column is one of these "
+                        "(LAION: NSFW UNSURE)")
+    parser.add_argument("--min-similarity", type=float, default=None,
+                        help="images: drop inputs whose CLIP similarity column is lower")
+    parser.add_argument("--samples-per-shard", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="default: all cores (of the Ray cluster with --engine ray)")
+    parser.add_argument("--engine", default="local", choices=("local", "ray"),
+                        help="local: a process pool; ray: the cluster at RAY_ADDRESS, else "
+                        "a local Ray (pip install -e '.[scale]')")
+    parser.add_argument("--gpus-per-worker", type=float, default=0,
+                        help="ray: GPUs of each worker (its models run there)")
+    parser.add_argument("--detector", default="mtcnn")
+    parser.add_argument("--pose", default="auto", choices=("auto", "openpose", "faces"))
+    parser.add_argument("--segmenter", default="auto", choices=("auto", "face-parsing", "ellipse"))
+    parser.add_argument("--parser", default=DEFAULT_FACE_PARSER,
+                        help="face parser: hub id or local folder (SegFormer)")
+    parser.add_argument("--characters", default="auto",
+                        choices=("auto", "human-parsing", "pose-hull"))
+    parser.add_argument("--human-parser", default=DEFAULT_HUMAN_PARSER,
+                        help="character masks: hub id or local folder (SegFormer)")
+    parser.add_argument("--min-faces", type=int, default=1)
+    parser.add_argument("--max-faces", type=int, default=8)
+    parser.add_argument("--min-face-size", type=float, default=32.0)
+    parser.add_argument("--min-score", type=float, default=0.95)
+    parser.add_argument("--max-side", type=int, default=1024)
+    parser.add_argument("--previews", type=int, default=4)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """CLI entry point; returns the stats."""
+    args = _parser().parse_args(argv)
+    filters = Filters(args.min_faces, args.max_faces, args.min_face_size, args.min_score)
+    annotator = Annotator(args.detector, args.pose, args.segmenter, args.parser,
+                          characters=args.characters, human_parser=args.human_parser,
+                          filters=filters)
+    config = PrepareConfig(args.output, annotator, max_side=args.max_side,
+                           previews=args.previews, source_filter=SourceFilter(
+                               tuple(args.drop_nsfw), args.min_similarity))
+    if args.mode == "videos":
+        if not args.meta:
+            raise SystemExit("videos needs --meta (the clips' info json)")
+        config.meta = load_video_meta(args.meta, args.texts, tuple(args.text_extras))
+        tasks = plan_videos(args.input, args.samples_per_shard, config.meta)
+    else:
+        tasks = plan_images(args.input, args.samples_per_shard)
+    return prepare(tasks, config, args.workers, engine(args.engine, args.gpus_per_worker))

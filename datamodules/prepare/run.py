@@ -1,0 +1,206 @@
+"""Raw images or videos -> annotated webdataset shards of our schema (datamodules/schema.py):
+``prepare`` and the work of one shard (the command line: ``datamodules.prepare.cli``).
+
+Every output shard is one task (``datamodules.prepare.sources``), run by an engine
+(``datamodules.prepare.engines``: a process pool over this machine's cores, or a Ray
+cluster). A task writes ``shard-NNNNNN.tar`` atomically (``datamodules.storage``: a local
+temporary name renamed, or an object-store upload committed at the end), then
+``shard-NNNNNN.json`` (its stats and the inputs it holds), the done-marker: a rerun redoes
+no finished shard, resumes an interrupted one and puts inputs added since into new shards
+(``datamodules.prepare.resume``; inputs gone since stop it). At the end ``stats.json`` sums
+the shards (kept, rejected by reason and by input name, faces-per-image histogram) and
+shard 0 writes a few previews (boxes, masks, pose). Inputs and output may be local paths
+or URLs (``s3://``...). Inputs (``datamodules.prepare.sources``): image folders, parquet,
+img2dataset's tars (one folder per part); each sample keeps its input's own metadata
+(img2dataset's columns) in ``meta.json`` ``source``.
+
+Videos (CelebV-Text, PortraitBooth; ``datamodules.prepare.clips``,
+``datamodules.prepare.clip_meta``): the target is the first or the last frame (chosen by the
+clip's key), the reference face the largest face of the middle frame, the caption names the
+subject as man/woman and goes on with the clip's texts. A clip the info json lacks is
+rejected (``no_metadata``); clips whose texts disagree on the subject, or lack a
+description, are counted in ``notes``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, NamedTuple
+
+import cv2
+import numpy as np
+import webdataset as wds
+
+from datamodules import storage
+from datamodules.codec import encode_sample
+from datamodules.prepare.annotate import Annotator, Rejected, crops_uint8
+from datamodules.prepare.clip_meta import clip_id, video_caption
+from datamodules.prepare.clips import read_frames
+from datamodules.prepare.engines import run_local
+from datamodules.prepare.preview import write_preview
+from datamodules.prepare.resume import pending, remove_leftovers, shard_path, task_sources
+from datamodules.prepare.sources import (SourceFilter, Task, decode_image, input_name,
+                                         read_images, sample_key)
+from datamodules.schema import BadSample, validate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PrepareConfig:
+    """What ``prepare`` runs (see ``main`` for the command-line names)."""
+
+    output: str
+    annotator: Annotator = field(default_factory=Annotator)
+    max_side: int = 1024  # longer image side kept in the shards
+    previews: int = 4  # preview images written by shard 0
+    meta: dict = field(default_factory=dict)  # videos: clip id -> ClipMeta
+    source_filter: SourceFilter = field(default_factory=SourceFilter)
+
+
+class Prepared(NamedTuple):
+    """One input on its way to the annotator: ``image`` is ``Rejected`` when reading it
+    failed; ``source`` the input's own metadata; ``notes`` counted in stats.json."""
+
+    key: str
+    image: np.ndarray | Rejected
+    caption: str | None
+    reference: np.ndarray | None
+    name: str
+    source: dict | None = None
+    notes: tuple[str, ...] = ()
+
+
+def _image_samples(task: Task, config: PrepareConfig) -> Iterator[Prepared]:
+    """The inputs of an image task, decoded; filtered out or unreadable ones as
+    ``Rejected``."""
+    for key, data, caption, name, source in read_images(task):
+        if task.kind == "folder" and not caption:
+            caption = None  # no .txt beside the image: the annotator names the people
+        try:
+            config.source_filter.check(source)
+            image = decode_image(data, config.max_side)
+        except Rejected as rejected:
+            image = rejected
+        yield Prepared(key, image, caption, None, name, source)
+
+
+def _video_samples(task: Task, config: PrepareConfig) -> Iterator[Prepared]:
+    """The clips of a video task: target frame, caption and reference crop. An item is a
+    clip's path or ``(raw video, clip id)``."""
+    for item in task.items:
+        path, key = (item[0], item[1]) if isinstance(item, tuple) else (item, clip_id(item))
+        name, meta = input_name(task, item), config.meta.get(key)
+        try:
+            if meta is None:
+                raise Rejected("no_metadata", f"{key} is not in the info json")
+            last = zlib.crc32(key.encode()) % 2  # first or last frame, fixed per clip
+            target, middle = read_frames(path, [float(last), 0.5],
+                                         meta if isinstance(item, tuple) else None)
+            faces = config.annotator.faces(middle)
+            if not len(faces):
+                raise Rejected("no_reference_face")
+            yield Prepared(key, _shrink(target, config.max_side), video_caption(meta),
+                           crops_uint8(faces.select(0))[0], name, notes=meta.notes)
+        except Rejected as rejected:
+            yield Prepared(key, rejected, "", None, name)
+
+
+def _shrink(image: np.ndarray, max_side: int) -> np.ndarray:
+    scale = max_side / max(image.shape[:2])
+    if scale >= 1:
+        return image
+    size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def run_task(task: Task, config: PrepareConfig) -> dict:
+    """Annotate and write one shard; returns its stats, also written as the done-marker with
+    the inputs the shard holds (``sources``) and those it rejected, by name and reason."""
+    stats = {"inputs": 0, "kept": 0, "rejected": Counter(), "faces": Counter(),
+             "models": Counter(), "notes": Counter(), "rejected_inputs": [],
+             "sources": task_sources(task)}
+    samples = _video_samples(task, config) if task.kind == "video" else \
+        _image_samples(task, config)
+    previews = []
+    with storage.atomic_write(shard_path(config.output, task.index, "tar")) as stream, \
+            wds.TarWriter(stream, encoder=False, mtime=0) as writer:
+        for item in samples:
+            stats["inputs"] += 1
+            try:
+                sample = _annotate(config, item)
+                writer.write(encode_sample(sample))
+            except (Rejected, BadSample) as rejected:
+                _reject(stats, item.name, rejected.reason)
+                continue
+            except Exception as err:  # one odd input must not cost the shard  # noqa: BLE001
+                log.warning("shard %d: %s failed: %r", task.index, item.name, err)
+                _reject(stats, item.name, "error")
+                continue
+            stats["kept"] += 1
+            stats["notes"].update(item.notes)
+            stats["faces"][str(sample.num_faces)] += 1
+            stats["models"][f"{sample.face_model}/{sample.pose_model}"] += 1
+            if task.index == 0 and len(previews) < config.previews:
+                previews.append(write_preview(sample, storage.join(config.output, "previews")))
+    stats = {k: dict(v) if isinstance(v, Counter) else v for k, v in stats.items()}
+    storage.write_text(shard_path(config.output, task.index, "json"), json.dumps(stats))
+    return stats
+
+
+def _annotate(config: PrepareConfig, item: Prepared):
+    """The validated sample of one input; raises ``Rejected`` / ``BadSample``."""
+    key = sample_key(item.key)  # from input data: names previews and tar members
+    if isinstance(item.image, Rejected):
+        raise item.image
+    sample = config.annotator(key, item.image, item.caption)
+    sample.reference, sample.source = item.reference, dict(item.source or {})
+    if item.reference is not None:
+        sample.models["reference"] = f"{sample.face_model}(middle frame)"
+    return validate(sample)
+
+
+def _reject(stats: dict, name: str, reason: str) -> None:
+    stats["rejected"][reason] += 1
+    stats["rejected_inputs"].append({"input": name, "reason": reason})
+
+
+def summarise(output: str) -> dict:
+    """Sum the per-shard stats into ``stats.json``."""
+    total = {"shards": 0, "inputs": 0, "kept": 0, "rejected": Counter(), "faces": Counter(),
+             "models": Counter(), "notes": Counter(), "rejected_inputs": []}
+    for path in storage.glob(storage.join(output, "shard-*.json")):
+        shard = json.loads(storage.read_text(path))
+        total["shards"] += 1
+        for key in ("inputs", "kept"):
+            total[key] += shard[key]
+        for key in ("rejected", "faces", "models", "notes"):
+            total[key].update(shard.get(key, {}))
+        total["rejected_inputs"] += shard.get("rejected_inputs", [])
+    total = {k: dict(sorted(v.items())) if isinstance(v, Counter) else v
+             for k, v in total.items()}
+    total["rejected_inputs"].sort(key=lambda entry: entry["input"])
+    storage.write_text(storage.join(output, "stats.json"), json.dumps(total, indent=1))
+    return total
+
+
+def prepare(tasks: list[Task], config: PrepareConfig, workers: int | None = None,
+            engine: Callable = run_local) -> dict:
+    """Run what no finished shard holds yet (``resume.pending``: an interrupted run's shards,
+    inputs added since) on ``engine`` (``datamodules.prepare.engines``) with ``workers``
+    processes (default: all cores of this machine or the Ray cluster); print images/s;
+    return the summed stats."""
+    remove_leftovers(config.output)
+    todo, finished = pending(tasks, config.output)
+    start = time.perf_counter()
+    done = list(engine(run_task, config, todo, workers)) if todo else []
+    remove_leftovers(config.output)  # of a worker lost mid-shard (its shard was redone)
+    seconds = time.perf_counter() - start
+    inputs = sum(s["inputs"] for s in done)
+    print(f"prepared {inputs} inputs in {len(todo)} shards ({finished} already "
+          f"done) in {seconds:.1f} s: {inputs / max(seconds, 1e-9):.2f} images/s")
+    return summarise(config.output)
