@@ -35,15 +35,14 @@ def sample_with(faces: int, masks: bool = True, index: int = 0):
     return with_fallback_masks(sample) if masks else sample
 
 
-def test_square_on_white_keeps_the_whole_character_centred():
+def test_square_on_white_squashes_the_whole_character():
     image = np.zeros((100, 100, 3), np.uint8)
     image[10:90, 30:70] = (200, 0, 0)
     mask = np.zeros((100, 100), bool)
     mask[10:90, 30:70] = True
-    out = square_on_white(image, mask, 40)  # 80 x 40 character -> 80 x 80 square -> 40
+    out = square_on_white(image, mask, 40)  # 80 x 40 character -> 40 x 40, no padding
     assert out.shape == (40, 40, 3)
-    assert (out[:, :9] == 255).all() and (out[:, 31:] == 255).all()  # white sides, 10 px each
-    assert (out[:, 11:29] == (200, 0, 0)).all()  # the whole height, the middle
+    assert (out == (200, 0, 0)).all()  # the whole character fills the square (official crop)
     assert (square_on_white(image, np.zeros_like(mask), 8) == 255).all()
 
 

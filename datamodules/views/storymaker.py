@@ -16,23 +16,21 @@ WHITE = 255
 
 
 def square_on_white(image: np.ndarray, mask: np.ndarray, size: int) -> np.ndarray:
-    """(size, size, 3) uint8: the pixels of ``mask`` on white, cropped to the mask's extent,
-    scaled so its longer side is ``size`` and centred on a white square. An empty
-    mask gives white. Padding, not CLIP's centre crop, keeps the whole character (hair,
-    feet). Only the extent is cut out and resized: the white padding costs nothing."""
-    out = np.full((size, size, 3), WHITE, np.uint8)
+    """(size, size, 3) uint8: the pixels of ``mask`` on white, cropped to the mask's extent
+    and resized to the square without keeping its aspect (the whole character, hair and
+    feet, and no white padding), as the official StoryMaker training and inference make the
+    character crop: generation feeds ``official_character_crop``
+    (``ldm_ext.pipelines.storymaker``) and the released weights saw squashed crops, so a
+    padded crop here would train on other images than generation gives. An empty mask
+    gives white."""
     character = character_crop(image, mask)  # (h, w, 3)
     if character is None:
-        return out
-    scale = size / max(character.shape[:2])
-    h, w = (max(1, min(size, round(n * scale))) for n in character.shape[:2])
-    # area averaging where it matters (a shrink by 2 or more); below that bilinear reads
-    # every source pixel too and is ~8x faster than OpenCV's non-integer area resize
-    small = cv2.resize(character, (w, h),
-                       interpolation=cv2.INTER_AREA if scale <= 0.5 else cv2.INTER_LINEAR)
-    top, left = (size - h) // 2, (size - w) // 2
-    out[top:top + h, left:left + w] = small
-    return out
+        return np.full((size, size, 3), WHITE, np.uint8)
+    # area averaging where it matters (both sides shrink by 2 or more); otherwise bilinear
+    # reads every source pixel too and is ~8x faster than OpenCV's non-integer area resize
+    shrink = max(size / n for n in character.shape[:2])
+    return cv2.resize(character, (size, size),
+                      interpolation=cv2.INTER_AREA if shrink <= 0.5 else cv2.INTER_LINEAR)
 
 
 class StoryMakerView:
@@ -45,8 +43,9 @@ class StoryMakerView:
         control          (B, 3, R, R) float in [0, 1]  OpenPose of all people (no circles)
         caption, key     list[str]
         face_crops       (B, N, 3, 160, 160) float in [-1, 1] (ArcFace input), 0 when empty
-        characters       (B, N, 3, S, S) float in [0, 1]: the character on white, padded to
-                         a square (CLIP-image input before its own normalisation), 0 when empty
+        characters       (B, N, 3, S, S) float in [0, 1]: the character on white, its box
+                         squashed to a square (CLIP-image input before its own
+                         normalisation), 0 when empty
         character_masks  (B, N, R, R) float {0, 1}: M_k of Eq. 10 (background: 1 - union)
         face_boxes       (B, N, 4) float xyxy in [0, 1]
         face_valid       (B, N) bool
