@@ -191,3 +191,18 @@ def test_demo_evaluates_on_the_tiny_setup(demo_run: Path, tmp_path):
     assert all(r["prompt"].startswith("a photo of a happy ") for r in records)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["overall"]["expression"]["n"] == 2 and (out / "report.md").is_file()
+
+
+def test_dip_skips_captions_whose_identity_word_carries_no_face(method, monkeypatch):
+    """Eq. 6 compares x̂0's face with the reference the sample was conditioned on (STEA, Eq.
+    4); a caption without an identity word ("a portrait of Tom Hanks", common in LAION-Face)
+    carries no face features, like a text-only sample, so DIP leaves it out."""
+    seen = []
+    original = method.dip_loss
+    monkeypatch.setattr(method, "dip_loss",
+                        lambda *a: seen.append(a[-1].tolist()) or original(*a))
+    monkeypatch.setitem(method.cfg.method, "dip_max_timestep", 1000)  # every t qualifies
+    batch = make_batch()
+    batch["caption"] = ["a portrait of Tom Hanks in a park", "a sad woman in a park"]
+    method.model_step(batch, torch.Generator().manual_seed(0))
+    assert seen == [[False, True]]

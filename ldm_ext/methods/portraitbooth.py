@@ -103,8 +103,11 @@ class PortraitBooth(IdentityMethod):
         losses = {"noise": noise_loss(pred, target, weights)}
         if m.loc_identity_weight or m.loc_expression_weight:
             losses["loc"] = self.ecac_loss(store, entries, batch)
-        if m.id_weight:
-            need = (t <= m.dip_max_timestep) & full & batch["face_valid"][:, 0]
+        if m.id_weight:  # only samples whose identity word carries subject 0's face (Eq. 4)
+            named = torch.tensor([bool(found) for found in word_positions(
+                self.backbone.tokenizers[0], captions, list(m.identity_words))],
+                dtype=torch.bool, device=self.device)
+            need = (t <= m.dip_max_timestep) & full & batch["face_valid"][:, 0] & named
             reference = self._id_features(faces).unflatten(0, (b, n))[:, 0]  # (B, D)
             losses["id"] = m.id_weight * self.dip_loss(noisy, pred, t, reference,
                                                        batch["face_boxes"][:, 0], need)
