@@ -162,6 +162,27 @@ def test_ecac_loss_wires_tokens_masks_and_weights(tokenizer):
     assert ecac_entries(method, ["a dog", ""], valid) is None
 
 
+def test_ecac_leaves_out_tokens_whose_face_mask_is_empty(tokenizer):
+    """A face whose mask is empty (the parser labelled no face pixel, or the crop cut them
+    away) has no region to pull the maps into: Eq. 7's outside term alone would push its
+    tokens' attention to 0 everywhere. Maps 0.25 everywhere for "happy" (2) and "woman"
+    (3); sample 0's mask the left half: woman .125 + .55·.5 = .4 -> λ .4, happy .125 + 0
+    -> μ .125; sample 1 (empty mask) adds nothing: (.001·.4 + .01·.125) / 2."""
+    method = _stub(tokenizer)
+    valid = torch.tensor([[True], [True]])
+    entries = ecac_entries(method, ["a happy woman"] * 2, valid)
+    assert entries.keys == [2, 3]
+    store = AttentionStore(["layer"], size=2, keys=entries.keys)
+    probs = torch.zeros(2, 1, 4, 77)  # (B, heads, Q = 2x2, K)
+    probs[..., 2:4] = 0.25
+    store.record("layer", probs, (2, 2))
+    masks = torch.zeros(2, 1, 4, 4)
+    masks[0, :, :, :2] = 1.0
+    loss = PortraitBooth.ecac_loss(method, store, entries,
+                                   {"face_masks": masks, "face_valid": valid})
+    torch.testing.assert_close(loss, torch.tensor((0.001 * 0.4 + 0.01 * 0.125) / 2))
+
+
 # ----- training samples ------------------------------------------------------------------
 def test_condition_mode_shares(tokenizer):
     captions, full = PortraitBooth.condition_modes(_stub(tokenizer), ["x"] * 4000,

@@ -185,7 +185,8 @@ class PortraitBooth(IdentityMethod):
         """Eq. 7 over the recorded cross-attention layers, averaged over the batch: λ times
         the mean over a sample's identity tokens (occurrence k against face mask k) plus μ
         times the mean over its emotion tokens (against the union of its face masks); a
-        sample without such tokens adds 0. ``store`` kept the maps of ``entries.keys``."""
+        sample without such tokens, or a token whose mask is empty, adds 0. ``store`` kept
+        the maps of ``entries.keys``."""
         if entries is None or store is None or not store.maps:
             return torch.zeros((), device=self.device)
         s, valid = store.size, batch["face_valid"][:, :, None, None].to(batch["face_masks"].dtype)
@@ -194,8 +195,12 @@ class PortraitBooth(IdentityMethod):
         masks = torch.cat([masks, masks.amax(1, keepdim=True)], dim=1)  # slot N: the union
         maps = torch.stack([m[entries.rows, :, entries.columns].float().mean(1)
                             for m in store.maps.values()])  # (layers, E, S, S)
-        terms = localization_terms(maps, masks[entries.rows, entries.slots], entries.caps)
-        return (terms * entries.weights).sum() / len(valid)
+        regions = masks[entries.rows, entries.slots]  # (E, S, S)
+        terms = localization_terms(maps, regions, entries.caps)
+        # an empty mask has no face to pull the map into (its outside term alone would
+        # push the token's attention to 0 everywhere): such entries add nothing
+        present = regions.flatten(1).amax(1) > 0  # (E,)
+        return (terms * entries.weights * present).sum() / len(valid)
 
 
 @dataclass
