@@ -10,17 +10,18 @@ InstantFamily shapes of ``step_memory.py`` (SD1.5 UNet, its ControlNet; the trai
 ControlNet and face projector) plus SD1.5's VAE and CLIP ViT-L text encoder and the
 configured face encoder. Bytes per parameter follow the trainer config:
 
-  ddp / auto        frozen in model.weight_dtype, trainable fp32 with fp32 gradients and
-                    AdamW's two fp32 moments (8 B)
-  deepspeed, ZeRO   the module in bf16 under bf16 precision (DeepSpeed casts it all);
-                    fp32 master weights + two moments (12 B) sharded over the GPUs
-                    (stage >= 1, or in CPU RAM with offload_optimizer), gradients in the
-                    module dtype, sharded too at stage 2; one reduce bucket
+  every strategy    frozen in model.weight_dtype, trainable fp32 with fp32 gradients
+                    (mixed precision is autocast, also under DeepSpeed: ldm_ext/strategy.py)
+  ddp / auto        AdamW's two fp32 moments (8 B), on every GPU
+  deepspeed, ZeRO   fp32 master weights + two moments (12 B) sharded over the GPUs (stage
+                    >= 1, or in CPU RAM with offload_optimizer), gradients sharded too at
+                    stage 2; one reduce bucket of fp32 gradients
 
 Activations (everything that grows with the batch: inputs, saved activations, attention
 maps, allocator slack) cannot be counted on paper: they are measured per sample with
-``step_memory.py``'s step at the recipe's choices (bf16 autocast under bf16 precision,
-the frozen UNet in bf16, ``trainer.gradient_checkpointing``) at two reduced widths, less
+``step_memory.py``'s step at the recipe's choices (bf16 autocast under mixed precision,
+the frozen UNet in model.weight_dtype, ``trainer.gradient_checkpointing``) at two reduced
+widths, less
 that step's static bytes, and extrapolated linearly in width: feature maps grow with the
 channel count, attention maps (8 heads at every level) do not. The VAE and face encoder
 run without gradients before the UNet and are not in that peak. CPU kernels, not a GPU's:
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -71,21 +73,17 @@ class Setup:
 
 def recipe_setup(cfg) -> Setup:
     """The setup a trainer config trains with on ``devices x num_nodes`` GPUs."""
-    t, bf16 = cfg.trainer, cfg.trainer.precision.startswith("bf16")
-    gpus = t.devices * t.num_nodes
+    t = cfg.trainer
+    gpus, frozen = t.devices * t.num_nodes, DTYPE_BYTES[cfg.model.weight_dtype]
     if t.strategy != "deepspeed":
-        return Setup(gpus, 0, False, DTYPE_BYTES[cfg.model.weight_dtype], 4, 4, 8, 0)
-    module = 2 if bf16 else 4
-    frozen = 2 if bf16 else DTYPE_BYTES[cfg.model.weight_dtype]
-    return Setup(gpus, t.zero_stage, t.offload_optimizer, frozen, module, module, 12,
-                 t.bucket_size * module)
+        return Setup(gpus, 0, False, frozen, 4, 4, 8, 0)
+    return Setup(gpus, t.zero_stage, t.offload_optimizer, frozen, 4, 4, 12, t.bucket_size * 4)
 
 
 def check_setup(cfg) -> Setup:
-    """The single-process step ``step_memory`` measures: frozen UNet bf16 under bf16
-    precision, trainable fp32 with fp32 gradients and AdamW moments."""
-    frozen = 2 if cfg.trainer.precision.startswith("bf16") else 4
-    return Setup(1, 0, False, frozen, 4, 4, 8, 0)
+    """The single-process step measured on the CPU: frozen UNet in model.weight_dtype,
+    trainable fp32 with fp32 gradients and AdamW moments."""
+    return Setup(1, 0, False, DTYPE_BYTES[cfg.model.weight_dtype], 4, 4, 8, 0)
 
 
 def count(module: torch.nn.Module) -> int:
@@ -137,29 +135,34 @@ def static_bytes(counts: dict[str, tuple[int, bool]], setup: Setup) -> dict[str,
 def measure(cfg, width: int, batch: int) -> float:
     """Peak bytes of ``step_memory``'s step at the recipe's choices (fresh process)."""
     cmd = [sys.executable, __file__, "--child", str(width), "--batch", str(batch),
-           "--bf16", str(int(cfg.trainer.precision.startswith("bf16"))),
+           "--frozen-dtype", cfg.model.weight_dtype, "--autocast", str(int(mixed(cfg))),
            "--checkpointing", str(int(cfg.trainer.gradient_checkpointing))]
-    env = {**step_memory.os.environ, "MALLOC_MMAP_THRESHOLD_": str(step_memory.MMAP_THRESHOLD)}
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(step_memory.MMAP_THRESHOLD)}
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
 
 
-def child(width: int, batch: int, bf16: bool, checkpointing: bool) -> dict:
-    """One measured step, as ``step_memory.child`` with the dtype and checkpointing split."""
+def mixed(cfg) -> bool:
+    return cfg.trainer.precision.endswith("-mixed")
+
+
+def child(width: int, batch: int, frozen_dtype: str, autocast: bool,
+          checkpointing: bool) -> dict:
+    """One measured step, as ``step_memory.child`` with dtype, autocast and checkpointing
+    set apart."""
     import psutil
 
     runtime = psutil.Process().memory_info().rss
     unet, controlnet = step_memory.build_models(width, "cpu")
     unet.requires_grad_(False).eval()
-    if bf16:
-        unet.to(torch.bfloat16)
+    unet.to({"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[frozen_dtype])
     if checkpointing:
         unet.enable_gradient_checkpointing()
         controlnet.enable_gradient_checkpointing()
     optimizer = _adamw(controlnet)
     inputs = step_memory.step_inputs(batch, "cpu")
     with step_memory.RssPeak() as rss:
-        step_memory.train_step(unet, controlnet, optimizer, inputs, bf16, "cpu")
+        step_memory.train_step(unet, controlnet, optimizer, inputs, autocast, "cpu")
     return {"peak_bytes": rss.peak - runtime}
 
 
@@ -210,14 +213,15 @@ def main() -> None:
     parser.add_argument("--check-width", type=int, default=96)
     parser.add_argument("--batch", type=int, default=2, help="images per measured step")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--bf16", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--frozen-dtype", default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--autocast", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--checkpointing", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     widths = [*args.fit_widths, args.check_width]
     if any(w % 32 for w in widths) or len(set(args.fit_widths)) < 2:
         parser.error(f"widths {widths}: two different fit widths, all multiples of 32")
     if args.child:
-        print(json.dumps(child(args.child, args.batch, bool(args.bf16),
+        print(json.dumps(child(args.child, args.batch, args.frozen_dtype, bool(args.autocast),
                                bool(args.checkpointing))))
         return
     cfg = load_config(args.config)
@@ -225,7 +229,7 @@ def main() -> None:
         parser.error(f"{args.config}: method.name={cfg.method.name} is not planned yet, only "
                      f"{PLANNED_METHOD} (ControlNet + face projector trainable)")
     print(f"activations measured on the CPU, batch {args.batch} (bf16 autocast: "
-          f"{cfg.trainer.precision.startswith('bf16')}, gradient checkpointing: "
+          f"{mixed(cfg)}, frozen UNet {cfg.model.weight_dtype}, gradient checkpointing: "
           f"{cfg.trainer.gradient_checkpointing})")
     a, b = activation_line(cfg, args.fit_widths, args.batch)
     batch = cfg.data.batch_size

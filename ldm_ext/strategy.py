@@ -6,6 +6,15 @@ bucket sizes), because the name form keeps Lightning's defaults, among them savi
 whole module, frozen backbone and encoders included, in every checkpoint. Ours keep the
 trainable weights and their (sharded) optimizer state only.
 
+Mixed precision under DeepSpeed is DeepSpeed's torch autocast: Lightning maps
+``bf16-mixed`` to DeepSpeed's bf16 mode, which casts the whole module and every input to
+bf16, so the methods' fp32 tensors (noise draws, face crops) meet bf16 weights and the
+first step fails (seen on CPU: the face encoder's BatchNorm). With autocast the module
+keeps its dtypes (trainable fp32, frozen in ``model.weight_dtype``), as under DDP, and
+Lightning is told ``32-true`` (``trainer_precision``) so it casts nothing itself. DeepSpeed
+scales the loss of fp16 autocast only without ZeRO: ``16-mixed`` trains unscaled here, so
+small gradients can underflow; prefer ``bf16-mixed`` on GPUs that have it.
+
 ``trainer.accelerator=cpu`` runs the same ZeRO path on CPU processes over gloo (DeepSpeed's
 CPU accelerator); Lightning refuses any accelerator but CUDA for DeepSpeed, so the CPU form
 lifts that one check. It is how this path is tested without a GPU.
@@ -18,6 +27,15 @@ from typing import Any, Iterator
 
 import torch
 from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, Strategy
+
+AUTOCAST = {"bf16-mixed": "bfloat16", "16-mixed": "float16"}  # precision -> DeepSpeed dtype
+
+
+def trainer_precision(cfg) -> str:
+    """What ``pl.Trainer(precision=...)`` gets: mixed precision under DeepSpeed is its
+    autocast (``build_strategy``), so Lightning itself runs ``32-true``."""
+    t = cfg.trainer
+    return "32-true" if t.strategy == "deepspeed" and t.precision in AUTOCAST else t.precision
 
 
 def build_strategy(cfg) -> str | Strategy:
@@ -32,10 +50,15 @@ def build_strategy(cfg) -> str | Strategy:
         # Lightning would read it off the loader's batch sampler, which streamed shards lack
         logging_batch_size_per_gpu=cfg.data.batch_size)
     if t.accelerator != "cpu":
-        return TrainableZeroStrategy(**options)
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read when DeepSpeed first picks one
-    devices = [torch.device("cpu", i) for i in range(t.devices)]  # (rank index)
-    return CPUZeroStrategy(parallel_devices=devices, process_group_backend="gloo", **options)
+        strategy = TrainableZeroStrategy(**options)
+    else:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read when DeepSpeed first picks one
+        devices = [torch.device("cpu", i) for i in range(t.devices)]  # (rank index)
+        strategy = CPUZeroStrategy(parallel_devices=devices, process_group_backend="gloo",
+                                   **options)
+    if t.precision in AUTOCAST:
+        strategy.config["torch_autocast"] = {"enabled": True, "dtype": AUTOCAST[t.precision]}
+    return strategy
 
 
 @contextmanager

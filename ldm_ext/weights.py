@@ -79,9 +79,9 @@ def _zero_state(folder: Path) -> dict[str, torch.Tensor]:
     """The trainable weights of a DeepSpeed ZeRO stage 1/2 checkpoint, read weights-only
     and without DeepSpeed installed. Those stages shard the optimizer state and gradients,
     never the module, so rank 0's module state holds every trainable weight whole (and
-    nothing frozen: ``strategy.TrainableZeroStrategy``), in the module's dtype: bf16 under
-    ``bf16-mixed``, as the run's ``trainable.safetensors``. The fp32 master copies live in
-    the optimizer shards (``python <folder>/zero_to_fp32.py``, trusted files only)."""
+    nothing frozen: ``strategy.TrainableZeroStrategy``), in fp32 (mixed precision is
+    autocast there), equal to the fp32 master copies in the optimizer shards that
+    DeepSpeed's own ``zero_to_fp32.py`` would gather (unpickling them)."""
     states_file = folder / (folder / ZERO_LATEST).read_text().strip() / ZERO_MODEL_STATES
     if not states_file.is_file():
         raise CheckpointError(f"{folder}: DeepSpeed checkpoint without {states_file.name} "

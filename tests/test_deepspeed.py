@@ -17,19 +17,25 @@ from ldm_ext.weights import CheckpointError, ZERO_LATEST, ZERO_MODEL_STATES, rea
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = "configs/experiment/demo.yaml"
 ZERO = ["trainer=deepspeed_zero2", "trainer.accelerator=cpu", "trainer.devices=2",
-        "trainer.precision=32-true", "trainer.checkpoint_every=2", "trainer.progress_bar=false",
+        "trainer.precision=bf16-mixed", "trainer.checkpoint_every=2", "trainer.sample_every=2",
+        "trainer.progress_bar=false",
         "trainer.log_every=1", "logger.wandb=false", "method.sample_steps=2",
         "method.sample_num_ids=[1,2]", "data.num_demo_samples=32"]  # one shard per rank
 
 
 # ----- the strategy, from each config --------------------------------------------------
 def test_strategy_from_each_trainer_config():
-    from ldm_ext.strategy import CPUZeroStrategy, TrainableZeroStrategy, build_strategy
+    from ldm_ext.strategy import TrainableZeroStrategy, build_strategy, trainer_precision
 
     assert build_strategy(load_config(DEMO, ["trainer=cpu"])) == "auto"
-    assert build_strategy(load_config(DEMO, ["trainer=ddp"])) == "ddp"
-    gpu = build_strategy(load_config("configs/experiment/instantfamily_sd15.yaml"))
+    ddp = load_config(DEMO, ["trainer=ddp"])
+    assert build_strategy(ddp) == "ddp" and trainer_precision(ddp) == "bf16-mixed"
+    recipe = load_config("configs/experiment/instantfamily_sd15.yaml")
+    gpu = build_strategy(recipe)
     assert type(gpu) is TrainableZeroStrategy and gpu.exclude_frozen_parameters
+    # bf16-mixed is DeepSpeed's autocast, not its bf16 mode (which casts module and inputs)
+    assert gpu.config["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    assert "bf16" not in gpu.config and trainer_precision(recipe) == "32-true"
     zero = gpu.config["zero_optimization"]
     assert zero["stage"] == 2 and "offload_optimizer" not in zero
     assert zero["reduce_bucket_size"] == zero["allgather_bucket_size"] == 200_000_000
@@ -142,8 +148,10 @@ def test_zero_checkpoint_holds_trainable_weights_and_optimizer_only(zero_runs: P
     states = torch.load(folder / "checkpoint" / ZERO_MODEL_STATES, weights_only=True)
     assert set(states["module"]) == set(exported)  # no frozen parameter, no buffer
     assert states["global_step"] == 4 and states["frozen_param_shapes"] is None
+    assert {t.dtype for t in states["module"].values()} == {torch.float32}  # autocast
     shards = sorted(p.name for p in (folder / "checkpoint").glob("zero_pp_rank_*"))
     assert len(shards) == 2  # ZeRO: one optimizer shard per rank
+    assert (run / "samples" / "step_0000002.png").is_file()  # rank 0 sampled mid-run
     # fp32 weights once in the module state, and per shard half of AdamW's fp32
     # master weights and two moments: 4x the trainable bytes in all, plus small run state
     trainable = sum(t.numel() * 4 for t in exported.values())
