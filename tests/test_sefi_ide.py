@@ -258,3 +258,17 @@ def test_sampling_picks_the_stage_by_the_identity_s_own_stage_count(method, monk
         stage = 0 if t >= 500 else 1
         torch.testing.assert_close(keys_in, keys[stage:stage + 1])
         torch.testing.assert_close(values_in, values[stage:stage + 1])
+
+
+def test_sampling_records_maps_on_the_true_grid_of_a_wide_image(method):
+    """A store given to the pipeline gets each layer's real query grid: a 32 x 128 image
+    (latent 4 x 16, 64 queries) is not the 8 x 8 square its query count also fits."""
+    grids = []
+
+    class Grids(AttentionStore):
+        def record(self, name, probs, hw):
+            grids.append(tuple(hw))
+
+    method.pipeline()("a photo of V*", None, size=(32, 128), steps=1, progress=False,
+                      store=Grids(lambda n: "attn2" in n))
+    assert grids and (4, 16) in grids and (8, 8) not in grids

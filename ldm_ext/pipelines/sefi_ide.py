@@ -106,7 +106,7 @@ class SeFiIDEPipeline(MethodPipeline):
         def predict(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             s = int(method.stages(t[:1], num_stages))  # the identities' own split
             ctx = AttentionContext(value_states=torch.cat([uncond, values[s:s + 1]]),
-                                   store=store)
+                                   store=store, latent_hw=tuple(latents.shape[-2:]))
             both = None if pooled is None else torch.cat([uncond_pooled, pooled[s:s + 1]])
             return method.predict_noise(latents, t, torch.cat([uncond, keys[s:s + 1]]), ctx,
                                         method.added_cond_kwargs(both, size))
