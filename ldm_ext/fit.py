@@ -21,6 +21,7 @@ from pathlib import Path
 from ldm_ext.cli import run_cli
 
 DEFAULT_CONFIG = "configs/experiment/sefi_ide_sd15.yaml"
+RECIPE = ("model", "data", "method", "seed")  # what a run folder keeps (train.py)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,13 +54,18 @@ def fit_config(config: str | Path, photo: str | Path, name: str,
 
 
 def finished_identity(cfg) -> Path | None:
-    """The identity file of a fit that reached ``trainer.max_steps``, else None."""
+    """The identity file of a fit of this photo and recipe that reached
+    ``trainer.max_steps``, else None. A folder fitted with another photo, model, method or
+    seed is not reused: ``train.py`` then refuses it, naming what differs."""
+    from omegaconf import OmegaConf
     from safetensors import safe_open
 
-    from ldm_ext.methods.loading import TRAINABLE
+    from ldm_ext.methods.loading import TRAINABLE, saved_config
 
     path = Path(cfg.output_dir) / cfg.name / TRAINABLE
-    if not path.is_file():
+    previous = saved_config(path.parent)
+    if not path.is_file() or previous is None or any(
+            OmegaConf.select(previous, g) != OmegaConf.select(cfg, g) for g in RECIPE):
         return None
     with safe_open(str(path), "pt") as handle:
         step = int((handle.metadata() or {}).get("global_step", -1))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import skimage.data
+import torch
 from PIL import Image
 from safetensors import safe_open
 
@@ -102,3 +103,29 @@ def test_eval_config_checkpoint_needs_subject_weights(tmp_path, capsys):
             f"output_dir={tmp_path}", "prompts.limit=1"]
     assert evaluate.main(args) == 2
     assert "holds no weights" in capsys.readouterr().err
+
+
+def test_a_finished_fit_is_reused_only_for_the_same_photo_and_recipe(tmp_path):
+    """A finished run folder of that name holds the identity of the photo and config it was
+    fitted with: another photo (or method) under the same name is not "already fitted"
+    (train.py then refuses the folder in one line instead of a wrong identity coming back)."""
+    from safetensors.torch import save_file
+
+    from ldm_ext.config import to_yaml
+
+    photos = {}
+    for name, array in {"alice": skimage.data.astronaut(), "bob": skimage.data.chelsea()}.items():
+        photos[name] = tmp_path / f"{name}.png"
+        Image.fromarray(array[:64, :64]).save(photos[name])
+    cfg = fit.fit_config(TINY, photos["alice"], "alice", output_dir=tmp_path / "runs")
+    run_dir = tmp_path / "runs" / "alice"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    save_file({"stage_tokens.word": torch.zeros(2)}, str(run_dir / "trainable.safetensors"),
+              metadata={"global_step": str(cfg.trainer.max_steps)})
+    assert fit.finished_identity(cfg) == run_dir / "trainable.safetensors"
+    other = fit.fit_config(TINY, photos["bob"], "alice", output_dir=tmp_path / "runs")
+    assert fit.finished_identity(other) is None
+    lam = fit.fit_config(TINY, photos["alice"], "alice", ["method.attention_loss_weight=0"],
+                         output_dir=tmp_path / "runs")
+    assert fit.finished_identity(lam) is None
