@@ -178,13 +178,35 @@ class EvaluationCallback(pl.Callback):
     def _append_csv(self, step: int, values: dict) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / "eval.csv"
-        columns = [f"eval/{m}" for m in (*METRICS, "identity_rank_corr")]  # fixed: rows line up
+        header = ["step", *(f"eval/{m}" for m in (*METRICS, "identity_rank_corr"))]
+        if path.exists():
+            header = _match_header(path, header)
         new = not path.exists()
         with path.open("a", newline="") as handle:
-            writer = csv.writer(handle)
+            writer = csv.DictWriter(handle, header, restval="")
             if new:
-                writer.writerow(["step", *columns])
-            writer.writerow([step, *(values.get(c, "") for c in columns)])
+                writer.writeheader()
+            writer.writerow({"step": step, **{k: v for k, v in values.items() if k in header}})
+
+
+def _match_header(path: Path, header: list[str]) -> list[str]:
+    """The columns of ``path`` after making it hold ``header``: a run resumed under a newer
+    metric list rewrites the file once, each old value under its own column name
+    (appending new-width rows under an old header shifted later values into the wrong
+    column); columns no longer scored are kept at the end."""
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        old, rows = reader.fieldnames or [], list(reader)
+    if set(header) <= set(old):
+        return old
+    header = header + [name for name in old if name not in header]
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, header, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+    return header
 
 
 def build_evaluation_callback(cfg, run_dir: Path) -> EvaluationCallback | None:

@@ -182,3 +182,19 @@ def test_training_callback_logged_at_eval_every(tiny_run):
     sheet = Image.open(tiny_run / "eval" / "attention_step_0000002.png")
     assert sheet.size == ((2 + 2) * 128, 4 * 128)
     assert np.asarray(sheet)[:, 2 * 128:].std() > 0  # heat maps are not blank
+
+
+def test_eval_csv_resumed_with_more_metrics_keeps_every_value_in_its_column(tmp_path):
+    """A run resumed after the metric list grew: the old rows are rewritten under the new
+    header once, each value under its own name, and new rows line up with it."""
+    from callbacks.evaluation import _match_header
+
+    path = tmp_path / "eval.csv"
+    path.write_text("step,eval/identity,eval/gone\n10,0.5,7\n")
+    header = _match_header(path, ["step", "eval/identity", "eval/identity_second"])
+    assert header == ["step", "eval/identity", "eval/identity_second", "eval/gone"]
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows == [{"step": "10", "eval/identity": "0.5", "eval/identity_second": "",
+                     "eval/gone": "7"}]
+    assert _match_header(path, ["step", "eval/identity"]) == header  # superset: as it is
