@@ -103,7 +103,7 @@ def bare_steps(method: StoryMaker, batch: dict, steps: int, device: str) -> list
                 method.vae.config.scaling_factor
             text, pooled = encode_prompt(method.backbone, tokenize(method.backbone,
                                                                    b["caption"], device))
-        store = method.loss_store(latents.shape[-1])
+        store = method.loss_store()
         ctx = AttentionContext(image_tokens=method.image_tokens(b["face_crops"], b["characters"],
                                                                 valid),
                                image_mask=method.image_mask(valid), store=store)

@@ -152,7 +152,7 @@ def test_lowest_resolution_loss_layers_and_recipes():
     cfg = load_config(DEMO, ["method.attn_loss_layers=lowest", *NO_DROPS])
     lowest = build_method(cfg)
     assert {layer_level(n, 3) for n in lowest.loss_layers} == {2}
-    assert lowest.loss_store(8).size == 2  # 8x8 latents, two downsamplings
+    assert lowest.loss_store().size is None  # every loss layer on its own grid
     paper = load_config("configs/experiment/storymaker_sdxl_paper.yaml").method
     assert (paper.lr, paper.lr_milestones, paper.lr_gamma) == (1e-4, [4000], 0.5)
     assert (paper.empty_prompt_prob, paper.drop_characters, paper.attn_loss_form) == \
@@ -196,3 +196,24 @@ def test_training_character_crop_is_the_generation_crop():
     generate = official_character_crop(image, mask, 224).astype(float)
     assert np.abs(train - generate).mean() < 8
     assert np.median(np.abs(train - generate)) <= 1
+
+
+def test_paper_attention_loss_compares_each_layer_on_its_own_grid(method):
+    """Eq. 11 per layer at the layer's h x w: a 4 x 4 layer whose background tokens take a
+    checkerboard (half its pixels wrong against the left / right halves) costs 0.5, a 2 x 2
+    layer at 0.5 everywhere 0.25: (0.5 + 0.25) / 2. Resizing the 4 x 4 maps to the coarser
+    grid first averaged the checkerboard away (0.25). The loss store keeps native grids."""
+    masks = torch.zeros(1, 1, 8, 8)
+    masks[0, 0, :, :4] = 1  # the character: the left half
+    valid = torch.tensor([[True]])
+    checker = (torch.arange(4)[:, None] + torch.arange(4)[None]) % 2  # (4, 4) 0/1
+    fine = torch.stack([checker, checker, 1 - checker, 1 - checker]).float() / 2  # (4, 4, 4)
+    coarse = torch.full((4, 2, 2), 0.25)
+    layers = [fine[None, None], coarse[None, None]]  # (1, 1 head, 2 groups x 2 tokens, h, w)
+    loss = attention_loss(layers, masks, valid, tokens_per_group=2, form="paper")
+    assert loss.item() == pytest.approx((0.5 + 0.25) / 2)
+    official = attention_loss(layers, masks, valid, tokens_per_group=2, form="official")
+    assert official.item() == pytest.approx((0.25 + 0.25) / 1)  # maps averaged on 2 x 2
+    store = method.loss_store()
+    store.record("x:ip", torch.rand(1, 2, 16, 3), (4, 4))
+    assert store.maps["x:ip"].shape == (1, 2, 3, 4, 4)

@@ -28,13 +28,14 @@ class AttentionStore:
         layers: layer names to record, or a predicate on the name (e.g.
             `lambda n: n.endswith("attn2")`). Names are the processor names given by
             `install_processors`; image-attention maps of decoupled layers are `"<name>:ip"`.
-        size: side of the stored maps (32 in SeFi-IDE).
+        size: side of the stored maps (32 in SeFi-IDE); None keeps each layer's own grid
+            (h, w), for a loss that compares every layer at its resolution.
         accumulate: sum the records of each layer (no grads) instead of keeping the last.
         keys: key positions to keep, in this order (default all): a loss that reads the
             maps of a few tokens need not resize, store and backprop through all of them.
     """
 
-    def __init__(self, layers: Callable[[str], bool] | Iterable[str], size: int = 32,
+    def __init__(self, layers: Callable[[str], bool] | Iterable[str], size: int | None = 32,
                  accumulate: bool = False, keys: Iterable[int] | None = None):
         if callable(layers):
             self._wants = layers
@@ -61,10 +62,10 @@ class AttentionStore:
         if h * w != queries:
             raise ValueError(f"layer {name}: grid {hw} does not match {queries} queries")
         maps = probs.transpose(2, 3).reshape(batch * heads, keys, h, w)  # (B*heads, K, h, w)
-        if (h, w) != (self.size, self.size):
+        if self.size is not None and (h, w) != (self.size, self.size):
             maps = F.interpolate(maps, size=(self.size, self.size), mode="bilinear",
                                  align_corners=False)
-        maps = maps.view(batch, heads, keys, self.size, self.size)
+        maps = maps.view(batch, heads, keys, *maps.shape[-2:])
         if self.accumulate:
             maps = maps.detach().float().mean(1, keepdim=True)  # (B, 1, K, size, size)
             maps = maps + self.maps[name] if name in self.maps else maps

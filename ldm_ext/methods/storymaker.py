@@ -193,7 +193,7 @@ class StoryMaker(IdentityMethod):
         text, pooled = self.encode_text(captions)
         tokens = self.image_tokens(batch["face_crops"], batch["characters"], valid,
                                    drop, zero_face, zero_char)
-        store = self.loss_store(latents.shape[-1]) if m.attn_loss_weight else None
+        store = self.loss_store() if m.attn_loss_weight else None
         ctx = AttentionContext(image_tokens=tokens, image_mask=self.image_mask(valid),
                                store=store, latent_hw=tuple(latents.shape[-2:]))
         noisy, t, target = self.noised_latents(latents, generator)
@@ -201,11 +201,10 @@ class StoryMaker(IdentityMethod):
         pred = self.predict_noise(noisy, t, text, ctx, added, batch.get("control"))
         return self.losses(pred, target, batch, ~drop, store)
 
-    def loss_store(self, latent_side: int) -> AttentionStore:
-        """A store of the loss layers' image-attention maps at the grid of the coarsest."""
-        coarsest = max(layer_level(n, self.backbone.num_levels) for n in self.loss_layers)
-        return AttentionStore([f"{n}:ip" for n in self.loss_layers],
-                              size=max(1, latent_side >> coarsest))
+    def loss_store(self) -> AttentionStore:
+        """A store of the loss layers' image-attention maps, each on its layer's own grid
+        (Eq. 11 compares a layer's A_k with the masks at its h x w)."""
+        return AttentionStore([f"{n}:ip" for n in self.loss_layers], size=None)
 
     def losses(self, pred: torch.Tensor, target: torch.Tensor, batch: dict,
                keep: torch.Tensor, store: AttentionStore | None) -> dict[str, torch.Tensor]:

@@ -19,12 +19,12 @@ def group_maps(probs: Tensor, tokens_per_group: int) -> Tensor:
     return maps.unflatten(1, (-1, tokens_per_group)).sum(2)
 
 
-def region_targets(masks: Tensor, valid: Tensor, side: int) -> tuple[Tensor, Tensor]:
-    """Targets M_k of Eq. 11 at ``side`` x ``side`` and which count: the background
+def region_targets(masks: Tensor, valid: Tensor, hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Targets M_k of Eq. 11 on an ``hw`` grid and which count: the background
     1 - union of the present characters first, then each character's mask.
-    masks (B, N, H, W) {0, 1}, valid (B, N) -> targets (B, N+1, s, s), weights (B, N+1)."""
+    masks (B, N, H, W) {0, 1}, valid (B, N) -> targets (B, N+1, h, w), weights (B, N+1)."""
     masks = masks.float() * valid[:, :, None, None]
-    small = F.interpolate(masks, size=(side, side), mode="area")  # (B, N, s, s) coverage
+    small = F.interpolate(masks, size=hw, mode="area")  # (B, N, h, w) coverage
     background = 1 - small.sum(1, keepdim=True).clamp(max=1)
     weights = torch.cat([valid.new_ones(valid.shape[0], 1), valid], dim=1).float()
     return torch.cat([background, small], dim=1), weights
@@ -34,18 +34,24 @@ def attention_loss(layer_probs: list[Tensor], masks: Tensor, valid: Tensor,
                    tokens_per_group: int, form: str = "official") -> Tensor:
     """L_attn averaged over the loss layers (Eq. 11-12), mean over the batch.
 
-    layer_probs: per layer (B, heads, (N+1)·L, s, s) image-attention softmax maps (the
-    store's ``"<layer>:ip"``). ``paper``: per layer 1/(N+1) Σ_k mean_px (A_k − M_k)², then
-    1/M Σ over layers. ``official``: A_k averaged over the layers first, then
+    layer_probs: per layer (B, heads, (N+1)·L, h, w) image-attention softmax maps on the
+    layer's own grid (the store's ``"<layer>:ip"``). ``paper``: per layer 1/(N+1) Σ_k
+    mean_px (A_k − M_k)² with the masks on that layer's grid, then 1/M Σ over layers.
+    ``official``: A_k averaged over the layers first (on the coarsest of their grids), then
     (Σ_characters mean_px (A_k − M_k)² + mean_px (A_bg − M_bg)²) / N."""
-    targets, weights = region_targets(masks, valid, layer_probs[0].shape[-1])
+    grids = {tuple(p.shape[-2:]) for p in layer_probs}
+    targets = {hw: region_targets(masks, valid, hw) for hw in grids}  # hw -> (M, weights)
+    weights = next(iter(targets.values()))[1]  # (B, N+1)
     if form == "official":
-        maps = torch.stack([group_maps(p, tokens_per_group) for p in layer_probs]).mean(0)
-        per_group = (maps - targets).pow(2).mean((-1, -2)) * weights  # (B, N+1)
+        grid = min(grids, key=lambda hw: hw[0] * hw[1])
+        maps = torch.stack([F.interpolate(group_maps(p, tokens_per_group), size=grid,
+                                          mode="area") for p in layer_probs]).mean(0)
+        per_group = (maps - targets[grid][0]).pow(2).mean((-1, -2)) * weights  # (B, N+1)
         return (per_group.sum(1) / weights[:, 1:].sum(1).clamp(min=1)).mean()
     losses = []
     for probs in layer_probs:
-        per_group = (group_maps(probs, tokens_per_group) - targets).pow(2).mean((-1, -2))
+        target = targets[tuple(probs.shape[-2:])][0]  # (B, N+1, h, w)
+        per_group = (group_maps(probs, tokens_per_group) - target).pow(2).mean((-1, -2))
         losses.append(((per_group * weights).sum(1) / weights.sum(1)).mean())
     return torch.stack(losses).mean()
 
