@@ -272,3 +272,24 @@ def test_sampling_records_maps_on_the_true_grid_of_a_wide_image(method):
     method.pipeline()("a photo of V*", None, size=(32, 128), steps=1, progress=False,
                       store=Grids(lambda n: "attn2" in n))
     assert grids and (4, 16) in grids and (8, 8) not in grids
+
+
+def test_noise_loss_counts_only_the_pasted_photo(method, monkeypatch):
+    """Random scaling pastes the photo on a grey canvas (``datamodules/single_image.py``);
+    L_KV (Eq. 5) is taken over the pasted region (``mask``) only, so V* is not fitted to the
+    padding. Error 9 inside the top-left quarter (the photo), 1 on the canvas: L_KV = 9;
+    each sample weighs the same whatever its photo's size."""
+    monkeypatch.setitem(method.cfg.method, "attention_loss_weight", 0.0)
+    target = torch.ones(2, 4, 8, 8)
+    target[0, :, :4, :4] = 3.0
+    target[1, :, :2, :2] = 2.0
+    monkeypatch.setattr(method, "noised_latents",
+                        lambda latents, gen: (latents, torch.tensor([500, 500]), target))
+    monkeypatch.setattr(method, "predict_noise", lambda noisy, *a, **k: torch.zeros_like(noisy))
+    mask = torch.zeros(2, 1, 64, 64)
+    mask[0, :, :32, :32] = 1.0
+    mask[1, :, :16, :16] = 1.0
+    batch = {"pixel_values": torch.rand(2, 3, 64, 64) * 2 - 1, "caption": [TARGET] * 2,
+             "mask": mask}
+    loss = method.model_step(batch, torch.Generator().manual_seed(0))["noise"]
+    torch.testing.assert_close(loss, torch.tensor((9.0 + 4.0) / 2))

@@ -6,7 +6,8 @@ token pairs, one per fifth of the timesteps (Sec. III-C). For a timestep of stag
 prompt is encoded twice by the frozen text encoder(s), ``V*`` read as P_i^K for the key
 condition and as P_i^V for the value condition, and every cross-attention layer takes its
 keys from the first and its values from the second (the split K/V processor). The loss is
-L_KV (Eq. 5, the noise MSE) + λ·L_att (Eq. 6), L_att the face-wise attention loss (Eq. 4,
+L_KV (Eq. 5, the noise MSE over the photo, not the canvas a shrunk view is pasted on)
++ λ·L_att (Eq. 6), L_att the face-wise attention loss (Eq. 4,
 Alg. 1), computed in the same UNet pass: each cross-attention layer's own map (keys of the
 training prompt, y_t = "a photo of the face of V*") and, as a detached probe of the same
 queries, the map against the keys of y_r = "a photo of the face of person".
@@ -28,6 +29,18 @@ from ldm_ext.losses import face_attention_loss, noise_loss
 from ldm_ext.methods.base import IdentityMethod
 
 REFERENCE = "reference"  # probe tag of y_r's maps in the attention store
+
+
+def photo_weights(mask: torch.Tensor | None,
+                  latent_hw: tuple[int, int]) -> torch.Tensor | None:
+    """(B, 1, h, w) weights of L_KV: the pasted photo of a randomly scaled view (``mask``
+    (B, 1, H, W) of ``datamodules/single_image.py``), normalised to mean 1 per sample so
+    every view weighs the same; None (the whole image) without a mask. The grey canvas
+    around a shrunk photo is padding, not the identity: fitted, V* would learn it."""
+    if mask is None:
+        return None
+    region = F.interpolate(mask.float(), size=latent_hw, mode="area")  # (B, 1, h, w)
+    return region / region.mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
 
 
 class LayerMeans(AttentionStore):
@@ -144,7 +157,8 @@ class SeFiIDE(IdentityMethod):
         ctx = AttentionContext(value_states=values, store=store,
                                probe_states={REFERENCE: self.reference(captions)} if lam else None)
         added = self.added_cond_kwargs(pooled, tuple(pixels.shape[-2:]))
-        loss_kv = noise_loss(self.predict_noise(noisy, t, keys, ctx, added), target)
+        loss_kv = noise_loss(self.predict_noise(noisy, t, keys, ctx, added), target,
+                             photo_weights(batch.get("mask"), tuple(latents.shape[-2:])))
         if store is None:
             return {"loss": loss_kv, "noise": loss_kv}
         loss_att = self.attention_loss(store)
