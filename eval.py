@@ -61,7 +61,8 @@ from ldm_ext.cli import InputError, open_image, run_cli
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="eval YAML (configs/eval/*.yaml)")
-    parser.add_argument("--checkpoint", help="run or export folder, or a weights file in a run "
+    parser.add_argument("--checkpoint", help="run or export folder, or weights in a run (a file, a "
+                                             "DeepSpeed checkpoint folder) "
                                              "(per-identity methods: or an experiment YAML)")
     parser.add_argument("--images", help="score this folder instead of generating")
     parser.add_argument("--references", help="subjects folder (overrides subjects.root)")

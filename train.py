@@ -161,10 +161,14 @@ def build_trainer(cfg, run_dir: Path):
     from ldm_ext.strategy import build_strategy, trainer_precision
 
     t = cfg.trainer
+    # a DeepSpeed last.ckpt/ links the newest step folder rather than copying its GBs again;
+    # without the version counter, which after a resume linked a new last-v1.ckpt instead
+    last = (dict(save_last="link", enable_version_counter=False)
+            if t.strategy == "deepspeed" else dict(save_last=True))
     callbacks = [
         ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="step{step:07d}",
                         auto_insert_metric_name=False, every_n_train_steps=t.checkpoint_every,
-                        save_last=True, save_top_k=-1),
+                        save_top_k=-1, **last),
         TrainableExport(run_dir / "trainable.safetensors"),
         SampleGrid(run_dir / "samples", t.sample_every, max(cfg.method.sample_num_ids),
                    seed=cfg.seed),

@@ -22,7 +22,8 @@ def common_parser(add_help: bool) -> argparse.ArgumentParser:
     """The flags every method shares."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help)
     parser.add_argument("--run", required=True,
-                        help="run folder, export folder, or a weights file inside a run")
+                        help="run folder, export folder, or weights inside a run (a "
+                        "file or a DeepSpeed checkpoint folder)")
     parser.add_argument("--prompt", help="what to generate (required)")
     parser.add_argument("--negative-prompt", default="")
     parser.add_argument("--out", default="generated.png")

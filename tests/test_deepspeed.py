@@ -178,6 +178,7 @@ def test_zero_checkpoint_reads_as_the_export_and_as_deepspeeds_own(zero_runs: Pa
 
     run = zero_runs / "resumed"
     last = run / "checkpoints" / "last.ckpt"
+    assert last.resolve() == (run / "checkpoints" / "step0000004.ckpt").resolve()  # a link
     exported = load_file(run / "trainable.safetensors")  # both written at step 4
     ours = read_state(last)
     theirs = get_fp32_state_dict_from_zero_checkpoint(str(last))  # fp32 master shards
