@@ -229,3 +229,14 @@ def test_pose_file_of_another_size_is_fitted_onto_the_output(method, monkeypatch
     own = torch.from_numpy(boxes_from_people(people, (256, 512), margin=0.1))
     torch.testing.assert_close(regions[:, [0, 2]], own[:, [0, 2]], atol=1e-4, rtol=0)
     assert (regions[:, 1] >= 0.25 - 0.1 - 1e-4).all() and (regions[:, 3] <= 0.75 + 0.1).all()
+
+
+def test_arcface_needs_no_shallow_block_of_its_own():
+    """shallow_block: auto takes the encoder's own block (FaceNet's mixed_6a does not exist
+    in ArcFace's IResNet, so face_encoder=arcface alone failed at build)."""
+    cfg = load_config(DEMO, ["method.face_encoder=arcface", "method.face_weights=random"])
+    arcface = build_method(cfg)
+    assert arcface.face_encoder.shallow_block == "layer2"
+    batch = make_batch()
+    batch["reference"] = torch.rand(2, 1, 3, 112, 112) * 2 - 1
+    assert torch.isfinite(arcface.training_step(batch, 0))

@@ -42,8 +42,8 @@ class PortraitBooth(IdentityMethod):
         from ldm_ext.face import build_face_encoder
 
         m = cfg.method
-        encoder = build_face_encoder(m.face_encoder, weights=m.face_weights,
-                                     shallow_block=m.shallow_block)
+        block = {} if m.shallow_block == "auto" else {"shallow_block": m.shallow_block}
+        encoder = build_face_encoder(m.face_encoder, weights=m.face_weights, **block)
         return cls(cfg, load_backbone(cfg.model), encoder)
 
     def trainable_modules(self) -> dict[str, nn.Module]:

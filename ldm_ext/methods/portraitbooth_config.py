@@ -39,7 +39,9 @@ class PortraitBoothConfig(MethodConfig):
     num_slots: int = 1  # the paper trains single-subject images
     face_encoder: str = "facenet"  # phi (TFace in the paper; METHODS.md §4 Decision)
     face_weights: str = "vggface2"  # name, state-dict path, or "random" (offline demo only)
-    shallow_block: str = "mixed_6a"  # STEA's phi: pooled output of this early block (896-d)
+    # STEA's phi: pooled output of this early block; auto: the encoder's own default
+    # (FaceNet mixed_6a, 896-d; ArcFace layer2), so face_encoder=arcface needs no second key
+    shallow_block: str = "auto"
     # STEA (Eq. 4): words whose tokens are augmented, k-th occurrence <- k-th subject
     identity_words: list[str] = field(default_factory=lambda: ["man", "woman", "person"])
     emotion_words: list[str] = field(default_factory=lambda: list(EMOTION_WORDS))  # ECAC j
