@@ -115,6 +115,11 @@ class MethodConfig:
         "sample_steps": (1, None), "guidance_scale": (0, None),
     }
 
+    # fields naming checkpoints that only initialise trainable parts: a trained run's own
+    # weights replace those parts, so loading the run (generation, eval) skips these files
+    # and works where they are absent
+    INIT_ONLY: ClassVar[tuple[str, ...]] = ()
+
     name: str = MISSING
     optimizer: str = "adamw"  # adamw | adam
     lr: float = 1e-5

@@ -95,3 +95,23 @@ def test_eval_runs_the_storymaker_protocol_on_the_tiny_run(run: Path, tmp_path):
     assert summary["config"]["generation"]["sampler"] == "unipc"
     report = (out / "report.md").read_text()
     assert "## Published figures" in report and "| StoryMaker (paper) | 0.6736" in report
+
+
+def test_a_trained_run_loads_without_its_released_initialisation(run: Path, tmp_path):
+    """The released checkpoints a run started from (faceid/plus/storymaker weights) only
+    initialise what the run trains and saves: generation from the run must not need them."""
+    import shutil
+
+    from omegaconf import OmegaConf
+    from safetensors.torch import load_file
+
+    copy = tmp_path / "run"
+    copy.mkdir()
+    shutil.copy(run / "trainable.safetensors", copy)
+    cfg = OmegaConf.load(run / "config.yaml")
+    cfg.method.faceid_weights = str(tmp_path / "gone" / "ip-adapter-faceid-plusv2.bin")
+    OmegaConf.save(cfg, copy / "config.yaml")
+    method = load_run(copy)
+    saved = load_file(copy / "trainable.safetensors")
+    for name, param in method.trainable_parameters().items():
+        torch.testing.assert_close(param.detach(), saved[name])

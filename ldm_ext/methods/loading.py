@@ -44,7 +44,10 @@ def load_run(path: str | Path, weights: str | Path | None = None) -> IdentityMet
     """The method of a run or export folder (or of a weights file inside a run) with its
     trainable weights (``weights`` overrides which), in eval mode."""
     run_dir, found = run_folder(path)
-    method = build_method(load_config(run_dir / RUN_CONFIG))
+    cfg = load_config(run_dir / RUN_CONFIG)
+    for key in method_spec(cfg.method.name).config_class.INIT_ONLY:  # replaced just below
+        cfg.method[key] = None
+    method = build_method(cfg)
     method.load_trainable(weights or found)
     return method.eval()
 

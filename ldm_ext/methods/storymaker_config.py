@@ -29,6 +29,8 @@ class StoryMakerConfig(MethodConfig):
         "drop_characters": (0, 1), "drop_both": (0, 1), "drop_face_tokens": (0, 1),
         "drop_character_tokens": (0, 1), "ip_scale": (0, None), "lora_scale": (0, None),
     }
+    # every released section lands in ppr / ip_kv / lora, which the run saves
+    INIT_ONLY: ClassVar[tuple[str, ...]] = ("faceid_weights", "plus_weights", "storymaker_weights")
 
     name: str = "storymaker"
     lr: float = 1e-4
