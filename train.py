@@ -63,6 +63,11 @@ def preflight(cfg) -> None:
     from ldm_ext.config import ConfigError
 
     zero = cfg.trainer.strategy == "deepspeed"
+    if zero and cfg.trainer.precision == "16-mixed":
+        raise ConfigError(
+            "trainer.precision=16-mixed with trainer.strategy=deepspeed trains without loss "
+            "scaling (DeepSpeed scales fp16 autocast only without ZeRO), so small gradients "
+            "underflow to 0: use bf16-mixed, or strategy=ddp for fp16 (GPUs without bf16)")
     # DeepSpeed on CPU processes is asked for by name (ldm_ext/strategy.py), never guessed
     wants_gpu = cfg.trainer.accelerator == "gpu" or (zero and cfg.trainer.accelerator != "cpu")
     if wants_gpu and not torch.cuda.is_available():

@@ -67,6 +67,18 @@ def test_bad_override_fails_before_models_load(monkeypatch):
     assert train.main(["--config", DEMO, "method.lrr=1"]) == 2
 
 
+def test_deepspeed_with_fp16_is_refused_before_the_run(tmp_path, capsys):
+    """fp16 autocast under ZeRO gets no loss scaling: refused by name, on any machine."""
+    import train
+
+    rc = train.main(["--config", "configs/experiment/instantfamily_sd15.yaml",
+                     "trainer.precision=16-mixed", f"output_dir={tmp_path}",
+                     f"data.root={tmp_path}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "16-mixed" in err and "loss scaling" in err
+    assert not (tmp_path / "instantfamily_sd15").exists()
+
+
 def test_deepspeed_without_cuda_fails_fast(tmp_path, capsys):
     import torch
 

@@ -55,7 +55,8 @@ def test_unet_and_stea_train_the_rest_is_frozen(method):
     cfg = load_config("configs/experiment/portraitbooth_sd15.yaml")
     assert (cfg.method.lr, cfg.method.lr_schedule, cfg.data.batch_size) == (1e-5, "constant", 2)
     assert (cfg.trainer.devices, cfg.trainer.max_steps) == (6, 150_000)
-    assert cfg.trainer.strategy == "deepspeed" and cfg.model.controlnet is None
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.precision == "16-mixed"
+    assert cfg.model.controlnet is None
 
 
 def test_stea_receives_gradients_from_the_noise_loss(method):
