@@ -40,6 +40,7 @@ def ray_cluster():
         paths = [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
         patch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
         patch.setenv("RAY_AUTH_MODE", "disabled")  # no token file written for a local test
+        patch.setenv("RAY_worker_niceness", "0")  # Ray's nice 15 starves on a shared host
         patch.delenv("RAY_ADDRESS", raising=False)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         yield ray

@@ -57,6 +57,8 @@ def run_local(run: Callable, config, tasks: list, workers: int | None = None) ->
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     with context.Pool(workers, _init_local, (run, config)) as pool:
         yield from pool.imap_unordered(_run_local, tasks)
+        pool.close()  # workers exit by themselves; the with block kills them only on error
+        pool.join()
 
 
 class ShardWorker:
