@@ -90,7 +90,13 @@ def same_output(one: Path, two: Path) -> None:
 
 
 def test_ray_engine_writes_the_local_engines_shards(ray_cluster, photos, local_run, tmp_path):
-    stats = on_ray(photos, tmp_path, annotator())
+    """The command line with ``--engine ray`` (the local engine's stages, as flags)."""
+    from datamodules.prepare import main
+
+    stats = main(["images", "--input", str(photos), "--output", str(tmp_path),
+                  "--samples-per-shard", "2", "--pose", "faces", "--segmenter", "ellipse",
+                  "--characters", "pose-hull", "--min-face-size", "20", "--previews", "1",
+                  "--engine", "ray", "--workers", "2"])
     assert stats == local_run[1] and stats["kept"] == 4
     same_output(local_run[0], tmp_path)
 
