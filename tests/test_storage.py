@@ -37,6 +37,8 @@ def test_expand_braces_and_globs(root):
         [names[2], storage.join(root, "shard-000000.json")]
     assert storage.find(root) == sorted(names + [storage.join(root, "shard-000000.json")])
     assert storage.exists(names[0]) and not storage.exists(storage.join(root, "nope.tar"))
+    assert storage.read_all(names[::-1]) == {n: tar_bytes([f"k{i}"]) for i, n in
+                                             reversed(list(enumerate(names)))}
     assert storage.is_remote(root) == root.startswith("s3://")
 
 

@@ -42,12 +42,13 @@ def finished(output: str | Path, tasks: list[Task]) -> dict[int, list[str]]:
     written before shards listed their inputs holds the planned task of its number."""
     planned = {t.index: t for t in tasks}
     tars = set(storage.glob(storage.join(output, "shard-*.tar")))  # one listing, not a
-    done = {}  # request per shard on an object store
-    for marker in storage.glob(storage.join(output, "shard-*.json")):
+    markers = storage.read_all(storage.glob(storage.join(output, "shard-*.json")))  # request
+    done = {}  # per shard on an object store
+    for marker, text in markers.items():
         number = Path(marker).stem.removeprefix("shard-")
         if number.isdigit() and shard_path(output, int(number), "tar") in tars:
             index = int(number)
-            sources = json.loads(storage.read_text(marker)).get("sources")
+            sources = json.loads(text).get("sources")
             legacy = task_sources(planned[index]) if index in planned else []
             done[index] = legacy if sources is None else sources
     return done

@@ -173,8 +173,8 @@ def summarise(output: str) -> dict:
     """Sum the per-shard stats into ``stats.json``."""
     total = {"shards": 0, "inputs": 0, "kept": 0, "rejected": Counter(), "faces": Counter(),
              "models": Counter(), "notes": Counter(), "rejected_inputs": []}
-    for path in storage.glob(storage.join(output, "shard-*.json")):
-        shard = json.loads(storage.read_text(path))
+    for text in storage.read_all(storage.glob(storage.join(output, "shard-*.json"))).values():
+        shard = json.loads(text)
         total["shards"] += 1
         for key in ("inputs", "kept"):
             total[key] += shard[key]
