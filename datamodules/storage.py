@@ -29,7 +29,24 @@ import webdataset as wds
 from fsspec.core import url_to_fs
 from fsspec.utils import get_protocol
 
+from ldm_ext.cli import InputError, UserError
+
 LOCAL = ("file", "local")
+
+
+@contextmanager
+def named_errors(what: str, url: str) -> Iterator[None]:
+    """Errors reaching a URL in the block (no such bucket, no credentials, no permission) as
+    a one-line ``InputError`` naming ``what`` (a flag) and the URL; local paths unchanged."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001  each store's client raises its own types
+        if not is_remote(url):
+            raise
+        raise InputError(f"{what} {url}: {type(err).__name__}: {err} (credentials come from "
+                         f"the environment or the client's config files)") from None
 
 
 def is_remote(path: str | Path) -> bool:

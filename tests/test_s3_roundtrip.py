@@ -79,3 +79,12 @@ def test_a_run_interrupted_on_the_bucket_resumes(prepared_bucket, capsys):
     assert prepare_main(args) == stats
     assert "prepared 2 inputs in 1 shards (1 already done)" in capsys.readouterr().out
     assert storage.read_bytes(tar) == before
+
+
+def test_an_unreachable_output_is_a_one_line_error(prepared_bucket):
+    from ldm_ext.cli import InputError
+
+    args = prepared_bucket[2]
+    bad = args[:4] + ["s3://no-such-bucket-18/out"] + args[5:]  # --output's value replaced
+    with pytest.raises(InputError, match="--output s3://no-such-bucket-18/out: FileNotFound"):
+        prepare_main(bad)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 
+from datamodules import storage
 from datamodules.prepare.annotate import Annotator, Filters
 from datamodules.prepare.clip_meta import DEFAULT_EXTRAS, TEXT_FOLDERS, load_video_meta
 from datamodules.prepare.clips import plan_videos
@@ -84,5 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
         config.meta = load_video_meta(args.meta, args.texts, tuple(args.text_extras))
         tasks = plan_videos(args.input, args.samples_per_shard, config.meta)
     else:
-        tasks = plan_images(args.input, args.samples_per_shard)
+        with storage.named_errors("--input", args.input):
+            tasks = plan_images(args.input, args.samples_per_shard)
+    with storage.named_errors("--output", args.output):
+        storage.glob(storage.join(args.output, "shard-*.json"))  # reachable before any work
     return prepare(tasks, config, args.workers, engine(args.engine, args.gpus_per_worker))
