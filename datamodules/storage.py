@@ -3,7 +3,7 @@ API: ``prepare`` reads its inputs and writes its shards through it, training str
 shards through it.
 
 - ``expand`` turns brace ranges (``shard-{000000..000999}.tar``), ``::``-joined lists and
-  globs into a sorted list of paths or URLs;
+  globs into a list of paths or URLs (each glob's matches sorted);
 - ``atomic_write`` never lets a reader see a partial file: a local file is written under
   ``<name>.<pid>.tmp`` and renamed; an object-store file is uploaded without autocommit
   (S3 multipart parts, a GCS resumable upload) and committed only when the writer closes

@@ -31,7 +31,6 @@ def s3_server():
     with pytest.MonkeyPatch.context() as patch:
         for key, value in {**S3_ENV, "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
             patch.setenv(key, value)
-        fsspec.filesystem("s3", skip_instance_cache=True)  # fails here if s3fs is broken
 
         def bucket(prefix: str = "test") -> str:
             name = f"{prefix}-{uuid.uuid4().hex[:8]}"
