@@ -88,3 +88,29 @@ def test_an_unreachable_output_is_a_one_line_error(prepared_bucket):
     bad = args[:4] + ["s3://no-such-bucket-18/out"] + args[5:]  # --output's value replaced
     with pytest.raises(InputError, match="--output s3://no-such-bucket-18/out: FileNotFound"):
         prepare_main(bad)
+
+
+def test_image_folders_and_parquet_in_a_bucket(s3_server):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bucket = s3_server("inputs")
+    face = Image.fromarray(skimage.data.astronaut()).resize((192, 192))
+    jpg = io.BytesIO()
+    face.save(jpg, format="JPEG")
+    for name in ("sub/a.jpg", "sub/b.jpg"):
+        storage.write_bytes(f"{bucket}/folder/{name}", jpg.getvalue())
+    storage.write_text(f"{bucket}/folder/sub/a.txt", "an astronaut")
+    table = io.BytesIO()
+    pq.write_table(pa.table({"key": ["p1"], "caption": ["from parquet"],
+                             "jpg": [jpg.getvalue()]}), table)
+    storage.write_bytes(f"{bucket}/laion.parquet", table.getvalue())
+    flags = ["--workers", "1", "--pose", "faces", "--segmenter", "ellipse", "--characters",
+             "pose-hull", "--min-face-size", "20", "--previews", "0"]
+    folder = prepare_main(["images", "--input", f"{bucket}/folder", "--output",
+                           f"{bucket}/out-folder", *flags])
+    marker = json.loads(storage.read_text(f"{bucket}/out-folder/shard-000000.json"))
+    assert folder["kept"] == 2 and marker["sources"] == ["sub/a.jpg", "sub/b.jpg"]
+    parquet = prepare_main(["images", "--input", f"{bucket}/laion.parquet", "--output",
+                            f"{bucket}/out-parquet", *flags])
+    assert parquet["kept"] == 1
