@@ -25,11 +25,11 @@ class DyingAnnotator(Annotator):
     die_at: str = ""
     flag: str = ""
 
-    def __call__(self, key, image, caption):
+    def __call__(self, key, image, caption, faces=None):
         if key == self.die_at and not os.path.exists(self.flag):
             Path(self.flag).touch()
             os._exit(1)  # as a lost node: no cleanup, no exception
-        return super().__call__(key, image, caption)
+        return super().__call__(key, image, caption, faces)
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
                         "a local Ray (pip install -e '.[scale]')")
     parser.add_argument("--gpus-per-worker", type=float, default=0,
                         help="ray: GPUs of each worker (its models run there)")
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="inputs of a shard whose faces are detected together (MTCNN "
+                        "batches images of one size: a clip's frames)")
     parser.add_argument("--detector", default="mtcnn")
     parser.add_argument("--pose", default="auto", choices=("auto", "openpose", "faces"))
     parser.add_argument("--segmenter", default="auto", choices=("auto", "face-parsing", "ellipse"))
@@ -78,7 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
                           filters=filters)
     config = PrepareConfig(args.output, annotator, max_side=args.max_side,
                            previews=args.previews, source_filter=SourceFilter(
-                               tuple(args.drop_nsfw), args.min_similarity))
+                               tuple(args.drop_nsfw), args.min_similarity),
+                           batch_size=args.batch_size)
     if args.mode == "videos":
         if not args.meta:
             raise SystemExit("videos needs --meta (the clips' info json)")

@@ -29,6 +29,7 @@ import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Callable, Iterator, NamedTuple
 
 import cv2
@@ -45,7 +46,9 @@ from datamodules.prepare.preview import write_preview
 from datamodules.prepare.resume import pending, remove_leftovers, shard_path, task_sources
 from datamodules.prepare.sources import (SourceFilter, Task, decode_image, input_name,
                                          read_images, sample_key)
-from datamodules.schema import BadSample, validate
+from datamodules.schema import BadSample, Sample, validate
+from ldm_ext.cli import InputError
+from ldm_ext.face import Faces
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +63,22 @@ class PrepareConfig:
     previews: int = 4  # preview images written by shard 0
     meta: dict = field(default_factory=dict)  # videos: clip id -> ClipMeta
     source_filter: SourceFilter = field(default_factory=SourceFilter)
+    batch_size: int = 16  # inputs whose faces are detected together (equal sizes batched)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise InputError(f"batch size {self.batch_size}: must be at least 1")
 
 
 class Prepared(NamedTuple):
     """One input on its way to the annotator: ``image`` is ``Rejected`` when reading it
-    failed; ``source`` the input's own metadata; ``notes`` counted in stats.json."""
+    failed; ``middle`` a clip's middle frame (its largest face is the reference);
+    ``source`` the input's own metadata; ``notes`` counted in stats.json."""
 
     key: str
     image: np.ndarray | Rejected
     caption: str | None
-    reference: np.ndarray | None
+    middle: np.ndarray | None
     name: str
     source: dict | None = None
     notes: tuple[str, ...] = ()
@@ -90,7 +99,7 @@ def _image_samples(task: Task, config: PrepareConfig) -> Iterator[Prepared]:
 
 
 def _video_samples(task: Task, config: PrepareConfig) -> Iterator[Prepared]:
-    """The clips of a video task: target frame, caption and reference crop. An item is a
+    """The clips of a video task: target frame, caption and middle frame. An item is a
     clip's path or ``(raw video, clip id)``."""
     for item in task.items:
         path, key = (item[0], item[1]) if isinstance(item, tuple) else (item, clip_id(item))
@@ -101,11 +110,8 @@ def _video_samples(task: Task, config: PrepareConfig) -> Iterator[Prepared]:
             last = zlib.crc32(key.encode()) % 2  # first or last frame, fixed per clip
             target, middle = read_frames(path, [float(last), 0.5],
                                          meta if isinstance(item, tuple) else None)
-            faces = config.annotator.faces(middle)
-            if not len(faces):
-                raise Rejected("no_reference_face")
             yield Prepared(key, _shrink(target, config.max_side), video_caption(meta),
-                           crops_uint8(faces.select(0))[0], name, notes=meta.notes)
+                           middle, name, notes=meta.notes)
         except Rejected as rejected:
             yield Prepared(key, rejected, "", None, name)
 
@@ -129,10 +135,11 @@ def run_task(task: Task, config: PrepareConfig) -> dict:
     previews = []
     with storage.atomic_write(shard_path(config.output, task.index, "tar")) as stream, \
             wds.TarWriter(stream, encoder=False, mtime=0) as writer:
-        for item in samples:
+        for item, sample in _annotated(config, samples):
             stats["inputs"] += 1
             try:
-                sample = _annotate(config, item)
+                if isinstance(sample, Exception):
+                    raise sample
                 writer.write(encode_sample(sample))
             except (Rejected, BadSample) as rejected:
                 _reject(stats, item.name, rejected.reason)
@@ -152,14 +159,57 @@ def run_task(task: Task, config: PrepareConfig) -> dict:
     return stats
 
 
-def _annotate(config: PrepareConfig, item: Prepared):
-    """The validated sample of one input; raises ``Rejected`` / ``BadSample``."""
+def _annotated(config: PrepareConfig, samples: Iterator[Prepared]
+               ) -> Iterator[tuple[Prepared, Sample | Exception]]:
+    """Each input with its validated sample or the exception that leaves it out, in input
+    order, annotated ``config.batch_size`` inputs at a time."""
+    samples = iter(samples)
+    while batch := list(islice(samples, config.batch_size)):
+        yield from zip(batch, _annotate_batch(config, batch))
+
+
+def _annotate_batch(config: PrepareConfig, batch: list[Prepared]
+                    ) -> Iterator[Sample | Exception]:
+    """The validated sample of each input of ``batch``, or the exception that leaves it
+    out. The faces of every frame the batch needs (the images, the clips' middle frames)
+    are detected in one batch; should that fail, each input is annotated alone, so that an
+    error is counted against its own input only. The per-image stages run as each input is
+    taken (one input's masks in memory at a time; a shard's inputs written as they come)."""
+    frames = [f for item in batch for f in (item.image, item.middle) if _is_frame(f)]
+    try:
+        found = iter(config.annotator.faces_batch(frames))
+    except Exception:  # annotated one at a time instead  # noqa: BLE001
+        found = None
+    for item in batch:
+        faces = [next(found) if found is not None and _is_frame(f) else None
+                 for f in (item.image, item.middle)]
+        try:
+            yield _annotate(config, item, *faces)
+        except Exception as err:  # counted by run_task  # noqa: BLE001
+            yield err
+
+
+def _is_frame(image) -> bool:
+    return isinstance(image, np.ndarray)
+
+
+def _annotate(config: PrepareConfig, item: Prepared, faces: Faces | None = None,
+              middle_faces: Faces | None = None) -> Sample:
+    """The validated sample of one input (``faces``, ``middle_faces``: of its image and
+    middle frame, when already detected); raises ``Rejected`` / ``BadSample``."""
     key = sample_key(item.key)  # from input data: names previews and tar members
     if isinstance(item.image, Rejected):
         raise item.image
-    sample = config.annotator(key, item.image, item.caption)
-    sample.reference, sample.source = item.reference, dict(item.source or {})
-    if item.reference is not None:
+    reference = None
+    if item.middle is not None:
+        if middle_faces is None:
+            middle_faces = config.annotator.faces(item.middle)
+        if not len(middle_faces):
+            raise Rejected("no_reference_face")
+        reference = crops_uint8(middle_faces.select(0))[0]
+    sample = config.annotator(key, item.image, item.caption, faces)
+    sample.reference, sample.source = reference, dict(item.source or {})
+    if reference is not None:
         sample.models["reference"] = f"{sample.face_model}(middle frame)"
     return validate(sample)
 
