@@ -34,7 +34,7 @@ def astronaut() -> Image.Image:
 def test_batched_mtcnn_finds_the_faces_of_one_at_a_time():
     """Two 512-px photos (one size: one batch), the 1280x886 group photo and a rotated copy
     (another), a face-less 96-px image: same faces, boxes within float tolerance."""
-    detector = MTCNNDetector(min_score=0.0)
+    detector = MTCNNDetector(min_score=0.0, batch_pixels=1 << 22)  # no split here
     images = [np.asarray(im) for im in (astronaut(), t1(), astronaut().rotate(6),
                                         t1().rotate(-3), Image.new("RGB", (96, 96), "tan"))]
     single = [detector.detect(image) for image in images]
@@ -59,6 +59,17 @@ class Loop:
     def detect(self, image):
         self.seen.append(image.shape)
         return MTCNNDetector().detect(image)
+
+
+def test_batch_pixels_split_a_size_into_calls(monkeypatch):
+    """On the CPU at most 2**20 pixels per MTCNN call: five 512x512 frames in 4 + 1."""
+    detector, calls = MTCNNDetector(), []
+    detect = detector.mtcnn.detect
+    monkeypatch.setattr(detector.mtcnn, "detect",
+                        lambda images, **kw: calls.append(len(images)) or detect(images, **kw))
+    frames = [np.asarray(astronaut().rotate(i)) for i in range(5)] + [np.asarray(t1())]
+    assert [len(f) for f in detector.detect_batch(frames)] == [1] * 5 + [6]
+    assert sorted(calls) == [1, 1, 4]  # t1 (1.1 M pixels) alone
 
 
 def test_detectors_without_a_batch_detect_one_image_at_a_time():
