@@ -7,10 +7,12 @@ Ray: the cluster is ``RAY_ADDRESS`` when set (``ray start --head`` on a head nod
 joined to it), else a local Ray started here with one CPU per worker. Each worker is an
 actor holding its own copy of the run's config: its annotator builds its models once, on
 the first input (never per shard), on the actor's GPU when it was given one
-(``gpus_per_worker``). Tasks (one output shard from one input shard) go to whichever actor
-is free, so workers never coordinate; a worker that dies mid-shard is restarted and its
-shard redone from the start (Ray's actor restart and task retry), and the shard it was
-writing never appears, as every shard is written atomically (``datamodules.storage``).
+(``gpus_per_worker``), and takes the shard's inputs in batches (``batch_size`` of the
+config: ``datamodules.prepare.run``). Tasks (one output shard from one input shard) go
+to whichever actor is free, so workers never coordinate; a worker that dies mid-shard is
+restarted and its shard redone from the start (Ray's actor restart and task retry), and
+the shard it was writing never appears, as every shard is written atomically
+(``datamodules.storage``).
 
 Workers must import this package (installed on every node, or shipped with
 ``ray.init(runtime_env=...)``) and reach ``--output``: a URL (``s3://``...) or a folder

@@ -9,7 +9,9 @@ temporary name renamed, or an object-store upload committed at the end), then
 no finished shard, resumes an interrupted one and puts inputs added since into new shards
 (``datamodules.prepare.resume``; inputs gone since stop it). At the end ``stats.json`` sums
 the shards (kept, rejected by reason and by input name, faces-per-image histogram) and
-shard 0 writes a few previews (boxes, masks, pose). Inputs and output may be local paths
+shard 0 writes a few previews (boxes, masks, pose). A task annotates its inputs
+``batch_size`` at a time (the face detector takes the batch; the other stages go input
+by input), with the same samples and stats as one at a time. Inputs and output may be local paths
 or URLs (``s3://``...). Inputs (``datamodules.prepare.sources``): image folders, parquet,
 img2dataset's tars (one folder per part); each sample keeps its input's own metadata
 (img2dataset's columns) in ``meta.json`` ``source``.
