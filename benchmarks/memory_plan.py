@@ -159,22 +159,11 @@ def child(width: int, batch: int, frozen_dtype: str, autocast: bool,
     if checkpointing:
         unet.enable_gradient_checkpointing()
         controlnet.enable_gradient_checkpointing()
-    optimizer = _adamw(controlnet)
+    optimizer = step_memory.allocated_adamw(controlnet)
     inputs = step_memory.step_inputs(batch, "cpu")
     with step_memory.RssPeak() as rss:
         step_memory.train_step(unet, controlnet, optimizer, inputs, autocast, "cpu")
     return {"peak_bytes": rss.peak - runtime}
-
-
-def _adamw(controlnet: torch.nn.Module) -> torch.optim.Optimizer:
-    """AdamW over the ControlNet with its state allocated, as after a first step."""
-    controlnet.train()
-    optimizer = torch.optim.AdamW(controlnet.parameters(), lr=1e-5)
-    for param in controlnet.parameters():
-        param.grad = torch.zeros_like(param)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return optimizer
 
 
 def activation_line(cfg, widths: list[int], batch: int) -> tuple[float, float]:

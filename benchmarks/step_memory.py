@@ -117,11 +117,19 @@ def prepare(unet, controlnet, ours: bool):
     import torch
 
     unet.requires_grad_(False).eval()
-    controlnet.train()
     if ours:
         unet.to(torch.bfloat16)
         unet.enable_gradient_checkpointing()
         controlnet.enable_gradient_checkpointing()
+    return allocated_adamw(controlnet)
+
+
+def allocated_adamw(controlnet):
+    """AdamW over the ControlNet (put in train mode) with its state allocated, as after a
+    first step."""
+    import torch
+
+    controlnet.train()
     optimizer = torch.optim.AdamW(controlnet.parameters(), lr=1e-5)
     for param in controlnet.parameters():
         param.grad = torch.zeros_like(param)
