@@ -79,6 +79,8 @@ class MTCNNDetector:
         self.mtcnn = MTCNN(image_size=crop_size, margin=margin, min_face_size=min_face_size,
                            thresholds=[0.6, 0.7, 0.7], factor=0.709, post_process=True,
                            keep_all=True, device=torch.device(device))
+        if on_cpu:  # PNet's max_pool2d (~40 % of a CPU detection) runs 3.5x faster in NHWC
+            self.mtcnn.to(memory_format=torch.channels_last)
 
     def detect(self, image: PIL.Image.Image | np.ndarray) -> Faces:
         """Faces in one HWC uint8 RGB image; boxes as MTCNN gives them (see the module
