@@ -129,3 +129,13 @@ def test_batch_size_below_one_is_a_clear_error(photos, tmp_path):
     with pytest.raises(ValueError, match="batch size 0: must be at least 1"):
         main(["images", "--input", str(photos), "--output", str(tmp_path), "--batch-size", "0"])
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv, size", [([], 1), (["--gpus-per-worker", "1"], 16),
+                                         (["--batch-size", "4"], 4)])
+def test_default_batch_size_batches_on_gpu_workers_only(argv, size):
+    """Batches pay on a GPU (one launch per pyramid scale), not on a CPU (0.98-1.0x)."""
+    from datamodules.prepare.cli import _parser, default_batch_size
+
+    args = _parser().parse_args(["images", "--input", "in", "--output", "out", *argv])
+    assert default_batch_size(args) == size

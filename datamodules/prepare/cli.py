@@ -51,9 +51,10 @@ def _parser() -> argparse.ArgumentParser:
                         "a local Ray (pip install -e '.[scale]')")
     parser.add_argument("--gpus-per-worker", type=float, default=0,
                         help="ray: GPUs of each worker (its models run there)")
-    parser.add_argument("--batch-size", type=int, default=16,
+    parser.add_argument("--batch-size", type=int, default=None,
                         help="inputs of a shard whose faces are detected together (MTCNN "
-                        "batches images of one size: a clip's frames)")
+                        "batches images of one size: a clip's frames); default 16 with "
+                        "--gpus-per-worker, else 1 (batches ran 0.98-1.0x on a CPU)")
     parser.add_argument("--detector", default="mtcnn")
     parser.add_argument("--pose", default="auto", choices=("auto", "openpose", "faces"))
     parser.add_argument("--segmenter", default="auto", choices=("auto", "face-parsing", "ellipse"))
@@ -72,6 +73,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_batch_size(args: argparse.Namespace) -> int:
+    """``--batch-size``, else 16 inputs per detector call on GPU workers (a batch is one
+    launch per pyramid scale) and 1 on CPUs, where detection is bound by its arithmetic
+    and batches did not pay (benchmarks/prepare_batch.py: 0.98-1.0x)."""
+    if args.batch_size is not None:
+        return args.batch_size
+    return 16 if args.gpus_per_worker else 1
+
+
 def main(argv: list[str] | None = None) -> dict:
     """CLI entry point; returns the stats."""
     args = _parser().parse_args(argv)
@@ -82,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = PrepareConfig(args.output, annotator, max_side=args.max_side,
                            previews=args.previews, source_filter=SourceFilter(
                                tuple(args.drop_nsfw), args.min_similarity),
-                           batch_size=args.batch_size)
+                           batch_size=default_batch_size(args))
     if args.mode == "videos":
         if not args.meta:
             raise SystemExit("videos needs --meta (the clips' info json)")

@@ -65,7 +65,7 @@ class PrepareConfig:
     previews: int = 4  # preview images written by shard 0
     meta: dict = field(default_factory=dict)  # videos: clip id -> ClipMeta
     source_filter: SourceFilter = field(default_factory=SourceFilter)
-    batch_size: int = 16  # inputs whose faces are detected together (equal sizes batched)
+    batch_size: int = 1  # inputs whose faces are detected together (equal sizes batched)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
