@@ -14,6 +14,7 @@ from datamodules.views import (InstantFamilyView, PortraitBoothView, StoryMakerV
                                select_slots)
 from datamodules.views.storymaker import square_on_white
 from ldm_ext.attention import TokenLayout, build_face_masks
+from ldm_ext.face.align import arcface_crops
 from ldm_ext.pose import SLOT_COLORS, face_center, pose_template
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -51,8 +52,9 @@ def test_storymaker_takes_the_largest_faces_in_random_order():
     orders = set()
     for seed in range(12):
         item = view(sample, torch.Generator().manual_seed(seed))
-        crops = item["face_crops"].numpy()
-        order = [int(np.flatnonzero((sample.crops == c).all(axis=(1, 2, 3)))[0]) for c in crops]
+        aligned = arcface_crops(sample.image, sample.landmarks, 224).transpose(0, 3, 1, 2)
+        order = [int(np.flatnonzero((aligned == c).all(axis=(1, 2, 3)))[0])
+                 for c in item["face_crops"].numpy()]  # each crop: its face's aligned crop
         assert sorted(order) == [0, 1]  # the two largest (faces are stored largest first)
         masks = (sample.masks[order] & MASK_CHAR) > 0
         assert np.array_equal(item["character_masks"].numpy(), masks)

@@ -11,8 +11,12 @@ from datamodules.schema import MASK_CHAR, Sample
 from datamodules.views.common import (BINARY, SIGNED, UNIT, ControlDrawing, draw_controls,
                                       floats, image_tensor, normalized_boxes, pad_slots,
                                       stack_images, valid_slots)
+from ldm_ext.face.align import arcface_crops
 
 WHITE = 255
+# Face crops are aligned on ArcFace's five-point template at twice its 112 px (as the
+# official CLIP face input, ``norm_crop(..., 224)``); the ArcFace encoders halve them to 112.
+FACE_SIZE = 224
 
 
 def square_on_white(image: np.ndarray, mask: np.ndarray, size: int) -> np.ndarray:
@@ -42,7 +46,8 @@ class StoryMakerView:
         pixel_values     (B, 3, R, R) float in [-1, 1]
         control          (B, 3, R, R) float in [0, 1]  OpenPose of all people (no circles)
         caption, key     list[str]
-        face_crops       (B, N, 3, 160, 160) float in [-1, 1] (ArcFace input), 0 when empty
+        face_crops       (B, N, 3, 224, 224) float in [-1, 1]: the face aligned on ArcFace's
+                         template (ArcFace after halving, and CLIP), 0 when empty
         characters       (B, N, 3, S, S) float in [0, 1]: the character on white, its box
                          squashed to a square (CLIP-image input before its own
                          normalisation), 0 when empty
@@ -50,6 +55,9 @@ class StoryMakerView:
         face_boxes       (B, N, 4) float xyxy in [0, 1]
         face_valid       (B, N) bool
 
+    Face crops are cut from the (transformed) image by its five landmarks as generation
+    cuts them (``ldm_ext.pipelines.storymaker``), not taken from the shard's detector crops:
+    ArcFace and the released FaceID / StoryMaker weights expect the aligned crop.
     Masks come from the shard's ``MASK_CHAR`` bits (``datamodules.prepare.characters``); shards
     written without them get the pose-hull masks here, from the transformed pose.
     Character dropout (5 %) and caption dropout (10 %) belong to the training step.
@@ -92,7 +100,8 @@ class StoryMakerView:
         return {"pixel_values": image_tensor(sample.image),
                 "control": ControlDrawing(sample.people, [], sample.hw),
                 "caption": sample.caption, "key": sample.key,
-                "face_crops": torch.from_numpy(sample.crops[faces]),
+                "face_crops": torch.from_numpy(arcface_crops(
+                    sample.image, sample.landmarks[faces], FACE_SIZE)).permute(0, 3, 1, 2),
                 "characters": torch.from_numpy(characters).permute(0, 3, 1, 2),
                 "character_masks": torch.from_numpy(masks.astype(np.uint8)),
                 "face_boxes": normalized_boxes(sample, faces, self.num_slots),

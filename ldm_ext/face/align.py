@@ -45,6 +45,27 @@ def tensor_to_uint8(crops: torch.Tensor, size: int | None = None) -> np.ndarray:
     return np.stack([cv2.resize(im, (size, size), interpolation=interpolation) for im in images])
 
 
+def arcface_crops(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
+    """(F, size, size, 3) uint8: each face of ``image`` (H, W, 3) uint8 warped by the
+    similarity that puts its five ``landmarks`` (F, 5, 2) on ArcFace's template
+    (insightface's ``estimate_norm``: the crop ArcFace models are trained on); outside the
+    image is black. ``size``: 112 (``norm_crop`` itself) or a multiple, at which the crop is
+    that 112 crop sampled ``size / 112`` times finer: averaging its k x k pixel blocks (an
+    area resize to 112, as the encoders do) puts the landmarks where ``norm_crop`` puts them
+    (``norm_crop(..., 224)`` would leave them a quarter pixel up and left)."""
+    from insightface.utils.face_align import estimate_norm
+
+    if size % 112:
+        raise ValueError(f"ArcFace crop size {size} is not a multiple of 112")
+    scale = size // 112
+    crops = []
+    for points in np.asarray(landmarks, np.float32):
+        matrix = estimate_norm(points, 112) * scale  # (2, 3) image -> 112 crop, scaled
+        matrix[:, 2] += (scale - 1) / 2  # block centres of the fine crop on 112's pixels
+        crops.append(cv2.warpAffine(image, matrix, (size, size), borderValue=0.0))
+    return np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
+
+
 def fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Least-squares similarity (rotation, uniform scale, translation) mapping src to dst.
 

@@ -1,13 +1,15 @@
 """Generate with StoryMaker: one to three characters (face, hair, clothes, body) in any prompt.
 
 A character comes from one reference photo (its largest face) or from one person of a group
-photo: the face crop (ArcFace and CLIP) and the character crop made as the official
-inference makes it (the bounding box of the character's mask, the mask blurred 5 x 5, the
-person composited on white, resized to 224²). Masks come from ``--masks`` or from the
-annotation stages of ``datamodules.prepare`` (human parsing split by pose when its weights are
-local, else the pose hull). Sampling as ``infer.py``: UniPC, 25 steps, CFG 7.5, image scale
-0.8 (γ of Eq. 3), LoRA scale 0.8, negative = the PPR on all-zero embeddings; a pose template
-drives the frozen pose ControlNet when the run has one.
+photo: the face crop (ArcFace and CLIP: its five landmarks put on ArcFace's template at
+224 px, as the official code feeds CLIP and as ArcFace, after halving, expects) and the
+character crop made as the official inference makes it (the bounding box of the
+character's mask, the mask blurred 5 x 5, the person composited on white, resized to 224²).
+Masks come from ``--masks`` or from the annotation stages of ``datamodules.prepare`` (human
+parsing split by pose when its weights are local, else the pose hull). Sampling as
+``infer.py``: UniPC, 25 steps, CFG 7.5, image scale 0.8 (γ of Eq. 3), LoRA scale 0.8,
+negative = the PPR on all-zero embeddings; a pose template drives the frozen pose
+ControlNet when the run has one.
 
 An identity is a (6, 224, 224) tensor in [-1, 1]: the face crop, then the character crop.
 
@@ -27,7 +29,7 @@ from PIL import Image, ImageOps
 from ldm_ext.adapters.lora import lora_scale
 from ldm_ext.attention import AttentionContext
 from ldm_ext.cli import InputError, open_image, positive_int
-from ldm_ext.face.align import tensor_to_uint8
+from ldm_ext.face.align import arcface_crops, crops_to_tensor, tensor_to_uint8
 from ldm_ext.pipelines.base import MethodPipeline
 from ldm_ext.pipelines.sampling import decode_images, denoise, initial_latents, to_tensor
 from ldm_ext.pose import load_pose, render_control_image, slot_color
@@ -51,8 +53,9 @@ def official_character_crop(image: np.ndarray, mask: np.ndarray, size: int = SID
 
 def pack_identity(face: torch.Tensor, character: np.ndarray) -> torch.Tensor:
     """face (3, S, S) in [-1, 1] and character (224, 224, 3) uint8 -> (6, 224, 224) in [-1, 1]."""
-    face = F.interpolate(face[None].float(), size=(SIDE, SIDE), mode="bilinear",
-                         antialias=True, align_corners=False)[0].clamp(-1, 1)
+    if face.shape[-2:] != (SIDE, SIDE):
+        face = F.interpolate(face[None].float(), size=(SIDE, SIDE), mode="bilinear",
+                             antialias=True, align_corners=False)[0].clamp(-1, 1)
     return torch.cat([face, to_tensor(character) * 2 - 1])
 
 
@@ -88,8 +91,9 @@ class StoryMakerPipeline(MethodPipeline):
         else:
             people, owner, _ = annotator.people(image, faces)
             masks = list(annotator.character_segmenter()(image, faces.boxes, people, owner))
+        aligned = crops_to_tensor(list(arcface_crops(image, faces.landmarks, SIDE)), SIDE)
         return torch.stack([pack_identity(face, official_character_crop(image, mask))
-                            for face, mask in zip(faces.crops, masks)])
+                            for face, mask in zip(aligned, masks)])
 
     def _annotator(self):
         if self.annotator is None:
