@@ -4,15 +4,16 @@
         [--fit-widths 32 64] [--check-width 96] [--batch 2]
 
 The plan adds, per GPU: frozen weights, trainable weights, gradients, optimizer state
-(AdamW), DeepSpeed's reduce bucket and activations, and prints them against an 80 GiB
-A100. Parameter counts are exact, from the recipe's models built on the meta device: the
-InstantFamily shapes of ``step_memory.py`` (SD1.5 UNet, its ControlNet; the trainable
-ControlNet and face projector) plus SD1.5's VAE and CLIP ViT-L text encoder and the
-configured face encoder. Bytes per parameter follow the trainer config:
+(AdamW), reduce buckets and activations, and prints them against an 80 GiB A100.
+Parameter counts are exact, from the recipe's models built on the meta device
+(``recipe_params.py``: SD1.5 or SDXL backbone, ControlNet, encoders and the method's own
+modules, split by what its ``trainable_modules()`` holds). Bytes per parameter follow the
+trainer config:
 
   every strategy    frozen in model.weight_dtype, trainable fp32 with fp32 gradients
                     (mixed precision is autocast, also under DeepSpeed: ldm_ext/strategy.py)
-  ddp / auto        AdamW's two fp32 moments (8 B), on every GPU
+  ddp / auto        AdamW's two fp32 moments (8 B), on every GPU; on more than one GPU
+                    DDP's reducer also keeps its gradient buckets, an fp32 copy (4 B)
   deepspeed, ZeRO   fp32 master weights + two moments (12 B) sharded over the GPUs (stage
                     >= 1, or in CPU RAM with offload_optimizer), gradients sharded too at
                     stage 2; one reduce bucket of fp32 gradients
@@ -20,17 +21,24 @@ configured face encoder. Bytes per parameter follow the trainer config:
 Activations (everything that grows with the batch: inputs, saved activations, attention
 maps, allocator slack) cannot be counted on paper: they are measured per sample with
 ``step_memory.py``'s step at the recipe's choices (bf16 autocast under mixed precision,
-the frozen UNet in model.weight_dtype, ``trainer.gradient_checkpointing``) at two reduced
-widths, less
-that step's static bytes, and extrapolated linearly in width: feature maps grow with the
+fp16's bytes too; the frozen UNet in model.weight_dtype, ``trainer.gradient_checkpointing``)
+at two reduced widths, less that step's static bytes, and extrapolated linearly in width: feature maps grow with the
 channel count, attention maps (8 heads at every level) do not. The VAE and face encoder
 run without gradients before the UNet and are not in that peak. CPU kernels, not a GPU's:
 fused attention on a GPU keeps fewer maps, so the activation row leans high there.
 
+Every method's recipe is planned: its parameters, frozen and trainable apart, are counted
+exactly by ``recipe_params.py``. The measured step is InstantFamily's; for PortraitBooth,
+SeFi-IDE and StoryMaker on SD1.5 at 512² its activations per sample stand in for theirs
+(same UNet, same latent size, gradients through the UNet; what differs is printed with
+the table, ``ACTIVATION_NOTES``), an approximation, not a measurement of their step. For
+SDXL recipes the step is not measured at all (an SDXL-shaped step at 128² latents does not
+run on this CPU): their activation row is left out and the total printed as a lower bound.
+
 Checked: the plan of the same step at ``--check-width`` (one process, as measured; past
-both fit widths, so the width extrapolation is tested) over the measured CPU peak there,
-ending with ``RESULT memory_plan_error_ratio=<predicted/measured> goal<=1.15``. InstantFamily
-recipes only for now: another method's trainable set needs its own ``param_counts``.
+both fit widths, so the width extrapolation is tested), at the recipe's precision choices,
+over the measured CPU peak there, ending with
+``RESULT memory_plan_error_ratio=<predicted/measured> goal<=1.15``.
 """
 from __future__ import annotations
 
@@ -47,6 +55,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+import recipe_params  # noqa: E402  (benchmarks/recipe_params.py: exact parameter counts)
 import step_memory  # noqa: E402  (benchmarks/step_memory.py: models, inputs, step, RSS peak)
 
 GOAL = 1.15
@@ -54,7 +63,20 @@ GIB = 2**30
 A100_GIB = 80
 SD15_WIDTH = 320
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
-PLANNED_METHOD = "instantfamily"  # the models step_memory.py builds
+MEASURED_LATENT = 64  # step_memory's step: 64² latents, SD1.5's at 512²
+# How the measured step (a trainable ControlNet into the frozen SD1.5 UNet) stands for each
+# method's activations (benchmark-only table; the parameter counts are exact either way).
+ACTIVATION_NOTES = {
+    "instantfamily": "this recipe's own step",
+    "portraitbooth": "reuses the step: same UNet pass with gradients through it; the "
+                     "trained UNet saves what the ControlNet's did not, no ControlNet maps "
+                     "(STEA, DIP's VAE decode and FaceNet pass not measured)",
+    "sefi_ide": "reuses the step: gradients cross the frozen UNet into the text encoder "
+                "(two prompts per image: text-encoder activations and the attention-loss "
+                "maps not measured; no ControlNet maps)",
+    "storymaker": "reuses the step: the decoupled image attention and LoRA add maps, the "
+                  "frozen pose ControlNet keeps none (its residuals only); not measured",
+}
 
 
 @dataclass
@@ -69,14 +91,15 @@ class Setup:
     grad_bytes: int
     optimizer_bytes: int  # AdamW state per trainable parameter
     bucket_bytes: int  # DeepSpeed's reduce bucket
+    bucket_bytes_per_param: int = 0  # DDP's gradient buckets, per trainable parameter
 
 
 def recipe_setup(cfg) -> Setup:
     """The setup a trainer config trains with on ``devices x num_nodes`` GPUs."""
     t = cfg.trainer
     gpus, frozen = t.devices * t.num_nodes, DTYPE_BYTES[cfg.model.weight_dtype]
-    if t.strategy != "deepspeed":
-        return Setup(gpus, 0, False, frozen, 4, 4, 8, 0)
+    if t.strategy != "deepspeed":  # DDP (by name: no gradient_as_bucket_view) copies grads
+        return Setup(gpus, 0, False, frozen, 4, 4, 8, 0, 4 if gpus > 1 else 0)
     return Setup(gpus, t.zero_stage, t.offload_optimizer, frozen, 4, 4, 12, t.bucket_size * 4)
 
 
@@ -90,32 +113,12 @@ def count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def param_counts(cfg, width: int, full: bool = True) -> dict[str, tuple[int, bool]]:
-    """Module -> (parameters, trainable) of the recipe at UNet ``width`` (meta device,
-    no memory). ``full=False``: only what ``step_memory``'s step holds (UNet, ControlNet)."""
-    from diffusers import AutoencoderKL
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from ldm_ext.adapters.embedding_stack import FaceProjector
-    from ldm_ext.face import build_face_encoder
-
+def step_counts(width: int) -> dict[str, tuple[int, bool]]:
+    """Module -> (parameters, trainable) of ``step_memory``'s step at UNet ``width`` (meta
+    device, no memory): the frozen UNet and the trainable ControlNet."""
     with torch.device("meta"):
         unet, controlnet = step_memory.build_models(width, "meta")
-        counts = {"unet": (count(unet), False), "controlnet": (count(controlnet), True)}
-        if not full:
-            return counts
-        vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4,
-                            up_block_types=("UpDecoderBlock2D",) * 4,
-                            block_out_channels=(128, 256, 512, 512), layers_per_block=2)
-        text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072,
-                                            num_hidden_layers=12, num_attention_heads=12,
-                                            max_position_embeddings=77))
-        face = build_face_encoder(cfg.method.face_encoder, weights="random")
-        projector = FaceProjector(face.global_dim, face.local_dim, 768)
-    counts.update({"vae": (count(vae), False), "text encoder": (count(text), False),
-                   "face encoder": (count(face), False),
-                   "face projector": (count(projector), True)})
-    return counts
+    return {"unet": (count(unet), False), "controlnet": (count(controlnet), True)}
 
 
 def static_bytes(counts: dict[str, tuple[int, bool]], setup: Setup) -> dict[str, float]:
@@ -129,7 +132,7 @@ def static_bytes(counts: dict[str, tuple[int, bool]], setup: Setup) -> dict[str,
             "trainable weights": trainable * setup.module_bytes,
             "gradients": trainable * setup.grad_bytes / grad_shards,
             "optimizer state": optimizer / optimizer_shards,
-            "reduce bucket": setup.bucket_bytes}
+            "reduce buckets": setup.bucket_bytes + trainable * setup.bucket_bytes_per_param}
 
 
 def measure(cfg, width: int, batch: int) -> float:
@@ -171,7 +174,7 @@ def activation_line(cfg, widths: list[int], batch: int) -> tuple[float, float]:
     widths less the step's static bytes there."""
     per_sample = []
     for width in widths:
-        static = sum(static_bytes(param_counts(cfg, width, full=False), check_setup(cfg)).values())
+        static = sum(static_bytes(step_counts(width), check_setup(cfg)).values())
         per_sample.append((measure(cfg, width, batch) - static) / batch)
         print(f"  width {width}: activations {per_sample[-1] / GIB:.3f} GiB per sample")
     (w0, w1), (y0, y1) = widths, per_sample
@@ -180,16 +183,44 @@ def activation_line(cfg, widths: list[int], batch: int) -> tuple[float, float]:
 
 
 def print_plan(rows: dict[str, float], setup: Setup, title: str) -> float:
-    """A table of per-GPU GiB and the total against an 80 GiB A100; returns the total."""
+    """A table of per-GPU GiB and the total against an 80 GiB A100; returns the total.
+    Without an activations row the total is a lower bound: whether it fits is unknown."""
     total = sum(rows.values())
     zero = f"ZeRO-{setup.zero_stage}" if setup.zero_stage else "no ZeRO"
     offload = ", optimizer offloaded to CPU" if setup.offload_optimizer else ""
     print(f"{title} ({setup.gpus} GPU(s), {zero}{offload})")
     for name, value in rows.items():
         print(f"  {name:<20}{value / GIB:>9.2f} GiB")
-    print(f"  {'total':<20}{total / GIB:>9.2f} GiB of {A100_GIB} "
-          f"({'fits' if total < A100_GIB * GIB else 'does NOT fit'} an A100 80GB)")
+    planned = any(name.startswith("activations") for name in rows)
+    fits = "fits" if planned else "fit unknown, without activations, on"
+    label = "total" if planned else "total, at least"
+    print(f"  {label:<20}{total / GIB:>9.2f} GiB of {A100_GIB} "
+          f"({fits if total < A100_GIB * GIB else 'does NOT fit'} an A100 80GB)")
     return total
+
+
+def print_recipe(cfg, name: str, counts: dict[str, tuple[int, bool]],
+                 per_sample: float) -> None:
+    """The recipe's plan: parameters by part, then per-GPU bytes; activations from the
+    measured SD1.5 step (``per_sample`` bytes at width 320) where that step stands for the
+    recipe's UNet and latent size, else left out and the total marked a lower bound."""
+    print(f"{name}: parameters (exact, meta device)")
+    for part, (n, trains) in counts.items():
+        print(f"  {part:<22}{n / 1e6:>10.2f} M  {'trainable' if trains else 'frozen'}")
+    batch, setup = cfg.data.batch_size, recipe_setup(cfg)
+    rows = static_bytes(counts, setup)
+    latent = cfg.data.resolution // 8
+    if cfg.model.family == "sd15" and latent == MEASURED_LATENT:
+        own = cfg.method.name == "instantfamily"
+        rows["activations" if own else "activations, reused"] = per_sample * batch
+        note = ACTIVATION_NOTES[cfg.method.name]
+    else:
+        note = (f"NOT planned: the measured step is SD1.5-shaped at {MEASURED_LATENT}² "
+                f"latents, this recipe runs {cfg.model.family} at {latent}²; the total is a "
+                "LOWER BOUND (an SDXL step needs measuring on a GPU)")
+    print(f"  activations: {note}")
+    print_plan(rows, setup, f"{name}: {cfg.model.family}, {cfg.data.resolution}², batch "
+               f"{batch} per GPU")
 
 
 def main() -> None:
@@ -214,19 +245,16 @@ def main() -> None:
                                bool(args.checkpointing))))
         return
     cfg = load_config(args.config)
-    if cfg.method.name != PLANNED_METHOD:  # its trainable set is what param_counts builds
-        parser.error(f"{args.config}: method.name={cfg.method.name} is not planned yet, only "
-                     f"{PLANNED_METHOD} (ControlNet + face projector trainable)")
-    print(f"activations measured on the CPU, batch {args.batch} (bf16 autocast: "
+    try:
+        counts = recipe_params.recipe_counts(cfg)
+    except ValueError as err:
+        parser.error(f"{args.config}: {err}")
+    print(f"activations measured on the CPU, batch {args.batch} (16-bit autocast: "
           f"{mixed(cfg)}, frozen UNet {cfg.model.weight_dtype}, gradient checkpointing: "
           f"{cfg.trainer.gradient_checkpointing})")
     a, b = activation_line(cfg, args.fit_widths, args.batch)
-    batch = cfg.data.batch_size
-    rows = static_bytes(param_counts(cfg, SD15_WIDTH), recipe_setup(cfg))
-    rows["activations"] = (a + b * SD15_WIDTH) * batch
-    print_plan(rows, recipe_setup(cfg), f"{args.config}: SD1.5 (width {SD15_WIDTH}), "
-               f"batch {batch} per GPU")
-    check = static_bytes(param_counts(cfg, args.check_width, full=False), check_setup(cfg))
+    print_recipe(cfg, args.config, counts, a + b * SD15_WIDTH)
+    check = static_bytes(step_counts(args.check_width), check_setup(cfg))
     check["activations"] = (a + b * args.check_width) * args.batch
     predicted = print_plan(check, check_setup(cfg), f"check: step_memory's step at width "
                            f"{args.check_width}, batch {args.batch}, predicted")

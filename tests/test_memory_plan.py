@@ -1,0 +1,46 @@
+"""benchmarks/memory_plan.py and recipe_params.py: exact meta-device counts of a
+non-InstantFamily recipe, and an unmeasured recipe's total printed as a lower bound."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import memory_plan  # noqa: E402
+import recipe_params  # noqa: E402
+
+from ldm_ext.config import load_config  # noqa: E402
+
+SD15_UNET = 859_520_964  # SD1.5's published UNet
+SD15_BLOCK_WIDTHS = [320, 320, 640, 640, 1280, 1280, 1280] + [1280] * 3 + [640] * 3 + [320] * 3
+
+
+def test_storymaker_sd15_counts_match_closed_form() -> None:
+    cfg = load_config(ROOT / "configs/experiment/storymaker_sd15.yaml")
+    counts = recipe_params.recipe_counts(cfg)
+    rank, text = 128, 768  # lora_rank; CLIP ViT-L token width (K_i / V_i input)
+    # per transformer block of width C: LoRA on attn1 q/k/v/out (C -> C) and attn2 q/out
+    # (C -> C), k/v (768 -> C); K_i / V_i: two bias-free 768 -> C projections
+    lora = sum(rank * (12 * c + 2 * (text + c)) for c in SD15_BLOCK_WIDTHS)
+    ip_kv = sum(2 * text * c for c in SD15_BLOCK_WIDTHS)
+    assert counts["lora + K_i/V_i"] == (lora + ip_kv, True)
+    assert counts["unet"] == (SD15_UNET, False)  # LoRA and K_i / V_i not counted frozen
+    assert counts["pose controlnet"][1] is False and counts["image encoder"][1] is False
+    assert counts["ppr"][1] is True
+    assert {part for part, (_, trains) in counts.items() if trains} == {"lora + K_i/V_i", "ppr"}
+
+
+def test_sdxl_recipe_total_is_a_lower_bound(capsys) -> None:
+    cfg = load_config(ROOT / "configs/experiment/storymaker_sdxl_paper.yaml")
+    counts = {"unet": (10**9, False), "ppr": (10**8, True)}
+    memory_plan.print_recipe(cfg, "sdxl", counts, per_sample=1e9)
+    out = capsys.readouterr().out
+    assert "LOWER BOUND" in out and "total, at least" in out
+    rows_printed = [line.split()[0] for line in out.splitlines() if line.endswith("GiB")]
+    assert "frozen" in rows_printed  # the table printed, without SD1.5 activations in it
+    assert not any(row.startswith("activations") for row in rows_printed)
+    setup = memory_plan.recipe_setup(cfg)
+    rows = memory_plan.static_bytes(counts, setup)
+    assert rows["reduce buckets"] == 4 * 10**8  # DDP's fp32 gradient buckets, 8 GPUs
