@@ -33,7 +33,8 @@ SeFi-IDE and StoryMaker on SD1.5 at 512² its activations per sample stand in fo
 (same UNet, same latent size, gradients through the UNet; what differs is printed with
 the table, ``ACTIVATION_NOTES``), an approximation, not a measurement of their step. For
 SDXL recipes the step is not measured at all (an SDXL-shaped step at 128² latents does not
-run on this CPU): their activation row is left out and the total printed as a lower bound.
+run on this CPU): their activation row is left out, the total printed as a lower bound,
+and nothing is measured, so no RESULT line.
 
 Checked: the plan of the same step at ``--check-width`` (one process, as measured; past
 both fit widths, so the width extrapolation is tested), at the recipe's precision choices,
@@ -199,18 +200,23 @@ def print_plan(rows: dict[str, float], setup: Setup, title: str) -> float:
     return total
 
 
+def step_stands_for(cfg) -> bool:
+    """Whether the measured SD1.5 step at 64² latents stands for the recipe's UNet pass."""
+    return cfg.model.family == "sd15" and cfg.data.resolution // 8 == MEASURED_LATENT
+
+
 def print_recipe(cfg, name: str, counts: dict[str, tuple[int, bool]],
-                 per_sample: float) -> None:
+                 per_sample: float | None) -> None:
     """The recipe's plan: parameters by part, then per-GPU bytes; activations from the
-    measured SD1.5 step (``per_sample`` bytes at width 320) where that step stands for the
-    recipe's UNet and latent size, else left out and the total marked a lower bound."""
+    measured SD1.5 step (``per_sample`` bytes at width 320) where ``step_stands_for`` the
+    recipe, else left out (``per_sample`` None) and the total marked a lower bound."""
     print(f"{name}: parameters (exact, meta device)")
     for part, (n, trains) in counts.items():
         print(f"  {part:<22}{n / 1e6:>10.2f} M  {'trainable' if trains else 'frozen'}")
     batch, setup = cfg.data.batch_size, recipe_setup(cfg)
     rows = static_bytes(counts, setup)
     latent = cfg.data.resolution // 8
-    if cfg.model.family == "sd15" and latent == MEASURED_LATENT:
+    if per_sample is not None:
         own = cfg.method.name == "instantfamily"
         rows["activations" if own else "activations, reused"] = per_sample * batch
         note = ACTIVATION_NOTES[cfg.method.name]
@@ -249,6 +255,11 @@ def main() -> None:
         counts = recipe_params.recipe_counts(cfg)
     except ValueError as err:
         parser.error(f"{args.config}: {err}")
+    if not step_stands_for(cfg):  # nothing measured: no ratio to report
+        print_recipe(cfg, args.config, counts, None)
+        print("no RESULT: this recipe's step is not the measured one (run an SD1.5 recipe "
+              "for the check)")
+        return
     print(f"activations measured on the CPU, batch {args.batch} (16-bit autocast: "
           f"{mixed(cfg)}, frozen UNet {cfg.model.weight_dtype}, gradient checkpointing: "
           f"{cfg.trainer.gradient_checkpointing})")
