@@ -3,8 +3,9 @@
 Every model is built with its real shape on the meta device (no memory, no weights): SD1.5
 (``step_memory.py``'s UNet at width 320, VAE, CLIP ViT-L text encoder) or SDXL base 1.0
 (the UNet, VAE and two text encoders of its published configs), the recipe's ControlNet
-(``ControlNetModel.from_unet`` of its UNet: InstantFamily's trainable one, and the shape of
-the frozen OpenPose ControlNets StoryMaker names), the method's encoders and its own modules
+(``ControlNetModel.from_unet`` of its UNet: InstantFamily's trainable one, and the frozen
+OpenPose ControlNets StoryMaker names, taken as full copies of their UNet's encoder, as
+lllyasviel's SD1.5 one is), the method's encoders and its own modules
 built from its config (``ldm_ext/adapters``). What trains is what the method's
 ``trainable_modules()`` holds (``ldm_ext/methods/*.py``), selected here with the same
 helpers; a parameter inside a frozen model that trains (StoryMaker's LoRA and K_i / V_i in
