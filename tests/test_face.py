@@ -434,3 +434,14 @@ def test_keypoint_boxes_map_to_detector_boxes_on_real_photos(astronaut, astronau
         ibug += [_area_ratios(np.stack([detector_box(p) for p in _ibug68_people(image, faces)]),
                               faces.boxes)]
     assert abs(np.concatenate(ibug).mean() - 1) <= 0.10  # OpenPose-style faces, 7 faces
+
+
+def test_encoder_halves_an_aligned_224_crop_by_block_means():
+    """A 224 aligned crop reaches a 112-input encoder as 2x2 block means (what insightface's
+    norm_crop gives at 112), not as a bilinear resample of it."""
+    from ldm_ext.face.encode import _resize
+
+    crops = torch.rand(2, 3, 224, 224)
+    torch.testing.assert_close(_resize(crops, 112), crops.unflatten(-1, (112, 2))
+                               .unflatten(-3, (112, 2)).mean((-1, -3)))
+    assert _resize(crops[..., :200, :200], 112).shape[-2:] == (112, 112)  # other sizes

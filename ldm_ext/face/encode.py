@@ -75,9 +75,14 @@ def facenet_checkpoint(name: str) -> str:
 
 
 def _resize(crops: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear (antialiased) resize of (B, 3, S, S) crops to (B, 3, size, size)."""
-    if crops.shape[-2:] == (size, size):
+    """(B, 3, S, S) crops to (B, 3, size, size): block means when S is a multiple of size
+    (a 224 aligned crop halved is exactly the 112 ArcFace template, as insightface's own
+    norm_crop gives it), else an antialiased bilinear resize."""
+    height, width = crops.shape[-2:]
+    if (height, width) == (size, size):
         return crops
+    if height == width and height % size == 0:
+        return F.avg_pool2d(crops, height // size)
     return F.interpolate(crops, size=(size, size), mode="bilinear", align_corners=False,
                          antialias=True)
 
