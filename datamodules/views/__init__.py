@@ -9,6 +9,8 @@ view to ``VIEWS``; SeFi-IDE fits one photo and has its own DataModule
 """
 from __future__ import annotations
 
+import inspect
+
 from datamodules.views.common import View, select_slots
 from datamodules.views.instantfamily import InstantFamilyView
 from datamodules.views.portraitbooth import PortraitBoothView
@@ -21,7 +23,13 @@ __all__ = ["VIEWS", "InstantFamilyView", "PortraitBoothView", "StoryMakerView", 
 
 
 def build_view(name: str, **kwargs) -> View:
-    """The view registered as ``name`` (``VIEWS``), built with ``kwargs``."""
+    """The view registered as ``name`` (``VIEWS``), built with ``kwargs``; an option the
+    view does not take is a one-line error naming it and the ones it takes."""
     if name not in VIEWS:
         raise ValueError(f"unknown view {name!r}; known: {sorted(VIEWS)}")
+    takes = list(inspect.signature(VIEWS[name]).parameters)
+    unknown = sorted(set(kwargs) - set(takes))
+    if unknown:
+        raise ValueError(f"view {name!r} takes no option {', '.join(unknown)}; it takes: "
+                         f"{', '.join(takes)}")
     return VIEWS[name](**kwargs)

@@ -19,17 +19,39 @@ WHITE = 255
 FACE_SIZE = 224
 
 
-def square_on_white(image: np.ndarray, mask: np.ndarray, size: int) -> np.ndarray:
+def rotate_on_white(image: np.ndarray, degrees: float) -> np.ndarray:
+    """``image`` (h, w, 3) uint8 rotated counter-clockwise by ``degrees`` about its centre,
+    same size, the corners it uncovers white (the official trainer's reference rotation)."""
+    h, w = image.shape[:2]
+    matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), degrees, 1.0)
+    return cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(WHITE,) * 3)
+
+
+def draw_angles(count: int, max_degrees: float, rng: torch.Generator) -> list[float]:
+    """``count`` angles uniform in [-max_degrees, max_degrees] from ``rng`` (none drawn when
+    ``max_degrees`` is 0, so that streams without rotation keep their randomness)."""
+    if not max_degrees:
+        return [0.0] * count
+    return ((torch.rand(count, generator=rng, dtype=torch.float64) * 2 - 1)
+            * max_degrees).tolist()
+
+
+def square_on_white(image: np.ndarray, mask: np.ndarray, size: int,
+                    degrees: float = 0.0) -> np.ndarray:
     """(size, size, 3) uint8: the pixels of ``mask`` on white, cropped to the mask's extent
     and resized to the square without keeping its aspect (the whole character, hair and
     feet, and no white padding), as the official StoryMaker training and inference make the
     character crop: generation feeds ``official_character_crop``
     (``ldm_ext.pipelines.storymaker``) and the released weights saw squashed crops, so a
     padded crop here would train on other images than generation gives. An empty mask
-    gives white."""
+    gives white. ``degrees``: the crop is first rotated on white at its own size, before
+    the squash, as the official trainer does (``rotate_on_white``)."""
     character = character_crop(image, mask)  # (h, w, 3)
     if character is None:
         return np.full((size, size, 3), WHITE, np.uint8)
+    if degrees:
+        character = rotate_on_white(character, degrees)
     # area averaging where it matters (both sides shrink by 2 or more); otherwise bilinear
     # reads every source pixel too and is ~8x faster than OpenCV's non-integer area resize
     shrink = max(size / n for n in character.shape[:2])
@@ -66,6 +88,9 @@ class StoryMakerView:
         num_slots: characters per sample N (the paper trains with one or two).
         float_batches: ``collate`` returns float images (else uint8, see ``normalize``).
         character_size: side S of the character crops (224: CLIP ViT-H/14's input).
+        reference_rotation: each character crop is rotated on white by an angle uniform in
+            +-this many degrees, drawn from the sample's generator (the official trainer:
+            10; 0: off). The aligned face crop is not rotated (nor is it officially).
     """
 
     name = "storymaker"
@@ -74,9 +99,11 @@ class StoryMakerView:
               "characters": UNIT, "character_masks": BINARY}
 
     def __init__(self, num_slots: int = 2, float_batches: bool = True,
-                 character_size: int = 224):
+                 character_size: int = 224, reference_rotation: float = 0.0):
+        if reference_rotation < 0:
+            raise ValueError(f"reference_rotation={reference_rotation} must be >= 0 degrees")
         self.num_slots, self.float_batches = num_slots, float_batches
-        self.character_size = character_size
+        self.character_size, self.reference_rotation = character_size, reference_rotation
 
     def character_masks(self, sample: Sample, faces: list[int]) -> np.ndarray:
         """(n, R, R) bool masks of the characters of ``faces``: the shard's ``MASK_CHAR``
@@ -95,7 +122,9 @@ class StoryMakerView:
         faces = torch.randperm(largest, generator=rng).tolist()
         masks = self.character_masks(sample, faces)
         side = self.character_size
-        characters = np.stack([square_on_white(sample.image, m, side) for m in masks]) \
+        angles = draw_angles(len(masks), self.reference_rotation, rng)
+        characters = np.stack([square_on_white(sample.image, m, side, a)
+                               for m, a in zip(masks, angles)]) \
             if len(masks) else np.zeros((0, side, side, 3), np.uint8)  # (n, S, S, 3)
         return {"pixel_values": image_tensor(sample.image),
                 "control": ControlDrawing(sample.people, [], sample.hw),
