@@ -3,10 +3,11 @@
 The stream is a stage list (open_clip ``get_wds_dataset`` style), rebuilt for every epoch::
 
     shards (shuffled with seed (seed, e)) -> split by node -> split by worker
-    -> tar expand (counting error handler) -> shuffle buffer (seed (seed, e))
+    -> tar expand (counting error handler) -> drop keys already seen this epoch (count them)
+    -> [repeat samples by their face count: ``oversample``, datamodules/oversample.py]
+    -> shuffle buffer (seed (seed, e))
     -> decode (OpenCV / PIL, json, npy; no pickle; large JPEGs at a reduced scale)
-    -> validate (skip and count by reason)
-    -> at least ``min_faces`` faces -> drop keys already seen this epoch (count them)
+    -> validate (skip and count by reason) -> at least ``min_faces`` faces
     -> [skip the samples a resumed run already consumed]
     -> transform -> per-method view -> batch + collate
 
@@ -41,6 +42,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules import storage
 from datamodules.codec import decode_sample
+from datamodules.oversample import REPEAT, check_factors, oversample
 from datamodules.schema import OPTIONAL_KEYS, REASONS, BadSample, Sample, validate
 from datamodules.transforms import ResizeCrop
 from datamodules.views import View, build_view
@@ -85,10 +87,12 @@ class SkipCounter:
             return {r: int(n) for r, n in zip(REASONS, self._array[:]) if n}
 
     def sample_handler(self, exn: Exception) -> bool:
-        """webdataset handler for decode/validate: count a ``BadSample``, re-raise bugs."""
+        """webdataset handler for decode/validate: count a ``BadSample`` (once per sample: not
+        its oversampled repeats), re-raise bugs."""
         if not isinstance(exn, BadSample):
             raise exn
-        self.add(exn.reason)
+        if not getattr(exn, "repeat", 0):
+            self.add(exn.reason)
         return True
 
     def tar_handler(self, exn: Exception) -> bool:
@@ -131,23 +135,29 @@ def decode_and_validate(raw: dict, min_faces: int = 0,
                         optional: tuple[str, ...] = OPTIONAL_KEYS, min_side: int = 0) -> Sample:
     """Our decoders (of the ``optional`` members asked for; a JPEG at least twice
     ``min_side`` at a reduced scale), then the schema checks and the face count; all raise
-    ``BadSample``."""
-    sample = validate(decode_sample(raw, optional, min_side))
-    if sample.num_faces < min_faces:
-        raise BadSample("no_faces", f"{sample.num_faces} < {min_faces} faces")
+    ``BadSample`` (marked with the raw sample's ``REPEAT`` for the counter)."""
+    try:
+        sample = validate(decode_sample(raw, optional, min_side))
+        if sample.num_faces < min_faces:
+            raise BadSample("no_faces", f"{sample.num_faces} < {min_faces} faces")
+    except BadSample as err:
+        err.repeat = raw.get(REPEAT, 0)
+        raise
     return sample
 
 
-def drop_duplicates(samples: Iterator[Sample], counter: SkipCounter) -> Iterator[Sample]:
-    """Samples whose key was not seen before in this stream (one epoch of one worker);
-    repeats are counted as ``duplicate_key``. Memory: one key per sample of the epoch."""
+def drop_duplicates(samples: Iterator[dict], counter: SkipCounter) -> Iterator[dict]:
+    """Raw samples whose ``__key__`` was not seen before in this stream (one epoch of one
+    worker); repeats are counted as ``duplicate_key``. Before decoding and oversampling, so
+    that only the shards' own repeats are dropped. Memory: one key per sample of the epoch."""
     seen = set()
-    for sample in samples:
-        if sample.key in seen:
+    for raw in samples:
+        key = raw.get("__key__")
+        if key in seen:
             counter.add("duplicate_key")
             continue
-        seen.add(sample.key)
-        yield sample
+        seen.add(key)
+        yield raw
 
 
 class ShardStream(IterableDataset):
@@ -167,14 +177,18 @@ class ShardStream(IterableDataset):
         min_faces: samples with fewer faces are skipped (``no_faces``).
         decode_side: the shorter image side ``transform`` makes (its resolution): JPEGs at
             least twice as large are decoded at a reduced scale (0: always at full size).
+        oversample: ``{faces: repeats}``: a sample with that many faces comes ``repeats``
+            times per epoch (datamodules/oversample.py); empty: each once.
     """
 
     def __init__(self, urls: list[str], transform: Callable, view: View, batch_size: int,
                  seed: int = 0, shuffle_buffer: int = 1000, start: int = 0,
                  counter: SkipCounter | None = None, rank: int | None = None,
-                 world_size: int | None = None, min_faces: int = 1, decode_side: int = 0):
+                 world_size: int | None = None, min_faces: int = 1, decode_side: int = 0,
+                 oversample: dict[int, int] | None = None):
         super().__init__()
         self.min_faces, self.decode_side = min_faces, decode_side
+        self.oversample = check_factors(oversample)
         self.urls, self.transform, self.view = list(urls), transform, view
         self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
         self.start, self.counter = start, counter or SkipCounter()
@@ -185,18 +199,20 @@ class ShardStream(IterableDataset):
     def epoch(self, epoch: int, worker: int = 0, num_workers: int = 1) -> wds.DataPipeline:
         """Validated samples of one epoch for this rank and (logical) worker."""
         sample_seed = derive_seed(self.seed, epoch, SAMPLE_SHUFFLE, self.rank, worker)
+        repeat = [partial(oversample, factors=self.oversample)] if self.oversample else []
         return wds.DataPipeline(
             wds.SimpleShardList(self.urls, seed=derive_seed(self.seed, epoch, SHARD_SHUFFLE)),
             partial(split_every, index=self.rank, count=self.world_size),
             partial(split_every, index=worker, count=num_workers),
             storage.tar_samples(handler=self.counter.tar_handler),
+            partial(drop_duplicates, counter=self.counter),
+            *repeat,
             wds.shuffle(self.shuffle_buffer, self.shuffle_buffer,
                         rng=random.Random(sample_seed)),
             wds.map(partial(decode_and_validate, min_faces=self.min_faces,
                             min_side=self.decode_side,
                             optional=tuple(getattr(self.view, "optional", OPTIONAL_KEYS))),
                     handler=self.counter.sample_handler),
-            partial(drop_duplicates, counter=self.counter),
         )
 
     def positioned(self, worker: int, num_workers: int) -> Iterator[tuple[int, int, Sample]]:
@@ -251,17 +267,23 @@ class ShardDataModule(pl.LightningDataModule):
         float_on_device: batches leave the DataLoader with uint8 images and become float
             after the transfer to the device (``on_after_batch_transfer``): 4x less data
             through worker queues and host-to-device copies, and no float pass on the CPU.
+        view_options: further arguments of the view (its class's docstring), e.g. a
+            recipe's augmentation.
+        oversample: ``{faces: repeats}`` per epoch (``ShardStream``); None: each once.
     """
 
     def __init__(self, shards: str | list[str], resolution: int = 512, batch_size: int = 8,
                  num_workers: int = 4, num_slots: int = 4, seed: int = 0,
                  shuffle_buffer: int = 1000, view: str = "instantfamily",
                  random_flip: bool = False, random_crop: bool = False, min_faces: int = 1,
-                 float_on_device: bool = False):
+                 float_on_device: bool = False, view_options: dict | None = None,
+                 oversample: dict[int, int] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.counter = SkipCounter()
-        self.view = build_view(view, num_slots=num_slots, float_batches=not float_on_device)
+        self.view = build_view(view, num_slots=num_slots, float_batches=not float_on_device,
+                               **(view_options or {}))
+        check_factors(oversample)  # fails here, not in a worker
 
     def consumed_samples(self) -> int:
         """Samples this rank consumed before now: optimizer steps x batches per step x size."""
@@ -278,7 +300,7 @@ class ShardDataModule(pl.LightningDataModule):
         return ShardStream(expand_shards(hp.shards), transform, self.view, hp.batch_size,
                            seed=hp.seed, shuffle_buffer=hp.shuffle_buffer, start=start,
                            counter=self.counter, min_faces=hp.min_faces,
-                           decode_side=hp.resolution)
+                           decode_side=hp.resolution, oversample=hp.oversample)
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.build_dataset(self.consumed_samples())

@@ -57,6 +57,10 @@ class DataConfig:
     num_workers: int = 4
     shuffle_buffer: int = 1000
     random_flip: bool = False
+    # further arguments of the method's view (datamodules/views), e.g. a recipe's augmentation
+    view_options: dict[str, Any] = field(default_factory=dict)
+    # {faces: repeats}: a sample with that many faces comes that often per epoch (others once)
+    oversample: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
