@@ -19,10 +19,10 @@ from ldm_ext.adapters.stea import STEA, augment_tokens
 from ldm_ext.attention import AttentionContext, AttentionStore, install_processors
 from ldm_ext.backbone import Backbone, load_backbone
 from ldm_ext.face.types import FaceFeatures
+from ldm_ext.identity_loss import decode_faces, x0_identity_loss
 from ldm_ext.losses import noise_loss
 from ldm_ext.methods.base import IdentityMethod
-from ldm_ext.methods.portraitbooth_losses import (crop_faces, identity_loss, latent_window,
-                                                  localization_terms, predicted_x0)
+from ldm_ext.methods.portraitbooth_losses import localization_terms
 from ldm_ext.word_tokens import word_positions
 
 
@@ -155,29 +155,25 @@ class PortraitBooth(IdentityMethod):
         index = need.nonzero().flatten()
         if len(index) == 0:
             return pred.new_zeros((), dtype=torch.float32)
-        z0 = predicted_x0(self.backbone.scheduler, noisy[index], pred[index], t[index])
-        generated = self._id_features(self.face_encoder(self.decode_faces(z0, boxes[index])))
-        return identity_loss(reference[index], generated).sum() / len(need)
+        losses = x0_identity_loss(
+            self.backbone.scheduler, self.vae, self.backbone.vae_scale,
+            lambda faces: self._id_features(self.face_encoder(faces)),
+            self.face_encoder.input_size, noisy[index], pred[index], t[index],
+            reference[index], boxes[index], self._window_margin())  # (E,)
+        return losses.sum() / len(need)
 
     def decode_faces(self, z0: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """x̂0^f: ẑ0 (E, C, h, w) decoded (Eq. 5's D) and cropped at the normalised boxes
         (E, 4) -> (E, 3, S, S) at the face encoder's input size, differentiably. ``window``
         decodes each face's latent box plus ``dip_window_margin`` latents of context
         instead of the whole latent (the decoder's cost follows the area)."""
-        vae, scale, m = self.vae, self.backbone.vae_scale, self.cfg.method
-        size, (h, w) = self.face_encoder.input_size, z0.shape[-2:]
-        z0 = z0.to(vae.dtype) / vae.config.scaling_factor
-        if m.dip_decode == "full":
-            pixels = vae.decode(z0).sample.float()  # (E, 3, H, W)
-            return crop_faces(pixels, boxes * boxes.new_tensor([w, h, w, h]) * scale, size)
-        crops = []
-        for latent, box in zip(z0, boxes):
-            y0, y1, x0, x1 = latent_window(box, (h, w), m.dip_window_margin)
-            pixels = vae.decode(latent[None, :, y0:y1, x0:x1]).sample.float()
-            shift = box.new_tensor([x0, y0, x0, y0]) * scale
-            crops.append(crop_faces(pixels, (box * box.new_tensor([w, h, w, h]) * scale
-                                             - shift)[None], size))
-        return torch.cat(crops)
+        return decode_faces(self.vae, z0, boxes, self.backbone.vae_scale,
+                            self.face_encoder.input_size, self._window_margin())
+
+    def _window_margin(self) -> int | None:
+        """Latents of context around each face box (``window`` decode), None: decode all."""
+        m = self.cfg.method
+        return m.dip_window_margin if m.dip_decode == "window" else None
 
     # ----- ECAC (Eq. 7) ---------------------------------------------------------------------
     def ecac_loss(self, store: AttentionStore | None, entries: "EcacEntries | None",
