@@ -5,7 +5,8 @@ Per character the PPR (Eq. 4-7) turns the face embedding, the CLIP tokens of the
 and of the character crop into L = 20 tokens; the image prompt c_i (background first) enters
 every cross-attention layer through decoupled attention (Eq. 3) with trainable K_i / V_i;
 LoRA through peft (Eq. 8). Loss: noise MSE weighted by 1 + 5 · person mask, plus λ times
-the attention loss (Eq. 9-12) of the image-attention maps against the character masks.
+the attention loss (Eq. 9-12) of the image-attention maps against the character masks, plus
+an optional ID loss (off by default; ``id_loss``).
 
 Batches mix one, two and three characters: the token groups of a sample's absent characters
 are masked out of its image attention (``AttentionContext.image_mask``) and of its loss
@@ -28,9 +29,10 @@ from ldm_ext.adapters.resampler import Resampler
 from ldm_ext.attention import (AttentionContext, AttentionStore, decoupled_modules,
                                install_processors)
 from ldm_ext.backbone import DTYPES, Backbone, load_backbone
+from ldm_ext.identity_loss import x0_identity_loss
 from ldm_ext.methods.base import IdentityMethod
-from ldm_ext.methods.storymaker_encoders import (build_identity_encoder, clip_features,
-                                                 load_image_encoder)
+from ldm_ext.methods.storymaker_encoders import (build_id_loss_encoder, build_identity_encoder,
+                                                 clip_features, load_image_encoder)
 from ldm_ext.methods.storymaker_losses import (attention_loss, draw_drops, person_weights,
                                                weighted_noise_loss)
 
@@ -62,13 +64,18 @@ class StoryMaker(IdentityMethod):
     """Training module; ``image_tokens``, ``negative_tokens``, ``image_mask`` and
     ``predict_noise`` are shared with ``StoryMakerPipeline``."""
 
-    def __init__(self, cfg, backbone: Backbone, face_encoder, image_encoder: nn.Module) -> None:
+    def __init__(self, cfg, backbone: Backbone, face_encoder, image_encoder: nn.Module,
+                 id_encoder: nn.Module | None = None) -> None:
         super().__init__(cfg, backbone)
         m = cfg.method
         if m.num_slots > m.max_characters:
             raise ValueError(f"method.num_slots={m.num_slots} > max_characters={m.max_characters}")
+        if m.id_loss_weight and id_encoder is None:
+            raise ValueError("method.id_loss_weight > 0 needs a differentiable ArcFace "
+                             "(build_id_loss_encoder)")
         self.controlnet = backbone.controlnet  # frozen pose ControlNet, or None
         self.face_encoder, self.image_encoder = face_encoder, image_encoder
+        self.id_encoder = id_encoder  # frozen torch ArcFace of the ID loss, or None
         self.ppr = build_ppr(m, backbone.unet.config.cross_attention_dim,
                              image_encoder.config.hidden_size, face_encoder.global_dim)
         install_processors(self.unet, decoupled=True)  # K_i / V_i start as copies of K_t / V_t
@@ -82,7 +89,8 @@ class StoryMaker(IdentityMethod):
         m = cfg.method
         encoder = load_image_encoder(m.image_encoder, DTYPES[cfg.model.weight_dtype],
                                      cfg.model.local_files_only)
-        method = cls(cfg, load_backbone(cfg.model), build_identity_encoder(m), encoder)
+        method = cls(cfg, load_backbone(cfg.model), build_identity_encoder(m), encoder,
+                     build_id_loss_encoder(m))
         method.load_released_weights()
         return method
 
@@ -109,7 +117,7 @@ class StoryMaker(IdentityMethod):
         return modules
 
     def frozen_modules(self) -> list[nn.Module]:
-        extra = [self.controlnet, self.image_encoder, self.face_encoder]
+        extra = [self.controlnet, self.image_encoder, self.face_encoder, self.id_encoder]
         return super().frozen_modules() + [m for m in extra if isinstance(m, nn.Module)]
 
     def _loss_layers(self) -> list[str]:
@@ -181,7 +189,7 @@ class StoryMaker(IdentityMethod):
 
     # ----- training ----------------------------------------------------------------------
     def model_step(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """L = L_SD (person-weighted) + λ L_attn (Eq. 12) of one batch."""
+        """L = L_SD (person-weighted) + λ L_attn (Eq. 12) [+ w_id L_id] of one batch."""
         m, valid = self.cfg.method, batch["face_valid"]
         latents = self.encode_latents(batch["pixel_values"], generator)
         drop, drop_text = draw_drops(len(valid), m.drop_characters, m.empty_prompt_prob,
@@ -199,7 +207,11 @@ class StoryMaker(IdentityMethod):
         noisy, t, target = self.noised_latents(latents, generator)
         added = self.added_cond_kwargs(pooled, tuple(batch["pixel_values"].shape[-2:]))
         pred = self.predict_noise(noisy, t, text, ctx, added, batch.get("control"))
-        return self.losses(pred, target, batch, ~drop, store)
+        out = self.losses(pred, target, batch, ~drop, store)
+        if m.id_loss_weight:
+            out["id"] = self.id_loss(noisy, pred, t, batch, ~drop)
+            out["loss"] = out["loss"] + m.id_loss_weight * out["id"]
+        return out
 
     def loss_store(self) -> AttentionStore:
         """A store of the loss layers' image-attention maps, each on its layer's own grid
@@ -221,6 +233,29 @@ class StoryMaker(IdentityMethod):
                                          m.attn_loss_form)
             out["loss"] = out["noise"] + m.attn_loss_weight * out["attn"]
         return out
+
+    def id_loss(self, noisy: torch.Tensor, pred: torch.Tensor, t: torch.Tensor, batch: dict,
+                keep: torch.Tensor) -> torch.Tensor:
+        """The optional ID loss (METHODS.md §3: PortraitBooth's DIP with ArcFace), averaged
+        over the batch's present characters: 1 − cos(ArcFace(aligned reference face crop),
+        ArcFace(x̂0 cropped at the character's face box)) for each character of a sample
+        with t <= ``id_loss_max_timestep`` whose characters were fed (``keep`` (B,)), 0 for
+        the others. Only those characters' face windows are decoded. The batch carries
+        boxes, not landmarks, so the generated face is the box crop (as PortraitBooth's)
+        while the reference is the 5-point-aligned crop the PPR sees."""
+        m, valid = self.cfg.method, batch["face_valid"]
+        need = valid & keep[:, None] & (t <= m.id_loss_max_timestep)[:, None]  # (B, N)
+        rows, slots = need.nonzero(as_tuple=True)  # (E,) each
+        if len(rows) == 0:
+            return pred.new_zeros((), dtype=torch.float32)
+        with torch.no_grad():
+            reference = self.id_encoder(batch["face_crops"][rows, slots].to(self.device)).global_
+        losses = x0_identity_loss(
+            self.backbone.scheduler, self.vae, self.backbone.vae_scale,
+            lambda faces: self.id_encoder(faces).global_, self.id_encoder.input_size,
+            noisy[rows], pred[rows], t[rows], reference,
+            batch["face_boxes"][rows, slots].to(self.device), m.id_loss_window_margin)  # (E,)
+        return losses.sum() / valid.sum()
 
     # ----- hooks ---------------------------------------------------------------------------
     def batch_identities(self, batch: dict) -> torch.Tensor:

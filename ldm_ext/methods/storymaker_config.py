@@ -17,6 +17,7 @@ class StoryMakerConfig(MethodConfig):
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "face_encoder": ("insightface", "arcface"),
         "lora_layers": ("all", "cross"),
+        "id_loss_arch": ("r18", "r34", "r50", "r100", "r200"),
         "attn_loss_layers": ("lowest", "all"),
         "attn_loss_form": ("official", "paper"),
     }
@@ -28,6 +29,8 @@ class StoryMakerConfig(MethodConfig):
         "attn_loss_weight": (0, None), "person_loss_weight": (0, None),
         "drop_characters": (0, 1), "drop_both": (0, 1), "drop_face_tokens": (0, 1),
         "drop_character_tokens": (0, 1), "ip_scale": (0, None), "lora_scale": (0, None),
+        "id_loss_weight": (0, None), "id_loss_max_timestep": (0, None),
+        "id_loss_window_margin": (0, None),
     }
     # every released section lands in ppr / ip_kv / lora, which the run saves
     INIT_ONLY: ClassVar[tuple[str, ...]] = ("faceid_weights", "plus_weights", "storymaker_weights")
@@ -70,6 +73,15 @@ class StoryMakerConfig(MethodConfig):
     # layer, 1/(N+1) Σ, averaged over the M layers (Eq. 12)
     attn_loss_form: str = "official"
     person_loss_weight: float = 5.0  # noise MSE weighted by 1 + w * person mask (0: plain)
+    # optional ID loss (the paper names one; the official code has it off): PortraitBooth's
+    # DIP with ArcFace, 1 - cos(ArcFace(aligned reference), ArcFace(face box of x̂0)) for
+    # t <= id_loss_max_timestep. Needs a differentiable ArcFace: a torch IResNet of
+    # id_loss_arch with id_loss_weights (arcface_torch backbone.pth, or "random" for tests)
+    id_loss_weight: float = 0.0  # 0: off, nothing decoded
+    id_loss_max_timestep: int = 250
+    id_loss_weights: str | None = None
+    id_loss_arch: str = "r100"
+    id_loss_window_margin: int = 4  # latents of context decoded around each face box
     # drops per sample (one draw: characters | text | both; text = empty_prompt_prob), and
     # the released projector's own token drops (E1 = 0 / E2 = 0, each independently)
     empty_prompt_prob: float = 0.2

@@ -85,3 +85,23 @@ def build_identity_encoder(method_cfg):
 
     extra = {"arch": method_cfg.face_arch} if method_cfg.face_encoder == "arcface" else {}
     return build_face_encoder(method_cfg.face_encoder, weights=method_cfg.face_weights, **extra)
+
+
+def build_id_loss_encoder(method_cfg):
+    """The differentiable ArcFace of the optional ID loss (a torch IResNet: insightface's
+    ONNX passes no gradient), or None while ``id_loss_weight`` is 0. Fails here, at build
+    time, when its weights are not named or not found."""
+    from ldm_ext.face import ArcFaceEncoder, FaceModelMissing
+
+    if not method_cfg.id_loss_weight:
+        return None
+    weights = method_cfg.id_loss_weights
+    if not weights:
+        raise FaceModelMissing(
+            f"method.id_loss_weight={method_cfg.id_loss_weight} needs method.id_loss_weights: "
+            "the path of an arcface_torch IResNet backbone.pth of method.id_loss_arch "
+            "(or 'random' for tests); or set method.id_loss_weight=0")
+    try:
+        return ArcFaceEncoder(weights=weights, arch=method_cfg.id_loss_arch)
+    except FaceModelMissing as error:
+        raise FaceModelMissing(f"method.id_loss_weights: {error}") from None
