@@ -119,10 +119,11 @@ class MethodConfig:
         "sample_steps": (1, None), "guidance_scale": (0, None),
     }
 
-    # fields naming checkpoints that only initialise trainable parts: a trained run's own
-    # weights replace those parts, so loading the run (generation, eval) skips these files
-    # and works where they are absent
-    INIT_ONLY: ClassVar[tuple[str, ...]] = ()
+    # field -> the value it takes when a trained run is loaded (generation, eval): what
+    # only training reads (checkpoints that initialise trainable parts, which the run's
+    # own weights replace; the networks of training-only losses), so loading a run works
+    # where those files are absent
+    TRAINING_ONLY: ClassVar[dict[str, Any]] = {}
 
     name: str = MISSING
     optimizer: str = "adamw"  # adamw | adam

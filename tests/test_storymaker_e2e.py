@@ -97,9 +97,10 @@ def test_eval_runs_the_storymaker_protocol_on_the_tiny_run(run: Path, tmp_path):
     assert "## Published figures" in report and "| StoryMaker (paper) | 0.6736" in report
 
 
-def test_a_trained_run_loads_without_its_released_initialisation(run: Path, tmp_path):
+def test_a_trained_run_loads_without_its_training_only_files(run: Path, tmp_path):
     """The released checkpoints a run started from (faceid/plus/storymaker weights) only
-    initialise what the run trains and saves: generation from the run must not need them."""
+    initialise what the run trains and saves, and the ID loss's ArcFace only scores
+    training: generation from the run must need neither."""
     import shutil
 
     from omegaconf import OmegaConf
@@ -110,8 +111,11 @@ def test_a_trained_run_loads_without_its_released_initialisation(run: Path, tmp_
     shutil.copy(run / "trainable.safetensors", copy)
     cfg = OmegaConf.load(run / "config.yaml")
     cfg.method.faceid_weights = str(tmp_path / "gone" / "ip-adapter-faceid-plusv2.bin")
+    cfg.method.id_loss_weight = 0.5
+    cfg.method.id_loss_weights = str(tmp_path / "gone" / "backbone.pth")
     OmegaConf.save(cfg, copy / "config.yaml")
     method = load_run(copy)
+    assert method.cfg.method.id_loss_weight == 0
     saved = load_file(copy / "trainable.safetensors")
     for name, param in method.trainable_parameters().items():
         torch.testing.assert_close(param.detach(), saved[name])

@@ -45,8 +45,8 @@ def load_run(path: str | Path, weights: str | Path | None = None) -> IdentityMet
     trainable weights (``weights`` overrides which), in eval mode."""
     run_dir, found = run_folder(path)
     cfg = load_config(run_dir / RUN_CONFIG)
-    for key in method_spec(cfg.method.name).config_class.INIT_ONLY:  # replaced just below
-        cfg.method[key] = None
+    for key, value in method_spec(cfg.method.name).config_class.TRAINING_ONLY.items():
+        cfg.method[key] = value
     method = build_method(cfg)
     method.load_trainable(weights or found)
     return method.eval()

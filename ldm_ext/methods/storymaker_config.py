@@ -4,7 +4,7 @@ released weights); ``configs/experiment/storymaker_sdxl_paper.yaml`` flips the p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ldm_ext.config import Bounds, MethodConfig
 
@@ -32,8 +32,11 @@ class StoryMakerConfig(MethodConfig):
         "id_loss_weight": (0, None), "id_loss_max_timestep": (0, None),
         "id_loss_window_margin": (0, None),
     }
-    # every released section lands in ppr / ip_kv / lora, which the run saves
-    INIT_ONLY: ClassVar[tuple[str, ...]] = ("faceid_weights", "plus_weights", "storymaker_weights")
+    # every released section lands in ppr / ip_kv / lora, which the run saves; the ID loss's
+    # ArcFace only scores training
+    TRAINING_ONLY: ClassVar[dict[str, Any]] = {
+        "faceid_weights": None, "plus_weights": None, "storymaker_weights": None,
+        "id_loss_weight": 0.0}
 
     name: str = "storymaker"
     lr: float = 1e-4
