@@ -92,7 +92,8 @@ def test_celebv_text_datamodule_and_factory(tmp_path):
           "--output", str(tmp_path / "out"), "--workers", "1", "--pose", "faces",
           "--min-face-size", "20"])
     data = dict(kind="celebv_text", root=str(tmp_path / "out"), resolution=32, batch_size=1,
-                num_workers=0, shuffle_buffer=1, random_flip=False, shards=None, image=None)
+                num_workers=0, shuffle_buffer=1, random_flip=False, shards=None, image=None,
+                view_options={}, oversample={})
     cfg = SimpleNamespace(seed=0, method=SimpleNamespace(num_slots=2, name="portraitbooth"),
                           data=SimpleNamespace(**data))
     dm = build_datamodule(cfg)
