@@ -69,7 +69,7 @@ def lightning_steps(method: InstantFamily, batch: dict, steps: int, device: str)
 def bare_steps(method: InstantFamily, batch: dict, steps: int, device: str) -> list[float]:
     """The same computation as ``InstantFamily.model_step`` + AdamW, written inline."""
     method.to(device).train()
-    opt = method.configure_optimizers()
+    opt = method.configure_optimizers()["optimizer"]
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     sched, times = method.backbone.scheduler, []
     for step in range(steps):
