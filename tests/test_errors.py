@@ -194,6 +194,26 @@ def test_size_moves_a_stored_pose_onto_the_square_image(photo, tmp_path):
     np.testing.assert_allclose(moved, people[1].body[:, :2] * 2 + [0, 64], atol=1e-4)
 
 
+def test_pose_inputs_of_every_pipeline(tmp_path):
+    """The one pose-file reader the pipelines share (StoryMaker's --pose with --size drew
+    keypoints at the stored size's pixels): the stored size without --size, the keypoints
+    fitted onto the square with it, the people as they are when no size is stored."""
+    from ldm_ext.pipelines.base import MethodPipeline
+
+    people = pose_template(2, (64, 128))
+    stored, bare = tmp_path / "stored.json", tmp_path / "bare.json"
+    save_people(people, stored, hw=(64, 128))
+    save_people(people, bare)
+    assert MethodPipeline.pose_inputs(str(stored), None)["size"] == (64, 128)
+    fitted = MethodPipeline.pose_inputs(str(stored), 256)
+    assert "size" not in fitted
+    np.testing.assert_allclose(fitted["people"][1].body[:, :2],
+                               people[1].body[:, :2] * 2 + [0, 64], atol=1e-4)
+    as_is = MethodPipeline.pose_inputs(str(bare), 256)
+    assert "size" not in as_is
+    np.testing.assert_allclose(as_is["people"][1].body, people[1].body)
+
+
 @pytest.mark.parametrize("faces, argv, words", [
     (0, ["--ids", "{photo}"], ["identity photo", "photo.png", "no face"]),
     (1, ["--ids", "{missing}"], ["missing.png", "no such file"]),

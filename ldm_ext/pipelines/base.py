@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from ldm_ext import weights
+from ldm_ext.cli import InputError, positive_int
 from ldm_ext.pipelines.sampling import inference_scheduler
 
 
@@ -35,7 +36,7 @@ class MethodPipeline:
     def identities_from_files(self, paths: list[str]) -> list:
         """``identity`` of each photo file, in order; a missing or unreadable file or a
         photo without a face is an ``InputError`` naming the file."""
-        from ldm_ext.cli import InputError, open_image
+        from ldm_ext.cli import open_image
 
         identities = []
         for path in paths:
@@ -76,3 +77,33 @@ class MethodPipeline:
         """Call arguments from the parsed flags: at least ``identities``; ``size`` (H, W)
         when the inputs fix it (e.g. a pose file)."""
         return {"identities": None}
+
+    @staticmethod
+    def add_photo_arguments(parser: argparse.ArgumentParser, noun: str) -> None:
+        """``--ids`` (one photo per ``noun``) or ``--group`` (one photo of several, with
+        ``--num-ids``), for pipelines that take either; see ``check_photo_arguments``."""
+        ids = parser.add_mutually_exclusive_group(required=True)
+        ids.add_argument("--ids", nargs="+", help=f"one photo per {noun} (largest face)")
+        ids.add_argument("--group", help=f"one photo whose largest faces are the {noun}s")
+        parser.add_argument("--num-ids", type=positive_int, default=None,
+                            help=f"with --group: how many {noun}s (largest faces first)")
+
+    @staticmethod
+    def check_photo_arguments(args: argparse.Namespace, noun: str) -> None:
+        """--num-ids only with --group: an InputError otherwise."""
+        if args.ids and args.num_ids is not None:
+            raise InputError(f"--num-ids goes with --group; --ids takes one {noun} per photo")
+
+    @staticmethod
+    def pose_inputs(path: str, side: int | None) -> dict:
+        """``people`` of a pose file and the size they fix: the file's stored (H, W) when
+        ``side`` (--size) is not given; with it, the keypoints (pixels of the stored size)
+        fitted onto the side x side image, scaled by one factor and centred."""
+        from ldm_ext.pose import fit_people, load_pose
+
+        people, hw = load_pose(path)
+        if hw is None:
+            return {"people": people}
+        if not side:
+            return {"people": people, "size": hw}
+        return {"people": fit_people(people, hw, (side, side))}

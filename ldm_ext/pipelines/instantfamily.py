@@ -20,11 +20,11 @@ import torch
 from PIL import Image, ImageOps
 
 from ldm_ext.attention import AttentionStore
-from ldm_ext.cli import InputError, open_image, positive_int
+from ldm_ext.cli import InputError, open_image
 from ldm_ext.face.align import tensor_to_uint8
 from ldm_ext.pipelines.base import MethodPipeline
 from ldm_ext.pipelines.sampling import decode_images, denoise, initial_latents, to_tensor
-from ldm_ext.pose import (Person, detector_box, fit_people, load_pose, pose_template,
+from ldm_ext.pose import (Person, detector_box, fit_people, pose_template,
                           render_control_image, slot_color)
 
 
@@ -150,11 +150,7 @@ class InstantFamilyPipeline(MethodPipeline):
     # ----- command line (ldm_ext.generate) -----------------------------------------------
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        ids = parser.add_mutually_exclusive_group(required=True)
-        ids.add_argument("--ids", nargs="+", help="one photo per identity (largest face used)")
-        ids.add_argument("--group", help="one group photo: its faces are the identities")
-        parser.add_argument("--num-ids", type=positive_int, default=None,
-                            help="with --group: how many of its faces (largest first)")
+        cls.add_photo_arguments(parser, "identity")
         pose = parser.add_mutually_exclusive_group()
         pose.add_argument("--pose", help="OpenPose-style JSON template (default: side by side)")
         pose.add_argument("--pose-image", help="photo to estimate the pose template from "
@@ -165,22 +161,17 @@ class InstantFamilyPipeline(MethodPipeline):
         --pose-image, else the default side-by-side template at ``args.size``. A file that
         is missing, unreadable or malformed, a photo without a face, --num-ids beyond the
         group photo's faces or with --ids, a pose with too few people: an InputError."""
-        if args.ids and args.num_ids is not None:
-            raise InputError("--num-ids goes with --group; --ids takes one identity per photo")
+        self.check_photo_arguments(args, "identity")
         inputs = {"identities": self._identities_from_args(args)}
-        side = args.size or self.method.cfg.data.resolution
         if args.pose_image:
             from ldm_ext.pose import OpenPoseEstimator
 
+            side = args.size or self.method.cfg.data.resolution
             photo = open_image(args.pose_image, "pose image")
             people = OpenPoseEstimator()(np.asarray(photo))
             inputs["people"] = fit_people(people, (photo.height, photo.width), (side, side))
         elif args.pose:
-            inputs["people"], hw = load_pose(args.pose)
-            if hw is not None and not args.size:
-                inputs["size"] = hw
-            elif hw is not None:  # keypoints are pixels of the stored size: move them
-                inputs["people"] = fit_people(inputs["people"], hw, (side, side))
+            inputs.update(self.pose_inputs(args.pose, args.size))
         if "people" in inputs:
             _check_people(inputs["people"], len(inputs["identities"]),
                           args.pose or args.pose_image)

@@ -28,7 +28,7 @@ from ldm_ext.pipelines.base import MethodPipeline
 from ldm_ext.pipelines.regions import (blend_weights, boxes_from_people, compose, load_layout,
                                        region_masks)
 from ldm_ext.pipelines.sampling import decode_images, denoise, initial_latents
-from ldm_ext.pose import fit_people, load_pose, pose_template, slot_color
+from ldm_ext.pose import pose_template, slot_color
 from ldm_ext.word_tokens import word_positions
 
 
@@ -149,11 +149,7 @@ class PortraitBoothPipeline(MethodPipeline):
                                  f"{len(crops)} identities")
             inputs["regions"] = torch.from_numpy(boxes[: len(crops)])
         elif args.pose:
-            inputs["people"], hw = load_pose(args.pose)
-            if hw is not None and not args.size:
-                inputs["size"] = hw
-            elif hw is not None:  # keypoints are pixels of the stored size: move them
-                inputs["people"] = fit_people(inputs["people"], hw, (args.size, args.size))
+            inputs.update(self.pose_inputs(args.pose, args.size))
         return inputs
 
 

@@ -28,11 +28,11 @@ from PIL import Image, ImageOps
 
 from ldm_ext.adapters.lora import lora_scale
 from ldm_ext.attention import AttentionContext
-from ldm_ext.cli import InputError, open_image, positive_int
+from ldm_ext.cli import InputError, open_image
 from ldm_ext.face.align import arcface_crops, crops_to_tensor, tensor_to_uint8
 from ldm_ext.pipelines.base import MethodPipeline
 from ldm_ext.pipelines.sampling import decode_images, denoise, initial_latents, to_tensor
-from ldm_ext.pose import load_pose, render_control_image, slot_color
+from ldm_ext.pose import render_control_image, slot_color
 
 SIDE = 224  # CLIP ViT-H/14 input; both halves of an identity
 
@@ -171,11 +171,7 @@ class StoryMakerPipeline(MethodPipeline):
     # ----- command line (ldm_ext.generate) -----------------------------------------------
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        ids = parser.add_mutually_exclusive_group(required=True)
-        ids.add_argument("--ids", nargs="+", help="one photo per character (largest face)")
-        ids.add_argument("--group", help="one photo whose largest faces are the characters")
-        parser.add_argument("--num-ids", type=positive_int, default=None,
-                            help="with --group: how many characters (largest faces first)")
+        cls.add_photo_arguments(parser, "character")
         parser.add_argument("--masks", nargs="+", help="with --ids: one character mask image "
                             "per photo (white = the person); default: segmented")
         parser.add_argument("--pose", help="OpenPose-style JSON for the pose ControlNet")
@@ -188,15 +184,12 @@ class StoryMakerPipeline(MethodPipeline):
         """Characters from --ids (+ --masks) or --group (+ --num-ids); --pose, scales."""
         if args.masks and not args.ids:
             raise InputError("--masks goes with --ids (one mask per photo)")
-        if args.ids and args.num_ids is not None:
-            raise InputError("--num-ids goes with --group; --ids takes one character per photo")
+        self.check_photo_arguments(args, "character")
         inputs = {"identities": self._identities_from_args(args),
                   "zero_character": args.zero_character, "ip_scale": args.ip_scale,
                   "lora": args.lora_scale}
         if args.pose:
-            inputs["people"], hw = load_pose(args.pose)
-            if hw is not None and not args.size:
-                inputs["size"] = hw
+            inputs.update(self.pose_inputs(args.pose, args.size))
         return inputs
 
     def _identities_from_args(self, args: argparse.Namespace) -> torch.Tensor:
