@@ -38,13 +38,14 @@ import argparse
 import ctypes
 import functools
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 from diffusers.models.attention_processor import (Attention, AttnProcessor2_0,
                                                   IPAdapterAttnProcessor2_0)
 from torch import Tensor
+
+from timing import timed  # benchmarks/timing.py (benchmarks/ is on sys.path)
 
 from ldm_ext.attention import (AttentionContext, DecoupledAttnProcessor, IdAttnProcessor,
                                TokenLayout, build_face_masks)
@@ -135,20 +136,6 @@ def keep_freed_memory() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters, <malloc.h>
     libc.mallopt(m_mmap_threshold, 32 << 20)
     libc.mallopt(m_trim_threshold, 2**31 - 1)
-
-
-def timed(fn: Call, device: str) -> float:
-    """Seconds of fn(): wall clock with CUDA synchronised, or on the CPU this process's CPU
-    time, which other processes on a shared machine do not inflate (see the module doc)."""
-    if device != "cuda":
-        start = time.process_time()
-        fn()
-        return time.process_time() - start
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def one_pair(case: Case, index: int, device: str) -> tuple[float, float]:

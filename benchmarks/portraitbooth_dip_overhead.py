@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+
+from timing import timed  # benchmarks/timing.py (benchmarks/ is on sys.path)
 
 from ldm_ext.losses import noise_target
 
@@ -59,17 +60,13 @@ def set_losses(method, full: bool, weights: dict[str, float]) -> None:
 def timed_step(method, batch: dict, optimizer, device: str, seed: int) -> float:
     """Seconds of one training step: model step, backward, optimizer update (wall clock
     on CUDA, this process's CPU time on the CPU)."""
-    clock = time.perf_counter if device == "cuda" else time.process_time
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = clock()
-    optimizer.zero_grad(set_to_none=True)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    method.model_step(batch, gen)["loss"].backward()
-    optimizer.step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return clock() - start
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        method.model_step(batch, gen)["loss"].backward()
+        optimizer.step()
+
+    return timed(step, device)
 
 
 def main() -> None:

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+
+from timing import timed  # benchmarks/timing.py (benchmarks/ is on sys.path)
 
 from ldm_ext.pipelines.sampling import decode_images, denoise, initial_latents
 
@@ -55,18 +56,6 @@ def composed_generation(pipe, crops: torch.Tensor, size: tuple[int, int], steps:
     """One image of the two subjects composed region by region."""
     return pipe(PROMPT, crops, size=size, steps=steps, guidance=5.0, progress=False,
                 generator=torch.Generator().manual_seed(seed))
-
-
-def timed(run, device: str) -> float:
-    """Seconds of ``run()``: wall clock on CUDA, this process's CPU time on the CPU."""
-    clock = time.perf_counter if device == "cuda" else time.process_time
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = clock()
-    run()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return clock() - start
 
 
 @torch.no_grad()

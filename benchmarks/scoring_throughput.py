@@ -36,7 +36,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +45,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from timing import timed  # noqa: E402  (benchmarks/timing.py; benchmarks/ is on sys.path)
 from callbacks.scoring import References, Scorers, score_images  # noqa: E402
 from callbacks.prompts import fill, prompt_list  # noqa: E402
 from callbacks.scorers import CLIPScorer, FaceScorer, to_chw  # noqa: E402
@@ -101,20 +101,6 @@ def part_times(batched: Scorers, single: Scorers, images: list[np.ndarray],
     }
     return {name: (timed(many, device), timed(one, device))
             for name, (many, one) in parts.items()}
-
-
-def timed(fn, device: str) -> float:
-    """Seconds of fn(): wall clock with CUDA synchronised, or on the CPU this process's CPU
-    time, which other processes on a shared machine do not inflate (see `main`)."""
-    if device != "cuda":
-        start = time.process_time()
-        fn()
-        return time.process_time() - start
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 @dataclass
