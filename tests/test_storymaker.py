@@ -11,7 +11,8 @@ from ldm_ext.config import load_config
 from ldm_ext.methods.loading import build_method
 from ldm_ext.methods.storymaker import layer_level
 from ldm_ext.methods.storymaker_losses import (attention_loss, draw_drops, group_maps,
-                                               person_weights, weighted_noise_loss)
+                                               person_weights, region_targets,
+                                               weighted_noise_loss)
 
 DEMO = "configs/experiment/storymaker_demo.yaml"
 NO_DROPS = ["method.empty_prompt_prob=0", "method.drop_characters=0", "method.drop_both=0",
@@ -49,6 +50,21 @@ def test_attention_loss_paper_and_official_by_hand():
     perfect[0][..., 0:2, :, 1] = 0.5  # background tokens on the right half
     perfect[0][..., 2:4, :, 1] = 0.0
     assert attention_loss(perfect, masks, valid, 2, "paper").item() == pytest.approx(0.0)
+
+
+def test_background_of_overlapping_characters_paper_and_official():
+    """Character 1 the top half, character 2 the left half of a 4x4 image, on a 1x1 grid:
+    the union covers 0.75, so the paper's background (1 - union) is 0.25; the official
+    trainer's 1 - min(1, Σ resized M_k) gives 0."""
+    masks = torch.zeros(1, 2, 4, 4)
+    masks[0, 0, :2] = 1
+    masks[0, 1, :, :2] = 1
+    valid = torch.tensor([[True, True]])
+    paper, weights = region_targets(masks, valid, (1, 1), "paper")
+    official, _ = region_targets(masks, valid, (1, 1), "official")
+    assert paper.flatten().tolist() == pytest.approx([0.25, 0.5, 0.5])
+    assert official.flatten().tolist() == pytest.approx([0.0, 0.5, 0.5])
+    assert weights.tolist() == [[1.0, 1.0, 1.0]]
 
 
 def test_person_weighted_noise_loss():

@@ -19,13 +19,23 @@ def group_maps(probs: Tensor, tokens_per_group: int) -> Tensor:
     return maps.unflatten(1, (-1, tokens_per_group)).sum(2)
 
 
-def region_targets(masks: Tensor, valid: Tensor, hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """Targets M_k of Eq. 11 on an ``hw`` grid and which count: the background
-    1 - union of the present characters first, then each character's mask.
-    masks (B, N, H, W) {0, 1}, valid (B, N) -> targets (B, N+1, h, w), weights (B, N+1)."""
+def region_targets(masks: Tensor, valid: Tensor, hw: tuple[int, int],
+                   form: str = "official") -> tuple[Tensor, Tensor]:
+    """Targets M_k of Eq. 11 on an ``hw`` grid and which count: the background first, then
+    each present character's area-resized mask.
+    masks (B, N, H, W) {0, 1}, valid (B, N) -> targets (B, N+1, h, w), weights (B, N+1).
+
+    The background is 1 − union of the characters. ``paper``: the union is taken on the
+    full-resolution masks, then area-resized (overlapping characters count once).
+    ``official``: 1 − min(1, Σ_k resized M_k), as the official trainer computes it; where
+    characters overlap this is below 1 − union."""
     masks = masks.float() * valid[:, :, None, None]
     small = F.interpolate(masks, size=hw, mode="area")  # (B, N, h, w) coverage
-    background = 1 - small.sum(1, keepdim=True).clamp(max=1)
+    if form == "paper":
+        union = F.interpolate(masks.amax(1, keepdim=True), size=hw, mode="area")
+        background = 1 - union  # (B, 1, h, w)
+    else:
+        background = 1 - small.sum(1, keepdim=True).clamp(max=1)
     weights = torch.cat([valid.new_ones(valid.shape[0], 1), valid], dim=1).float()
     return torch.cat([background, small], dim=1), weights
 
@@ -40,7 +50,7 @@ def attention_loss(layer_probs: list[Tensor], masks: Tensor, valid: Tensor,
     ``official``: A_k averaged over the layers first (on the coarsest of their grids), then
     (Σ_characters mean_px (A_k − M_k)² + mean_px (A_bg − M_bg)²) / N."""
     grids = {tuple(p.shape[-2:]) for p in layer_probs}
-    targets = {hw: region_targets(masks, valid, hw) for hw in grids}  # hw -> (M, weights)
+    targets = {hw: region_targets(masks, valid, hw, form) for hw in grids}  # hw -> (M, weights)
     weights = next(iter(targets.values()))[1]  # (B, N+1)
     if form == "official":
         grid = min(grids, key=lambda hw: hw[0] * hw[1])
