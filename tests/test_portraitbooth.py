@@ -135,7 +135,8 @@ def _stub(tokenizer, **method):
     cfg = SimpleNamespace(identity_words=WORDS, emotion_words=["happy", "fearful"],
                           loc_identity_weight=0.001, loc_expression_weight=0.01,
                           identity_cap=0.8, expression_cap=0.1, face_loss_prob=0.5,
-                          empty_prompt_prob=0.1, text_only_prob=0.1, **method)
+                          empty_prompt_prob=0.1, text_only_prob=0.1,
+                          **{"ecac_empty_mask": "skip", **method})
     return SimpleNamespace(cfg=SimpleNamespace(method=cfg), device=torch.device("cpu"),
                            backbone=SimpleNamespace(tokenizers=[tokenizer]))
 
@@ -157,18 +158,21 @@ def test_ecac_loss_wires_tokens_masks_and_weights(tokenizer):
     masks = torch.zeros(2, 1, 4, 4)
     masks[:, :, :, :2] = 1.0
     batch = {"face_masks": masks, "face_valid": valid}
-    loss = PortraitBooth.ecac_loss(method, store, entries, batch)
+    loss, empty = PortraitBooth.ecac_loss(method, store, entries, batch)
     torch.testing.assert_close(loss, torch.tensor((0.001 * 0.5 + 0.01 * 0.05) / 2))
+    assert empty.item() == 0
     assert ecac_entries(method, ["a dog", ""], valid) is None
 
 
-def test_ecac_leaves_out_tokens_whose_face_mask_is_empty(tokenizer):
-    """A face whose mask is empty (the parser labelled no face pixel, or the crop cut them
-    away) has no region to pull the maps into: Eq. 7's outside term alone would push its
-    tokens' attention to 0 everywhere. Maps 0.25 everywhere for "happy" (2) and "woman"
-    (3); sample 0's mask the left half: woman .125 + .55·.5 = .4 -> λ .4, happy .125 + 0
-    -> μ .125; sample 1 (empty mask) adds nothing: (.001·.4 + .01·.125) / 2."""
-    method = _stub(tokenizer)
+@pytest.mark.parametrize("policy", ["skip", "paper"])
+def test_ecac_empty_face_mask_policy(tokenizer, policy):
+    """A valid face whose mask is empty (the parser labelled no face pixel, or the crop cut
+    them away). Maps 0.25 everywhere for "happy" (2) and "woman" (3); sample 0's mask the
+    left half: woman .125 + .55·.5 = .4 -> λ .4, happy .125 + 0 -> μ .125. Sample 1 (empty
+    mask): ``skip`` adds nothing (Eq. 7's outside term alone would push its tokens'
+    attention to 0 everywhere); ``paper`` applies Eq. 7 as written: λ·.25 + μ·.25. Either
+    way the sample is counted."""
+    method = _stub(tokenizer, ecac_empty_mask=policy)
     valid = torch.tensor([[True], [True]])
     entries = ecac_entries(method, ["a happy woman"] * 2, valid)
     assert entries.keys == [2, 3]
@@ -178,9 +182,11 @@ def test_ecac_leaves_out_tokens_whose_face_mask_is_empty(tokenizer):
     store.record("layer", probs, (2, 2))
     masks = torch.zeros(2, 1, 4, 4)
     masks[0, :, :, :2] = 1.0
-    loss = PortraitBooth.ecac_loss(method, store, entries,
-                                   {"face_masks": masks, "face_valid": valid})
-    torch.testing.assert_close(loss, torch.tensor((0.001 * 0.4 + 0.01 * 0.125) / 2))
+    loss, empty = PortraitBooth.ecac_loss(method, store, entries,
+                                          {"face_masks": masks, "face_valid": valid})
+    sample_1 = 0.001 * 0.25 + 0.01 * 0.25 if policy == "paper" else 0.0
+    torch.testing.assert_close(loss, torch.tensor((0.001 * 0.4 + 0.01 * 0.125 + sample_1) / 2))
+    assert empty.item() == 1
 
 
 # ----- training samples ------------------------------------------------------------------

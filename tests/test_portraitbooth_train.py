@@ -110,7 +110,7 @@ def test_ecac_reaches_the_unet_from_every_cross_attention_layer(method):
                            keys=entries.keys)
     _prediction(method, [100, 600], store)
     assert len(store.maps) == sum(n.endswith("attn2") for n, _ in method.unet.named_modules())
-    loss = method.ecac_loss(store, entries, batch)
+    loss, _ = method.ecac_loss(store, entries, batch)
     loss.backward()
     to_k = [g for n, g in grads(method.unet).items() if "attn2.to_k" in n]
     assert loss > 0 and all(g > 0 for g in to_k)
@@ -121,7 +121,8 @@ def test_eq8_sum_with_v_prediction(method, monkeypatch):
                                       prediction_type="v_prediction")
     monkeypatch.setattr(method.backbone, "scheduler", sched)
     losses = method.model_step(make_batch(), torch.Generator().manual_seed(0))
-    assert set(losses) == {"loss", "noise", "loc", "id"} and torch.isfinite(losses["loss"])
+    assert set(losses) == {"loss", "noise", "loc", "id", "ecac_empty_masks"}
+    assert torch.isfinite(losses["loss"])
     torch.testing.assert_close(losses["loss"], losses["noise"] + losses["loc"] + losses["id"])
 
 

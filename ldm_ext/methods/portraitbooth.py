@@ -101,8 +101,9 @@ class PortraitBooth(IdentityMethod):
         added = self.added_cond_kwargs(pooled, tuple(batch["pixel_values"].shape[-2:]))
         pred = self.predict_noise(noisy, t, text, added, store)
         losses = {"noise": noise_loss(pred, target, weights)}
+        counts = {}
         if m.loc_identity_weight or m.loc_expression_weight:
-            losses["loc"] = self.ecac_loss(store, entries, batch)
+            losses["loc"], counts["ecac_empty_masks"] = self.ecac_loss(store, entries, batch)
         if m.id_weight:  # only samples whose identity word carries subject 0's face (Eq. 4)
             named = torch.tensor([bool(found) for found in word_positions(
                 self.backbone.tokenizers[0], captions, list(m.identity_words))],
@@ -111,7 +112,7 @@ class PortraitBooth(IdentityMethod):
             reference = self._id_features(faces).unflatten(0, (b, n))[:, 0]  # (B, D)
             losses["id"] = m.id_weight * self.dip_loss(noisy, pred, t, reference,
                                                        batch["face_boxes"][:, 0], need)
-        return {"loss": sum(losses.values()), **losses}
+        return {"loss": sum(losses.values()), **losses, **counts}
 
     def condition_modes(self, captions: list[str], generator: torch.Generator,
                         ) -> tuple[list[str], torch.Tensor]:
@@ -177,14 +178,18 @@ class PortraitBooth(IdentityMethod):
 
     # ----- ECAC (Eq. 7) ---------------------------------------------------------------------
     def ecac_loss(self, store: AttentionStore | None, entries: "EcacEntries | None",
-                  batch: dict) -> torch.Tensor:
+                  batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 7 over the recorded cross-attention layers, averaged over the batch: λ times
         the mean over a sample's identity tokens (occurrence k against face mask k) plus μ
         times the mean over its emotion tokens (against the union of its face masks); a
-        sample without such tokens, or a token whose mask is empty, adds 0. ``store`` kept
-        the maps of ``entries.keys``."""
+        sample without such tokens adds 0. ``store`` kept the maps of ``entries.keys``.
+
+        A token whose mask is empty while its face is valid (a parsing failure) adds 0
+        under ``ecac_empty_mask: skip``; ``paper`` keeps Eq. 7's terms for it. Returns the
+        loss and the number of samples with such a token."""
+        zero = torch.zeros((), device=self.device)
         if entries is None or store is None or not store.maps:
-            return torch.zeros((), device=self.device)
+            return zero, zero
         s, valid = store.size, batch["face_valid"][:, :, None, None].to(batch["face_masks"].dtype)
         masks = F.interpolate(batch["face_masks"].flatten(0, 1)[:, None], size=(s, s),
                               mode="area").view(*valid.shape[:2], s, s) * valid  # (B, N, S, S)
@@ -193,10 +198,12 @@ class PortraitBooth(IdentityMethod):
                             for m in store.maps.values()])  # (layers, E, S, S)
         regions = masks[entries.rows, entries.slots]  # (E, S, S)
         terms = localization_terms(maps, regions, entries.caps)
-        # an empty mask has no face to pull the map into (its outside term alone would
-        # push the token's attention to 0 everywhere): such entries add nothing
         present = regions.flatten(1).amax(1) > 0  # (E,)
-        return (terms * entries.weights * present).sum() / len(valid)
+        empty = entries.rows[~present].unique().numel()
+        if self.cfg.method.ecac_empty_mask == "paper":
+            present = torch.ones_like(present)
+        loss = (terms * entries.weights * present).sum() / len(valid)
+        return loss, torch.tensor(float(empty), device=self.device)
 
 
 @dataclass

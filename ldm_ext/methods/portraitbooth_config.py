@@ -25,6 +25,7 @@ class PortraitBoothConfig(MethodConfig):
         "face_encoder": ("facenet", "arcface"),  # differentiable: DIP backpropagates through it
         "id_features": ("global", "shallow"),
         "dip_decode": ("window", "full"),
+        "ecac_empty_mask": ("skip", "paper"),
     }
     RANGES: ClassVar[dict[str, Bounds]] = {
         "text_only_prob": (0, 1), "face_loss_prob": (0, 1), "dip_max_timestep": (0, None),
@@ -59,6 +60,10 @@ class PortraitBoothConfig(MethodConfig):
     loc_expression_weight: float = 0.01  # mu
     identity_cap: float = 0.5  # beta (METHODS.md Decision; the paper's Sec. 5.5 picks 0.8)
     expression_cap: float = 0.5  # gamma (METHODS.md Decision; the paper's Sec. 5.5: 0.1)
+    # a valid face whose parsing mask is empty (a parsing failure): skip adds nothing for
+    # its tokens (counted, train/ecac_empty_masks); paper applies Eq. 7 as written, whose
+    # outside term alone pushes the token's attention towards 0 everywhere
+    ecac_empty_mask: str = "skip"
     attention_size: int = 32  # side the cross-attention maps and the mask are compared at
     # inference (Sec. 5.1): Euler, 50 steps, CFG 5; several subjects: region composition
     sampler: str = "euler"
