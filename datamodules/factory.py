@@ -35,7 +35,7 @@ def build_datamodule(cfg) -> pl.LightningDataModule:
                   seed=cfg.seed, shuffle_buffer=data.shuffle_buffer,
                   view=method_spec(cfg.method.name).view, random_flip=data.random_flip,
                   view_options=dict(data.view_options), oversample=dict(data.oversample),
-                  float_on_device=True)  # the Trainer calls on_after_batch_transfer
+                  max_people=data.max_people, float_on_device=True)  # the Trainer calls on_after_batch_transfer
     if data.kind == "demo":
         return DemoDataModule(root=data.root, num_samples=data.num_demo_samples,
                               size=data.resolution, **common)

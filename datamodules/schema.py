@@ -52,7 +52,7 @@ MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompress
 REASONS = (
     "missing_key", "bad_image", "bad_json", "bad_npy", "bad_shape", "nan", "box_outside",
     "count_mismatch", "empty_caption", "bad_person", "schema_version", "tar_error",
-    "too_large", "duplicate_key", "no_faces",
+    "too_large", "duplicate_key", "no_faces", "too_many_people",
 )
 
 

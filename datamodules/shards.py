@@ -132,14 +132,19 @@ def split_every(src: Iterator, index: int, count: int) -> Iterator:
 
 
 def decode_and_validate(raw: dict, min_faces: int = 0,
-                        optional: tuple[str, ...] = OPTIONAL_KEYS, min_side: int = 0) -> Sample:
+                        optional: tuple[str, ...] = OPTIONAL_KEYS, min_side: int = 0,
+                        max_people: int = 0) -> Sample:
     """Our decoders (of the ``optional`` members asked for; a JPEG at least twice
-    ``min_side`` at a reduced scale), then the schema checks and the face count; all raise
-    ``BadSample`` (marked with the raw sample's ``REPEAT`` for the counter)."""
+    ``min_side`` at a reduced scale), then the schema checks, the face count and the
+    people count (faces or pose skeletons, whichever is more; ``max_people`` 0: no limit);
+    all raise ``BadSample`` (marked with the raw sample's ``REPEAT`` for the counter)."""
     try:
         sample = validate(decode_sample(raw, optional, min_side))
         if sample.num_faces < min_faces:
             raise BadSample("no_faces", f"{sample.num_faces} < {min_faces} faces")
+        people = max(sample.num_faces, len(sample.people))
+        if max_people and people > max_people:
+            raise BadSample("too_many_people", f"{people} > {max_people} people")
     except BadSample as err:
         err.repeat = raw.get(REPEAT, 0)
         raise
@@ -179,15 +184,16 @@ class ShardStream(IterableDataset):
             least twice as large are decoded at a reduced scale (0: always at full size).
         oversample: ``{faces: repeats}``: a sample with that many faces comes ``repeats``
             times per epoch (datamodules/oversample.py); empty: each once.
+        max_people: samples showing more people are skipped (``too_many_people``); 0: any.
     """
 
     def __init__(self, urls: list[str], transform: Callable, view: View, batch_size: int,
                  seed: int = 0, shuffle_buffer: int = 1000, start: int = 0,
                  counter: SkipCounter | None = None, rank: int | None = None,
                  world_size: int | None = None, min_faces: int = 1, decode_side: int = 0,
-                 oversample: dict[int, int] | None = None):
+                 oversample: dict[int, int] | None = None, max_people: int = 0):
         super().__init__()
-        self.min_faces, self.decode_side = min_faces, decode_side
+        self.min_faces, self.decode_side, self.max_people = min_faces, decode_side, max_people
         self.oversample = check_factors(oversample)
         self.urls, self.transform, self.view = list(urls), transform, view
         self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
@@ -210,7 +216,7 @@ class ShardStream(IterableDataset):
             wds.shuffle(self.shuffle_buffer, self.shuffle_buffer,
                         rng=random.Random(sample_seed)),
             wds.map(partial(decode_and_validate, min_faces=self.min_faces,
-                            min_side=self.decode_side,
+                            min_side=self.decode_side, max_people=self.max_people,
                             optional=tuple(getattr(self.view, "optional", OPTIONAL_KEYS))),
                     handler=self.counter.sample_handler),
         )
@@ -270,6 +276,7 @@ class ShardDataModule(pl.LightningDataModule):
         view_options: further arguments of the view (its class's docstring), e.g. a
             recipe's augmentation.
         oversample: ``{faces: repeats}`` per epoch (``ShardStream``); None: each once.
+        max_people: samples showing more people are skipped (``ShardStream``); 0: any.
     """
 
     def __init__(self, shards: str | list[str], resolution: int = 512, batch_size: int = 8,
@@ -277,7 +284,7 @@ class ShardDataModule(pl.LightningDataModule):
                  shuffle_buffer: int = 1000, view: str = "instantfamily",
                  random_flip: bool = False, random_crop: bool = False, min_faces: int = 1,
                  float_on_device: bool = False, view_options: dict | None = None,
-                 oversample: dict[int, int] | None = None):
+                 oversample: dict[int, int] | None = None, max_people: int = 0):
         super().__init__()
         self.save_hyperparameters()
         self.counter = SkipCounter()
@@ -300,7 +307,8 @@ class ShardDataModule(pl.LightningDataModule):
         return ShardStream(expand_shards(hp.shards), transform, self.view, hp.batch_size,
                            seed=hp.seed, shuffle_buffer=hp.shuffle_buffer, start=start,
                            counter=self.counter, min_faces=hp.min_faces,
-                           decode_side=hp.resolution, oversample=hp.oversample)
+                           decode_side=hp.resolution, oversample=hp.oversample,
+                           max_people=hp.max_people)
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.build_dataset(self.consumed_samples())

@@ -61,6 +61,9 @@ class DataConfig:
     view_options: dict[str, Any] = field(default_factory=dict)
     # {faces: repeats}: a sample with that many faces comes that often per epoch (others once)
     oversample: dict[int, int] = field(default_factory=dict)
+    # samples showing more people (faces or pose skeletons) than this are skipped and
+    # counted (too_many_people); 0: no limit
+    max_people: int = 0
 
 
 @dataclass
@@ -206,7 +209,7 @@ RANGES: dict[str, Bounds] = {
     "seed": (0, 2**32 - 1),  # numpy's seed range (pl.seed_everything)
     "data.num_demo_samples": (1, None), "data.resolution": (8, None),
     "data.batch_size": (1, None), "data.num_workers": (0, None),
-    "data.shuffle_buffer": (0, None), "trainer.num_nodes": (1, None),
+    "data.shuffle_buffer": (0, None), "data.max_people": (0, None), "trainer.num_nodes": (1, None),
     "trainer.max_steps": (1, None), "trainer.accumulate_grad_batches": (1, None),
     "trainer.gradient_clip_val": (0, None), "trainer.checkpoint_every": (1, None),
     "trainer.sample_every": (0, None), "trainer.eval_every": (0, None),

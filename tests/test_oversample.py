@@ -124,3 +124,21 @@ def test_recipes_set_the_official_data_recipe_only():
     assert dict(official.view_options) == {"reference_rotation": 10}
     paper = load_config("configs/experiment/storymaker_sdxl_paper.yaml").data
     assert not paper.oversample and not paper.view_options
+
+
+def test_images_with_more_people_than_the_official_data_are_skipped_and_counted(shard):
+    """The official StoryMaker data holds one- to three-person images; its recipe skips
+    the others (``data.max_people``) instead of letting extra people count as background."""
+    paths, faces = shard
+    dm = datamodule(paths, max_people=2)
+    assert sorted(epoch_keys(dm)) == sorted(k for k, n in faces.items() if n <= 2)
+    assert dm.skip_counts() == {"too_many_people": 2}
+    assert sorted(epoch_keys(datamodule(paths))) == sorted(faces)  # 0: no limit
+
+
+def test_the_official_recipe_keeps_at_most_three_people():
+    from ldm_ext.config import load_config
+
+    official = load_config("configs/experiment/storymaker_sdxl_official.yaml")
+    paper = load_config("configs/experiment/storymaker_sdxl_paper.yaml")
+    assert (official.data.max_people, paper.data.max_people) == (3, 0)
