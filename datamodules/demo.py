@@ -126,11 +126,12 @@ def with_fallback_masks(sample: Sample) -> Sample:
     masks (box + 25 %, inscribed ellipse, pose-hull character) and the main character crop.
     Benchmarks and tests use it for prepared-like samples."""
     from datamodules.prepare.annotate import EllipseSegmenter, face_masks
-    from datamodules.prepare.characters import HullCharacters, character_crop
+    from datamodules.prepare.characters import HullCharacters
+    from ldm_ext.perception.characters import character_on_white
 
     bodies = HullCharacters()(sample.image, sample.boxes, sample.people, sample.face_person)
     sample.masks = face_masks(sample.image, sample.boxes, EllipseSegmenter(), bodies)
-    sample.character = character_crop(sample.image, bodies[0]) if len(bodies) else None
+    sample.character = character_on_white(sample.image, bodies[0]) if len(bodies) else None
     sample.models = {"masks": "box+25%|ellipse|pose-hull", "character": "pose-hull"}
     return sample
 

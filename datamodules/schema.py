@@ -86,6 +86,10 @@ class Sample:
     reference: np.ndarray | None = None  # (3, 160, 160) uint8 face crop from another frame
     models: dict = field(default_factory=dict)  # producer of each optional annotation
     source: dict = field(default_factory=dict)  # the input's own metadata (img2dataset columns)
+    # set by the training transform, never stored: the decoded sample before it, and which
+    # of its faces each face here is (views that cut references from the original photo)
+    original: Sample | None = field(default=None, repr=False)
+    original_faces: np.ndarray | None = None  # (F,) int64
 
     @property
     def num_faces(self) -> int:

@@ -179,4 +179,5 @@ class ResizeCrop:
                        face_person=sample.face_person[keep],
                        masks=None if masks is None else np.ascontiguousarray(masks[keep]),
                        reference=sample.reference if keep[:1].all() else None,  # face 0's
-                       people=_people(sample.people, body_face, self.resolution, flip))
+                       people=_people(sample.people, body_face, self.resolution, flip),
+                       original=sample, original_faces=np.flatnonzero(keep))

@@ -9,8 +9,7 @@ import skimage.data
 import torch
 
 from datamodules.prepare.annotate import Annotator, EllipseSegmenter, Filters
-from datamodules.prepare.characters import (HullCharacters, ParsedCharacters, character_crop,
-                                            keep_owned, regions)
+from datamodules.prepare.characters import HullCharacters, ParsedCharacters, keep_owned, regions
 from datamodules.prepare.parsing import (FaceParsingSegmenter, HumanParser, ParserMissing,
                                          square_crops)
 from datamodules.schema import MASK_BOX, MASK_SEG
@@ -154,9 +153,3 @@ def test_missing_human_parser_is_named_and_auto_falls_back(tmp_path, caplog):
     assert isinstance(fallback, HullCharacters) and "pose-hull characters" in caplog.text
 
 
-def test_character_crop_is_the_mask_on_white():
-    image, mask = np.zeros((20, 30, 3), np.uint8), np.zeros((20, 30), bool)
-    assert character_crop(image, mask) is None
-    mask[5:15, 10:12], mask[14, 20] = True, True
-    crop = character_crop(image, mask)
-    assert crop.shape == (10, 11, 3) and (crop[:, :2] == 0).all() and (crop[0, 5] == 255).all()

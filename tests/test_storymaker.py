@@ -195,25 +195,6 @@ def test_frozen_pose_controlnet_conditions_the_step():
     assert posed["noise"] != plain["noise"]
 
 
-def test_training_character_crop_is_the_generation_crop():
-    """The view feeds CLIP the character crop generation makes (the official one: the mask's
-    box squashed to the square, as the released weights were trained): a tall character on
-    a gradient (so geometry shows) gives the same crop up to the 5 x 5 edge blur; a crop
-    padded to keep the aspect differed by ~75 grey levels on average."""
-    import numpy as np
-
-    from datamodules.views.storymaker import square_on_white
-    from ldm_ext.pipelines.storymaker import official_character_crop
-
-    yy, xx = np.mgrid[0:200, 0:200]
-    image = np.stack([xx, yy, (xx + yy) // 2], axis=-1).astype(np.uint8)
-    mask = ((yy - 100) / 80) ** 2 + ((xx - 100) / 30) ** 2 <= 1  # a 160 x 60 ellipse
-    train = square_on_white(image, mask, 224).astype(float)
-    generate = official_character_crop(image, mask, 224).astype(float)
-    assert np.abs(train - generate).mean() < 8
-    assert np.median(np.abs(train - generate)) <= 1
-
-
 def test_paper_attention_loss_compares_each_layer_on_its_own_grid(method):
     """Eq. 11 per layer at the layer's h x w: a 4 x 4 layer whose background tokens take a
     checkerboard (half its pixels wrong against the left / right halves) costs 0.5, a 2 x 2

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from datamodules.demo import demo_sample, with_fallback_masks
 from datamodules.schema import MASK_CHAR
 from datamodules.views import StoryMakerView
-from datamodules.views.storymaker import draw_angles, rotate_on_white, square_on_white
+from datamodules.views.storymaker import draw_angles
+from ldm_ext.perception.characters import reference_crop
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,29 +30,17 @@ def pattern() -> np.ndarray:
     return image
 
 
-def test_rotation_matches_pil_and_fills_white():
-    """Counter-clockwise by the given angle about the centre (as PIL's ``rotate``, which
-    the official trainer uses), the uncovered corners white, the size kept."""
-    image = pattern()
-    for degrees in (-10.0, 7.5):
-        ours = rotate_on_white(image, degrees)
-        pil = np.asarray(Image.fromarray(image).rotate(degrees, resample=Image.BILINEAR,
-                                                       fillcolor=(255, 255, 255)))
-        assert ours.shape == image.shape
-        inner = np.s_[8:-8, 8:-8]  # away from the edges where the two interpolate white in
-        assert np.abs(ours[inner].astype(int) - pil[inner]).mean() < 1
-        assert (ours[0, 0] == 255).all() and (ours[-1, -1] == 255).all()
-        assert not np.array_equal(rotate_on_white(image, -degrees), ours)  # the sign matters
-
-
-def test_square_on_white_rotates_before_the_squash():
+def test_reference_crop_rotates_on_white_before_the_squash():
+    """Counter-clockwise about the centre by PIL's ``rotate`` (nearest neighbour, as the
+    official trainer calls it), the uncovered corners white, then the squash."""
     image = np.full((100, 100, 3), 255, np.uint8)
     mask = np.zeros((100, 100), bool)
     image[20:80, 30:70], mask[20:80, 30:70] = pattern(), True
-    plain, turned = square_on_white(image, mask, 32), square_on_white(image, mask, 32, 10.0)
-    assert (plain[0, 0] != 255).any()  # the character fills its square
+    plain, turned = reference_crop(image, mask, 32), reference_crop(image, mask, 32, 10.0)
+    assert (plain[8:24, 8:24] != 255).any(axis=-1).all()  # the character fills its square
     assert (turned[0, 0] == 255).all() and (turned[-1, -1] == 255).all()  # white corners
     assert np.abs(turned[12:20, 12:20].astype(int) - plain[12:20, 12:20]).mean() < 8
+    assert not np.array_equal(reference_crop(image, mask, 32, -10.0), turned)  # the sign
 
 
 def test_view_rotates_each_character_by_its_drawn_angle(sample):
@@ -63,7 +51,7 @@ def test_view_rotates_each_character_by_its_drawn_angle(sample):
     angles = draw_angles(2, 10, replay)
     assert all(-10 <= a <= 10 for a in angles) and len(set(angles)) == 2
     masks = (sample.masks[order] & MASK_CHAR) > 0
-    expected = np.stack([square_on_white(sample.image, m, 224, a) for m, a in zip(masks, angles)])
+    expected = np.stack([reference_crop(sample.image, m, 224, a) for m, a in zip(masks, angles)])
     assert np.array_equal(item["characters"].permute(0, 2, 3, 1).numpy(), expected)
     unturned = StoryMakerView(num_slots=2)(sample, torch.Generator().manual_seed(3))
     assert not torch.equal(item["characters"], unturned["characters"])

@@ -12,7 +12,7 @@ from datamodules.schema import MASK_CHAR, MASK_SEG, Sample, validate
 from datamodules.transforms import ResizeCrop
 from datamodules.views import (InstantFamilyView, PortraitBoothView, StoryMakerView, build_view,
                                select_slots)
-from datamodules.views.storymaker import square_on_white
+from ldm_ext.perception.characters import reference_crop
 from ldm_ext.attention import TokenLayout, build_face_masks
 from ldm_ext.face.align import arcface_crops
 from ldm_ext.pose import SLOT_COLORS, face_center, pose_template
@@ -36,17 +36,6 @@ def sample_with(faces: int, masks: bool = True, index: int = 0):
     return with_fallback_masks(sample) if masks else sample
 
 
-def test_square_on_white_squashes_the_whole_character():
-    image = np.zeros((100, 100, 3), np.uint8)
-    image[10:90, 30:70] = (200, 0, 0)
-    mask = np.zeros((100, 100), bool)
-    mask[10:90, 30:70] = True
-    out = square_on_white(image, mask, 40)  # 80 x 40 character -> 40 x 40, no padding
-    assert out.shape == (40, 40, 3)
-    assert (out == (200, 0, 0)).all()  # the whole character fills the square (official crop)
-    assert (square_on_white(image, np.zeros_like(mask), 8) == 255).all()
-
-
 def test_storymaker_takes_the_largest_faces_in_random_order():
     sample, view = sample_with(3), StoryMakerView(num_slots=2)
     orders = set()
@@ -67,7 +56,7 @@ def test_storymaker_character_is_its_mask_on_white():
     sample = sample_with(1)
     item = StoryMakerView(num_slots=2, character_size=R)(sample, torch.Generator())
     mask = (sample.masks[0] & MASK_CHAR) > 0
-    expected = square_on_white(sample.image, mask, R)
+    expected = reference_crop(sample.image, mask, R)
     assert np.array_equal(item["characters"][0].permute(1, 2, 0).numpy(), expected)
     assert (expected == 255).any() and (expected != 255).any()
     assert item["face_valid"].tolist() == [True, False] and len(item["characters"]) == 1

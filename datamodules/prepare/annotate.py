@@ -24,7 +24,8 @@ import cv2
 import numpy as np
 import torch
 
-from datamodules.prepare.characters import HullCharacters, ParsedCharacters, character_crop
+from datamodules.prepare.characters import HullCharacters, ParsedCharacters
+from ldm_ext.perception.characters import character_on_white
 from datamodules.prepare.parsing import (DEFAULT_FACE_PARSER, DEFAULT_HUMAN_PARSER,
                                          FaceParsingSegmenter, HumanParser, ParserMissing)
 from datamodules.schema import CROP_SIZE, FACE_MARGIN, MASK_BOX, MASK_CHAR, MASK_SEG, Sample
@@ -268,7 +269,7 @@ class Annotator:
                         masks=face_masks(image, faces.boxes, segmenter, bodies))
         made_by = f"{characters.name}({pose_model})"
         sample.models = {"masks": f"box+25%|{segmenter.name}|{made_by}"}
-        sample.character = character_crop(image, bodies[0]) if len(bodies) else None
+        sample.character = character_on_white(image, bodies[0]) if len(bodies) else None
         if sample.character is not None:
             sample.models["character"] = made_by
         return sample

@@ -147,18 +147,3 @@ class ParsedCharacters:
         empty = ~parsed.any(axis=(1, 2))
         parsed[empty] = hulls[empty]
         return keep_owned(parsed, found, boxes)
-
-
-def character_crop(image: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
-    """(h, w, 3) uint8: the pixels of ``mask`` (bool) on white, cropped to its extent (None
-    when the mask is empty). The extent comes from ``any`` per row and column and the
-    composite from ``cv2.copyTo``, several times faster than ``nonzero`` and ``np.where``
-    (the data loader cuts one per StoryMaker character)."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if not len(rows):
-        return None
-    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    out = np.full((y1 - y0, x1 - x0, 3), 255, np.uint8)
-    cv2.copyTo(np.ascontiguousarray(image[y0:y1, x0:x1]),
-               np.ascontiguousarray(mask[y0:y1, x0:x1]).view(np.uint8), out)
-    return out

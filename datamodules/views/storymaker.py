@@ -2,30 +2,20 @@
 white and their segmentation mask, and the pose of everyone."""
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import torch
 
-from datamodules.prepare.characters import HullCharacters, character_crop
+from datamodules.prepare.characters import HullCharacters
 from datamodules.schema import MASK_CHAR, Sample
 from datamodules.views.common import (BINARY, SIGNED, UNIT, ControlDrawing, draw_controls,
                                       floats, image_tensor, normalized_boxes, pad_slots,
                                       stack_images, valid_slots)
 from ldm_ext.face.align import arcface_crops
+from ldm_ext.perception.characters import reference_crop
 
-WHITE = 255
 # Face crops are aligned on ArcFace's five-point template at twice its 112 px (as the
 # official CLIP face input, ``norm_crop(..., 224)``); the ArcFace encoders halve them to 112.
 FACE_SIZE = 224
-
-
-def rotate_on_white(image: np.ndarray, degrees: float) -> np.ndarray:
-    """``image`` (h, w, 3) uint8 rotated counter-clockwise by ``degrees`` about its centre,
-    same size, the corners it uncovers white (the official trainer's reference rotation)."""
-    h, w = image.shape[:2]
-    matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), degrees, 1.0)
-    return cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=(WHITE,) * 3)
 
 
 def draw_angles(count: int, max_degrees: float, rng: torch.Generator) -> list[float]:
@@ -37,26 +27,12 @@ def draw_angles(count: int, max_degrees: float, rng: torch.Generator) -> list[fl
             * max_degrees).tolist()
 
 
-def square_on_white(image: np.ndarray, mask: np.ndarray, size: int,
-                    degrees: float = 0.0) -> np.ndarray:
-    """(size, size, 3) uint8: the pixels of ``mask`` on white, cropped to the mask's extent
-    and resized to the square without keeping its aspect (the whole character, hair and
-    feet, and no white padding), as the official StoryMaker training and inference make the
-    character crop: generation feeds ``official_character_crop``
-    (``ldm_ext.pipelines.storymaker``) and the released weights saw squashed crops, so a
-    padded crop here would train on other images than generation gives. An empty mask
-    gives white. ``degrees``: the crop is first rotated on white at its own size, before
-    the squash, as the official trainer does (``rotate_on_white``)."""
-    character = character_crop(image, mask)  # (h, w, 3)
-    if character is None:
-        return np.full((size, size, 3), WHITE, np.uint8)
-    if degrees:
-        character = rotate_on_white(character, degrees)
-    # area averaging where it matters (both sides shrink by 2 or more); otherwise bilinear
-    # reads every source pixel too and is ~8x faster than OpenCV's non-integer area resize
-    shrink = max(size / n for n in character.shape[:2])
-    return cv2.resize(character, (size, size),
-                      interpolation=cv2.INTER_AREA if shrink <= 0.5 else cv2.INTER_LINEAR)
+def source_of(sample: Sample, faces: list[int]) -> tuple[Sample, list[int]]:
+    """The decoded photo behind ``sample`` (before the training transform) and the indices
+    of ``faces`` in it; ``sample`` itself when it was not transformed."""
+    if sample.original is None:
+        return sample, faces
+    return sample.original, [int(sample.original_faces[f]) for f in faces]
 
 
 class StoryMakerView:
@@ -70,18 +46,21 @@ class StoryMakerView:
         caption, key     list[str]
         face_crops       (B, N, 3, 224, 224) float in [-1, 1]: the face aligned on ArcFace's
                          template (ArcFace after halving, and CLIP), 0 when empty
-        characters       (B, N, 3, S, S) float in [0, 1]: the character on white, its box
-                         squashed to a square (CLIP-image input before its own
-                         normalisation), 0 when empty
+        characters       (B, N, 3, S, S) float in [0, 1]: the character reference, the
+                         official trainer's crop (soft mask on white, rotated, squashed to
+                         the square; CLIP-image input before its own normalisation), 0
+                         when empty
         character_masks  (B, N, R, R) float {0, 1}: M_k of Eq. 10 (background: 1 - union)
         face_boxes       (B, N, 4) float xyxy in [0, 1]
         face_valid       (B, N) bool
 
-    Face crops are cut from the (transformed) image by its five landmarks as generation
-    cuts them (``ldm_ext.pipelines.storymaker``), not taken from the shard's detector crops:
-    ArcFace and the released FaceID / StoryMaker weights expect the aligned crop.
+    Face and character crops are cut from the decoded photo before the training transform
+    (``Sample.original``), as the official trainer cuts its references from the original
+    image: faces by their five landmarks as generation cuts them (not the shard's detector
+    crops: ArcFace and the released FaceID / StoryMaker weights expect the aligned crop),
+    characters by ``reference_crop``, the one crop generation uses too.
     Masks come from the shard's ``MASK_CHAR`` bits (``datamodules.prepare.characters``); shards
-    written without them get the pose-hull masks here, from the transformed pose.
+    written without them get the pose-hull masks here, from the pose.
     Character dropout (5 %) and caption dropout (10 %) belong to the training step.
 
     Args:
@@ -121,20 +100,26 @@ class StoryMakerView:
         largest = min(self.num_slots, sample.num_faces)  # faces are stored largest first
         faces = torch.randperm(largest, generator=rng).tolist()
         masks = self.character_masks(sample, faces)
-        side = self.character_size
-        angles = draw_angles(len(masks), self.reference_rotation, rng)
-        characters = np.stack([square_on_white(sample.image, m, side, a)
-                               for m, a in zip(masks, angles)]) \
-            if len(masks) else np.zeros((0, side, side, 3), np.uint8)  # (n, S, S, 3)
+        angles = draw_angles(len(faces), self.reference_rotation, rng)
+        photo, found = source_of(sample, faces)
         return {"pixel_values": image_tensor(sample.image),
                 "control": ControlDrawing(sample.people, [], sample.hw),
                 "caption": sample.caption, "key": sample.key,
                 "face_crops": torch.from_numpy(arcface_crops(
-                    sample.image, sample.landmarks[faces], FACE_SIZE)).permute(0, 3, 1, 2),
-                "characters": torch.from_numpy(characters).permute(0, 3, 1, 2),
+                    photo.image, photo.landmarks[found], FACE_SIZE)).permute(0, 3, 1, 2),
+                "characters": self.references(photo, found, angles),
                 "character_masks": torch.from_numpy(masks.astype(np.uint8)),
                 "face_boxes": normalized_boxes(sample, faces, self.num_slots),
                 "face_valid": valid_slots(len(faces), self.num_slots)}
+
+    def references(self, photo: Sample, faces: list[int], angles: list[float]) -> torch.Tensor:
+        """(n, 3, S, S) uint8: the characters of ``faces`` cut from the decoded photo as the
+        official trainer cuts them (``ldm_ext.perception.characters.reference_crop``)."""
+        side = self.character_size
+        crops = [reference_crop(photo.image, m, side, a)
+                 for m, a in zip(self.character_masks(photo, faces), angles)]
+        stacked = np.stack(crops) if crops else np.zeros((0, side, side, 3), np.uint8)
+        return torch.from_numpy(stacked).permute(0, 3, 1, 2)
 
     def collate(self, items: list[dict]) -> dict:
         """One batch: images stacked, control images drawn, per-character tensors padded."""

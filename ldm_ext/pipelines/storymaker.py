@@ -3,8 +3,8 @@
 A character comes from one reference photo (its largest face) or from one person of a group
 photo: the face crop (ArcFace and CLIP: its five landmarks put on ArcFace's template at
 224 px, as the official code feeds CLIP and as ArcFace, after halving, expects) and the
-character crop made as the official inference makes it (the bounding box of the
-character's mask, the mask blurred 5 x 5, the person composited on white, resized to 224²).
+character crop training makes too (``ldm_ext.perception.characters.reference_crop``: the
+official trainer's soft mask, the person on white, squashed to 224² with LANCZOS).
 Masks come from ``--masks`` or from the annotation stages of ``datamodules.prepare`` (human
 parsing split by pose when its weights are local, else the pose hull). Sampling as
 ``infer.py``: UniPC, 25 steps, CFG 7.5, image scale 0.8 (γ of Eq. 3), LoRA scale 0.8,
@@ -30,25 +30,12 @@ from ldm_ext.adapters.lora import lora_scale
 from ldm_ext.attention import AttentionContext
 from ldm_ext.cli import InputError, open_image
 from ldm_ext.face.align import arcface_crops, crops_to_tensor, tensor_to_uint8
+from ldm_ext.perception.characters import reference_crop
 from ldm_ext.pipelines.base import MethodPipeline
 from ldm_ext.pipelines.sampling import decode_images, denoise, initial_latents, to_tensor
 from ldm_ext.pose import render_control_image, slot_color
 
 SIDE = 224  # CLIP ViT-H/14 input; both halves of an identity
-
-
-def official_character_crop(image: np.ndarray, mask: np.ndarray, size: int = SIDE) -> np.ndarray:
-    """(size, size, 3) uint8 as StoryMaker's ``crop_image``: the mask's bounding box cut
-    from the image and the mask, the mask blurred (5 x 5 Gaussian), the person blended onto
-    white by it, resized to a square (aspect not kept). An empty mask gives white."""
-    ys, xs = np.nonzero(mask)
-    if not len(ys):
-        return np.full((size, size, 3), 255, np.uint8)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    alpha = cv2.GaussianBlur(mask[y0:y1, x0:x1].astype(np.uint8) * 255, (5, 5), 0)
-    alpha = alpha[..., None].astype(np.float64) / 255.0  # (h, w, 1)
-    crop = (255 * (1 - alpha) + alpha * image[y0:y1, x0:x1]).astype(np.uint8)
-    return np.array(Image.fromarray(crop).resize((size, size), Image.BICUBIC))
 
 
 def pack_identity(face: torch.Tensor, character: np.ndarray) -> torch.Tensor:
@@ -92,7 +79,7 @@ class StoryMakerPipeline(MethodPipeline):
             people, owner, _ = annotator.people(image, faces)
             masks = list(annotator.character_segmenter()(image, faces.boxes, people, owner))
         aligned = crops_to_tensor(list(arcface_crops(image, faces.landmarks, SIDE)), SIDE)
-        return torch.stack([pack_identity(face, official_character_crop(image, mask))
+        return torch.stack([pack_identity(face, reference_crop(image, mask, SIDE))
                             for face, mask in zip(aligned, masks)])
 
     def _annotator(self):

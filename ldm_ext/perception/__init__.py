@@ -1,0 +1,1 @@
+"""Perception shared by data preparation, training views and generation pipelines."""
