@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import PIL.Image
 
-from .cli import InputError
+from .cli import UserError
 from .face.align import apply_similarity, fit_similarity, to_rgb_array
 from .openpose_draw import draw_body, draw_face
 
@@ -45,8 +45,18 @@ SLOT_COLORS: list[tuple[int, int, int]] = [
 GOLDEN_RATIO = (math.sqrt(5.0) - 1.0) / 2.0  # hue step of generated colours
 
 
-class PoseModelMissing(RuntimeError):
+DEFAULT_POSE_WEIGHTS = "lllyasviel/Annotators"  # hub repo of the OpenPose annotator
+ANNOTATOR_FILES = ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth")
+
+
+class PoseModelMissing(UserError, RuntimeError):
     """OpenPose weights are not available locally; the message says how to provide them."""
+
+
+def download_command(folder: str = "DIR") -> str:
+    """The command that puts the OpenPose annotator's weights into ``folder``."""
+    return (f"hf download {DEFAULT_POSE_WEIGHTS} {' '.join(ANNOTATOR_FILES)} "
+            f"--local-dir {folder}")
 
 
 @dataclass
@@ -326,41 +336,13 @@ def fit_people(people: list[Person], source_hw: tuple[int, int],
 
 def save_people(people: list[Person], path: str | Path,
                 hw: tuple[int, int] | None = None) -> None:
-    """Write OpenPose-style JSON: {"people": [{"body": [[x, y, c], ...], "face": ... | null}],
+    """Write idforge's pose JSON: {"people": [{"body": [[x, y, c], ...], "face": ... | null}],
     "width": W, "height": H} (width/height null when ``hw`` = (height, width) is not given).
     The size keys are named, so files stay readable whatever order code uses."""
     height, width = hw if hw is not None else (None, None)
     records = [{"body": p.body.tolist(), "face": None if p.face is None else p.face.tolist()}
                for p in people]
     Path(path).write_text(json.dumps({"people": records, "width": width, "height": height}))
-
-
-def load_pose(path: str | Path) -> tuple[list[Person], tuple[int, int] | None]:
-    """People and (height, width) (None if not stored) from :func:`save_people` JSON; a
-    missing file, bad JSON or keypoints of the wrong shape are an InputError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"pose {path}: no such file")
-    try:
-        data = json.loads(path.read_text())
-        people = [Person(body=np.array(p["body"]),
-                         face=None if p.get("face") is None else np.array(p["face"]))
-                  for p in data["people"]]
-        hw = None if data.get("width") is None else (int(data["height"]), int(data["width"]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"pose {path}: not JSON ({err})") from None
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        shape = (f'{{"people": [{{"body": {len(BODY_PARTS)} x [x, y, c], "face": '
-                 f'{NUM_FACE_POINTS} x [x, y, c] or null}}], "width": W, "height": H}}')
-        raise InputError(f"pose {path}: expected {shape} ({type(err).__name__}: {err})") from None
-    if not people or (hw is not None and min(hw) < 1):
-        raise InputError(f"pose {path}: needs at least one person and a positive width/height")
-    return people, hw
-
-
-def load_people(path: str | Path) -> list[Person]:
-    """People from :func:`save_people` JSON."""
-    return load_pose(path)[0]
 
 
 def person_from_pose(pose, width: int, height: int) -> Person:
@@ -380,14 +362,21 @@ class OpenPoseEstimator:
     """OpenPose body + face keypoints through controlnet_aux's ``OpenposeDetector``.
 
     Args:
-        name_or_path: hub id or local folder with ``body_pose_model.pth``,
-            ``hand_pose_model.pth`` and ``facenet.pth`` (default lllyasviel/Annotators).
+        name_or_path: local folder in the ``lllyasviel/Annotators`` layout
+            (``ANNOTATOR_FILES``) or a hub id (default lllyasviel/Annotators).
         device: torch device.
         local_files_only: never contact the hub.
+
+    Missing weights raise ``PoseModelMissing`` with the download command.
     """
 
-    def __init__(self, name_or_path: str = "lllyasviel/Annotators", device: str = "cpu",
+    def __init__(self, name_or_path: str = DEFAULT_POSE_WEIGHTS, device: str = "cpu",
                  local_files_only: bool = False) -> None:
+        folder = Path(name_or_path)
+        missing = [f for f in ANNOTATOR_FILES if not (folder / f).is_file()]
+        if folder.is_dir() and missing:
+            raise PoseModelMissing(f"OpenPose weights {', '.join(missing)} not in {folder}: "
+                                   f"download them with `{download_command(str(folder))}`")
         from controlnet_aux import OpenposeDetector
 
         try:
@@ -395,9 +384,10 @@ class OpenPoseEstimator:
                                                         local_files_only=local_files_only)
         except (OSError, ValueError) as error:
             raise PoseModelMissing(
-                f"OpenPose weights (body_pose_model.pth, hand_pose_model.pth, facenet.pth) not "
-                f"found for '{name_or_path}': download the hub repo lllyasviel/Annotators into "
-                f"the Hugging Face cache or pass its local folder. ({error})") from error
+                f"OpenPose weights ({', '.join(ANNOTATOR_FILES)}) not found for "
+                f"'{name_or_path}' (not a folder, nor in the Hugging Face cache): download "
+                f"them with `{download_command()}` and name that folder with --pose-weights "
+                f"DIR ({error})") from error
         self.detector = detector.to(device)
 
     def __call__(self, image: PIL.Image.Image | np.ndarray) -> list[Person]:

@@ -18,7 +18,8 @@ import eval as evaluate
 from ldm_ext.cli import InputError, UserError, run_cli
 from ldm_ext.face.types import Faces
 from ldm_ext.pipelines.instantfamily import InstantFamilyPipeline
-from ldm_ext.pose import load_pose, pose_template, save_people
+from ldm_ext.pose import pose_template, save_people
+from ldm_ext.pose_files import load_pose
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "eval" / "tiny.yaml")
@@ -198,18 +199,17 @@ def test_pose_inputs_of_every_pipeline(tmp_path):
     """The one pose-file reader the pipelines share (StoryMaker's --pose with --size drew
     keypoints at the stored size's pixels): the stored size without --size, the keypoints
     fitted onto the square with it, the people as they are when no size is stored."""
-    from ldm_ext.pipelines.base import MethodPipeline
-
+    pipe = pipeline(2)
     people = pose_template(2, (64, 128))
     stored, bare = tmp_path / "stored.json", tmp_path / "bare.json"
     save_people(people, stored, hw=(64, 128))
     save_people(people, bare)
-    assert MethodPipeline.pose_inputs(str(stored), None)["size"] == (64, 128)
-    fitted = MethodPipeline.pose_inputs(str(stored), 256)
+    assert pipe.pose_inputs(str(stored), None)["size"] == (64, 128)
+    fitted = pipe.pose_inputs(str(stored), 256)
     assert "size" not in fitted
     np.testing.assert_allclose(fitted["people"][1].body[:, :2],
                                people[1].body[:, :2] * 2 + [0, 64], atol=1e-4)
-    as_is = MethodPipeline.pose_inputs(str(bare), 256)
+    as_is = pipe.pose_inputs(str(bare), 256)
     assert "size" not in as_is
     np.testing.assert_allclose(as_is["people"][1].body, people[1].body)
 

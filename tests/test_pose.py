@@ -6,8 +6,9 @@ import pytest
 
 from ldm_ext.pose import (BODY_PARTS, FACE_TEMPLATE, FACE_TEMPLATE_5, SLOT_COLORS,
                           OpenPoseEstimator, Person, PoseModelMissing, face_box, face_center,
-                          fit_people, load_people, load_pose, people_from_faces, person_from_pose,
-                          pose_template, render_control_image, save_people, slot_color)
+                          fit_people, people_from_faces, person_from_pose, pose_template,
+                          render_control_image, save_people, slot_color)
+from ldm_ext.pose_files import load_pose
 
 
 def _person_with_face_box(x0, y0, x1, y1) -> Person:
@@ -205,14 +206,14 @@ def test_json_round_trip(tmp_path):
     save_people(people, path, hw=(240, 320))
     stored = json.loads(path.read_text())
     assert (stored["height"], stored["width"]) == (240, 320)  # named keys: the file format
-    loaded, hw = load_pose(path)
-    assert hw == (240, 320) and len(loaded) == 3 and loaded[2].face is None
+    loaded, hw, stored_size = load_pose(path)
+    assert hw == (240, 320) and stored_size and len(loaded) == 3 and loaded[2].face is None
     for a, b in zip(people, loaded):
         np.testing.assert_allclose(a.body, b.body)
         if a.face is not None:
             np.testing.assert_allclose(a.face, b.face)
     save_people(people[:1], path)
-    assert load_pose(path)[1] is None and len(load_people(path)) == 1
+    assert load_pose(path).hw is None and len(load_pose(path).people) == 1
 
 
 def test_person_from_controlnet_aux_pose():

@@ -31,8 +31,8 @@ from datamodules.prepare.parsing import (DEFAULT_FACE_PARSER, DEFAULT_HUMAN_PARS
 from datamodules.schema import CROP_SIZE, FACE_MARGIN, MASK_BOX, MASK_CHAR, MASK_SEG, Sample
 from ldm_ext.face import FaceModelMissing, Faces, build_face_detector, detect_batch
 from ldm_ext.face.align import tensor_to_uint8
-from ldm_ext.pose import (OpenPoseEstimator, Person, PoseModelMissing, face_center,
-                          people_from_faces)
+from ldm_ext.pose import (DEFAULT_POSE_WEIGHTS, OpenPoseEstimator, Person, PoseModelMissing,
+                          face_center, people_from_faces)
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,8 @@ class Annotator:
         characters: ``auto`` (the human parser if its weights are local, else the pose
             hull), ``human-parsing`` (required) or ``pose-hull``.
         human_parser: the human parser's hub id or local folder.
+        pose_weights: OpenPose's weights: hub id or local folder in the
+            ``lllyasviel/Annotators`` layout (``ldm_ext.pose.ANNOTATOR_FILES``).
         filters: face and image filters.
         detector_kwargs: extra detector arguments (the score filter is ``filters``').
         device: torch device of the models (``cuda`` on a GPU worker of the Ray engine).
@@ -170,6 +172,7 @@ class Annotator:
     parser: str = DEFAULT_FACE_PARSER
     characters: str = "auto"
     human_parser: str = DEFAULT_HUMAN_PARSER
+    pose_weights: str = DEFAULT_POSE_WEIGHTS
     filters: Filters = field(default_factory=Filters)
     detector_kwargs: dict = field(default_factory=dict)
     device: str = "cpu"
@@ -203,7 +206,8 @@ class Annotator:
     def pose_estimator(self) -> Callable | None:
         """OpenPose, or None for the landmark fallback."""
         return self._stage("pose", self.pose, ("openpose", "faces"),
-                           lambda: OpenPoseEstimator(device=self.device,
+                           lambda: OpenPoseEstimator(self.pose_weights,
+                                                     device=self.device,
                                                      local_files_only=True), None,
                            (PoseModelMissing, FaceModelMissing),
                            "OpenPose unavailable, pose from face landmarks")

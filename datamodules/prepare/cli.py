@@ -24,6 +24,7 @@ from datamodules.prepare.engines import engine
 from datamodules.prepare.parsing import DEFAULT_FACE_PARSER, DEFAULT_HUMAN_PARSER
 from datamodules.prepare.run import PrepareConfig, prepare
 from datamodules.prepare.sources import SourceFilter, plan_images
+from ldm_ext.pose import ANNOTATOR_FILES, DEFAULT_POSE_WEIGHTS, download_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
                         "--gpus-per-worker, else 1 (batches ran 0.98-1.0x on a CPU)")
     parser.add_argument("--detector", default="mtcnn")
     parser.add_argument("--pose", default="auto", choices=("auto", "openpose", "faces"))
+    parser.add_argument("--pose-weights", default=DEFAULT_POSE_WEIGHTS, metavar="DIR",
+                        help="OpenPose's weights: folder in the lllyasviel/Annotators layout "
+                        f"({', '.join(ANNOTATOR_FILES)}; `{download_command()}`) or hub id")
     parser.add_argument("--segmenter", default="auto", choices=("auto", "face-parsing", "ellipse"))
     parser.add_argument("--parser", default=DEFAULT_FACE_PARSER,
                         help="face parser: hub id or local folder (SegFormer)")
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     filters = Filters(args.min_faces, args.max_faces, args.min_face_size, args.min_score)
     annotator = Annotator(args.detector, args.pose, args.segmenter, args.parser,
                           characters=args.characters, human_parser=args.human_parser,
-                          filters=filters)
+                          pose_weights=args.pose_weights, filters=filters)
     config = PrepareConfig(args.output, annotator, max_side=args.max_side,
                            previews=args.previews, source_filter=SourceFilter(
                                tuple(args.drop_nsfw), args.min_similarity),

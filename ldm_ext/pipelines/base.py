@@ -94,16 +94,19 @@ class MethodPipeline:
         if args.ids and args.num_ids is not None:
             raise InputError(f"--num-ids goes with --group; --ids takes one {noun} per photo")
 
-    @staticmethod
-    def pose_inputs(path: str, side: int | None) -> dict:
-        """``people`` of a pose file and the size they fix: the file's stored (H, W) when
-        ``side`` (--size) is not given; with it, the keypoints (pixels of the stored size)
-        fitted onto the side x side image, scaled by one factor and centred."""
-        from ldm_ext.pose import fit_people, load_pose
+    def pose_inputs(self, path: str, side: int | None) -> dict:
+        """``people`` of a pose file (``ldm_ext.pose_files``) and the size they fix: the
+        file's stored (H, W) when ``side`` (--size) is not given; with it, the keypoints
+        fitted onto the side x side image, scaled by one factor and centred. A file that
+        stores no size but whose keypoints need a frame (OpenPose's own JSON) is fitted
+        onto ``side``, else the training resolution, and fixes no size."""
+        from ldm_ext.pose import fit_people
+        from ldm_ext.pose_files import load_pose
 
-        people, hw = load_pose(path)
-        if hw is None:
-            return {"people": people}
-        if not side:
-            return {"people": people, "size": hw}
-        return {"people": fit_people(people, hw, (side, side))}
+        pose = load_pose(path)
+        if pose.hw is None:
+            return {"people": pose.people}
+        if not side and pose.stored_size:
+            return {"people": pose.people, "size": pose.hw}
+        side = side or self.method.cfg.data.resolution
+        return {"people": fit_people(pose.people, pose.hw, (side, side))}

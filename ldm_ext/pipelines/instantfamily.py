@@ -24,8 +24,10 @@ from ldm_ext.cli import InputError, open_image
 from ldm_ext.face.align import tensor_to_uint8
 from ldm_ext.pipelines.base import MethodPipeline
 from ldm_ext.pipelines.sampling import decode_images, denoise, initial_latents, to_tensor
-from ldm_ext.pose import (Person, detector_box, fit_people, pose_template,
+from ldm_ext.pose import (ANNOTATOR_FILES, DEFAULT_POSE_WEIGHTS, OpenPoseEstimator, Person,
+                          detector_box, download_command, fit_people, pose_template,
                           render_control_image, slot_color)
+from ldm_ext.pose_files import POSE_FORMATS
 
 
 class InstantFamilyPipeline(MethodPipeline):
@@ -152,23 +154,30 @@ class InstantFamilyPipeline(MethodPipeline):
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         cls.add_photo_arguments(parser, "identity")
         pose = parser.add_mutually_exclusive_group()
-        pose.add_argument("--pose", help="OpenPose-style JSON template (default: side by side)")
+        pose.add_argument("--pose", help=f"pose template: {POSE_FORMATS} (default: side by "
+                          "side)")
         pose.add_argument("--pose-image", help="photo to estimate the pose template from "
-                          "(controlnet_aux OpenPose; needs lllyasviel/Annotators weights)")
+                          "(controlnet_aux's OpenPose; weights: --pose-weights)")
+        parser.add_argument("--pose-weights", metavar="DIR", default=None,
+                            help="with --pose-image: folder of the OpenPose weights "
+                            f"({', '.join(ANNOTATOR_FILES)}; `{download_command()}`); "
+                            f"default: the hub's {DEFAULT_POSE_WEIGHTS} (downloaded to the "
+                            "Hugging Face cache when online)")
 
     def inputs_from_args(self, args: argparse.Namespace) -> dict:
         """Identities from --ids / --group; pose template (and its size) from --pose /
         --pose-image, else the default side-by-side template at ``args.size``. A file that
         is missing, unreadable or malformed, a photo without a face, --num-ids beyond the
-        group photo's faces or with --ids, a pose with too few people: an InputError."""
+        group photo's faces or with --ids, a pose with too few people: an InputError;
+        OpenPose weights missing for --pose-image: ``PoseModelMissing`` (a UserError)."""
         self.check_photo_arguments(args, "identity")
         inputs = {"identities": self._identities_from_args(args)}
         if args.pose_image:
-            from ldm_ext.pose import OpenPoseEstimator
-
             side = args.size or self.method.cfg.data.resolution
             photo = open_image(args.pose_image, "pose image")
-            people = OpenPoseEstimator()(np.asarray(photo))
+            estimator = OpenPoseEstimator(args.pose_weights or DEFAULT_POSE_WEIGHTS,
+                                          local_files_only=args.pose_weights is not None)
+            people = estimator(np.asarray(photo))
             inputs["people"] = fit_people(people, (photo.height, photo.width), (side, side))
         elif args.pose:
             inputs.update(self.pose_inputs(args.pose, args.size))

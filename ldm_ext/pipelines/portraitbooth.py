@@ -29,6 +29,7 @@ from ldm_ext.pipelines.regions import (blend_weights, boxes_from_people, compose
                                        region_masks)
 from ldm_ext.pipelines.sampling import decode_images, denoise, initial_latents
 from ldm_ext.pose import pose_template, slot_color
+from ldm_ext.pose_files import POSE_FORMATS
 from ldm_ext.word_tokens import word_positions
 
 
@@ -135,7 +136,7 @@ class PortraitBoothPipeline(MethodPipeline):
         where = parser.add_mutually_exclusive_group()
         where.add_argument("--layout", help='regions JSON {"regions": [[x0, y0, x1, y1], '
                            "...]} in [0, 1], one per subject (default: side by side)")
-        where.add_argument("--pose", help="OpenPose-style JSON template: its people's "
+        where.add_argument("--pose", help=f"pose template ({POSE_FORMATS}): its people's "
                            "keypoint boxes are the regions")
 
     def inputs_from_args(self, args: argparse.Namespace) -> dict:

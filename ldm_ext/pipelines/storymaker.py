@@ -34,6 +34,7 @@ from ldm_ext.perception.characters import reference_crop
 from ldm_ext.pipelines.base import MethodPipeline
 from ldm_ext.pipelines.sampling import decode_images, denoise, initial_latents, to_tensor
 from ldm_ext.pose import render_control_image, slot_color
+from ldm_ext.pose_files import POSE_FORMATS
 
 SIDE = 224  # CLIP ViT-H/14 input; both halves of an identity
 
@@ -161,7 +162,7 @@ class StoryMakerPipeline(MethodPipeline):
         cls.add_photo_arguments(parser, "character")
         parser.add_argument("--masks", nargs="+", help="with --ids: one character mask image "
                             "per photo (white = the person); default: segmented")
-        parser.add_argument("--pose", help="OpenPose-style JSON for the pose ControlNet")
+        parser.add_argument("--pose", help=f"pose for the pose ControlNet: {POSE_FORMATS}")
         parser.add_argument("--zero-character", action="store_true",
                             help="identity only: the character tokens set to zero (Fig. 4)")
         parser.add_argument("--ip-scale", type=float, default=None, help="γ (Eq. 3)")
