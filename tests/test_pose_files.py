@@ -116,7 +116,7 @@ def test_controlnet_aux_json_draws_as_controlnet_aux_draws_it(tmp_path):
 def test_openpose_json_without_canvas_is_framed_by_its_keypoints(tmp_path):
     """OpenPose's own JSON stores no image size: the frame is the keypoints' box plus 10 %
     of its longer side around it, fitted onto the generated square; no size is fixed."""
-    from tests.test_errors import pipeline
+    from test_errors import pipeline
 
     people = [pose_template(1, (400, 400))[0]]
     for person in people:  # pixels of a big photo, far from its origin
@@ -187,7 +187,7 @@ def test_missing_weights_name_the_download_command(tmp_path):
 def test_annotator_builds_openpose_from_its_pose_weights_folder(tmp_path):
     from datamodules.prepare.annotate import Annotator
     from ldm_ext.pose import OpenPoseEstimator
-    from tests.test_pose import _save_openpose_weights
+    from test_pose import _save_openpose_weights
 
     _save_openpose_weights(tmp_path)
     assert isinstance(Annotator(pose="openpose", pose_weights=str(tmp_path)).pose_estimator(),
