@@ -22,12 +22,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ldm_ext.cli import UserError
+from ldm_ext.folders import (ADAPTERS, EXPORT_INDEX, ZERO_LATEST,  # noqa: F401 (re-exported)
+                             ZERO_MODEL_STATES, is_zero_checkpoint)
 
-EXPORT_INDEX = "export.json"  # {"modules": {name: "diffusers" | "adapters"}, ...}
-ADAPTERS = "adapters.safetensors"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
-ZERO_LATEST = "latest"  # DeepSpeed checkpoint folder: latest names <tag>/, which holds
-ZERO_MODEL_STATES = "mp_rank_00_model_states.pt"  # the module state and the run state
 
 
 class CheckpointError(UserError, ValueError):
@@ -67,12 +65,6 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
             f"{path}: refused, it holds pickled objects{what} that weights-only loading "
             "does not allow; only plain tensors and containers are read from checkpoints"
         ) from None
-
-
-def is_zero_checkpoint(path: str | Path) -> bool:
-    """Whether ``path`` is a checkpoint folder written by DeepSpeed (``last.ckpt/`` of a
-    ``trainer.strategy=deepspeed`` run)."""
-    return (Path(path) / ZERO_LATEST).is_file()
 
 
 def _zero_state(folder: Path) -> dict[str, torch.Tensor]:
