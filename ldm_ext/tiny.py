@@ -1,4 +1,4 @@
-"""A tiny SD1.5- or SDXL-shaped backbone saved in the diffusers layout.
+"""A tiny SD1.5- or SDXL-shaped backbone saved as a complete diffusers pipeline folder.
 
 Same architecture families as the real models (4 UNet resolutions for SD1.5, two text
 encoders and the ``text_time`` embedding for SDXL, an 8x VAE), small widths, and the real
@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import (AutoencoderKL, DDPMScheduler, StableDiffusionPipeline,
+                       StableDiffusionXLPipeline, UNet2DConditionModel)
 from diffusers.models.attention_processor import Attention
 from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from torch import nn
@@ -173,19 +174,27 @@ def save_tiny_backbone(folder: str | Path, family: str = "sd15", seed: int = 0) 
 
 
 def _save_components(folder: Path, family: str) -> None:
-    _unet(family).save_pretrained(folder / "unet")
-    _vae().save_pretrained(folder / "vae")
-    CLIPTextModel(_text_config()).save_pretrained(folder / "text_encoder")
-    build_clip_tokenizer(folder / "tokenizer")
+    """Every component, saved by the diffusers pipeline of ``family`` so the folder is a
+    complete pipeline (``model_index.json``; no safety checker, no watermarker): the
+    components are built in a fixed order, each drawing its random weights in turn."""
+    parts = dict(unet=_unet(family), vae=_vae(), text_encoder=CLIPTextModel(_text_config()),
+                 tokenizer=build_clip_tokenizer(folder / "tokenizer"))
     if family == "sdxl":
-        CLIPTextModelWithProjection(_text_config()).save_pretrained(folder / "text_encoder_2")
-        build_clip_tokenizer(folder / "tokenizer_2")
-    _noise_scheduler().save_pretrained(folder / "scheduler")
+        parts["text_encoder_2"] = CLIPTextModelWithProjection(_text_config())
+        parts["tokenizer_2"] = build_clip_tokenizer(folder / "tokenizer_2")
+        pipeline = StableDiffusionXLPipeline(scheduler=_noise_scheduler(), add_watermarker=False,
+                                             **parts)
+    else:
+        pipeline = StableDiffusionPipeline(scheduler=_noise_scheduler(), safety_checker=None,
+                                           feature_extractor=None,
+                                           requires_safety_checker=False, **parts)
+    pipeline.save_pretrained(folder)
 
 
 def tiny_backbone_dir(family: str = "sd15") -> Path:
-    """The cached tiny backbone for ``family``, built on first use (``cached_build``)."""
-    return cached_build(f"tiny-{family}-v2", lambda folder: save_tiny_backbone(folder, family))
+    """The cached tiny backbone for ``family``, built on first use (``cached_build``); the
+    name's version changes whenever the folder's contents do, so old caches are rebuilt."""
+    return cached_build(f"tiny-{family}-v3", lambda folder: save_tiny_backbone(folder, family))
 
 
 def cached_build(name: str, build: Callable[[Path], object]) -> Path:

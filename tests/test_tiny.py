@@ -1,6 +1,7 @@
 """The tiny backbone's hand-set VAE (8x8 block means in and back out) and its v target."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,3 +26,17 @@ def test_vae_keeps_the_8x8_block_means(family):
 def test_noise_scheduler_predicts_v():
     scheduler = DDPMScheduler.from_pretrained(tiny_backbone_dir("sd15"), subfolder="scheduler")
     assert scheduler.config.prediction_type == "v_prediction"
+
+
+@pytest.mark.parametrize("family, pipeline", [("sd15", "StableDiffusionPipeline"),
+                                              ("sdxl", "StableDiffusionXLPipeline")])
+def test_backbone_folder_is_a_diffusers_pipeline(family, pipeline):
+    """``model_index.json`` and every component: ``DiffusionPipeline.from_pretrained``
+    loads the folder (no safety checker, no watermarker) and samples."""
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(tiny_backbone_dir(family))
+    assert type(pipe).__name__ == pipeline
+    images = pipe("a photo of a person", num_inference_steps=2, height=64, width=64,
+                  output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (1, 64, 64, 3) and np.isfinite(images).all()
