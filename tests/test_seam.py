@@ -138,7 +138,8 @@ def test_toy_generate_and_export_round_trip(toy_run: Path, tmp_path):
 
     folder = export(["--run", str(toy_run), "--out", str(tmp_path / "export")])
     index = json.loads((folder / "export.json").read_text())
-    assert index == {"method": "toy", "modules": {"text_shift": "adapters"}, "global_step": 3}
+    assert index == {"method": "toy", "modules": {"text_shift": "adapters"}, "global_step": 3,
+                     "files": []}  # no LoRA, no released layout
     card = (folder / "README.md").read_text()
     assert "method: `toy`" in card and "trained steps: 3" in card and "eval/" in card
     trained, exported = load_run(toy_run), load_run(folder)

@@ -200,9 +200,12 @@ def test_sdxl_trains_and_samples(tmp_path):
 
 
 def test_export_loads_in_diffusers_and_back(demo_run: Path, tmp_path):
+    """The ControlNet folder loads as the card says; the card carries the run's last sample
+    grid, Hub front matter and no path of the run; idforge loads the folder back."""
     import json
 
     from diffusers import ControlNetModel
+    from huggingface_hub import ModelCard
 
     from ldm_ext.export import main as export
     from ldm_ext.methods.loading import load_run
@@ -210,11 +213,18 @@ def test_export_loads_in_diffusers_and_back(demo_run: Path, tmp_path):
     folder = export(["--run", str(demo_run), "--out", str(tmp_path / "export")])
     index = json.loads((folder / "export.json").read_text())
     assert index["modules"] == {"controlnet": "diffusers", "face_projector": "adapters"}
+    assert index["files"] == []  # no LoRA, no released layout
     saved = load_file(demo_run / "trainable.safetensors")
-    controlnet = ControlNetModel.from_pretrained(folder / "controlnet")
+    controlnet = ControlNetModel.from_pretrained(folder, subfolder="controlnet")
     for name, value in controlnet.state_dict().items():
         torch.testing.assert_close(value, saved[f"controlnet.{name}"])
     method = load_run(folder)
     for name, param in method.trainable_parameters().items():
         torch.testing.assert_close(param.detach(), saved[name])
-    assert "instantfamily" in (folder / "README.md").read_text()
+    text = (folder / "README.md").read_text()
+    card = ModelCard(text).data.to_dict()
+    assert {"idforge", "instantfamily"} <= set(card["tags"]) and card["license"] == "other"
+    assert (folder / "sample.png").read_bytes() == (
+        demo_run / "samples" / "step_0000004.png").read_bytes()
+    assert 'ControlNetModel.from_pretrained("export", subfolder="controlnet")' in text
+    assert "masked cross-attention" in text and str(demo_run.parent) not in text

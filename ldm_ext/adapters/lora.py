@@ -10,11 +10,16 @@ import re
 from contextlib import contextmanager
 from typing import Iterator
 
-from peft import LoraConfig, inject_adapter_in_model
+import torch
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
 ADAPTER = "default"
+# the LoraConfig fields that define the layers, as diffusers' LoRA metadata: the whole
+# ``to_dict()`` would also carry fields of this peft version that an older peft refuses
+LAYOUT_FIELDS = ("r", "lora_alpha", "target_modules", "lora_dropout", "bias", "use_dora",
+                 "use_rslora", "rank_pattern", "alpha_pattern")
 
 
 def target_pattern(targets: list[str], layers: str = "all") -> str:
@@ -46,6 +51,18 @@ def lora_modules(model: nn.Module) -> nn.ModuleDict:
     return nn.ModuleDict({
         name.replace(".", "_"): nn.ModuleDict({"lora_A": layer.lora_A, "lora_B": layer.lora_B})
         for name, layer in lora_layers(model).items()})
+
+
+def peft_layout(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
+    """``model``'s LoRA as diffusers and peft exchange it: ``<path>.lora_A.weight`` /
+    ``lora_B.weight`` (peft's ``get_peft_model_state_dict``, adapter name dropped) and the
+    adapter's config (rank, alpha, targets) for the file's metadata."""
+    config = model.peft_config[ADAPTER].to_dict()
+    metadata = {key: config[key] for key in LAYOUT_FIELDS}
+    if isinstance(metadata["target_modules"], set):
+        metadata["target_modules"] = sorted(metadata["target_modules"])
+    state = get_peft_model_state_dict(model, adapter_name=ADAPTER)
+    return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}, metadata
 
 
 @contextmanager

@@ -34,7 +34,9 @@ Key mapping (ours -> released), applied to every key of a section:
 A key the file lacks or one it has beyond those, in a loaded section, stops the load naming
 it; sections the caller does not load are returned as skipped, never silently dropped.
 ``.safetensors`` files hold ``<section>.<key>``; ``.bin`` files are read with
-``torch.load(weights_only=True)`` (``ldm_ext.weights.load_checkpoint``).
+``torch.load(weights_only=True)`` (``ldm_ext.weights.load_checkpoint``). ``save_released``
+writes the same targets back in the released layout (the inverse: what ``ldm_ext.export``
+writes for a trained StoryMaker is what the official pipeline and ``load_released`` read).
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ldm_ext.cli import UserError
@@ -155,6 +157,22 @@ def load_released(path: str | Path, targets: Targets) -> list[str]:
                                        f"(found: {', '.join(sorted(state))})")
         _copy_section(path, section, state[section], params)
     return sorted(set(state) - set(targets))
+
+
+def save_released(path: str | Path, targets: Targets) -> Path:
+    """Write our parameters under their released names (``targets``, as for
+    ``load_released``): ``.safetensors`` as ``<section>.<key>``, any other suffix as the
+    released ``torch.save`` form ``{section: {key: tensor}}`` (what ``mask.bin`` holds)."""
+    path = Path(path)
+    state = {section: {name: param.detach().float().cpu().contiguous()
+                       for name, param in params.items()}
+             for section, params in targets.items()}
+    if path.suffix == ".safetensors":
+        save_file({f"{section}.{name}": tensor for section, tensors in state.items()
+                   for name, tensor in tensors.items()}, str(path))
+    else:
+        torch.save(state, path)
+    return path
 
 
 def _copy_section(path, section: str, found: dict[str, torch.Tensor],

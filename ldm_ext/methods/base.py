@@ -240,3 +240,17 @@ class IdentityMethod(pl.LightningModule):
         ids = {id(p) for p in self.trainable_parameters().values()}
         return {name for name, p in self.named_parameters(remove_duplicate=False)
                 if id(p) in ids}
+
+    # ----- export (ldm_ext.export) -----------------------------------------------------
+    def export_layouts(self) -> list:
+        """The trained parts in other ecosystems' layouts (``ldm_ext/export_layouts.py``),
+        written beside idforge's own export: the UNet's LoRA as diffusers loads it when one
+        trains; a method adds its own (e.g. a released adapter's key layout)."""
+        from ldm_ext.export_layouts import DiffusersLora, trains_lora
+
+        return [DiffusersLora(self.unet)] if trains_lora(self.unet,
+                                                          self.trainable_parameters()) else []
+
+    def idforge_parts(self) -> str:
+        """One plain sentence for the model card: which trained parts only idforge runs."""
+        return "Generating with the trained identity conditioning needs idforge."

@@ -109,6 +109,12 @@ class InstantFamily(IdentityMethod):
         return {"loss": noise_loss(pred, target)}
 
     # ----- hooks ---------------------------------------------------------------------------
+    def idforge_parts(self) -> str:
+        return ("The ControlNet (and a trained UNet) load in diffusers but were trained "
+                "with masked cross-attention over per-face tokens (Eq. 6-8) from the face "
+                "projector in adapters.safetensors: generating with identities needs "
+                "idforge; a plain ControlNet pipeline runs them on text and pose only.")
+
     def identity_key_groups(self, num_keys: int, num_ids: int) -> list[slice]:
         """Text tokens, then each identity's L²+1 face tokens (Eq. 4-5)."""
         layout = TokenLayout(num_keys - num_ids * self.tokens_per_face, num_ids,

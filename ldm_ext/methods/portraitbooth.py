@@ -52,6 +52,11 @@ class PortraitBooth(IdentityMethod):
     def frozen_modules(self) -> list[nn.Module]:
         return [self.vae, self.text_encoders, self.face_encoder]
 
+    def idforge_parts(self) -> str:
+        return ("The fine-tuned UNet loads in any diffusers SD pipeline (text prompts); "
+                "the identities (STEA: FaceNet features fused into the identity words' "
+                "tokens) and the multi-subject region composition need idforge.")
+
     def batch_identities(self, batch: dict) -> torch.Tensor | None:
         """The reference faces of the batch's valid subjects (K, 3, S, S) in [-1, 1]."""
         return batch["reference"][batch["face_valid"]].detach().cpu()

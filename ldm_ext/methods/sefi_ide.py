@@ -101,6 +101,11 @@ class SeFiIDE(IdentityMethod):
         super().freeze_all_but_trainable()
         self.stage_tokens.word.requires_grad_(False)
 
+    def idforge_parts(self) -> str:
+        return ("Nothing here loads in plain diffusers: the identity is per-stage key and "
+                "value tokens for V*, read through split key/value cross-attention, which "
+                "needs idforge (the base model itself is unchanged).")
+
     # ----- conditioning ------------------------------------------------------------------
     def stages(self, timesteps: torch.Tensor, num_stages: int | None = None) -> torch.Tensor:
         """(B,) stage index of each timestep (stage 0 = the first fifth of denoising);

@@ -37,6 +37,24 @@ from ldm_ext.methods.storymaker_losses import (attention_loss, draw_drops, perso
                                                weighted_noise_loss)
 
 IDENTITY_SIDE = 224  # identities for grids and the pipeline: (6, 224, 224) face | character
+OFFICIAL_ADAPTER = "storymaker_adapter"  # the export's adapter in the released layout
+OFFICIAL_USAGE = """StoryMaker adapter in the official layout (`image_proj_model` = the PPR, \
+`ip_adapter` = LoRA and K_i / V_i by `attn_processors` index, as the released `mask.bin`). \
+The official SDXL pipeline (RedAIGC/StoryMaker `pipeline_sdxl_storymaker.py`) reads the \
+`.bin` form; it builds rank-128 LoRA on to_q/k/v/out of every attention layer and ViT-H \
+sized resamplers, so it takes adapters of the official recipe \
+(`storymaker_sdxl_official`):
+
+```python
+from pipeline_sdxl_storymaker import StableDiffusionXLStoryMakerPipeline
+
+pipe = StableDiffusionXLStoryMakerPipeline.from_pretrained(base)
+pipe.load_storymaker_adapter("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "{bin}",
+                             scale=0.8, lora_scale=0.8)
+```
+
+idforge reads either file as released weights: `method.storymaker_weights={safetensors}`.
+"""
 
 
 def build_ppr(m, token_dim: int, clip_dim: int, id_dim: int) -> PositionalPerceiverResampler:
@@ -258,6 +276,21 @@ class StoryMaker(IdentityMethod):
         return losses.sum() / valid.sum()
 
     # ----- hooks ---------------------------------------------------------------------------
+    def export_layouts(self) -> list:
+        """The LoRA in diffusers' layout and the whole adapter in the official one
+        (``storymaker_targets``: what the released ``mask.bin`` holds)."""
+        from ldm_ext.export_layouts import ReleasedLayout
+
+        official = ReleasedLayout(OFFICIAL_ADAPTER, storymaker_targets(self.ppr, self.unet),
+                                  OFFICIAL_USAGE)
+        return super().export_layouts() + [official]
+
+    def idforge_parts(self) -> str:
+        return ("Plain diffusers runs the LoRA on text prompts only; the characters (PPR "
+                "tokens through decoupled image attention) need the official StoryMaker "
+                "pipeline with the adapter file above (one or two characters), or idforge "
+                "(up to method.max_characters, from photos or a group photo).")
+
     def batch_identities(self, batch: dict) -> torch.Tensor:
         """(K, 6, 224, 224) in [-1, 1] per present character: its face crop, then its
         character crop (the pipeline's identity layout)."""
