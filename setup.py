@@ -9,6 +9,7 @@ CORE = [
     "transformers>=4.45",
     "accelerate>=0.33",
     "peft>=0.13",
+    "huggingface_hub>=1.0",  # ModelCardData and HfApi of export (--push-to-hub); the `hf` CLI
     "safetensors>=0.4",
     "facenet-pytorch>=2.5.3,<2.6",  # 2.6 pins torch<2.3 and would downgrade torch
     "insightface>=0.7.3",

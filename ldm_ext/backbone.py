@@ -64,7 +64,7 @@ def _load(cls, source: str, subfolder: str | None, component: str, **kwargs):
             "Provide it by pointing the config at a local diffusers folder "
             "(model.pretrained=/path/to/model or model.controlnet=/path/to/controlnet), "
             "by downloading it into the Hugging Face cache on a machine with network "
-            "(huggingface-cli download <id>), or use model.pretrained=tiny for the "
+            "(hf download <id>), or use model.pretrained=tiny for the "
             "offline demo."
         ) from None
 
