@@ -156,14 +156,15 @@ def diffusers_usage(config: dict, inputs: CardInputs) -> str:
     parts = [f"```python\n{base_model_code(config)}\n```\n"]
     for name, kind in inputs.modules.items():
         if kind == "diffusers":
-            cls = inputs.model_classes[name]
+            cls, ref = inputs.model_classes[name], inputs.ref
             parts.append(f"`{name}/` ({cls}):\n\n```python\nfrom diffusers import {cls}\n\n"
-                         f'{name} = {cls}.from_pretrained("{inputs.ref}", subfolder="{name}")\n```\n')
+                         f'{name} = {cls}.from_pretrained("{ref}", subfolder="{name}")\n```\n')
     parts += [layout.card(inputs.ref, inputs.local, files) for layout, files in inputs.layouts]
     return "\n".join(parts)
 
 
 def data_line(config: dict) -> str:
+    """The training data in one line: kind, source (portable), resolution, batch."""
     data = config["data"]
     source = data.get("root") or data.get("shards") or data.get("image") or ""
     return (f"`{data['kind']}` {f'`{source}`' if source else ''}, {data['resolution']} px, "
@@ -171,6 +172,7 @@ def data_line(config: dict) -> str:
 
 
 def file_list(inputs: CardInputs) -> str:
+    """One Markdown bullet per file or folder of the export."""
     lines = [f"- `{name}/`: diffusers `save_pretrained` folder" if kind == "diffusers"
              else f"- `{name}`: in `adapters.safetensors` (idforge names)"
              for name, kind in inputs.modules.items()]
@@ -180,6 +182,7 @@ def file_list(inputs: CardInputs) -> str:
 
 
 def evaluation_table(metrics: dict[str, str]) -> str:
+    """The last training-time evaluation as a Markdown table."""
     if not metrics:
         return "No evaluation ran during training."
     rows = "\n".join(f"| {k} | {v} |" for k, v in metrics.items())
@@ -191,6 +194,7 @@ def model_card(cfg, inputs: CardInputs) -> str:
     config = portable_config(cfg)
     model, method, trainer = config["model"], config["method"], config["trainer"]
     steps = inputs.step if inputs.step is not None else "unknown"
+    controlnet = model.get("controlnet") or "none"
     body = f"""# {config['name']}: {method['name']} (idforge)
 
 ![sample]({SAMPLE})
@@ -198,7 +202,7 @@ def model_card(cfg, inputs: CardInputs) -> str:
 {inputs.sample_note}
 
 - method: `{method['name']}`, trained with idforge
-- base model: `{model['pretrained']}` ({model['family']}), ControlNet: `{model.get('controlnet') or 'none'}`
+- base model: `{model['pretrained']}` ({model['family']}), ControlNet: `{controlnet}`
 - licence: `{license_of(model['pretrained'])}`, the base model's
 - trained steps: {steps} (of trainer.max_steps={trainer['max_steps']})
 

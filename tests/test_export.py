@@ -29,7 +29,9 @@ from ldm_ext.methods.loading import build_method
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = "configs/experiment/storymaker_demo.yaml"
-DATA_ROOT = "/srv/training-machine/storymaker_shards"  # an absolute path the card must hide
+DATA_ROOT = "/srv/training-machine/storymaker_shards"  # absolute paths the card must hide
+PHOTO = "/home/someone/photos/alice.jpg"  # as SeFi-IDE's identity photo (data.image)
+SECRET = "/mnt/secret-volume"  # the value of an environment variable the config names
 REPO = "someone/storymaker-demo"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -51,7 +53,8 @@ def trained(tmp_path_factory):
     the folder is written all the same and kept."""
     tmp = tmp_path_factory.mktemp("export")
     cfg = load_config(DEMO, ["data.resolution=64", "method.sample_steps=2",
-                             f"output_dir={tmp / 'runs'}", f"data.root={DATA_ROOT}"])
+                             f"output_dir={tmp / 'runs'}", f"data.root={DATA_ROOT}",
+                             f"data.image={PHOTO}"])
     method = build_method(cfg).eval()
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -59,7 +62,8 @@ def trained(tmp_path_factory):
             param.add_(torch.randn(param.shape, generator=gen) * 0.05)
     run = tmp / "runs" / "storymaker_demo"
     (run / "eval").mkdir(parents=True)
-    (run / "config.yaml").write_text(to_yaml(cfg))
+    (run / "config.yaml").write_text(to_yaml(cfg).replace(
+        "project: idforge", "project: ${oc.env:EXPORT_TEST_PROJECT}"))
     (run / "eval" / "eval.csv").write_text("step,identity,clip_t\n7,0.25,0.5\n")
     method.save_trainable(run / "trainable.safetensors", {"global_step": "7"})
     from ldm_ext import export
@@ -69,6 +73,7 @@ def trained(tmp_path_factory):
         import huggingface_hub
 
         patch.setattr(huggingface_hub, "HfApi", UnreachableHub)
+        patch.setenv("EXPORT_TEST_PROJECT", SECRET)
         code = run_cli(export.main, ["--run", str(run), "--out", str(tmp / "out"),
                                      "--official-bin", "--push-to-hub", REPO], prog="export")
     return method, run, tmp / "out", code, err.getvalue()
@@ -175,9 +180,10 @@ def test_model_card_front_matter_sample_and_snippets(trained):
 def test_model_card_has_no_path_of_the_training_machine(trained):
     _, run, out, _, _ = trained
     text = (out / "README.md").read_text()
-    for path in (str(run.parent.parent), DATA_ROOT, str(Path.home()), str(ROOT)):
+    for path in (str(run.parent.parent), DATA_ROOT, PHOTO, SECRET, str(Path.home()), str(ROOT)):
         assert path not in text
     assert "output_dir: runs" in text and "root: storymaker_shards" in text
+    assert "image: alice.jpg" in text and "${oc.env:EXPORT_TEST_PROJECT}" in text
 
 
 @pytest.mark.parametrize("base, licence", [
