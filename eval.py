@@ -58,8 +58,20 @@ from callbacks.subjects import load_subjects, plan, records_from_folder
 from ldm_ext.cli import InputError, open_image, run_cli
 
 
+def protocol_help() -> str:
+    """``--help``'s list of the protocols (``configs/eval/*.yaml``), one line each."""
+    from ldm_ext.eval_config import protocols
+
+    found = protocols()
+    width = max(map(len, found), default=0)
+    return "protocols (--config configs/eval/NAME.yaml):\n" + "\n".join(
+        f"  {name:<{width}}  {text}" for name, text in found.items())
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog=protocol_help(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="eval YAML (configs/eval/*.yaml)")
     parser.add_argument("--checkpoint", help="run or export folder, or weights in a run (a file, a "
                                              "DeepSpeed checkpoint folder) "
