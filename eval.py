@@ -1,4 +1,4 @@
-"""Benchmark runs on the FastComposer protocol (BENCHMARK.md) and each paper's metrics.
+"""Benchmark runs on the FastComposer protocol (docs/benchmark.md) and each paper's metrics.
 
 Generate and score::
 
@@ -18,7 +18,7 @@ Score images made by anything (another repository's outputs included)::
 
 Subjects (``--references`` / ``subjects.root``): ``<root>/<id>/<photo>`` (largest face of
 the first photo, sorted by name) and ``<root>/classes.txt`` with lines ``<id> <class
-word>`` (FastComposer's test-set layout; the 15 CelebA ids default to BENCHMARK.md's
+word>`` (FastComposer's test-set layout; the 15 CelebA ids default to docs/benchmark.md's
 classes). ``subjects.root=demo`` writes offline demo subjects (skimage astronaut and the
 faces of insightface's t1.jpg).
 

@@ -23,7 +23,8 @@ from ldm_ext.config import SAMPLERS, ConfigError
 @dataclass
 class SubjectsConfig:
     """Reference identities: ``<root>/<id>/<photo>`` plus a class-word file whose lines
-    are ``<id> <class word>`` (FastComposer's test-set layout, BENCHMARK.md "Subjects")."""
+    are ``<id> <class word>`` (FastComposer's test-set layout; docs/benchmark.md, "Subject
+    folders")."""
 
     root: str = MISSING
     class_words: str | None = None  # default: <root>/classes.txt
@@ -50,7 +51,7 @@ class PromptsConfig:
 
 @dataclass
 class GenerationConfig:
-    """Sampling settings (BENCHMARK.md "Generation settings")."""
+    """Sampling settings (docs/benchmark.md "Protocols")."""
 
     images_per_prompt: int = 4
     seed: int = 42  # image i of the plan draws from a generator seeded (seed, i)
@@ -63,7 +64,7 @@ class GenerationConfig:
 
 @dataclass
 class ScoringConfig:
-    """Scorer backends (BENCHMARK.md "Scoring"); null disables a scorer."""
+    """Scorer backends (docs/benchmark.md "Scoring"); null disables a scorer."""
 
     detector: str = "mtcnn"
     min_face_score: float = 0.0  # 0: MTCNN's own thresholds only, the protocol exactly
