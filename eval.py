@@ -53,6 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
+from callbacks.metric_names import overall_lines
+from callbacks.published import display_for
 from callbacks.report import write_outputs
 from callbacks.subjects import load_subjects, plan, records_from_folder
 from ldm_ext.cli import InputError, open_image, run_cli
@@ -294,9 +296,10 @@ def run(args: argparse.Namespace) -> Path:
         del method  # its memory is the scorers' now
     cfg.scoring.second_encoder = second_encoder_name(cfg.scoring, cfg.method_encoder)
     rows, sims, skipped = score_folder(cfg, image_dir, records, subjects, device)
-    write_outputs(cfg, out_dir, image_dir, rows, sims, skipped)
+    summary = write_outputs(cfg, out_dir, image_dir, rows, sims, skipped)
     unread = f", {len(skipped)} unreadable skipped (listed in report.md)" if skipped else ""
     print(f"wrote {out_dir} ({len(rows)} images{unread})")
+    print("\n".join(overall_lines(summary["overall"], display_for(summary["config"]))))
     return out_dir
 
 

@@ -85,6 +85,13 @@ class Display:
         return f"{stats['mean'] * scale:.{digits}f} ± {stats['std'] * scale:.{digits}f}"
 
 
+def overall_lines(overall: dict[str, dict], display: Display) -> list[str]:
+    """The overall means as a short console table: one ``name  mean ± std`` line each."""
+    width = max((len(display.name(m)) for m in overall), default=0)
+    return [f"  {display.name(m):<{width}}  {display.cell(m, stats)}"
+            for m, stats in overall.items()]
+
+
 def sources(config: dict, encoders: dict | None = None) -> dict[str, Any]:
     """The networks and settings behind each metric of a run, from its eval config (as
     recorded in ``summary.json``) and its ``identity_check`` encoders."""

@@ -120,3 +120,26 @@ def test_published_file_quotes_cells_as_printed():
         load_eval_config(path)  # names only tables the file has
     with pytest.raises(ConfigError, match="published='nope'.*storymaker_table1"):
         load_eval_config(EVAL / "tiny.yaml", ["published=[nope]"])
+
+
+def test_compare_shows_each_runs_row_under_the_published_table(tmp_path):
+    from callbacks.compare import compare
+
+    scores = {"identity": 0.5, "clip_t": 0.2, "face_sim": 0.6, "clip_i": 0.7}
+    first = tiny_eval(tmp_path / "a", "storymaker", scores).parent
+    second = tiny_eval(tmp_path / "b", "storymaker", {**scores, "face_sim": 0.3}).parent
+    report = (compare([first, second], tmp_path / "cmp") / "report.md").read_text()
+    section = report.split("## Published figures")[1].split("\n## ")[0]
+    assert "| StoryMaker(Ours) | 67.36 | 21.75 | 79.51 |" in section
+    assert "| **a/run** | 61.50 | 21.50 | 71.50 |" in section
+    assert "| **b/run** | 31.50 | 21.50 | 71.50 |" in section
+    assert "| Face Sim. (%) \\ category |" in report and "## Glossary" in report
+
+
+def test_console_summary_uses_the_papers_names():
+    from callbacks.metric_names import Display, overall_lines
+
+    lines = overall_lines({"clip_i": {"mean": 0.7951, "std": 0.01, "n": 3},
+                           "multi_sim": {"mean": 1.5, "std": 0.2, "n": 3}},
+                          Display(frozenset({"clip_i"})))
+    assert lines == ["  CLIP-I (%)  79.51 ± 1.00", "  MultiSim    1.500 ± 0.200"]
