@@ -1,4 +1,4 @@
-"""Benchmark runs on the FastComposer protocol (BENCHMARK.md) and each paper's metrics.
+"""Benchmark runs on the FastComposer protocol (docs/benchmark.md) and each paper's metrics.
 
 Generate and score::
 
@@ -18,7 +18,7 @@ Score images made by anything (another repository's outputs included)::
 
 Subjects (``--references`` / ``subjects.root``): ``<root>/<id>/<photo>`` (largest face of
 the first photo, sorted by name) and ``<root>/classes.txt`` with lines ``<id> <class
-word>`` (FastComposer's test-set layout; the 15 CelebA ids default to BENCHMARK.md's
+word>`` (FastComposer's test-set layout; the 15 CelebA ids default to docs/benchmark.md's
 classes). ``subjects.root=demo`` writes offline demo subjects (skimage astronaut and the
 faces of insightface's t1.jpg).
 
@@ -53,13 +53,27 @@ from pathlib import Path
 
 import numpy as np
 
+from callbacks.metric_names import overall_lines
+from callbacks.published import display_for
 from callbacks.report import write_outputs
 from callbacks.subjects import load_subjects, plan, records_from_folder
 from ldm_ext.cli import InputError, open_image, run_cli
 
 
+def protocol_help() -> str:
+    """``--help``'s list of the protocols (``configs/eval/*.yaml``), one line each."""
+    from ldm_ext.eval_config import protocols
+
+    found = protocols()
+    width = max(map(len, found), default=0)
+    return "protocols (--config configs/eval/NAME.yaml):\n" + "\n".join(
+        f"  {name:<{width}}  {text}" for name, text in found.items())
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog=protocol_help(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="eval YAML (configs/eval/*.yaml)")
     parser.add_argument("--checkpoint", help="run or export folder, or weights in a run (a file, a "
                                              "DeepSpeed checkpoint folder) "
@@ -282,9 +296,10 @@ def run(args: argparse.Namespace) -> Path:
         del method  # its memory is the scorers' now
     cfg.scoring.second_encoder = second_encoder_name(cfg.scoring, cfg.method_encoder)
     rows, sims, skipped = score_folder(cfg, image_dir, records, subjects, device)
-    write_outputs(cfg, out_dir, image_dir, rows, sims, skipped)
+    summary = write_outputs(cfg, out_dir, image_dir, rows, sims, skipped)
     unread = f", {len(skipped)} unreadable skipped (listed in report.md)" if skipped else ""
     print(f"wrote {out_dir} ({len(rows)} images{unread})")
+    print("\n".join(overall_lines(summary["overall"], display_for(summary["config"]))))
     return out_dir
 
 

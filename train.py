@@ -24,7 +24,14 @@ DEFAULT_CONFIG = "configs/experiment/demo.yaml"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    argv = sys.argv[1:] if argv is None else argv
+    epilog = None
+    if {"-h", "--help"} & set(argv):  # groups, presets and keys, read from configs/ now
+        from ldm_ext.config_help import config_help
+
+        epilog = config_help(Path(DEFAULT_CONFIG).stem)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="experiment YAML")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. trainer.max_steps=10")
     return parser.parse_args(argv)
@@ -227,12 +234,14 @@ def train(argv: list[str] | None) -> int:
     cfg = load_config(args.config, args.overrides)
     check_data_paths(cfg)  # before torch loads: a wrong path is told in a blink
     from ldm_ext.methods.base import NonFiniteLossError
+    from ldm_ext.run_summary import print_summary
 
     try:
-        run(cfg)
+        run_dir = run(cfg)
     except NonFiniteLossError as err:
         print(f"training stopped: {err}", file=sys.stderr)
         return 3
+    print_summary(run_dir, f"trained {cfg.name}")
     return 0
 
 

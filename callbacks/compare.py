@@ -19,7 +19,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from callbacks.identity_check import compare_lines
-from callbacks.report import markdown_table, pyplot, save_figure, stats_cell
+from callbacks.metric_names import Display, display_name, glossary_lines, sources
+from callbacks.published import display_for, published_lines, tables_of
+from callbacks.report import markdown_table, pyplot, save_figure
 from ldm_ext.cli import UserError
 
 # metrics given a table and a plot per category and per N (all metrics are in "Overall")
@@ -122,13 +124,16 @@ def group_names(results: list[Result], key: str) -> list[str]:
     return sorted(groups, key=int) if key == "by_num_ids" else groups
 
 
-def pivot_table(results: list[Result], key: str, metric: str, label: str) -> list[str]:
+def pivot_table(results: list[Result], key: str, metric: str, label: str,
+                display: Display | None = None) -> list[str]:
     """Runs x groups (``key``: by_category or by_num_ids) table of one metric."""
+    display = display or Display()
     groups = group_names(results, key)
-    lines = [f"| {metric} \\ {label} | " + " | ".join(groups) + " |",
+    lines = [f"| {display.name(metric)} \\ {label} | " + " | ".join(groups) + " |",
              "|---" * (len(groups) + 1) + "|"]
     for r in results:
-        cells = " | ".join(stats_cell(r.summary[key].get(g, {}).get(metric)) for g in groups)
+        cells = " | ".join(display.cell(metric, r.summary[key].get(g, {}).get(metric))
+                           for g in groups)
         lines.append(f"| {r.label} | {cells} |")
     return lines
 
@@ -180,7 +185,7 @@ def plot_groups(out_dir: Path, results: list[Result], key: str, label: str) -> P
             stds = [s.get("std") if s.get("n") else np.nan for s in stats]
             ax.bar(np.arange(len(groups)) + j * width, means, width, yerr=stds, label=r.label)
         ax.set_xticks(np.arange(len(groups)) + width * (len(results) - 1) / 2, groups)
-        ax.set(title=metric, xlabel=label)
+        ax.set(title=display_name(metric), xlabel=label)
     axes[0][0].legend(fontsize="small")
     return save_figure(fig, out_dir / "plots" / f"{key}.png")
 
@@ -284,22 +289,29 @@ def write_compare_report(out_dir: Path, results: list[Result]) -> Path:
     N, mixing, grids."""
     overall = {f"{r.label} ({r.method})" if r.method else r.label: r.summary["overall"]
                for r in results}
+    config = results[0].summary.get("config", {})  # one protocol (the first run's)
+    display = display_for(config)
     lines = [f"# Comparison: {' vs '.join(r.label for r in results)}", "",
              "Mean ± population std (numpy `std`) over each run's images.", "",
              "## Runs", *runs_table(results), "",
-             "## Methods × metrics", *markdown_table(overall, "run"), "",
+             "## Methods × metrics", *markdown_table(overall, "run", display), "",
              *compare_lines([(r.label, r.summary["overall"], r.summary.get("identity_check")
                               or {}) for r in results]),
+             *published_lines(tables_of(config), [(r.label, r.summary) for r in results],
+                              display),
              "## Coverage", *coverage_lines(results), ""]
     for key, label, title in (("by_category", "category", "prompt category"),
                               ("by_num_ids", "N", "number of subjects")):
         lines += [f"## By {title}", ""]
         for metric in headline(results):
-            lines += [*pivot_table(results, key, metric, label), ""]
+            lines += [*pivot_table(results, key, metric, label, display), ""]
         if headline(results):
             path = plot_groups(out_dir, results, key, label)
             lines += [f"![{path.stem}]({path.relative_to(out_dir)})", ""]
     lines += mixing_section(out_dir, results) + grid_lines(out_dir, results)
+    metrics = list(dict.fromkeys(m for r in results for m in r.summary["overall"]))
+    encoders = (results[0].summary.get("identity_check") or {}).get("encoders")
+    lines += glossary_lines(metrics, display, sources(config, encoders))
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from callbacks.metric_names import display_name
 from ldm_ext.eval_config import encoder_family
 
 # an advantage is a standardised mean difference (Cohen's d) of at least this: "small"
@@ -91,7 +92,8 @@ def report_lines(check: dict | None, overall: dict) -> list[str]:
     method = encoders.get("method") or "unknown"
     lines = ["## Identity by two encoders", "",
              f"The method's own face encoder (conditioning or loss): `{method}`.", "",
-             "| encoder | role | identity | the method's network? |", "|---|---|---|---|"]
+             f"| encoder | role | {display_name('identity')} | the method's network? |",
+             "|---|---|---|---|"]
     for role, metric in (("protocol", "identity"), ("second", "identity_second")):
         name = encoders.get(role)
         same = bool(name) and encoder_family(name) == encoder_family(encoders.get("method"))
@@ -141,8 +143,9 @@ def compare_lines(runs: Sequence[tuple[str, dict, dict]]) -> list[str]:
     """``--compare`` section: per run the method's encoder, both identities and rho, then
     the advantage warnings. ``runs``: ``(label, overall, identity_check or {})``."""
     lines = ["## Identity by two encoders", "",
-             "| run | method's encoder | protocol encoder | identity | second encoder | "
-             "identity_second | rank corr |", "|---|---|---|---|---|---|---|"]
+             f"| run | method's encoder | protocol encoder | {display_name('identity')} | second "
+             f"encoder | {display_name('identity_second')} | rank corr |",
+             "|---|---|---|---|---|---|---|"]
     for label, overall, check in runs:
         enc = check.get("encoders", {})
         lines.append(f"| {label} | `{enc.get('method') or 'unknown'}` | "

@@ -6,12 +6,12 @@ unit-tested with hand-computed values; the networks that produce the embeddings 
 faces (largest first, as the detectors return them) x reference identities; embeddings
 are L2-normalised rows.
 
-Metrics (BENCHMARK.md "Scoring", METHODS.md):
+Metrics (docs/benchmark.md "Scoring", docs/methods.md):
 
 * FastComposer identity score: single = ``max(cos, 0)`` of the largest face, 0 without a
   face; multi = greedy matching of the N largest faces, the minimum matched score,
   0 with fewer faces than subjects.
-* InstantFamily SingleSim and MultiSim (Eq. 11); N > 2 as METHODS.md §1 decides.
+* InstantFamily SingleSim and MultiSim (Eq. 11); N > 2 as docs/methods.md §1 decides.
 * Hungarian matching and the identity-mixing matrix (our additions).
 * Face Sim (StoryMaker, ArcFace cosine), Detect rate and ID(P) (SeFi-IDE), CLIP-T,
   CLIP-I, PortraitBooth's expression coefficient.
@@ -102,7 +102,7 @@ def fastcomposer_identity(sim: np.ndarray) -> float:
 def multi_sim(sim: np.ndarray, generated: np.ndarray, matching: str = "hungarian") -> float:
     """InstantFamily MultiSim (Eq. 11), max 2.
 
-    N = 2: ``(S(A,A') + S(B,B'))/2 + (1 - S(A',B'))``. N > 2 (METHODS.md §1 Decision):
+    N = 2: ``(S(A,A') + S(B,B'))/2 + (1 - S(A',B'))``. N > 2 (docs/methods.md §1 Decision):
     mean matched SingleSim + (1 - mean pairwise cosine of the matched generated faces).
     The N largest generated faces are matched to the references (``matching``); fewer
     faces than references -> 0. N = 1 reduces to SingleSim + 1.

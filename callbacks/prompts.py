@@ -1,4 +1,4 @@
-"""The FastComposer protocol's prompt lists, verbatim from BENCHMARK.md, and the subject
+"""The FastComposer protocol's prompt lists, verbatim from its paper, and the subject
 phrases filled into them.
 
 Single-subject templates use ``{s}`` (e.g. ``man img``), multi-subject ones ``{S}``
@@ -65,7 +65,8 @@ MULTI_PROMPTS: dict[str, list[str]] = {
     ],
 }
 
-# FastComposer's 15 CelebA test subjects and their class words (BENCHMARK.md "Subjects").
+# FastComposer's 15 CelebA test subjects and their class words (docs/benchmark.md,
+# "Subject folders").
 FASTCOMPOSER_CLASSES = {
     "000001": "man", "000181": "man", "000268": "man", "000612": "woman", "000667": "woman",
     "001603": "woman", "001854": "man", "002088": "woman", "002464": "woman",
@@ -77,7 +78,7 @@ FASTCOMPOSER_CLASSES = {
 FACE_PHOTO_PROMPTS: dict[str, list[str]] = {"face": ["a photo of the face of a {s}"]}
 
 # PortraitBooth's expression editing (Sec. 5.4): per subject, 11 prompts with an emotion
-# word each (the paper does not list its prompts; the words are METHODS.md §4's), one
+# word each (the paper does not list its prompts; the words are docs/methods.md §4's), one
 # category per word, scored by the expression coefficient (``scoring.emotions``)
 EXPRESSION_PROMPTS: dict[str, list[str]] = {
     "happy": ["a photo of a happy {s}"], "sad": ["a photo of a sad {s}"],
@@ -104,7 +105,7 @@ class Prompt:
 def prompt_list(name: str, limit: int | None = None) -> list[Prompt]:
     """Prompts of set ``name`` in protocol order (categories as listed), first ``limit``.
 
-    "storymaker" is FastComposer's first 20 single prompts (accessory + style, METHODS.md
+    "storymaker" is FastComposer's first 20 single prompts (accessory + style, docs/methods.md
     §3 Decision)."""
     if name == "storymaker":
         return prompt_list("fastcomposer_single", 20 if limit is None else min(limit, 20))

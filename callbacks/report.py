@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from callbacks.metric_names import Display, display_name, glossary_lines, sources
+
 
 def write_csv(path: Path, rows: list[dict]) -> None:
     """Per-image metrics (list fields joined with '+')."""
@@ -54,8 +56,7 @@ def write_outputs(cfg, out_dir: Path, image_dir: Path, rows: list[dict],
                "image_dir": str(image_dir.resolve()),  # --compare finds --images runs' images
                "config": OmegaConf.to_container(cfg, resolve=True)}
     (out_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=2))
-    write_report(out_dir, image_dir, rows, summary, cfg.note,
-                 OmegaConf.to_container(cfg.published))
+    write_report(out_dir, image_dir, rows, summary, cfg.note)
     if cfg.wandb:
         log_wandb(cfg, image_dir, rows, summary)
     return summary
@@ -88,18 +89,22 @@ def log_wandb(cfg, image_dir: Path, rows: list[dict], summary: dict) -> None:
 
 # ----- report.md: tables, grids, plots --------------------------------------------------
 def stats_cell(stats: dict | None) -> str:
-    """``mean ± std`` of one summary entry; "–" when it has no value (or is absent)."""
-    return f"{stats['mean']:.3f} ± {stats['std']:.3f}" if stats and stats["n"] else "–"
+    """``mean ± std`` of one summary entry, 3 decimals; "–" when it has no value (or is
+    absent)."""
+    return Display().cell("", stats)
 
 
-def markdown_table(groups: dict[str, dict], label: str) -> list[str]:
-    """Markdown table: one row per group, one column per metric (mean ± std)."""
+def markdown_table(groups: dict[str, dict], label: str,
+                   display: Display | None = None) -> list[str]:
+    """Markdown table: one row per group, one column per metric (mean ± std), headed by
+    the papers' metric names (``display``: which ones in percent)."""
+    display = display or Display()
     metrics = list(dict.fromkeys(m for stats in groups.values() for m in stats))
-    lines = [f"| {label} | n | " + " | ".join(metrics) + " |",
+    lines = [f"| {label} | n | " + " | ".join(display.name(m) for m in metrics) + " |",
              "|---" * (len(metrics) + 2) + "|"]
     for group, stats in groups.items():
         count = max((s["n"] for s in stats.values()), default=0)
-        cells = " | ".join(stats_cell(stats.get(m)) for m in metrics)
+        cells = " | ".join(display.cell(m, stats.get(m)) for m in metrics)
         lines.append(f"| {group} | {count} | {cells} |")
     return lines
 
@@ -134,13 +139,14 @@ def write_plots(out_dir: Path, rows: list[dict], summary: dict) -> list[Path]:
     if any(r.get("clip_t") is not None for r in rows):
         fig, ax = plt.subplots(figsize=(4.5, 4))
         ax.scatter([r["clip_t"] for r in rows], [r["identity"] for r in rows], s=8)
-        ax.set(xlabel="CLIP-T", ylabel="identity (FastComposer)", title="per image")
+        ax.set(xlabel=display_name("clip_t"), ylabel=display_name("identity"),
+               title="per image")
         paths.append(save_figure(fig, out_dir / "plots" / "identity_vs_clip_t.png"))
     pairs = identity_pairs(rows)
     if len(pairs):
         fig, ax = plt.subplots(figsize=(4.5, 4))
         ax.scatter(pairs[:, 0], pairs[:, 1], s=8)
-        ax.set(xlabel="identity (protocol encoder)", ylabel="identity_second",
+        ax.set(xlabel=display_name("identity"), ylabel=display_name("identity_second"),
                title="the two encoders, per image")
         paths.append(save_figure(fig, out_dir / "plots" / "identity_two_encoders.png"))
     groups = summary["by_category"]
@@ -150,7 +156,8 @@ def write_plots(out_dir: Path, rows: list[dict], summary: dict) -> list[Path]:
     for j, metric in enumerate(metrics):
         means = [groups[g][metric]["mean"] for g in groups]
         stds = [groups[g][metric]["std"] for g in groups]
-        ax.bar(np.arange(len(groups)) + j * width, means, width, yerr=stds, label=metric)
+        ax.bar(np.arange(len(groups)) + j * width, means, width, yerr=stds,
+               label=display_name(metric))
     ax.set_xticks(np.arange(len(groups)) + width * (len(metrics) - 1) / 2, list(groups))
     ax.legend()
     ax.set_title("mean ± std per prompt category")
@@ -185,19 +192,25 @@ def save_figure(fig, path: Path) -> Path:
 
 
 def write_report(out_dir: Path, image_dir: Path, rows: list[dict], summary: dict,
-                 note: str = "", published: dict[str, dict[str, float]] | None = None) -> Path:
-    """report.md: overall table, identity by two encoders, published figures beside this
-    run's, per-category / per-N tables, mixing matrices, grids, plots."""
+                 note: str = "") -> Path:
+    """report.md: overall table, identity by two encoders, the papers' figures beside this
+    run's, per-category / per-N tables, mixing matrices, grids, plots and a glossary; the
+    metrics named as the papers print them, in percent where the paper compared with does
+    (``summary["config"]``: the run's eval config)."""
     from callbacks.identity_check import report_lines
+    from callbacks.published import display_for, published_lines, tables_of
 
+    config = summary.get("config", {})
+    display = display_for(config)
     lines = [f"# {summary['name']}", "", note, "",
              f"{summary['num_images']} images; mean ± population std (numpy `std`).", "",
-             "## Overall", *markdown_table({"all": summary["overall"]}, "images"), "",
+             "## Overall", *markdown_table({"all": summary["overall"]}, "images", display), "",
              *report_lines(summary.get("identity_check"), summary["overall"]),
-             *published_section(published, summary["overall"]),
-             "## By prompt category", *markdown_table(summary["by_category"], "category"), "",
-             "## By number of subjects", *markdown_table(summary["by_num_ids"], "N"), "",
-             *skipped_section(summary["skipped"])]
+             *published_lines(tables_of(config), [("this run", summary)], display),
+             "## By prompt category",
+             *markdown_table(summary["by_category"], "category", display), "",
+             "## By number of subjects", *markdown_table(summary["by_num_ids"], "N", display),
+             "", *skipped_section(summary["skipped"])]
     for n, matrix in summary["mixing"].items():
         lines += [f"## Identity mixing, N = {n}",
                   "Row i: generated face matched to reference slot i; column j: its cosine "
@@ -210,25 +223,11 @@ def write_report(out_dir: Path, image_dir: Path, rows: list[dict], summary: dict
                                   for p in write_grids(out_dir, image_dir, rows)], ""]
     lines += ["## Plots", *[f"![{p.stem}]({p.relative_to(out_dir)})"
                             for p in write_plots(out_dir, rows, summary)], ""]
+    encoders = (summary.get("identity_check") or {}).get("encoders")
+    lines += glossary_lines(list(summary["overall"]), display, sources(config, encoders))
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
-
-
-def published_section(published: dict[str, dict[str, float]] | None,
-                      overall: dict[str, dict]) -> list[str]:
-    """report.md lines: the published figures (one row per paper entry) and this run's
-    means of the same metrics (none given: no section)."""
-    if not published:
-        return []
-    metrics = list(dict.fromkeys(m for values in published.values() for m in values))
-    lines = ["## Published figures", "| | " + " | ".join(metrics) + " |",
-             "|---" * (len(metrics) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(f"{values[m]:.4f}" if m in values else "–"
-                                          for m in metrics) + " |"
-              for name, values in published.items()]
-    ours = [f"{overall[m]['mean']:.4f}" if overall.get(m, {}).get("n") else "–" for m in metrics]
-    return lines + ["| this run | " + " | ".join(ours) + " |", ""]
 
 
 def skipped_section(skipped: list[dict]) -> list[str]:

@@ -7,7 +7,7 @@ one-image-at-a-time baseline of ``benchmarks/scoring_throughput.py``.
 * :class:`CLIPScorer`: open_clip model by name + pretrained tag (OpenAI ViT-L/14 for the
   protocol's text score, LAION ViT-H/14 for StoryMaker's CLIP-I), a local checkpoint
   path, or "random" (random init: shapes and plumbing only, the scores mean nothing).
-  Preprocessing as BENCHMARK.md states: [-1, 1] -> [0, 1], bicubic resize of the
+  Preprocessing as docs/benchmark.md states: [-1, 1] -> [0, 1], bicubic resize of the
   shorter side to 224, centre crop, CLIP normalisation.
 * :class:`FaceScorer`: a detector + an encoder of ``ldm_ext.face`` (protocol: MTCNN with
   its own thresholds + FaceNet vggface2; StoryMaker: insightface buffalo_l; dlib offline).
@@ -59,7 +59,7 @@ def clip_preprocess(images: torch.Tensor, size: int, mean: Sequence[float],
                     std: Sequence[float]) -> torch.Tensor:
     """(B, 3, H, W) or (3, H, W), uint8 or float in [-1, 1] -> (..., 3, size, size) on the
     same device: to [0, 1], bicubic shorter side -> size, centre crop, CLIP normalisation
-    (BENCHMARK.md "Text")."""
+    (docs/benchmark.md "Scoring")."""
     x = images[None] if images.dim() == 3 else images
     x = x.float() / 255 if x.dtype == torch.uint8 else ((x.float() + 1.0) / 2.0).clamp(0, 1)
     height, width = x.shape[-2:]

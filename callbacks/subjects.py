@@ -1,4 +1,4 @@
-"""Benchmark subjects and the plan of images (BENCHMARK.md), shared by ``eval.py``.
+"""Benchmark subjects and the plan of images (docs/benchmark.md), shared by ``eval.py``.
 
 Subjects: ``<root>/<id>/<photo>`` (the first photo, sorted by name) and
 ``<root>/classes.txt`` with lines ``<id> <class word>`` (FastComposer's test-set layout).

@@ -1,5 +1,5 @@
 """CelebV-Text: one frame per clip with a reference face from the middle frame and a caption
-naming the subject man/woman (PortraitBooth, METHODS.md §4), from ``prepare videos``."""
+naming the subject man/woman (PortraitBooth, docs/methods.md §4), from ``prepare videos``."""
 from __future__ import annotations
 
 from datamodules.prepared import prepared_shards

@@ -7,7 +7,7 @@ from datamodules.shards import ShardDataModule
 
 class LaionFaceDataModule(ShardDataModule):
     """``ShardDataModule`` over a prepared LAION-Face folder, with the InstantFamily recipe's
-    defaults (512 px, random flip; METHODS.md §1).
+    defaults (512 px, random flip; docs/methods.md §1).
 
     Args:
         root: output folder or URL (``s3://``...) of ``prepare images``

@@ -3,7 +3,7 @@
 
 It runs on the raw samples, before the shuffle buffer, so that the repeats are spread over
 the stream as the official StoryMaker trainer's repeated index list is shuffled (two-person
-images 2x, three-person 5x; METHODS.md §3), and each repeat gets its own position and
+images 2x, three-person 5x; docs/methods.md §3), and each repeat gets its own position and
 hence its own per-sample randomness (crop, flip, character order, rotation). The repeats
 share their bytes: the buffer holds references, not copies. A repeat carries ``REPEAT``
 (its index, from 1), so that a corrupt sample is counted once, not once per repeat

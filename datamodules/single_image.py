@@ -1,4 +1,4 @@
-"""One photo of one identity, augmented, for SeFi-IDE's per-identity fitting (METHODS.md §2).
+"""One photo of one identity, augmented, for SeFi-IDE's per-identity fitting (docs/methods.md §2).
 
 SeFi-IDE (Sec. IV, implementation details) fits its stage tokens on a single face image with
 color jitter, horizontal flip (p = 0.5) and random scaling in [0.1, 1.0]. Decision: scaling

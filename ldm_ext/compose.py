@@ -93,6 +93,39 @@ def _check_group_kinds(layer: DictConfig, source: str) -> None:
                               f"on the command line as {group}=NAME)")
 
 
+def experiments() -> dict[str, dict]:
+    """``configs/experiment/<name>.yaml`` -> its ``defaults`` (group -> preset name)."""
+    found = {}
+    for path in sorted((CONFIG_ROOT / "experiment").glob("*.yaml")):
+        defaults = load_yaml(path).get("defaults", None)
+        found[path.stem] = dict(defaults) if defaults else {}
+    return found
+
+
+def _check_method_switch(path: Path, defaults: DictConfig, body: DictConfig,
+                         chosen: dict[str, Path], rest: DictConfig) -> None:
+    """A command line naming another method than the experiment's own is refused: the
+    experiment's method keys, model and data were made for its method (they would be
+    refused key by key, or worse kept where both methods share a key). The message
+    names the experiments made for the method asked for, the closest first."""
+    from ldm_ext.registry import METHODS
+
+    own = defaults.get("method", None) or OmegaConf.select(body, "method.name")
+    asked_by = "method" if "method" in chosen else "method.name"
+    asked = chosen["method"].stem if "method" in chosen else OmegaConf.select(rest, "method.name")
+    if not own or not asked or own == asked or asked not in METHODS:
+        return  # the same method, or an unknown name (load_config says which are known)
+    shared = {g: defaults.get(g, None) for g in ("model", "data", "trainer")}
+    made = {name: d for name, d in experiments().items() if d.get("method") == asked}
+    closest = sorted(made, key=lambda n: -sum(made[n].get(g) == v for g, v in shared.items()))
+    hint = (f"use an experiment made for {asked}: --config configs/experiment/"
+            f"{closest[0]}.yaml" + (f" (or {', '.join(closest[1:])})" if closest[1:] else "")
+            if closest else f"no experiment is made for {asked}: write one with defaults: "
+            f"{{method: {asked}}}")
+    raise ConfigError(f"command line: {asked_by}={asked} on {path}, an experiment made for "
+                      f"{own} (its method keys, model and data are {own}'s); {hint}")
+
+
 def compose_layers(path: Path, overrides: list[str]) -> list[Layer]:
     """The layers of experiment ``path`` with command-line ``overrides``, in merge order."""
     body = load_yaml(path)
@@ -103,6 +136,7 @@ def compose_layers(path: Path, overrides: list[str]) -> list[Layer]:
             raise ConfigError(f"{path}: unknown defaults group '{group}' (known: {GROUPS})")
     files = {g: group_file(g, choice, str(path)) for g, choice in dict(defaults).items()}
     chosen, rest = _split_overrides(overrides)
+    _check_method_switch(path, defaults, body, chosen, rest)
     files.update(chosen)
     layers = [(group, str(file), load_yaml(file)) for group, file in files.items()]
     return layers + [("", str(path), body), ("", "command line", rest)]

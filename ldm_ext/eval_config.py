@@ -16,14 +16,15 @@ from pathlib import Path
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ldm_ext.compose import load_yaml, merge, parse_overrides
+from ldm_ext.compose import CONFIG_ROOT, load_yaml, merge, parse_overrides
 from ldm_ext.config import SAMPLERS, ConfigError
 
 
 @dataclass
 class SubjectsConfig:
     """Reference identities: ``<root>/<id>/<photo>`` plus a class-word file whose lines
-    are ``<id> <class word>`` (FastComposer's test-set layout, BENCHMARK.md "Subjects")."""
+    are ``<id> <class word>`` (FastComposer's test-set layout; docs/benchmark.md, "Subject
+    folders")."""
 
     root: str = MISSING
     class_words: str | None = None  # default: <root>/classes.txt
@@ -50,7 +51,7 @@ class PromptsConfig:
 
 @dataclass
 class GenerationConfig:
-    """Sampling settings (BENCHMARK.md "Generation settings")."""
+    """Sampling settings (docs/benchmark.md "Protocols")."""
 
     images_per_prompt: int = 4
     seed: int = 42  # image i of the plan draws from a generator seeded (seed, i)
@@ -63,7 +64,7 @@ class GenerationConfig:
 
 @dataclass
 class ScoringConfig:
-    """Scorer backends (BENCHMARK.md "Scoring"); null disables a scorer."""
+    """Scorer backends (docs/benchmark.md "Scoring"); null disables a scorer."""
 
     detector: str = "mtcnn"
     min_face_score: float = 0.0  # 0: MTCNN's own thresholds only, the protocol exactly
@@ -107,9 +108,9 @@ class EvalConfig:
     method_encoder: str | None = None
     wandb: bool = False
     wandb_project: str = "idforge-eval"
-    # figures a paper reports on this protocol, shown beside the run's in report.md:
-    # row name -> metric -> value on the metric's own scale (e.g. 0.6736 for 67.36 %)
-    published: dict[str, dict[str, float]] = field(default_factory=dict)
+    # tables of configs/published.yaml (the papers' figures on this protocol, as printed)
+    # shown beside the run's own figures in report.md
+    published: list[str] = field(default_factory=list)
 
 
 CHOICES = {
@@ -140,7 +141,35 @@ def load_eval_config(path: str | Path | None, overrides: list[str] | None = None
             raise ConfigError(f"{source}: {key}={value!r} is not one of {allowed}")
     if any(n < 1 for n in cfg.subjects.num_ids):
         raise ConfigError(f"{source}: subjects.num_ids must be >= 1, got {cfg.subjects.num_ids}")
+    published_tables(cfg.published, source)
     return cfg
+
+
+def protocols() -> dict[str, str]:
+    """``configs/eval/<name>.yaml`` -> its one-line description (the file's first line,
+    a comment), for ``eval.py --help``."""
+    found = {}
+    for path in sorted((CONFIG_ROOT / "eval").glob("*.yaml")):
+        first = path.read_text().split("\n", 1)[0]
+        found[path.stem] = first.lstrip("# ").strip() if first.startswith("#") else ""
+    return found
+
+
+# ----- the papers' figures --------------------------------------------------------------
+PUBLISHED = CONFIG_ROOT / "published.yaml"
+
+
+def published_tables(ids, source: str = "published") -> dict[str, dict]:
+    """The tables ``ids`` of ``configs/published.yaml`` as plain dicts, in order; an id
+    the file lacks is a ConfigError naming it and the tables there are."""
+    if not ids:
+        return {}
+    tables = OmegaConf.to_container(load_yaml(PUBLISHED))
+    unknown = [i for i in ids if i not in tables]
+    if unknown:
+        raise ConfigError(f"{source}: published={unknown[0]!r} is not a table of "
+                          f"configs/published.yaml (one of {', '.join(tables)})")
+    return {i: tables[i] for i in ids}
 
 
 # ----- the two identity encoders --------------------------------------------------------

@@ -95,12 +95,17 @@ def fit(argv: list[str] | None) -> int:
     cfg = fit_config(args.config, args.photo, args.name or Path(args.photo).stem,
                      args.overrides)
     from ldm_ext.methods.base import NonFiniteLossError
+    from ldm_ext.run_summary import print_summary
 
     try:
-        fit_identity(cfg)
+        identity = fit_identity(cfg)
     except NonFiniteLossError as err:
         print(f"fitting stopped: {err}", file=sys.stderr)
         return 3
+    print_summary(identity.parent, f"fitted {cfg.name}", {
+        "identity file": f"{identity} (the trainable weights)",
+        "generate": f"python -m ldm_ext.generate --run {identity.parent} "
+                    '--prompt "a photo of V*"'})
     return 0
 
 

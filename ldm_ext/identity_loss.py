@@ -1,4 +1,4 @@
-"""Identity loss on the one-step x̂0 (the DIP of papers/portraitbooth.txt, Eq. 5-6), for any
+"""Identity loss on the one-step x̂0 (PortraitBooth's DIP, Eq. 5-6), for any
 method that trains an identity into the UNet: ẑ0 from the UNet output, only each face's
 latent window decoded, the face cropped at its box and compared with the reference through a
 differentiable face encoder. Gradients reach the UNet output (and what produced it) through

@@ -77,7 +77,7 @@ def test_compare_report(two_results, tmp_path):
         overall = json.loads((folder / "summary.json").read_text())["overall"]
         assert f"| {label} | 10 | " in report
         assert stats_cell(overall["identity"]) in report
-    assert "| multi_sim \\ N | 1 | 2 | 5 |" in report
+    assert "| MultiSim \\ N | 1 | 2 | 5 |" in report  # the paper's name, not multi_sim
     assert "## Identity by two encoders" in report and "| A | `unknown` |" in report
     assert "> **Warning:** A leads B on the protocol encoder" in report
     assert "B leads A" not in report

@@ -181,3 +181,28 @@ def test_config_error_takes_under_three_seconds():
     assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
     assert done.stderr.count("\n") == 1 and "trainer.max_steps" in done.stderr
     assert seconds < 3.0, f"{seconds:.1f} s"
+
+
+# ----- switching the method of an experiment ----------------------------------------------
+@pytest.mark.parametrize("experiment, override, made_for", [
+    (DEMO, "method=storymaker", "storymaker_demo.yaml"),
+    ("configs/experiment/storymaker_demo.yaml", "method=instantfamily", "demo.yaml"),
+    # before: loaded, keeping InstantFamily's ControlNet, data and sample settings
+    ("configs/experiment/instantfamily_sd15.yaml", "method=portraitbooth",
+     "portraitbooth_sd15.yaml"),
+    (DEMO, "method.name=sefi_ide", "sefi_ide_tiny.yaml"),
+])
+def test_another_method_on_an_experiment_names_the_experiment_to_use(experiment, override,
+                                                                      made_for):
+    """An experiment's method keys, model and data were made for its method: another
+    method on top is refused in one line naming the experiments made for it (closest
+    presets first), instead of failing on a foreign key or keeping the shared ones."""
+    with pytest.raises(ConfigError) as err:
+        load_config(experiment, [override])
+    message = str(err.value)
+    assert "\n" not in message and override in message and experiment in message
+    assert f"--config configs/experiment/{made_for}" in message, message
+
+
+def test_the_same_method_on_its_experiment_is_fine():
+    assert load_config(DEMO, ["method=instantfamily"]).method.name == "instantfamily"

@@ -63,7 +63,7 @@ def test_plan_counts_and_names():
     cfg = load_eval_config(ROOT / "configs" / "eval" / "fastcomposer_multi.yaml",
                            ["subjects.num_ids=[2]", "generation.images_per_prompt=4"])
     records = subject_plan.plan(cfg, subjects)
-    assert len(records) == 105 * 21 * 4  # BENCHMARK.md: 8,820 images
+    assert len(records) == 105 * 21 * 4  # docs/benchmark.md: 8,820 images
     first = records[0]
     assert first["file"] == "000000+000001__p00__0.png"
     assert first["prompt"] == "a painting of a woman and a man together in the style of Banksy"

@@ -1,4 +1,4 @@
-"""SeFi-IDE per equation (METHODS.md §2) on the tiny backbones: stage mapping, stage tokens,
+"""SeFi-IDE per equation (docs/methods.md §2) on the tiny backbones: stage mapping, stage tokens,
 pseudo-words in the text encoder(s), split K/V conditions, the face-wise attention loss
 (Eq. 4) in one UNet pass, and identity files."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""StoryMaker's optional ID loss (METHODS.md §3: PortraitBooth's DIP with a torch ArcFace) on
+"""StoryMaker's optional ID loss (docs/methods.md §3: PortraitBooth's DIP with a torch ArcFace) on
 the tiny demo: off by default and then nothing is decoded, only characters at t <= 250 are
 decoded, its gradient reaches the trainable modules, missing weights fail at build time."""
 from __future__ import annotations

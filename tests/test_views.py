@@ -164,7 +164,7 @@ def test_face_without_person_gets_its_circle_at_the_box_centre(samples):
 def test_face_cut_by_the_crop_gets_the_margin_of_its_whole_box():
     """InstantFamily's region is the detector box + 25 %, clipped after: a face cut by the
     crop keeps the region its raw box gives, not a smaller, shifted one grown from its
-    visible part (METHODS.md §1, Eq. 6)."""
+    visible part (docs/methods.md §1, Eq. 6)."""
     sample = Sample(key="cut", image=np.zeros((64, 128, 3), np.uint8), caption="a face",
                     boxes=np.array([[20, 10, 50, 40]], np.float32),  # crop x 32..96 cuts it
                     landmarks=np.full((1, 5, 2), 40, np.float32), scores=np.ones(1, np.float32),

@@ -1,4 +1,4 @@
-"""Character masks and crops for ``datamodules.prepare`` (StoryMaker, METHODS.md §3).
+"""Character masks and crops for ``datamodules.prepare`` (StoryMaker, docs/methods.md §3).
 
 A character is the person a face belongs to: face, hair, body and clothes. StoryMaker's
 attention loss (Eq. 9–12) compares each character's attention with its mask ``M_k`` and the

@@ -1,4 +1,4 @@
-"""InstantFamily's per-sample inputs (METHODS.md §1, paper Sec. 4.2)."""
+"""InstantFamily's per-sample inputs (docs/methods.md §1, paper Sec. 4.2)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""PortraitBooth's per-sample inputs (METHODS.md §4): the subject's reference face (from
+"""PortraitBooth's per-sample inputs (docs/methods.md §4): the subject's reference face (from
 another frame of the clip when the shard has one), its box for DIP's crop of x̂0 (Eq. 6) and
 its face mask for ECAC (Eq. 7) and the face-restricted noise loss."""
 from __future__ import annotations

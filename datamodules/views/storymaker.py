@@ -1,4 +1,4 @@
-"""StoryMaker's per-sample inputs (METHODS.md §3): characters with their face, their crop on
+"""StoryMaker's per-sample inputs (docs/methods.md §3): characters with their face, their crop on
 white and their segmentation mask, and the pose of everyone."""
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from torch import nn
 class FaceProjector(nn.Module):
     """Global (d_gf) + local (d_lf, L, L) face features -> (L²+1, d_K) tokens.
 
-    Linear + LayerNorm per stream (METHODS.md §1 decision); the global token comes first.
+    Linear + LayerNorm per stream (docs/methods.md §1 decision); the global token comes first.
     """
 
     def __init__(self, global_dim: int, local_dim: int, token_dim: int) -> None:

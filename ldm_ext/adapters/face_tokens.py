@@ -1,4 +1,4 @@
-"""Face tokens in IP-Adapter FaceID-PlusV2's form: StoryMaker's R1 (Eq. 4, METHODS.md §3).
+"""Face tokens in IP-Adapter FaceID-PlusV2's form: StoryMaker's R1 (Eq. 4, docs/methods.md §3).
 
 The ArcFace embedding (512, L2-normalised, insightface ``buffalo_l``) is lifted by an MLP to
 ``num_tokens`` (4) tokens of the UNet's cross-attention width and layer-normalised; a

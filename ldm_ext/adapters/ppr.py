@@ -1,4 +1,4 @@
-"""StoryMaker's Positional-aware Perceiver Resampler, PPR (Eq. 4-7, METHODS.md §3).
+"""StoryMaker's Positional-aware Perceiver Resampler, PPR (Eq. 4-7, docs/methods.md §3).
 
 Per character i (at most ``max_characters``, 3 released):
 

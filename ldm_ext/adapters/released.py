@@ -1,6 +1,6 @@
 """Released checkpoints loaded by their own key names, strictly, without unpickling objects.
 
-Three releases initialise or run StoryMaker (METHODS.md §3):
+Three releases initialise or run StoryMaker (docs/methods.md §3):
 
 =====================  ==================  =============================================
 release                 sections            loaded into

@@ -1,4 +1,4 @@
-"""Perceiver resamplers in IP-Adapter's form (StoryMaker Eq. 4-5, METHODS.md §3).
+"""Perceiver resamplers in IP-Adapter's form (StoryMaker Eq. 4-5, docs/methods.md §3).
 
 A perceiver turns a variable set of image features ("media", e.g. CLIP ViT-H/14 hidden
 states, 257 x 1280) into a fixed number of latent tokens: every block lets the latents

@@ -1,4 +1,4 @@
-"""SeFi-IDE's per-stage tokens (Sec. III-C, Fig. 5; METHODS.md §2).
+"""SeFi-IDE's per-stage tokens (Sec. III-C, Fig. 5; docs/methods.md §2).
 
 One identity is a pseudo-word ``V*`` with word embedding P (1 x D), the token embedding of an
 initializer word ("person"). A small module (two self-attention layers + one feed-forward

@@ -4,7 +4,7 @@
     c_i = MLP([ψ(w_i) ‖ φ(f)])        for identity tokens ("man", "woman", ...),
 
 ψ the text encoder's output, φ(f) shallow face-recognition features of the subject's
-reference face. METHODS.md §4 Decision: Linear -> GELU -> Linear with a residual from
+reference face. docs/methods.md §4 Decision: Linear -> GELU -> Linear with a residual from
 ψ(w_i) and LayerNorm; here each input stream gets its own LayerNorm (CLIP's outputs have
 a few very large channels that would otherwise swamp the face features) and the last
 Linear starts at zero, so an untrained STEA returns ψ(w_i): training starts from the

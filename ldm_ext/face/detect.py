@@ -2,7 +2,7 @@
 
 * ``mtcnn``: facenet-pytorch MTCNN (weights ship with the package). Crops are the
   FastComposer protocol's: the box (plus ``margin``) resized to 160x160, as
-  ``MTCNN.forward`` extracts them (BENCHMARK.md "Scoring").
+  ``MTCNN.forward`` extracts them (docs/benchmark.md "Scoring").
 * ``insightface``: RetinaFace/SCRFD of insightface's ``buffalo_l`` pack; crops aligned
   to the ArcFace template with ``insightface.utils.face_align.norm_crop`` (112x112).
 * ``dlib``: HOG detector + 5-point shape predictor of ``face_recognition_models``; crops

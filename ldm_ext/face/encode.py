@@ -1,7 +1,7 @@
 """Face encoders behind the :class:`~ldm_ext.face.types.FaceEncoder` protocol.
 
 * ``facenet``: facenet-pytorch InceptionResnetV1 (default of InstantFamily and
-  PortraitBooth, METHODS.md Sec. 1 and 4; the FastComposer metric). Global 512-d,
+  PortraitBooth, docs/methods.md Sec. 1 and 4; the FastComposer metric). Global 512-d,
   local = ``block8`` map (1792, 3, 3), shallow = pooled output of an early block.
 * ``arcface``: IResNet in the arcface_torch layout (global 512-d, local (512, 7, 7)).
 * ``insightface``: buffalo_l's ONNX ArcFace ``w600k_r50`` (StoryMaker's Face Sim), global only.

@@ -1,4 +1,5 @@
-"""InstantFamily (papers/instantfamily.txt; METHODS.md §1).
+"""InstantFamily (Kim 2024, "InstantFamily: Masked Attention for Zero-shot Multi-ID Image
+Generation"; docs/methods.md §1).
 
 Frozen SD UNet + a ControlNet initialised from it (trained) + a face projector (trained).
 The conditioning of every cross-attention layer of both networks is the multimodal

@@ -1,4 +1,4 @@
-"""InstantFamily's config (METHODS.md §1), apart from its module so that reading and
+"""InstantFamily's config (docs/methods.md §1), apart from its module so that reading and
 checking a config imports no torch (``ldm_ext/registry.py`` resolves it on its own)."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from ldm_ext.config import Bounds, MethodConfig
 
 @dataclass
 class InstantFamilyConfig(MethodConfig):
-    """InstantFamily (METHODS.md §1): face projector + ControlNet with masked attention."""
+    """InstantFamily (docs/methods.md §1): face projector + ControlNet with masked attention."""
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "mask_mode": ("multiply", "hard"),

@@ -1,4 +1,4 @@
-"""PortraitBooth (papers/portraitbooth.txt; METHODS.md §4).
+"""PortraitBooth (Peng et al. 2023, arXiv 2312.06354; docs/methods.md §4).
 
 The UNet and the STEA MLP train. Identity tokens of the caption are augmented with
 shallow face features of the subject's reference face (STEA, Eq. 4); for t <= R_t the

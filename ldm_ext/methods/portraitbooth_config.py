@@ -1,4 +1,4 @@
-"""PortraitBooth's config (METHODS.md §4), apart from its module so that reading and
+"""PortraitBooth's config (docs/methods.md §4), apart from its module so that reading and
 checking a config imports no torch (``ldm_ext/registry.py`` resolves it on its own)."""
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from typing import ClassVar
 
 from ldm_ext.config import Bounds, MethodConfig
 
-# Sec. 5.1 names "happy, angry, sad, etc."; METHODS.md §4 Decision completes the eleven.
+# Sec. 5.1 names "happy, angry, sad, etc."; docs/methods.md §4 Decision completes the eleven.
 EMOTION_WORDS = ["happy", "sad", "angry", "surprised", "disgusted", "fearful", "smiling",
                  "laughing", "crying", "serious", "neutral"]
 
 
 @dataclass
 class PortraitBoothConfig(MethodConfig):
-    """PortraitBooth (METHODS.md §4): STEA (Eq. 4), DIP (Eq. 5-6), ECAC (Eq. 7), Eq. 8.
+    """PortraitBooth (docs/methods.md §4): STEA (Eq. 4), DIP (Eq. 5-6), ECAC (Eq. 7), Eq. 8.
 
     The UNet and the STEA MLP train. Per sample: ``empty_prompt_prob`` unconditional
     (empty caption), ``text_only_prob`` text-only (identity tokens left as text), the rest
@@ -38,7 +38,7 @@ class PortraitBoothConfig(MethodConfig):
     name: str = "portraitbooth"
     lr: float = 1e-5  # constant (Sec. 5.1)
     num_slots: int = 1  # the paper trains single-subject images
-    face_encoder: str = "facenet"  # phi (TFace in the paper; METHODS.md §4 Decision)
+    face_encoder: str = "facenet"  # phi (TFace in the paper; docs/methods.md §4 Decision)
     face_weights: str = "vggface2"  # name, state-dict path, or "random" (offline demo only)
     # STEA's phi: pooled output of this early block; auto: the encoder's own default
     # (FaceNet mixed_6a, 896-d; ArcFace layer2), so face_encoder=arcface needs no second key
@@ -58,8 +58,8 @@ class PortraitBoothConfig(MethodConfig):
     # ECAC (Eq. 7); 0 for both weights switches it off (no maps are materialised)
     loc_identity_weight: float = 0.001  # lambda
     loc_expression_weight: float = 0.01  # mu
-    identity_cap: float = 0.5  # beta (METHODS.md Decision; the paper's Sec. 5.5 picks 0.8)
-    expression_cap: float = 0.5  # gamma (METHODS.md Decision; the paper's Sec. 5.5: 0.1)
+    identity_cap: float = 0.5  # beta (docs/methods.md Decision; the paper's Sec. 5.5 picks 0.8)
+    expression_cap: float = 0.5  # gamma (docs/methods.md Decision; the paper's Sec. 5.5: 0.1)
     # a valid face whose parsing mask is empty (a parsing failure): skip adds nothing for
     # its tokens (counted, train/ecac_empty_masks); paper applies Eq. 7 as written, whose
     # outside term alone pushes the token's attention towards 0 everywhere

@@ -1,4 +1,4 @@
-"""PortraitBooth's losses as functions of tensors (papers/portraitbooth.txt Sec. 4.2-4.4):
+"""PortraitBooth's losses as functions of tensors (PortraitBooth Sec. 4.2-4.4):
 the localisation loss of the cross-attention maps (Eq. 7) here; DIP's one-step x̂0 (Eq. 5),
 identity loss (Eq. 6) and face crop of x̂0 are shared (``ldm_ext/identity_loss.py``) and
 re-exported under their PortraitBooth names. ``ldm_ext/methods/portraitbooth.py`` gathers

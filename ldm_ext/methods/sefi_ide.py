@@ -1,4 +1,4 @@
-"""SeFi-IDE (papers/sefi-ide_beyond-inserting.txt; METHODS.md §2).
+"""SeFi-IDE ("Beyond Inserting", arXiv 2402.00631; docs/methods.md §2).
 
 One identity is fitted from one photo with the text-to-image model frozen: the stage-token
 module (``adapters/stage_tokens.py``) maps the pseudo-word ``V*`` to five (key, value)

@@ -1,4 +1,4 @@
-"""SeFi-IDE's config (METHODS.md §2), apart from its module so that reading and checking a
+"""SeFi-IDE's config (docs/methods.md §2), apart from its module so that reading and checking a
 config imports no torch (``ldm_ext/registry.py`` resolves it on its own)."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from ldm_ext.config import Bounds, MethodConfig
 
 @dataclass
 class SeFiIDEConfig(MethodConfig):
-    """SeFi-IDE (METHODS.md §2): one identity fitted from one photo, the model frozen.
+    """SeFi-IDE (docs/methods.md §2): one identity fitted from one photo, the model frozen.
 
     The training prompt is the batch caption (``data.kind=single_image``: "a photo of the
     face of V*", the paper's target prompt y_t); the reference prompt y_r is that caption

@@ -1,4 +1,5 @@
-"""StoryMaker (papers/storymaker.txt; METHODS.md §3).
+"""StoryMaker (Zhou et al. 2024, "StoryMaker: Towards Holistic Consistent Characters in
+Text-to-image Generation"; docs/methods.md §3).
 
 Frozen SD/SDXL UNet (+ optional frozen pose ControlNet), frozen ArcFace and CLIP ViT-H/14.
 Per character the PPR (Eq. 4-7) turns the face embedding, the CLIP tokens of the face crop
@@ -254,7 +255,7 @@ class StoryMaker(IdentityMethod):
 
     def id_loss(self, noisy: torch.Tensor, pred: torch.Tensor, t: torch.Tensor, batch: dict,
                 keep: torch.Tensor) -> torch.Tensor:
-        """The optional ID loss (METHODS.md §3: PortraitBooth's DIP with ArcFace), averaged
+        """The optional ID loss (docs/methods.md §3: PortraitBooth's DIP with ArcFace), averaged
         over the batch's present characters: 1 − cos(ArcFace(aligned reference face crop),
         ArcFace(x̂0 cropped at the character's face box)) for each character of a sample
         with t <= ``id_loss_max_timestep`` whose characters were fed (``keep`` (B,)), 0 for

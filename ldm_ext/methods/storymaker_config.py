@@ -1,4 +1,4 @@
-"""StoryMaker's config (METHODS.md §3), apart from its module so that reading and checking a
+"""StoryMaker's config (docs/methods.md §3), apart from its module so that reading and checking a
 config imports no torch. Defaults are the official recipe (RedAIGC/StoryMaker, what made the
 released weights); ``configs/experiment/storymaker_sdxl_paper.yaml`` flips the paper's."""
 from __future__ import annotations

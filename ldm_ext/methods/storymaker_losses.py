@@ -1,4 +1,4 @@
-"""StoryMaker's losses (METHODS.md §3): the attention loss (Eq. 9-12) on the image
+"""StoryMaker's losses (docs/methods.md §3): the attention loss (Eq. 9-12) on the image
 cross-attention maps the store keeps, and the noise loss weighted by the person mask.
 
 Token groups of the image prompt c_i (Eq. 7): group 0 is the background E_bg, group k the
