@@ -219,6 +219,8 @@ def run(cfg) -> Path:
         print(f"resuming {run_dir} from {resume_from}", file=sys.stderr)
     method = build_method(cfg)
     method.set_gradient_checkpointing(cfg.trainer.gradient_checkpointing)
+    if cfg.trainer.compile:
+        method.compile_models(cfg.trainer.compile_backend)
     trainer = build_trainer(cfg, run_dir)
     # frozen encoders and backbones stay in eval mode on purpose (ldm_ext/methods/base.py)
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")

@@ -84,6 +84,10 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1
     gradient_clip_val: float = 1.0
     gradient_checkpointing: bool = False
+    # torch.compile(fullgraph=True) the UNet and ControlNet in place, for training steps and
+    # the run's sample grids; the backend: inductor (fast kernels) or eager (trace only)
+    compile: bool = False
+    compile_backend: str = "inductor"
     checkpoint_every: int = 500  # steps between resumable checkpoints
     sample_every: int = 0  # steps between sample grids; 0 = only at the end
     eval_every: int = 0  # steps between evaluations (callbacks/evaluation.py); 0 = off
@@ -198,6 +202,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.family": ("sd15", "sdxl"),
     "model.weight_dtype": ("fp32", "fp16", "bf16"),
     "data.kind": ("demo", "shards", "laion_face", "celebv_text", "folder", "single_image"),
+    "trainer.compile_backend": ("inductor", "eager", "aot_eager", "cudagraphs"),
     "trainer.strategy": ("auto", "ddp", "ddp_spawn", "deepspeed"),
     "trainer.zero_stage": (1, 2),
     "trainer.precision": ("32-true", "bf16-mixed", "16-mixed", "bf16-true"),

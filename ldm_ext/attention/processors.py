@@ -151,7 +151,9 @@ def _add_virtual_keys(key: Tensor, value: Tensor, layout: TokenLayout) -> tuple[
     keys/values and on (B, K, D) inputs of to_k/to_v alike; both keep their dtype (under
     autocast the product would not, and a cached pair must fit with and without it)."""
     key = F.pad(key, (0, 0, 0, layout.num_slots))  # (..., K+N, ·)
-    mixer = _virtual_mixer(layout, value.dtype, value.device)  # (K+N, K)
+    # compiled: the graph builds the constant itself (dynamo traces past the cache anyway)
+    build = _virtual_mixer.__wrapped__ if torch.compiler.is_compiling() else _virtual_mixer
+    mixer = build(layout, value.dtype, value.device)  # (K+N, K)
     return key, (mixer @ value).to(value.dtype)  # (..., K+N, ·)
 
 
@@ -168,8 +170,10 @@ def _virtual_inputs(ctx: AttentionContext, layout: TokenLayout, keys_from: Tenso
     to the mean of its values. All cross-attention layers of a forward see the same encoder
     states, so the pair is built by the first layer and reused by the others, saving two ops
     per layer; not when autograd needs a graph through it (a pair cached in a checkpointed
-    no_grad forward has none)."""
-    if torch.is_grad_enabled() and (keys_from.requires_grad or values_from.requires_grad):
+    no_grad forward has none), nor under ``torch.compile``, whose graph shares the common
+    subexpression by itself (the cache's identity checks would break the graph)."""
+    if torch.compiler.is_compiling() or (
+            torch.is_grad_enabled() and (keys_from.requires_grad or values_from.requires_grad)):
         return _add_virtual_keys(keys_from, values_from, layout)
     tag = (_state_tag(keys_from), _state_tag(values_from))
     if ctx._virtual is None or ctx._virtual[0] != tag:

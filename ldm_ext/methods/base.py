@@ -90,6 +90,20 @@ class IdentityMethod(pl.LightningModule):
             else:
                 model.disable_gradient_checkpointing()
 
+    def diffusion_models(self) -> list[nn.Module]:
+        """The denoising networks a step and a sample run: the UNet, and a ControlNet when
+        the method has one."""
+        controlnet = getattr(self, "controlnet", None)
+        return [self.unet] + ([controlnet] if controlnet is not None else [])
+
+    def compile_models(self, backend: str = "inductor") -> None:
+        """``torch.compile`` each diffusion model in place (``Module.compile``: parameter
+        names, and so saved weights, are unchanged) with ``fullgraph=True``: a graph break
+        fails instead of silently splitting the graph. Training steps and this module's
+        sample grids then run the compiled forwards."""
+        for model in self.diffusion_models():
+            model.compile(fullgraph=True, backend=backend)
+
     def configure_optimizers(self):
         """The configured optimizer over trainable parameters, lr schedule per step."""
         params = [p for p in self.trainable_parameters().values() if p.requires_grad]
