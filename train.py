@@ -144,17 +144,25 @@ def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
 
 
 def build_loggers(cfg, run_dir: Path) -> list:
-    """CSV always (if enabled) plus wandb: online with WANDB_API_KEY, else offline."""
-    from pytorch_lightning.loggers import CSVLogger, WandbLogger
+    """CSV always (if enabled) plus wandb: online with WANDB_API_KEY, else offline. The
+    wandb run is the run folder's own (``ldm_ext/tracking.py``: its id kept in
+    ``<run>/wandb_id``, so a resume continues it) and its config is the whole resolved
+    config."""
+    from omegaconf import OmegaConf
+    from pytorch_lightning.loggers import CSVLogger
+
+    from ldm_ext.tracking import init_args, run_tags
+    from ldm_ext.wandb_logger import ConfigLogger
 
     loggers = []
-    if cfg.logger.wandb:
-        mode = cfg.logger.wandb_mode
-        if mode == "auto":
-            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-        loggers.append(WandbLogger(project=cfg.logger.project, name=cfg.name, id=cfg.name,
-                                   save_dir=str(run_dir), mode=mode, resume="allow"))
-    if cfg.logger.csv or not loggers:
+    log = cfg.logger
+    if log.wandb:
+        tags = run_tags(cfg.method.name, cfg.model.family, log.recipe, *log.tags)
+        init = init_args(run_dir, name=cfg.name, project=log.project, mode=log.wandb_mode,
+                         group=log.group or cfg.method.name, job_type=log.job_type, tags=tags,
+                         config=OmegaConf.to_container(cfg, resolve=True))
+        loggers.append(ConfigLogger(save_dir=init.pop("dir"), **init))  # Lightning's name
+    if log.csv or not loggers:
         # a new version_<n>/ per (re)start: Lightning's CSV writer would clear the old file
         loggers.append(CSVLogger(save_dir=str(run_dir), name="csv"))
     return loggers
@@ -163,13 +171,14 @@ def build_loggers(cfg, run_dir: Path) -> list:
 def build_trainer(cfg, run_dir: Path):
     """Lightning Trainer with resumable checkpoints, trainable export and sample grids."""
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
     from callbacks.checkpointing import AtomicCheckpointIO, TrainableExport
     from callbacks.data_health import SkippedSamples
     from callbacks.loss_summary import LossSummary
     from callbacks.evaluation import build_evaluation_callback
     from callbacks.images import SampleGrid
+    from callbacks.monitors import GradNorm, StepSpeed
     from ldm_ext.strategy import build_strategy, trainer_precision
 
     t = cfg.trainer
@@ -186,6 +195,9 @@ def build_trainer(cfg, run_dir: Path):
                    seed=cfg.seed),
         SkippedSamples(t.log_every),
         LossSummary(),
+        LearningRateMonitor(logging_interval="step"),  # train/lr (per param group)
+        GradNorm(),  # train/grad_norm, before clipping
+        StepSpeed(t.log_every),  # perf/s_per_step, perf/samples_per_s, peak GPU memory
     ]
     evaluation = build_evaluation_callback(cfg, run_dir)  # None unless trainer.eval_every
     if evaluation is not None:

@@ -97,12 +97,20 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
-    """wandb when available (offline without credentials) plus a CSV fallback."""
+    """wandb when available (offline without credentials) plus a CSV fallback.
+
+    The wandb run (``ldm_ext/tracking.py``): id kept in ``<run>/wandb_id``, config = this
+    whole resolved config, grouped by ``group``, typed by ``job_type`` and tagged with the
+    method, the model family, the recipe and ``tags``."""
 
     wandb: bool = True
     wandb_mode: str = "auto"  # auto (online iff WANDB_API_KEY is set) | online | offline
     project: str = "idforge"
     csv: bool = True
+    group: str | None = None  # wandb group; null: the method's name
+    job_type: str = "train"  # train | fit (set by ldm_ext.fit)
+    recipe: str | None = None  # the experiment's name, a tag; null: its config file's stem
+    tags: list[str] = field(default_factory=list)  # further wandb tags
 
 
 @dataclass
@@ -207,6 +215,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "trainer.zero_stage": (1, 2),
     "trainer.precision": ("32-true", "bf16-mixed", "16-mixed", "bf16-true"),
     "logger.wandb_mode": ("auto", "online", "offline"),
+    "logger.job_type": ("train", "fit"),
 }
 # Values that cannot work (a list is checked item by item); a method's own are in its
 # config class's RANGES, checked as method.<key>.
@@ -256,6 +265,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> DictCon
     _check_missing(cfg, str(path))
     _check_choices(cfg, layers, {**CHOICES, **_prefixed(method_class.choices())})
     _check_ranges(cfg, layers, {**RANGES, **_prefixed(method_class.ranges())})
+    if cfg.logger.recipe is None:  # a run's saved config keeps its experiment's
+        cfg.logger.recipe = path.stem
     return cfg
 
 

@@ -47,6 +47,7 @@ def fit_config(config: str | Path, photo: str | Path, name: str,
         raise ConfigError(f"{config}: fitting takes a per-identity method's config "
                           f"(data.kind=single_image), not data.kind={cfg.data.kind}")
     cfg.data.image, cfg.name = str(photo), str(name)
+    cfg.logger.job_type = "fit"  # the wandb run says it is a fit, not a training
     if output_dir is not None:
         cfg.output_dir = str(output_dir)
     check_data_paths(cfg)

@@ -3,6 +3,8 @@ what trains, read without DeepSpeed (a folder made in its layout), and the real 
 CPU processes (DeepSpeed's CPU accelerator, gloo) training, checkpointing and resuming."""
 from __future__ import annotations
 
+import csv
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -157,6 +159,18 @@ def test_zero_checkpoint_holds_trainable_weights_and_optimizer_only(zero_runs: P
     trainable = sum(t.numel() * 4 for t in exported.values())
     size = sum(p.stat().st_size for p in (folder / "checkpoint").iterdir())
     assert 4 * trainable < size < 4.2 * trainable, (size, trainable)
+
+
+@pytest.mark.slow
+def test_zero_logs_the_gradient_norm_deepspeed_computed(zero_runs: Path):
+    """ZeRO keeps gradients in its own buffers: the logged norm is its engine's (each step,
+    before clipping at trainer.gradient_clip_val = 1), as are lr and throughput."""
+    with (zero_runs / "straight" / "csv" / "version_0" / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    norms = [float(r["train/grad_norm"]) for r in rows if r["train/grad_norm"]]
+    assert len(norms) == 4 and all(math.isfinite(n) and n > 0 for n in norms)
+    assert [float(r["train/lr"]) for r in rows if r["train/lr"]] == [3e-3] * 4
+    assert all(float(r["perf/samples_per_s"]) > 0 for r in rows if r["perf/samples_per_s"])
 
 
 @pytest.mark.slow

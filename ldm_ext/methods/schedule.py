@@ -29,5 +29,6 @@ def build_optimizer(params: list[torch.nn.Parameter], method) -> dict:
                                milestones=list(method.lr_milestones), gamma=method.lr_gamma,
                                warmup_steps=method.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    return {"optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+    # "name": LearningRateMonitor logs train/lr (train/lr/pg<k> with several param groups)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step",
+                                                     "frequency": 1, "name": "train/lr"}}
