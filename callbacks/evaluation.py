@@ -16,13 +16,14 @@ import torch
 from PIL import Image
 
 from callbacks.identity_check import identity_check
+from callbacks.grid_labels import GridLabels, save_grid
 from callbacks.images import (attention_overlay, cycled, gather_identities, identity_shares,
-                              save_and_log)
+                              log_images, reference_photos, split_panels)
 from callbacks.prompts import fill, prompt_list
 from callbacks.scorers import ClipModelMissing
 from callbacks.scoring import METRICS, References, Scorers, build_scorers, score_images, summarize
 from ldm_ext.attention import AttentionStore
-from ldm_ext.pipelines.sampling import image_generator
+from ldm_ext.pipelines.sampling import image_generator, image_grid
 from ldm_ext.face import FaceModelMissing
 from ldm_ext.face.align import tensor_to_uint8
 
@@ -96,21 +97,44 @@ class EvaluationCallback(pl.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(values, step=trainer.global_step)
         self._append_csv(trainer.global_step, values)
+        log_images(trainer, "eval/images", [Image.fromarray(im) for im in images],
+                   [self._caption(r, trainer.global_step, i) for i, r in enumerate(records)])
+        references = reference_photos(pl_module, cycled(self.identities, max(self.num_ids)))
+        log_images(trainer, "eval/references", [photo for _, photo in references],
+                   [name for name, _ in references])
         if overlays:
-            self._log_overlays(trainer, overlays)
+            self._log_overlays(trainer, pl_module, overlays)
         return overall
 
-    def _log_overlays(self, trainer: pl.Trainer, overlays: list[Image.Image]) -> Path:
-        """One PNG of the overlay rows (one per generated image), also to wandb."""
-        sheet = Image.new("RGB", (max(o.width for o in overlays),
-                                  sum(o.height for o in overlays)), "white")
-        top = 0
-        for overlay in overlays:
-            sheet.paste(overlay, (0, top))
-            top += overlay.height
-        return save_and_log(trainer, sheet,
-                            self.out_dir / f"attention_step_{trainer.global_step:07d}.png",
-                            "eval/attention")
+    def _caption(self, record: dict, step: int, index: int) -> str:
+        """What one evaluation image is: prompt, N, its seed and the training step."""
+        return (f"{record['clip_prompt']} | N={len(record['subjects'])} | "
+                f"seed ({self.seed}, {index}) | step {step}")
+
+    def _log_overlays(self, trainer: pl.Trainer, pl_module,
+                      overlays: list[tuple[Image.Image, dict, int]]) -> Path:
+        """One labelled PNG of the overlay rows (one per generated image: the image, its
+        pixels tinted by the identity they attend to most, each identity's share), the
+        rows to wandb with their captions."""
+        first, record, _ = overlays[0]
+        step, width = trainer.global_step, first.width // (2 + len(record["subjects"]))
+        cols = max(o.width for o, _, _ in overlays) // width
+        cells = []
+        for overlay, _, _ in overlays:
+            panels = split_panels(overlay, width)
+            cells += panels + [Image.new("RGB", panels[0].size, "white")] * (cols - len(panels))
+        labels = GridLabels(
+            f"{pl_module.cfg.method.name} · attention to each identity · step {step}",
+            ["image", "strongest identity"] + [f"id{k} share" for k in range(cols - 2)],
+            [f"{r['clip_prompt']} (N={len(r['subjects'])}, seed ({self.seed}, {i}))"
+             for _, r, i in overlays],
+            reference_photos(pl_module, cycled(self.identities, cols - 2)))
+        rows = [image_grid(cells[i * cols:(i + 1) * cols], cols) for i in range(len(overlays))]
+        log_images(trainer, "eval/attention", rows,  # one width: wandb shows a list alike
+                   ["image | strongest identity | share per identity | "
+                    + self._caption(r, step, i) for _, r, i in overlays])
+        return save_grid(labels.render(cells, cols),
+                        self.out_dir / f"attention_step_{step:07d}.png")
 
     def _identity_check(self, step: int, rows: list[dict]) -> dict:
         """Both encoders' agreement and warnings, appended to ``identity_check.jsonl``."""
@@ -139,9 +163,10 @@ class EvaluationCallback(pl.Callback):
         return refs
 
     @torch.no_grad()
-    def _generate(self, pl_module) -> tuple[list, list[dict], list[Image.Image]]:
-        """Images (uint8 arrays), their manifest records, and their attention overlays;
-        image i draws from its own generator (seed, i)."""
+    def _generate(self, pl_module) -> tuple[list, list[dict], list[tuple]]:
+        """Images (uint8 arrays), their manifest records, and (attention overlay, record,
+        image index) of those that have one; image i draws from its own generator
+        (seed, i)."""
         ids = cycled(self.identities, max(self.num_ids))
         size = (pl_module.cfg.data.resolution,) * 2
         pipe, was_training = pl_module.pipeline(), pl_module.training
@@ -159,7 +184,7 @@ class EvaluationCallback(pl.Callback):
                                 "prompt_index": index, "clip_prompt": prompt})
                 overlay = self._overlay(images[-1], store, n, pl_module)
                 if overlay is not None:
-                    overlays.append(overlay)
+                    overlays.append((overlay, records[-1], len(images) - 1))
         pl_module.train(was_training)
         return [np.asarray(im) for im in images], records, overlays
 

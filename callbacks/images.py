@@ -1,6 +1,6 @@
 """Images for the logger: sample grids during training (fixed prompts and identities ->
-the method's pipeline -> a PNG in ``<run>/samples/`` and an image in wandb) and
-attention-map overlays (which identity's face tokens each pixel attends to)."""
+the method's pipeline -> a labelled PNG in ``<run>/samples/`` and captioned images in
+wandb) and attention-map overlays (which identity's face tokens each pixel attends to)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from PIL import Image
 from pytorch_lightning.loggers import WandbLogger
 
-from ldm_ext.pipelines.sampling import image_grid
+from callbacks.grid_labels import GridLabels, save_grid
+from ldm_ext.face.align import tensor_to_uint8
 from ldm_ext.pose import slot_color
 
 
@@ -70,14 +71,26 @@ def cycled(identities: torch.Tensor, need: int) -> torch.Tensor:
     return identities[torch.arange(need) % len(identities)]
 
 
-def save_and_log(trainer: pl.Trainer, image: Image.Image, path: Path, key: str) -> Path:
-    """Write ``image`` to ``path`` and log it as ``key`` to the wandb loggers at this step."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+def log_images(trainer: pl.Trainer, key: str, images: list[Image.Image],
+               captions: list[str]) -> None:
+    """Log ``images`` as ``key`` to the wandb loggers at this step, each with its caption."""
     for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            logger.log_image(key, [image], step=trainer.global_step)
-    return path
+        if isinstance(logger, WandbLogger) and images:
+            logger.log_image(key, list(images), step=trainer.global_step, caption=list(captions))
+
+
+def reference_photos(pl_module, identities: torch.Tensor | None) -> list[tuple[str, Image.Image]]:
+    """``("id<k>", photo)`` of the identity in each slot: the face crops the method's
+    ``reference_faces`` gives for them (none without identities)."""
+    if identities is None:
+        return []
+    crops = tensor_to_uint8(pl_module.reference_faces(identities))  # (K, S, S, 3)
+    return [(f"id{k}", Image.fromarray(crop)) for k, crop in enumerate(crops)]
+
+
+def split_panels(row: Image.Image, width: int) -> list[Image.Image]:
+    """The ``width``-wide panels of an image row (an attention overlay row)."""
+    return [row.crop((x, 0, x + width, row.height)) for x in range(0, row.width, width)]
 
 
 class SampleGrid(pl.Callback):
@@ -115,9 +128,26 @@ class SampleGrid(pl.Callback):
         return path
 
     def _render(self, trainer: pl.Trainer, pl_module) -> Path:
-        """One grid: rows = prompts, columns = identity counts."""
+        """One labelled grid (rows = prompts, columns = identity counts N, the pipeline's
+        legend row and the reference photos above) as a PNG, and its cells to wandb, each
+        captioned with its prompt, N, seed and step."""
         ids = None if self.identities is None else cycled(self.identities, self.num_ids)
         generator = torch.Generator().manual_seed(self.seed)
         images, cols = pl_module.sample_images(ids, generator)
-        return save_and_log(trainer, image_grid(images, cols),
-                            self.out_dir / f"step_{trainer.global_step:07d}.png", "samples")
+        method, step = pl_module.cfg.method, trainer.global_step
+        prompts = list(method.sample_prompts)
+        counts = list(method.sample_num_ids) if ids is not None else [0]
+        legend, cells = images[:len(images) - len(prompts) * cols], images[-len(prompts) * cols:]
+        references = reference_photos(pl_module, ids)
+        labels = GridLabels(f"{method.name} · seed {self.seed} · step {step}",
+                            [f"N={n}" if n else "no identity" for n in counts],
+                            ["conditioning"] * bool(legend) + prompts, references)
+        path = save_grid(labels.render(legend + cells, cols),
+                        self.out_dir / f"step_{step:07d}.png")
+        log_images(trainer, "samples", cells, [f"{p} | N={n} | seed {self.seed} | step {step}"
+                                               for p in prompts for n in counts])
+        log_images(trainer, "samples/references", [photo for _, photo in references],
+                   [f"{name}: reference of slot {k}" for k, (name, _) in enumerate(references)])
+        log_images(trainer, "samples/conditioning", legend,
+                   [f"conditioning of N={n} | step {step}" for n in counts])
+        return path

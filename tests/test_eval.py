@@ -17,6 +17,7 @@ from PIL import Image
 
 import eval as evaluate
 from callbacks import subjects as subject_plan
+from callbacks.grid_labels import grid_layout
 from ldm_ext.config import ConfigError
 from ldm_ext.eval_config import load_eval_config
 
@@ -179,9 +180,13 @@ def test_training_callback_logged_at_eval_every(tiny_run):
     assert 0.0 <= float(rows[0]["eval/detect"]) <= 1.0
     # attention overlays: a row per image (2 prompts x N in {1, 2}) of 128 px panels:
     # image, overlay and one heat map per identity (the widest row has 2 + 2 panels)
-    sheet = Image.open(tiny_run / "eval" / "attention_step_0000002.png")
-    assert sheet.size == ((2 + 2) * 128, 4 * 128)
-    assert np.asarray(sheet)[:, 2 * 128:].std() > 0  # heat maps are not blank
+    path = tiny_run / "eval" / "attention_step_0000002.png"
+    sheet, layout = Image.open(path), grid_layout(path)
+    assert layout["grid"] == [2 + 2, 4] and layout["cell"] == [128, 128]
+    assert layout["columns"] == ["image", "strongest identity", "id0 share", "id1 share"]
+    assert layout["rows"][1].startswith("a person and a person") and "N=2" in layout["rows"][1]
+    x, y = layout["origin"]
+    assert np.asarray(sheet)[y:, x + 2 * 128:].std() > 0  # heat maps are not blank
 
 
 def test_eval_csv_resumed_with_more_metrics_keeps_every_value_in_its_column(tmp_path):

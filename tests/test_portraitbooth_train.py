@@ -14,6 +14,7 @@ from PIL import Image
 
 import eval as evaluate
 import train
+from callbacks.grid_labels import grid_layout
 from callbacks.subjects import write_demo_subjects
 from ldm_ext.attention import AttentionStore
 from ldm_ext.config import load_config
@@ -154,8 +155,9 @@ def demo_run(tmp_path_factory) -> Path:
 
 
 def test_demo_trains_with_one_and_two_subject_samples(demo_run: Path):
-    grid = Image.open(demo_run / "samples" / "step_0000002.png")
-    assert grid.size == (2 * 128, 2 * 128)  # legend row + one prompt; 1 and 2 subjects
+    layout = grid_layout(demo_run / "samples" / "step_0000002.png")
+    assert layout["grid"] == [2, 2] and layout["cell"] == [128, 128]  # legend + one prompt
+    assert layout["columns"] == ["N=1", "N=2"]  # 1 and 2 subjects
     assert set(load_run(demo_run).trainable_modules()) == {"unet", "stea"}
 
 

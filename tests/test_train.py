@@ -41,13 +41,19 @@ def test_run_folder_has_everything(demo_run: Path):
     assert grid.is_file()
     from PIL import Image
 
-    image = Image.open(grid).convert("RGB")
-    assert image.size == (2 * 128, 2 * 128)  # legend row + 1 prompt, x [1, 2] identities
+    from callbacks.grid_labels import grid_layout
+
+    image, layout = Image.open(grid).convert("RGB"), grid_layout(grid)
+    assert layout["grid"] == [2, 2] and layout["cell"] == [128, 128]  # legend + 1 prompt
+    assert layout["columns"] == ["N=1", "N=2"] and layout["references"] == ["id0", "id1"]
+    assert layout["rows"] == ["conditioning", "a photo of people in a park"]
+    assert layout["title"] == "instantfamily · seed 0 · step 4"
     from ldm_ext.pose import SLOT_COLORS
 
     side = 128 // 5  # legend: identity k framed in slot colour k along the bottom edge
-    assert image.getpixel((2, 128 - side - 6)) == SLOT_COLORS[0]
-    assert image.getpixel((128 + 2 + side + 6, 128 - side - 6)) == SLOT_COLORS[1]
+    x, y = layout["origin"]
+    assert image.getpixel((x + 2, y + 128 - side - 6)) == SLOT_COLORS[0]
+    assert image.getpixel((x + 128 + 2 + side + 6, y + 128 - side - 6)) == SLOT_COLORS[1]
     metrics = (demo_run / "csv" / "version_0" / "metrics.csv").read_text()
     assert "train/loss" in metrics
     assert list((demo_run / "wandb").glob("offline-run-*")), "wandb offline run missing"
