@@ -42,7 +42,9 @@ image i of the plan draws from its own generator (seed, i), so a rerun skips fin
 images and still matches an uninterrupted run), ``metrics.csv`` (one row per image),
 ``summary.json`` (mean ± population std per metric, per prompt category and per number of
 subjects; mixing matrices; ``identity_check``), ``report.md`` with tables, ``grids/`` and
-``plots/``; a wandb table when ``wandb=true``.
+``plots/``; with ``wandb=true`` a wandb run in ``wandb/`` (its id kept in ``wandb_id``): the
+summary metrics, a table of every image with its reference photos, prompt, N and metrics,
+the plots and grids. ``--compare A B --wandb`` logs the comparison's table, plots and grids.
 """
 from __future__ import annotations
 
@@ -84,6 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="one report comparing finished results/<name> folders")
     parser.add_argument("--out", help="--compare's folder (default: compare_<names> beside "
                                       "the first result)")
+    parser.add_argument("--wandb", action="store_true",
+                        help="--compare: also log the comparison (table, plots, grids) to "
+                             "wandb (offline unless WANDB_API_KEY is set)")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. generation.steps=25")
     args = parser.parse_args(argv)
     if args.compare:
@@ -93,8 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if len(args.compare) < 2:
             parser.error("--compare needs two or more result folders")
         return args
-    if args.out:
-        parser.error("--out goes with --compare (a run writes to <output_dir>/<name>)")
+    if args.out or args.wandb:
+        parser.error("--out and --wandb go with --compare (a run writes to "
+                     "<output_dir>/<name>; its wandb run: wandb=true)")
     if bool(args.images) == bool(args.checkpoint):
         parser.error("give exactly one of --checkpoint (generate), --images (score a folder) "
                      "or --compare (compare results)")
@@ -206,6 +212,7 @@ def generate(cfg, method, subjects: dict[str, dict], records: list[dict], out_di
                          generator=image_generator(g.seed, index), progress=False)
             image.save(image_dir / record["file"])
             handle.write(json.dumps({**record, "method": method.cfg.method.name,
+                                     "family": method.cfg.model.family,
                                      "seed": g.seed, "index": index}) + "\n")
             handle.flush()
 
@@ -296,7 +303,7 @@ def run(args: argparse.Namespace) -> Path:
         del method  # its memory is the scorers' now
     cfg.scoring.second_encoder = second_encoder_name(cfg.scoring, cfg.method_encoder)
     rows, sims, skipped = score_folder(cfg, image_dir, records, subjects, device)
-    summary = write_outputs(cfg, out_dir, image_dir, rows, sims, skipped)
+    summary = write_outputs(cfg, out_dir, image_dir, rows, sims, skipped, subjects)
     unread = f", {len(skipped)} unreadable skipped (listed in report.md)" if skipped else ""
     print(f"wrote {out_dir} ({len(rows)} images{unread})")
     print("\n".join(overall_lines(summary["overall"], display_for(summary["config"]))))
@@ -309,7 +316,7 @@ def evaluate(argv: list[str] | None) -> int:
     if args.compare:
         from callbacks.compare import compare
 
-        print(f"wrote {compare(args.compare, args.out) / 'report.md'}")
+        print(f"wrote {compare(args.compare, args.out, args.wandb) / 'report.md'}")
     else:
         run(args)
     return 0

@@ -91,9 +91,12 @@ def load_results(folders: list[str | Path]) -> list[Result]:
     return [load_result(p, label) for p, label in zip(paths, run_labels(paths))]
 
 
-def compare(folders: list[str | Path], out: str | Path | None = None) -> Path:
+def compare(folders: list[str | Path], out: str | Path | None = None,
+            to_wandb: bool = False) -> Path:
     """Write the comparison of ``folders`` to ``out`` (default: ``compare_<labels>`` next
-    to the first result) and return that folder; its report is ``report.md``."""
+    to the first result) and return that folder; its report is ``report.md``. ``to_wandb``:
+    also log its table, plots and grids to a wandb run (``callbacks/eval_wandb.py``) in
+    the first result's ``wandb_project``."""
     results = load_results(folders)
     if out is None:
         safe = "_".join(r.label.replace("/", "-").replace(" #", "-") for r in results)
@@ -102,6 +105,11 @@ def compare(folders: list[str | Path], out: str | Path | None = None) -> Path:
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     (out_dir / "grids").mkdir(exist_ok=True)
     write_compare_report(out_dir, results)
+    if to_wandb:
+        from callbacks.eval_wandb import log_compare
+
+        project = results[0].summary.get("config", {}).get("wandb_project") or "idforge-eval"
+        log_compare(out_dir, results, project)
     return out_dir
 
 
@@ -236,9 +244,11 @@ def _blank(thumb: int) -> Image.Image:
 
 def write_grid(out_dir: Path, results: list[Result], key: tuple[str, str],
                files: list[str], thumb: int = 128) -> tuple[Path, list[str]]:
-    """Grid of ``files`` (columns) in every run (rows); a missing image is a blank tile.
-    Returns the grid's path and ``run: file`` of each missing image."""
-    from ldm_ext.pipelines.sampling import image_grid
+    """Labelled grid of ``files`` (columns) in every run (rows, labelled with run and
+    method), the prompt, N and seed on top and the subjects' reference photos under it;
+    a missing image is a blank tile. Returns the grid's path and ``run: file`` of each
+    missing image."""
+    from callbacks.grid_labels import save_grid
 
     tiles, missing = [], []
     for r in results:
@@ -250,8 +260,29 @@ def write_grid(out_dir: Path, results: list[Result], key: tuple[str, str],
                 missing.append(f"{r.label}: `{name}`")
                 tiles.append(_blank(thumb))
     path = out_dir / "grids" / f"{key[0]}__p{int(key[1]):02d}.png"
-    image_grid(tiles, len(files)).save(path)
+    save_grid(grid_labels(results, key, files).render(tiles, len(files)), path)
     return path, missing
+
+
+def grid_labels(results: list[Result], key: tuple[str, str], files: list[str]):
+    """Title (prompt, N, seed when all runs share it), column labels (image k), row
+    labels (run (method)) and the subjects' reference photos (summary.json
+    ``references``) of a comparison grid."""
+    from callbacks.grid_labels import GridLabels
+
+    subjects, rows = key[0].split("+"), [row for r in results for row in r.rows]
+    prompt = next((row.get("clip_prompt", "") for row in rows
+                   if (row["subjects"], row["prompt_index"]) == key), "")
+    seeds = {r.summary.get("config", {}).get("generation", {}).get("seed") for r in results}
+    seed = f" · seed {seeds.pop()}" if len(seeds) == 1 and None not in seeds else ""
+    ks = {row["file"]: row.get("k") for row in rows}
+    photos = next((r.summary["references"] for r in results
+                   if all(s in r.summary.get("references", {}) for s in subjects)), {})
+    return GridLabels(
+        f"{prompt} · N={len(subjects)}{seed}",
+        [f"k={ks[name]}" if ks.get(name) not in (None, "") else name for name in files],
+        [f"{r.label} ({r.method})" if r.method else r.label for r in results],
+        [(s, Image.open(photos[s])) for s in subjects if s in photos])
 
 
 def grid_lines(out_dir: Path, results: list[Result]) -> list[str]:

@@ -36,11 +36,13 @@ def mixing_by_n(rows: list[dict], sims: list[np.ndarray], matching: str) -> dict
 
 
 def write_outputs(cfg, out_dir: Path, image_dir: Path, rows: list[dict],
-                  sims: list[np.ndarray], skipped: list[dict] | None = None) -> dict:
-    """metrics.csv, summary.json, report.md (+ grids/, plots/) and the wandb table.
+                  sims: list[np.ndarray], skipped: list[dict] | None = None,
+                  subjects: dict[str, dict] | None = None) -> dict:
+    """metrics.csv, summary.json, report.md (+ grids/, plots/) and the wandb run.
 
     ``skipped``: ``{"file", "reason"}`` of images that could not be read (not scored),
-    listed in summary.json and report.md."""
+    listed in summary.json and report.md. ``subjects``: ``load_subjects``' subjects, whose
+    photos summary.json records (``references``) and the grids and wandb table show."""
     from omegaconf import OmegaConf
 
     from callbacks.identity_check import identity_check
@@ -54,11 +56,15 @@ def write_outputs(cfg, out_dir: Path, image_dir: Path, rows: list[dict],
                "mixing": mixing_by_n(rows, sims, cfg.scoring.matching),
                "skipped": list(skipped or []),
                "image_dir": str(image_dir.resolve()),  # --compare finds --images runs' images
+               "references": {sid: str(Path(s["photo"]).resolve())
+                              for sid, s in (subjects or {}).items()},
                "config": OmegaConf.to_container(cfg, resolve=True)}
     (out_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=2))
     write_report(out_dir, image_dir, rows, summary, cfg.note)
     if cfg.wandb:
-        log_wandb(cfg, image_dir, rows, summary)
+        from callbacks.eval_wandb import log_eval
+
+        log_eval(cfg, out_dir, image_dir, rows, summary, summary["references"])
     return summary
 
 
@@ -71,20 +77,6 @@ def _finite(value):
     if isinstance(value, list):
         return [_finite(v) for v in value]
     return value
-
-
-def log_wandb(cfg, image_dir: Path, rows: list[dict], summary: dict) -> None:
-    """One wandb run: a table (image + metrics per row) and the overall means."""
-    import wandb
-
-    columns = ["image", *[k for k in rows[0] if k not in ("subjects", "class_words")]]
-    table = wandb.Table(columns=columns)
-    for row in rows:
-        table.add_data(wandb.Image(str(image_dir / row["file"])), *[row[c] for c in columns[1:]])
-    run = wandb.init(project=cfg.wandb_project, name=cfg.name, dir=str(Path(cfg.output_dir)))
-    run.log({"images": table, **{f"{m}/mean": s["mean"]
-                                 for m, s in summary["overall"].items()}})
-    run.finish()
 
 
 # ----- report.md: tables, grids, plots --------------------------------------------------
@@ -109,21 +101,33 @@ def markdown_table(groups: dict[str, dict], label: str,
     return lines
 
 
-def write_grids(out_dir: Path, image_dir: Path, rows: list[dict], per_grid: int = 8,
-                thumb: int = 160) -> list[Path]:
-    """One grid per prompt category: its first ``per_grid`` images, 4 per row."""
-    from ldm_ext.pipelines.sampling import image_grid
+def write_grids(out_dir: Path, image_dir: Path, rows: list[dict], summary: dict | None = None,
+                per_grid: int = 8, thumb: int = 160) -> list[Path]:
+    """One labelled grid per prompt category: its first ``per_grid`` images, 4 per row,
+    each with its reference photos and caption (prompt, N, subjects, seed, k) under it,
+    the method and category on top."""
+    from callbacks.eval_wandb import caption, made_by
+    from callbacks.grid_labels import GridLabels, captioned, save_grid
 
+    summary = summary or {}
+    seed = summary.get("config", {}).get("generation", {}).get("seed")
+    made = made_by(out_dir, image_dir, summary, seed)
+    photos = {sid: Image.open(path) for sid, path in summary.get("references", {}).items()}
     by_category: dict[str, list[dict]] = {}
     for row in rows:
         by_category.setdefault(str(row["category"]), []).append(row)
     (out_dir / "grids").mkdir(exist_ok=True)
     paths = []
     for category, members in by_category.items():
-        images = [Image.open(image_dir / r["file"]).convert("RGB").resize((thumb, thumb))
-                  for r in members[:per_grid]]
+        tiles = [captioned(Image.open(image_dir / r["file"]).convert("RGB").resize((thumb, thumb)),
+                           caption(r, made["seed"]),
+                           [(s, photos[s]) for s in r["subjects"] if s in photos])
+                 for r in members[:per_grid]]
+        title = " · ".join(x for x in (made["method"] or "images", f"category {category}",
+                                       f"seed {made['seed']}" if made["seed"] is not None
+                                       else "") if x)
         path = out_dir / "grids" / f"{category}.png"
-        image_grid(images, min(4, len(images))).save(path)
+        save_grid(GridLabels(title).render(tiles, min(4, len(tiles))), path)
         paths.append(path)
     return paths
 
@@ -220,7 +224,7 @@ def write_report(out_dir: Path, image_dir: Path, rows: list[dict], summary: dict
         lines += [f"| face {i} | " + " | ".join(f"{v:.3f}" for v in row) + " |"
                   for i, row in enumerate(matrix)] + [""]
     lines += ["## Image grids", *[f"![{p.stem}]({p.relative_to(out_dir)})"
-                                  for p in write_grids(out_dir, image_dir, rows)], ""]
+                                  for p in write_grids(out_dir, image_dir, rows, summary)], ""]
     lines += ["## Plots", *[f"![{p.stem}]({p.relative_to(out_dir)})"
                             for p in write_plots(out_dir, rows, summary)], ""]
     encoders = (summary.get("identity_check") or {}).get("encoders")
