@@ -12,6 +12,7 @@ from PIL import Image
 
 import eval as evaluate
 from callbacks import subjects as subject_plan
+from callbacks.grid_labels import grid_layout
 from callbacks.report import stats_cell, write_outputs
 from ldm_ext.eval_config import load_eval_config
 
@@ -87,8 +88,13 @@ def test_compare_report(two_results, tmp_path):
     assert f"- missing: B: `{first}`" in report
     grid = out / "grids" / f"{Path(first).stem.rsplit('__', 1)[0]}.png"
     assert f"grids/{grid.name}" in report
-    pixels = np.asarray(Image.open(grid))  # rows A, B; one column (one image per prompt)
-    assert tuple(pixels[2, 2]) == (200, 0, 0) and tuple(pixels[-3, 2]) == (225, 225, 225)
+    pixels, layout = np.asarray(Image.open(grid)), grid_layout(grid)
+    assert layout["grid"] == [1, 2]  # rows A, B; one column (one image per prompt)
+    assert layout["rows"] == ["A (instantfamily)", "B"] and layout["columns"] == ["k=0"]
+    assert "N=" in layout["title"] and " · seed 42" in layout["title"]
+    (x, y), (_, h) = layout["origin"], layout["cell"]
+    assert tuple(pixels[y + 2, x + 2]) == (200, 0, 0)
+    assert tuple(pixels[y + h + 2, x + 2]) == (225, 225, 225)  # B's missing image
     assert len(list((out / "grids").glob("*.png"))) == 3  # one per N (1, 2, 5): one category
 
 
