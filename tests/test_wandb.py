@@ -159,6 +159,23 @@ def test_run_id_is_made_once_per_folder(tmp_path):
     assert run_tags("storymaker", "sdxl", None, "storymaker", "") == ["storymaker", "sdxl"]
 
 
+def test_a_fit_is_its_own_run_typed_fit(tmp_path):
+    """``python -m ldm_ext.fit``: a wandb run per identity folder, job type fit, tagged
+    with its recipe."""
+    from ldm_ext.fit import fit_config
+
+    photo = tmp_path / "alice.png"
+    Image.new("RGB", (64, 64)).save(photo)
+    cfg = fit_config(ROOT / "configs" / "experiment" / "sefi_ide_tiny.yaml", photo, "alice",
+                     ["logger.wandb=true"], output_dir=tmp_path)
+    logger = train.build_loggers(cfg, tmp_path / "alice")[0]
+    init = logger._wandb_init  # what wandb.init gets once the run starts
+    assert (init["job_type"], init["group"], init["name"]) == ("fit", "sefi_ide", "alice")
+    assert init["tags"] == ["sefi_ide", "sd15", "sefi_ide_tiny"]
+    assert init["id"] == (tmp_path / "alice" / ID_FILE).read_text().strip()
+    assert init["config"]["data"]["image"] == str(photo) and init["dir"] == str(tmp_path / "alice")
+
+
 def test_labelled_grid_records_where_each_cell_is(tmp_path):
     cells = [Image.new("RGB", (64, 64), (10 * i, 0, 0)) for i in range(4)]
     refs = [("alice", Image.new("RGB", (30, 40), "blue"))]
