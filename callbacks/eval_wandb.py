@@ -109,13 +109,13 @@ def log_eval(cfg, out_dir: Path, image_dir: Path, rows: list[dict], summary: dic
     import wandb
     from omegaconf import OmegaConf
 
-    method, family, seed = made_by(out_dir, image_dir, summary,
-                                   cfg.generation.seed).values()
+    made = made_by(out_dir, image_dir, summary, cfg.generation.seed)
     run = wandb.init(**init_args(
         out_dir, name=cfg.name, project=cfg.wandb_project, mode="auto",
-        group=method or None, job_type="eval", tags=run_tags(method, family, cfg.prompts.set),
+        group=made["method"] or None, job_type="eval",
+        tags=run_tags(made["method"], made["family"], cfg.prompts.set),
         config=OmegaConf.to_container(cfg, resolve=True)))
-    run.log({"eval/images": image_table(rows, image_dir, photos, seed),
+    run.log({"eval/images": image_table(rows, image_dir, photos, made["seed"]),
              **metric_values(summary), **pictures(out_dir, "plots"),
              **pictures(out_dir, "grids")})
     run.summary["num_images"] = summary["num_images"]

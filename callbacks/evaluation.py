@@ -18,7 +18,7 @@ from PIL import Image
 from callbacks.identity_check import identity_check
 from callbacks.grid_labels import GridLabels, save_grid
 from callbacks.images import (attention_overlay, cycled, gather_identities, identity_shares,
-                              log_images, reference_photos, split_panels)
+                              log_images, panels, reference_photos)
 from callbacks.prompts import fill, prompt_list
 from callbacks.scorers import ClipModelMissing
 from callbacks.scoring import METRICS, References, Scorers, build_scorers, score_images, summarize
@@ -119,10 +119,7 @@ class EvaluationCallback(pl.Callback):
         first, record, _ = overlays[0]
         step, width = trainer.global_step, first.width // (2 + len(record["subjects"]))
         cols = max(o.width for o, _, _ in overlays) // width
-        cells = []
-        for overlay, _, _ in overlays:
-            panels = split_panels(overlay, width)
-            cells += panels + [Image.new("RGB", panels[0].size, "white")] * (cols - len(panels))
+        cells = [cell for overlay, _, _ in overlays for cell in panels(overlay, width, cols)]
         labels = GridLabels(
             f"{pl_module.cfg.method.name} · attention to each identity · step {step}",
             ["image", "strongest identity"] + [f"id{k} share" for k in range(cols - 2)],

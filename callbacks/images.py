@@ -88,9 +88,11 @@ def reference_photos(pl_module, identities: torch.Tensor | None) -> list[tuple[s
     return [(f"id{k}", Image.fromarray(crop)) for k, crop in enumerate(crops)]
 
 
-def split_panels(row: Image.Image, width: int) -> list[Image.Image]:
-    """The ``width``-wide panels of an image row (an attention overlay row)."""
-    return [row.crop((x, 0, x + width, row.height)) for x in range(0, row.width, width)]
+def panels(row: Image.Image, width: int, cols: int) -> list[Image.Image]:
+    """The ``width``-wide panels of an image row (an attention overlay row), then white
+    ones up to ``cols``: rows of fewer identities line up in one grid."""
+    cut = [row.crop((x, 0, x + width, row.height)) for x in range(0, row.width, width)]
+    return cut + [Image.new("RGB", (width, row.height), "white")] * (cols - len(cut))
 
 
 class SampleGrid(pl.Callback):

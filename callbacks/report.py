@@ -123,9 +123,9 @@ def write_grids(out_dir: Path, image_dir: Path, rows: list[dict], summary: dict 
                            caption(r, made["seed"]),
                            [(s, photos[s]) for s in r["subjects"] if s in photos])
                  for r in members[:per_grid]]
+        seed = f"seed {made['seed']}" if made["seed"] is not None else ""
         title = " · ".join(x for x in (made["method"] or "images", f"category {category}",
-                                       f"seed {made['seed']}" if made["seed"] is not None
-                                       else "") if x)
+                                       seed) if x)
         path = out_dir / "grids" / f"{category}.png"
         save_grid(GridLabels(title).render(tiles, min(4, len(tiles))), path)
         paths.append(path)
