@@ -5,7 +5,8 @@ rerunning the same folder (a resume) continues that wandb run, and two folders n
 one, even under the same ``name``. The run is grouped by method, typed by job (train, fit,
 eval, compare) and tagged with the method, the base model family and the recipe (the
 experiment or eval config file's name). Its files live in ``<folder>/wandb/``; an offline
-run is uploaded later with ``wandb sync <folder>/wandb/offline-run-*``.
+run is uploaded later with ``wandb sync <folder>/wandb/offline-run-*`` (the line
+``ldm_ext/run_summary.py`` prints at the end of a run).
 """
 from __future__ import annotations
 
@@ -62,12 +63,3 @@ def init_args(folder: str | Path, *, name: str, project: str, mode: str, group: 
                 dir=str(folder), mode=resolve_mode(mode), group=group, job_type=job_type,
                 tags=tags, config=config)
 
-
-def offline_runs(folder: str | Path) -> list[Path]:
-    """The offline wandb run folders under ``folder/wandb`` (what ``wandb sync`` uploads)."""
-    return sorted((Path(folder) / "wandb").glob("offline-run-*"))
-
-
-def sync_command(folder: str | Path) -> str | None:
-    """The command that uploads ``folder``'s offline wandb runs, or None when it has none."""
-    return f"wandb sync {Path(folder) / 'wandb'}/offline-run-*" if offline_runs(folder) else None
