@@ -94,7 +94,7 @@ def test_eval_runs_the_storymaker_protocol_on_the_tiny_run(run: Path, tmp_path):
     assert {"face_sim", "clip_t", "clip_i"} <= set(summary["overall"])
     assert summary["config"]["generation"]["sampler"] == "unipc"
     report = (out / "report.md").read_text()
-    assert "## Published figures" in report and "| StoryMaker (paper) | 0.6736" in report
+    assert "## Published figures" in report and "| StoryMaker(Ours) | 67.36 |" in report
 
 
 def test_a_trained_run_loads_without_its_training_only_files(run: Path, tmp_path):
