@@ -36,11 +36,13 @@ def mixing_by_n(rows: list[dict], sims: list[np.ndarray], matching: str) -> dict
 
 
 def write_outputs(cfg, out_dir: Path, image_dir: Path, rows: list[dict],
-                  sims: list[np.ndarray], skipped: list[dict] | None = None) -> dict:
+                  sims: list[np.ndarray], skipped: list[dict] | None = None,
+                  provenance: dict | None = None) -> dict:
     """metrics.csv, summary.json, report.md (+ grids/, plots/) and the wandb table.
 
     ``skipped``: ``{"file", "reason"}`` of images that could not be read (not scored),
-    listed in summary.json and report.md."""
+    listed in summary.json and report.md. ``provenance``: what made the images and the
+    scores (``callbacks/provenance.record``), in summary.json and at the end of report.md."""
     from omegaconf import OmegaConf
 
     from callbacks.identity_check import identity_check
@@ -54,7 +56,8 @@ def write_outputs(cfg, out_dir: Path, image_dir: Path, rows: list[dict],
                "mixing": mixing_by_n(rows, sims, cfg.scoring.matching),
                "skipped": list(skipped or []),
                "image_dir": str(image_dir.resolve()),  # --compare finds --images runs' images
-               "config": OmegaConf.to_container(cfg, resolve=True)}
+               "config": OmegaConf.to_container(cfg, resolve=True),
+               "provenance": provenance}
     (out_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=2))
     write_report(out_dir, image_dir, rows, summary, cfg.note)
     if cfg.wandb:
@@ -194,10 +197,11 @@ def save_figure(fig, path: Path) -> Path:
 def write_report(out_dir: Path, image_dir: Path, rows: list[dict], summary: dict,
                  note: str = "") -> Path:
     """report.md: overall table, identity by two encoders, the papers' figures beside this
-    run's, per-category / per-N tables, mixing matrices, grids, plots and a glossary; the
-    metrics named as the papers print them, in percent where the paper compared with does
-    (``summary["config"]``: the run's eval config)."""
+    run's, per-category / per-N tables, mixing matrices, grids, plots, a glossary and the
+    provenance; the metrics named as the papers print them, in percent where the paper
+    compared with does (``summary["config"]``: the run's eval config)."""
     from callbacks.identity_check import report_lines
+    from callbacks.provenance import report_lines as provenance_lines
     from callbacks.published import display_for, published_lines, tables_of
 
     config = summary.get("config", {})
@@ -225,6 +229,7 @@ def write_report(out_dir: Path, image_dir: Path, rows: list[dict], summary: dict
                             for p in write_plots(out_dir, rows, summary)], ""]
     encoders = (summary.get("identity_check") or {}).get("encoders")
     lines += glossary_lines(list(summary["overall"]), display, sources(config, encoders))
+    lines += provenance_lines(summary.get("provenance"))
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
