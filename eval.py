@@ -43,6 +43,15 @@ images and still matches an uninterrupted run), ``metrics.csv`` (one row per ima
 ``summary.json`` (mean ± population std per metric, per prompt category and per number of
 subjects; mixing matrices; ``identity_check``), ``report.md`` with tables, ``grids/`` and
 ``plots/``; a wandb table when ``wandb=true``.
+
+Results cannot mix (``callbacks/provenance.py``): ``provenance.json`` binds the folder to
+the checkpoint (path and weights sha256) or ``--images`` folder, the method, the
+image-deciding config, the subjects and the code version; a run into a folder made by
+anything else stops in one line naming each difference (whether ``name`` came from the
+YAML or the command line: pick another ``name=``). ``--compare`` refuses results of
+different protocols, naming the fields. Random-init scorers are drawn from
+``scoring.seed``, a run's random frozen parts from its ``seed``; ``summary.json`` and
+``report.md`` record all of it with the device and library versions.
 """
 from __future__ import annotations
 
@@ -61,6 +70,14 @@ from callbacks.subjects import load_subjects, plan, records_from_folder
 from ldm_ext.cli import InputError, open_image, run_cli
 
 
+BINDING = """\
+results/<name> is bound to what made it (provenance.json): the checkpoint (path, weights
+sha256) or --images folder, the method, the config fields that decide the images, the
+subjects and the code version. A rerun resumes it only when all match; otherwise it stops
+in one line naming each difference, whether name came from the YAML or the command line:
+pick another name=. Scoring settings may change (every score is recomputed)."""
+
+
 def protocol_help() -> str:
     """``--help``'s list of the protocols (``configs/eval/*.yaml``), one line each."""
     from ldm_ext.eval_config import protocols
@@ -73,7 +90,7 @@ def protocol_help() -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog=protocol_help(),
+                                     epilog=f"{protocol_help()}\n\n{BINDING}",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="eval YAML (configs/eval/*.yaml)")
     parser.add_argument("--checkpoint", help="run or export folder, or weights in a run (a file, a "
@@ -82,7 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", help="score this folder instead of generating")
     parser.add_argument("--references", help="subjects folder (overrides subjects.root)")
     parser.add_argument("--compare", nargs="+", metavar="RESULT",
-                        help="one report comparing finished results/<name> folders")
+                        help="one report comparing finished results/<name> folders of one "
+                             "protocol (prompt set, subjects, N plan, images per prompt, "
+                             "seed, size, scorers; a difference is refused, named)")
     parser.add_argument("--out", help="--compare's folder (default: compare_<names> beside "
                                       "the first result)")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. generation.steps=25")
