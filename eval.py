@@ -101,7 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compare", nargs="+", metavar="RESULT",
                         help="one report comparing finished results/<name> folders of one "
                              "protocol (prompt set, subjects, N plan, images per prompt, "
-                             "seed, size, scorers; a difference is refused, named)")
+                             "seed, size, scorers but the second identity encoder; a "
+                             "difference is refused, named)")
     parser.add_argument("--out", help="--compare's folder (default: compare_<names> beside "
                                       "the first result)")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. generation.steps=25")

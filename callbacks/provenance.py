@@ -37,7 +37,12 @@ IMAGE_KEYS = ("prompts.set", "prompts.limit", "prompts.marker", "subjects.ids",
 PLAN_KEYS = ("prompts.set", "prompts.limit", "subjects.ids", "subjects.num_ids",
              "subjects.max_groups", "generation.images_per_prompt", "generation.seed",
              "generation.size")
-SCORING_FREE = ("batch_size", "min_rank_corr", "seed")  # change no score (seed: see protocol)
+# scoring fields two compared results may differ in: batch_size and min_rank_corr change no
+# score; seed matters only for random scorers (``protocol``); the second identity encoder
+# is chosen per method (``auto``: never the method's own family) and the compare report
+# names it per run
+OTHER_SCORING = ("batch_size", "min_rank_corr", "seed", "second_encoder", "second_detector",
+                 "second_weights")
 RANDOM_WEIGHTS = ("face_weights", "face_sim_weights", "clip_t_pretrained",
                   "clip_i_pretrained", "second_weights")
 LABELS = {"method": "method", "checkpoint": "checkpoint", "weights_hash": "weights sha256",
@@ -237,10 +242,11 @@ def report_lines(provenance: dict | None) -> list[str]:
 def protocol(eval_config: dict, subjects: str | None = None) -> dict[str, Any]:
     """The fields two results must share to be compared: the plan of images
     (``PLAN_KEYS``), the subjects' hash when recorded, and every scoring setting that
-    changes a score (with the seed of random-init scorers when there are any)."""
+    changes a score but the second identity encoder's (with the seed of random-init
+    scorers when there are any)."""
     scoring = eval_config.get("scoring") or {}
     fields = {key: select(eval_config, key) for key in PLAN_KEYS}
-    fields.update({f"scoring.{k}": v for k, v in scoring.items() if k not in SCORING_FREE})
+    fields.update({f"scoring.{k}": v for k, v in scoring.items() if k not in OTHER_SCORING})
     if any(scoring.get(k) == "random" for k in RANDOM_WEIGHTS):
         fields["scoring.seed"] = scoring.get("seed")
     if subjects is not None:

@@ -128,3 +128,7 @@ def test_compare_refuses_other_protocols(two_results, tmp_path, capsys):
     scored = fake_result(tmp_path, "D", (0, 200, 0), 0.6, overrides=("scoring.seed=1",))
     assert evaluate.main(["--compare", str(a), str(scored), "--out", str(out)]) == 2
     assert "scoring.seed 0 (A) vs 1 (D)" in capsys.readouterr().err  # random scorers differ
+    # the second identity encoder is the method's to differ in (auto: never its own family)
+    second = fake_result(tmp_path, "E", (0, 200, 0), 0.6,
+                         overrides=("scoring.second_encoder=facenet",))
+    assert evaluate.main(["--compare", str(a), str(second), "--out", str(out)]) == 0
