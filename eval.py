@@ -90,7 +90,7 @@ def protocol_help() -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog=f"{protocol_help()}\n\n{BINDING}",
+                                     epilog=f"{BINDING}\n\n{protocol_help()}",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="eval YAML (configs/eval/*.yaml)")
     parser.add_argument("--checkpoint", help="run or export folder, or weights in a run (a file, a "
