@@ -45,6 +45,15 @@ subjects; mixing matrices; ``identity_check``), ``report.md`` with tables, ``gri
 ``plots/``; with ``wandb=true`` a wandb run in ``wandb/`` (its id kept in ``wandb_id``): the
 summary metrics, a table of every image with its reference photos, prompt, N and metrics,
 the plots and grids. ``--compare A B --wandb`` logs the comparison's table, plots and grids.
+
+Results cannot mix (``callbacks/provenance.py``): ``provenance.json`` binds the folder to
+the checkpoint (path and weights sha256) or ``--images`` folder, the method, the
+image-deciding config, the subjects and the code version; a run into a folder made by
+anything else stops in one line naming each difference (whether ``name`` came from the
+YAML or the command line: pick another ``name=``). ``--compare`` refuses results of
+different protocols, naming the fields. Random-init scorers are drawn from
+``scoring.seed``, a run's random frozen parts from its ``seed``; ``summary.json`` and
+``report.md`` record all of it with the device and library versions.
 """
 from __future__ import annotations
 
@@ -54,12 +63,21 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from callbacks.metric_names import overall_lines
 from callbacks.published import display_for
 from callbacks.report import write_outputs
 from callbacks.subjects import load_subjects, plan, records_from_folder
 from ldm_ext.cli import InputError, open_image, run_cli
+
+
+BINDING = """\
+results/<name> is bound to what made it (provenance.json): the checkpoint (path, weights
+sha256) or --images folder, the method, the config fields that decide the images, the
+subjects and the code version. A rerun resumes it only when all match; otherwise it stops
+in one line naming each difference, whether name came from the YAML or the command line:
+pick another name=. Scoring settings may change (every score is recomputed)."""
 
 
 def protocol_help() -> str:
@@ -74,7 +92,7 @@ def protocol_help() -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog=protocol_help(),
+                                     epilog=f"{BINDING}\n\n{protocol_help()}",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="eval YAML (configs/eval/*.yaml)")
     parser.add_argument("--checkpoint", help="run or export folder, or weights in a run (a file, a "
@@ -83,7 +101,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", help="score this folder instead of generating")
     parser.add_argument("--references", help="subjects folder (overrides subjects.root)")
     parser.add_argument("--compare", nargs="+", metavar="RESULT",
-                        help="one report comparing finished results/<name> folders")
+                        help="one report comparing finished results/<name> folders of one "
+                             "protocol (prompt set, subjects, N plan, images per prompt, "
+                             "seed, size, scorers but the second identity encoder; a "
+                             "difference is refused, named)")
     parser.add_argument("--out", help="--compare's folder (default: compare_<names> beside "
                                       "the first result)")
     parser.add_argument("--wandb", action="store_true",
@@ -272,9 +293,11 @@ def resolve_device(name: str) -> str:
 def run(args: argparse.Namespace) -> Path:
     """Generate (``--checkpoint``) or take a folder (``--images``), score, write outputs.
     Names, prompt indices and subject ids of an ``--images`` folder are checked before any
-    model loads and before the results folder is made."""
+    model loads and before the results folder is made; so is the results folder's binding
+    (``callbacks/provenance.py``): a folder made by another checkpoint, method, config or
+    code version stops the run before anything in it is written or re-scored."""
+    from callbacks.provenance import bind, check_binding, made_by, subjects_hash
     from ldm_ext.eval_config import load_eval_config, second_encoder_name
-    from ldm_ext.registry import identity_encoder
 
     overrides = list(args.overrides)
     if args.references:
@@ -283,31 +306,67 @@ def run(args: argparse.Namespace) -> Path:
         overrides.append(f"name={Path(args.images).resolve().name}")
     cfg = load_eval_config(args.config, overrides)
     out_dir = Path(cfg.output_dir) / cfg.name
+    recipe = run_config(args.checkpoint) if args.checkpoint else None
+    made = made_by(OmegaConf.to_container(cfg, resolve=True),
+                   recipe.method.name if recipe else None, args.checkpoint, args.images)
+    check_binding(out_dir, made)
     subjects = load_subjects(cfg.subjects, out_dir)
+    made["subjects_hash"] = subjects_hash(subjects)
     if args.images:
         image_dir = Path(args.images)
         words = {sid: s["class_word"] for sid, s in subjects.items()}
         records = records_from_folder(image_dir, cfg, words)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        bind(out_dir, made)
     else:
+        check_binding(out_dir, made)
         image_dir, records = out_dir / "images", plan(cfg, subjects)
     device = resolve_device(cfg.generation.device)  # imports torch: after the checks
     if not args.images:
-        import torch
-
-        fitted = fit_subjects(cfg, args.checkpoint, subjects, out_dir)
-        torch.manual_seed(cfg.generation.seed)  # random-init parts (demo runs) load alike
-        method = load_method(args.checkpoint).to(device)
-        cfg.method_encoder = identity_encoder(method.cfg.method)  # recorded in summary.json
-        generate(cfg, method, subjects, records, out_dir, fitted)
-        del method  # its memory is the scorers' now
+        generate_bound(cfg, args.checkpoint, subjects, records, out_dir, made, device)
     cfg.scoring.second_encoder = second_encoder_name(cfg.scoring, cfg.method_encoder)
     rows, sims, skipped = score_folder(cfg, image_dir, records, subjects, device)
-    summary = write_outputs(cfg, out_dir, image_dir, rows, sims, skipped, subjects)
+    summary = write_outputs(cfg, out_dir, image_dir, rows, sims, skipped, subjects,
+                            provenance_record(cfg, made, device, recipe))
     unread = f", {len(skipped)} unreadable skipped (listed in report.md)" if skipped else ""
     print(f"wrote {out_dir} ({len(rows)} images{unread})")
     print("\n".join(overall_lines(summary["overall"], display_for(summary["config"]))))
     return out_dir
+
+
+def run_config(checkpoint: str):
+    """The training config behind ``--checkpoint`` (its run's, or the experiment YAML),
+    read without loading weights or torch: the method's name and ``seed``."""
+    from ldm_ext.config import load_config
+    from ldm_ext.folders import RUN_CONFIG, run_folder
+
+    return load_config(checkpoint if is_experiment(checkpoint)
+                       else run_folder(checkpoint)[0] / RUN_CONFIG)
+
+
+def generate_bound(cfg, checkpoint: str, subjects: dict[str, dict], records: list[dict],
+                   out_dir: Path, made: dict, device: str) -> None:
+    """Fit what per-identity subjects need, load the method, bind the results folder to its
+    weights (``made["weights_hash"]``: a rerun with other weights at the same path is
+    refused) and generate what the folder lacks."""
+    from callbacks.provenance import bind
+    from ldm_ext.registry import identity_encoder
+    from ldm_ext.weights import weights_hash
+
+    fitted = fit_subjects(cfg, checkpoint, subjects, out_dir)
+    method = load_method(checkpoint)
+    made["weights_hash"] = weights_hash(method.trainable_parameters())
+    bind(out_dir, made)
+    method = method.to(device)
+    cfg.method_encoder = identity_encoder(method.cfg.method)  # recorded in summary.json
+    generate(cfg, method, subjects, records, out_dir, fitted)
+
+
+def provenance_record(cfg, made: dict, device: str, recipe) -> dict:
+    """summary.json's ``provenance`` (``callbacks/provenance.record``)."""
+    from callbacks.provenance import record
+    from callbacks.scoring import random_scorers
+
+    return record(made, device, random_scorers(cfg.scoring), recipe.seed if recipe else None)
 
 
 def evaluate(argv: list[str] | None) -> int:

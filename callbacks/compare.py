@@ -6,7 +6,9 @@ Each input is a results folder as ``eval.py`` writes it (callbacks/report.py):
 metrics (mean ± std), per prompt category and per number of subjects N (tables and bar
 plots), the identity-mixing matrices, and grids of the same subject and prompt in every
 run. Images are matched by file name (``<ids>__p<index>__<k>.png``: the same plan gives
-the same names whatever the method), so a grid column is one planned image.
+the same names whatever the method), so a grid column is one planned image; results made
+under different protocols (prompt set, subjects, N plan, size, seed, scorers:
+``callbacks/provenance.protocol``) are refused, naming each differing field.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from PIL import Image, ImageDraw
 from callbacks.identity_check import compare_lines
 from callbacks.metric_names import Display, display_name, glossary_lines, sources
 from callbacks.published import display_for, published_lines, tables_of
+from callbacks.provenance import protocol
 from callbacks.report import markdown_table, pyplot, save_figure
 from ldm_ext.cli import UserError
 
@@ -31,6 +34,10 @@ SUMMARY_KEYS = ("overall", "by_category", "by_num_ids", "mixing")
 
 class NotAResult(UserError, ValueError):
     """A folder given to ``--compare`` is not an ``eval.py`` results folder."""
+
+
+class ProtocolMismatch(UserError, ValueError):
+    """Results given to ``--compare`` were made under different protocols."""
 
 
 @dataclass
@@ -66,9 +73,11 @@ def load_result(folder: Path, label: str) -> Result:
 
 
 def method_name(folder: Path, summary: dict) -> str:
-    """``method`` from summary.json, else from the first manifest record, else ""."""
-    if summary.get("method"):
-        return str(summary["method"])
+    """``method`` from summary.json (its provenance), else from the first manifest record,
+    else ""."""
+    recorded = summary.get("method") or (summary.get("provenance") or {}).get("method")
+    if recorded:
+        return str(recorded)
     manifest = folder / "manifest.jsonl"
     first = manifest.read_text().split("\n", 1)[0] if manifest.is_file() else ""
     try:
@@ -91,6 +100,26 @@ def load_results(folders: list[str | Path]) -> list[Result]:
     return [load_result(p, label) for p, label in zip(paths, run_labels(paths))]
 
 
+def check_protocols(results: list[Result]) -> None:
+    """Raise ProtocolMismatch naming every field (``callbacks/provenance.protocol``: the
+    plan of images, the subjects, the scorers) on which a result differs from the first:
+    images are paired by file name, and ``p00`` is another prompt under another set. A
+    field one result does not record (written before it was) is not compared."""
+    def fields(r: Result) -> dict:
+        subjects = (r.summary.get("provenance") or {}).get("subjects_hash")
+        return protocol(r.summary.get("config") or {}, subjects)
+
+    first, differ = fields(results[0]), []
+    for r in results[1:]:
+        own = fields(r)
+        differ += [f"{key} {json.dumps(first[key])} ({results[0].label}) vs "
+                   f"{json.dumps(own[key])} ({r.label})"
+                   for key in first if key in own and first[key] != own[key]]
+    if differ:
+        raise ProtocolMismatch(f"--compare: the results were made under different protocols: "
+                               f"{'; '.join(differ)}: compare results of one protocol")
+
+
 def compare(folders: list[str | Path], out: str | Path | None = None,
             to_wandb: bool = False) -> Path:
     """Write the comparison of ``folders`` to ``out`` (default: ``compare_<labels>`` next
@@ -98,6 +127,7 @@ def compare(folders: list[str | Path], out: str | Path | None = None,
     also log its table, plots and grids to a wandb run (``callbacks/eval_wandb.py``) in
     the first result's ``wandb_project``."""
     results = load_results(folders)
+    check_protocols(results)
     if out is None:
         safe = "_".join(r.label.replace("/", "-").replace(" #", "-") for r in results)
         out = results[0].folder.parent / f"compare_{safe}"

@@ -37,12 +37,15 @@ def mixing_by_n(rows: list[dict], sims: list[np.ndarray], matching: str) -> dict
 
 def write_outputs(cfg, out_dir: Path, image_dir: Path, rows: list[dict],
                   sims: list[np.ndarray], skipped: list[dict] | None = None,
-                  subjects: dict[str, dict] | None = None) -> dict:
+                  subjects: dict[str, dict] | None = None,
+                  provenance: dict | None = None) -> dict:
     """metrics.csv, summary.json, report.md (+ grids/, plots/) and the wandb run.
 
     ``skipped``: ``{"file", "reason"}`` of images that could not be read (not scored),
     listed in summary.json and report.md. ``subjects``: ``load_subjects``' subjects, whose
-    photos summary.json records (``references``) and the grids and wandb table show."""
+    photos summary.json records (``references``) and the grids and wandb table show.
+    ``provenance``: what made the images and the scores (``callbacks/provenance.record``),
+    in summary.json and at the end of report.md."""
     from omegaconf import OmegaConf
 
     from callbacks.identity_check import identity_check
@@ -58,7 +61,8 @@ def write_outputs(cfg, out_dir: Path, image_dir: Path, rows: list[dict],
                "image_dir": str(image_dir.resolve()),  # --compare finds --images runs' images
                "references": {sid: str(Path(s["photo"]).resolve())
                               for sid, s in (subjects or {}).items()},
-               "config": OmegaConf.to_container(cfg, resolve=True)}
+               "config": OmegaConf.to_container(cfg, resolve=True),
+               "provenance": provenance}
     (out_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=2))
     write_report(out_dir, image_dir, rows, summary, cfg.note)
     if cfg.wandb:
@@ -198,10 +202,11 @@ def save_figure(fig, path: Path) -> Path:
 def write_report(out_dir: Path, image_dir: Path, rows: list[dict], summary: dict,
                  note: str = "") -> Path:
     """report.md: overall table, identity by two encoders, the papers' figures beside this
-    run's, per-category / per-N tables, mixing matrices, grids, plots and a glossary; the
-    metrics named as the papers print them, in percent where the paper compared with does
-    (``summary["config"]``: the run's eval config)."""
+    run's, per-category / per-N tables, mixing matrices, grids, plots, a glossary and the
+    provenance; the metrics named as the papers print them, in percent where the paper
+    compared with does (``summary["config"]``: the run's eval config)."""
     from callbacks.identity_check import report_lines
+    from callbacks.provenance import report_lines as provenance_lines
     from callbacks.published import display_for, published_lines, tables_of
 
     config = summary.get("config", {})
@@ -229,6 +234,7 @@ def write_report(out_dir: Path, image_dir: Path, rows: list[dict], summary: dict
                             for p in write_plots(out_dir, rows, summary)], ""]
     encoders = (summary.get("identity_check") or {}).get("encoders")
     lines += glossary_lines(list(summary["overall"]), display, sources(config, encoders))
+    lines += provenance_lines(summary.get("provenance"))
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -14,6 +14,7 @@ import numpy as np
 
 from callbacks import metrics as M
 from callbacks.scorers import CLIPScorer, FaceScorer, build_face_scorer
+from ldm_ext.seeding import seeded
 
 METRICS = ("faces", "detect", "identity", "identity_second", "single_sim", "multi_sim",
            "matched_identity", "clip_t", "id_p", "face_sim", "clip_i", "expression")
@@ -34,18 +35,43 @@ class Scorers:
 
 
 def build_scorers(scoring, device: str = "cpu") -> Scorers:
-    """Scorers from an ``eval_config.ScoringConfig`` (missing weights raise, naming them)."""
+    """Scorers from an ``eval_config.ScoringConfig`` (missing weights raise, naming them).
+
+    Each scorer is built from ``scoring.seed`` on its own (``seeded_build``): a ``random``
+    one is the same network in every process, whichever other scorers are on."""
     s = scoring
-    faces = build_face_scorer(s.detector, s.face_encoder, s.face_weights, s.min_face_score,
-                              device, s.batch_size)
-    face_sim = (build_face_scorer(s.face_sim_detector, s.face_sim_encoder, s.face_sim_weights,
-                                  0.5, device, s.batch_size) if s.face_sim_encoder else None)
-    clip_t = (CLIPScorer(s.clip_t_model, s.clip_t_pretrained, device, s.batch_size)
-              if s.clip_t_model else None)
-    clip_i = (CLIPScorer(s.clip_i_model, s.clip_i_pretrained, device, s.batch_size)
-              if s.clip_i_model else None)
+    faces = seeded_build(s.seed, build_face_scorer, s.detector, s.face_encoder,
+                         s.face_weights, s.min_face_score, device, s.batch_size)
+    face_sim = (seeded_build(s.seed, build_face_scorer, s.face_sim_detector, s.face_sim_encoder,
+                             s.face_sim_weights, 0.5, device, s.batch_size)
+                if s.face_sim_encoder else None)
+    clip_t = (seeded_build(s.seed, CLIPScorer, s.clip_t_model, s.clip_t_pretrained, device,
+                           s.batch_size) if s.clip_t_model else None)
+    clip_i = (seeded_build(s.seed, CLIPScorer, s.clip_i_model, s.clip_i_pretrained, device,
+                           s.batch_size) if s.clip_i_model else None)
     return Scorers(faces, clip_t, clip_i, face_sim, s.matching, s.id_p_threshold,
-                   list(s.emotions), build_second_scorer(s, device))
+                   list(s.emotions), seeded_build(s.seed, build_second_scorer, s, device))
+
+
+def seeded_build(seed: int, build, *args):
+    """``build(*args)`` with every random draw it makes taken from ``seed``."""
+    with seeded(seed):
+        return build(*args)
+
+
+def random_scorers(scoring) -> dict[str, int]:
+    """Scorer -> the seed its random initialisation is drawn from, for every scorer whose
+    weights are ``random`` (recorded in summary.json: such scores mean nothing, but they
+    are reproducible)."""
+    from ldm_ext.eval_config import second_encoder_name
+
+    s = scoring
+    weights = {"faces": s.face_weights,
+               "face_sim": s.face_sim_weights if s.face_sim_encoder else None,
+               "clip_t": s.clip_t_pretrained if s.clip_t_model else None,
+               "clip_i": s.clip_i_pretrained if s.clip_i_model else None,
+               "second": s.second_weights if second_encoder_name(s) else None}
+    return {name: s.seed for name, w in weights.items() if w == "random"}
 
 
 def build_second_scorer(scoring, device: str = "cpu") -> FaceScorer | None:

@@ -65,12 +65,15 @@ def load_subjects(subjects, out_dir: Path) -> dict[str, dict]:
 
 def write_demo_subjects(folder: Path) -> Path:
     """Offline subjects: skimage's astronaut (woman) and the faces of insightface's t1.jpg
-    (person), each as a 256x256 photo around the face. Returns the folder."""
+    (person), each as a 256x256 photo around the face. Returns the folder. A folder that
+    has them already (``classes.txt`` is written last) is left as it is."""
     import os
 
     import insightface
     import skimage.data
 
+    if (folder / "classes.txt").is_file():
+        return folder
     folder.mkdir(parents=True, exist_ok=True)
     group = np.asarray(Image.open(os.path.join(os.path.dirname(insightface.__file__),
                                                "data", "images", "t1.jpg")).convert("RGB"))

@@ -89,6 +89,9 @@ class ScoringConfig:
     second_detector: str | None = None  # None: the encoder's own (SECOND_DETECTORS)
     second_weights: str | None = None  # None: the backend's default
     min_rank_corr: float = 0.5  # report.md warns below this Spearman rho of the two encoders
+    # every ``random`` scorer (weights or pretrained: random) is drawn from this seed, each
+    # scorer on its own, so its scores are a function of the images (recorded in summary.json)
+    seed: int = 0
 
 
 @dataclass

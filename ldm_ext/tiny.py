@@ -22,6 +22,7 @@ from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from ldm_ext.seeding import seeded
 from ldm_ext.tokenizer import build_clip_tokenizer
 
 TEXT_WIDTH = 32  # per text encoder
@@ -167,8 +168,7 @@ def save_tiny_backbone(folder: str | Path, family: str = "sd15", seed: int = 0) 
     caller's random state is left as it was: a run that builds the cache on first use must
     draw the same numbers after it as a run that finds the cache built."""
     folder = Path(folder)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         _save_components(folder, family)
     return folder
 

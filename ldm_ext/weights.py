@@ -12,6 +12,7 @@ is all our Lightning checkpoints hold (``methods/base.py`` ``on_save_checkpoint`
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import re
@@ -110,3 +111,15 @@ def load_into(params: dict[str, torch.nn.Parameter], state: dict[str, torch.Tens
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(state[name])
+
+
+def weights_hash(state: dict[str, torch.Tensor]) -> str:
+    """sha256 (hex) of names, dtypes, shapes and bytes of ``state`` in name order: one value
+    for the same weights as loaded, whichever file held them (safetensors, ``.ckpt``,
+    export). Binds an eval's results folder to the weights that made it."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{tensor.dtype}:{tuple(state[name].shape)}\n".encode())
+        digest.update(tensor.view(torch.uint8).numpy())
+    return digest.hexdigest()

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a missing model fails at once, no retries
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -19,6 +22,38 @@ def idforge_cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("idforge-cache")
     os.environ["IDFORGE_CACHE"] = str(root)
     return root
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, idforge_cache) -> Path:
+    """A 2-step tiny InstantFamily run (train.py's demo) that also evaluates at step 2
+    (trainer.eval_every); shared by the eval, provenance and determinism tests."""
+    out = tmp_path_factory.mktemp("runs")
+    cmd = [sys.executable, "train.py", f"output_dir={out}", "name=x", "trainer.max_steps=2",
+           "logger.wandb=false", "method.sample_steps=2", "data.num_demo_samples=16",
+           "trainer.eval_every=2", "trainer.progress_bar=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out / "x"
+
+
+@pytest.fixture(scope="session")
+def portraitbooth_run(tmp_path_factory, idforge_cache) -> Path:
+    """A 2-step tiny PortraitBooth run (experiment portraitbooth_demo)."""
+    import train
+
+    out = tmp_path_factory.mktemp("runs")
+    assert train.main(["--config", str(ROOT / "configs" / "experiment" /
+                                       "portraitbooth_demo.yaml"),
+                       f"output_dir={out}", "trainer.max_steps=2",
+                       "trainer.checkpoint_every=2", "trainer.progress_bar=false",
+                       "logger.wandb=false", "method.sample_steps=2",
+                       "data.num_demo_samples=8"]) == 0
+    return out / "portraitbooth_demo"
 
 
 @pytest.fixture(autouse=True)

@@ -22,13 +22,14 @@ IDS = ["s1", "s2", "s3", "s4", "s5"]
 
 def fake_result(root: Path, name: str, colour: tuple, identity: float,
                 method: str | None = None, faces_of_five: int = 5,
-                second: float = 0.9) -> Path:
+                second: float = 0.9, overrides: tuple[str, ...] = ()) -> Path:
     """A results folder as eval.py writes it: N = 1, 2, 5 subjects, 2 prompts, one image
     each, solid ``colour`` images, identities near ``identity`` (``second`` by the second
     encoder, dlib), mixing of strength ``identity`` on the diagonal; N = 5 images show
-    ``faces_of_five`` faces."""
+    ``faces_of_five`` faces; ``overrides`` change its eval config."""
     cfg = load_eval_config(TINY, [f"name={name}", f"output_dir={root}", "subjects.root=x",
-                                  "subjects.num_ids=[1,2,5]", "scoring.second_encoder=dlib"])
+                                  "subjects.num_ids=[1,2,5]", "scoring.second_encoder=dlib",
+                                  *overrides])
     records = subject_plan.plan(cfg, {sid: {"class_word": "woman"} for sid in IDS})
     out, rows, sims = root / name, [], []
     (out / "images").mkdir(parents=True)
@@ -116,3 +117,24 @@ def test_compare_errors_name_the_folder(two_results, tmp_path, capsys):
                 ["--checkpoint", "x", "--config", TINY, "--out", "y"]):
         with pytest.raises(SystemExit):
             evaluate.parse_args(bad)
+
+
+def test_compare_refuses_other_protocols(two_results, tmp_path, capsys):
+    """Images pair by file name: under another prompt set ``p00`` is another prompt, so
+    results of different protocols are refused, each differing field named."""
+    a, _ = two_results
+    other = fake_result(tmp_path, "C", (0, 200, 0), 0.6,
+                        overrides=("prompts.set=storymaker", "generation.size=256"))
+    out = tmp_path / "cmp"
+    assert evaluate.main(["--compare", str(a), str(other), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert ('prompts.set "fastcomposer_single" (A) vs "storymaker" (C); generation.size 128 '
+            "(A) vs 256 (C): compare results of one protocol") in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+    scored = fake_result(tmp_path, "D", (0, 200, 0), 0.6, overrides=("scoring.seed=1",))
+    assert evaluate.main(["--compare", str(a), str(scored), "--out", str(out)]) == 2
+    assert "scoring.seed 0 (A) vs 1 (D)" in capsys.readouterr().err  # random scorers differ
+    # the second identity encoder is the method's to differ in (auto: never its own family)
+    second = fake_result(tmp_path, "E", (0, 200, 0), 0.6,
+                         overrides=("scoring.second_encoder=facenet",))
+    assert evaluate.main(["--compare", str(a), str(second), "--out", str(out)]) == 0

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import insightface
@@ -27,19 +25,6 @@ T1 = os.path.join(os.path.dirname(insightface.__file__), "data", "images", "t1.j
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, idforge_cache) -> Path:
-    """A 2-step tiny InstantFamily run that also evaluates at step 2 (trainer.eval_every)."""
-    out = tmp_path_factory.mktemp("runs")
-    cmd = [sys.executable, "train.py", f"output_dir={out}", "name=x", "trainer.max_steps=2",
-           "logger.wandb=false", "method.sample_steps=2", "data.num_demo_samples=16",
-           "trainer.eval_every=2", "trainer.progress_bar=false"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out / "x"
 
 
 def test_eval_configs_load_and_errors_name_key_and_file(tmp_path):
@@ -203,3 +188,49 @@ def test_eval_csv_resumed_with_more_metrics_keeps_every_value_in_its_column(tmp_
     assert rows == [{"step": "10", "eval/identity": "0.5", "eval/identity_second": "",
                      "eval/gone": "7"}]
     assert _match_header(path, ["step", "eval/identity"]) == header  # superset: as it is
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_results_folder_is_bound_to_what_made_it(tiny_run, portraitbooth_run, tmp_path,
+                                                 capsys):
+    """An InstantFamily eval binds results/tiny to its checkpoint, weights, method, config
+    and code; a PortraitBooth eval under the same config, another generation setting, other
+    weights at the same path or a folder without the record are refused in one line,
+    nothing in the folder re-scored or rewritten."""
+    args = ["--config", TINY, f"output_dir={tmp_path}", "subjects.num_ids=[1]",
+            "subjects.max_groups=1", "prompts.limit=1", "scoring.second_encoder=null"]
+    assert evaluate.main(["--checkpoint", str(tiny_run), *args]) == 0
+    out = tmp_path / "tiny"
+    made = json.loads((out / "provenance.json").read_text())
+    assert made["method"] == "instantfamily" and len(made["weights_hash"]) == 64
+    provenance = json.loads((out / "summary.json").read_text())["provenance"]
+    assert provenance["weights_hash"] == made["weights_hash"]
+    assert provenance["config_hash"] == made["config_hash"] and provenance["device"] == "cpu"
+    assert provenance["code_version"] == made["code_version"] != "unknown"
+    assert provenance["scorer_seeds"] == {"faces": 0, "clip_t": 0, "clip_i": 0}
+    assert provenance["build_seed"] == 0 and provenance["torch"] and provenance["diffusers"]
+    last = (out / "report.md").read_text().rsplit("\n## ", 1)[1]  # the closing section
+    assert last.startswith("Provenance") and f"| weights sha256 | `{made['weights_hash']}` |" \
+        in last and f"| checkpoint | `{tiny_run.resolve()}` |" in last
+    before = _snapshot(out)
+    assert evaluate.main(["--checkpoint", str(portraitbooth_run), *args]) == 2
+    assert (f"{out.resolve()} was made by method instantfamily, checkpoint "
+            f"{tiny_run.resolve()}; this eval: method portraitbooth, checkpoint "
+            f"{portraitbooth_run.resolve()}: pick another name= (e.g. name=tiny_portraitbooth)"
+            ) in capsys.readouterr().err
+    assert evaluate.main(["--checkpoint", str(tiny_run), *args, "generation.steps=3"]) == 2
+    assert "generation.steps=2; this eval: generation.steps=3" in capsys.readouterr().err
+    made["weights_hash"] = "0" * 64  # as if the run had been retrained since
+    (out / "provenance.json").write_text(json.dumps(made))
+    before["provenance.json"] = _snapshot(out)["provenance.json"]
+    assert evaluate.main(["--checkpoint", str(tiny_run), *args]) == 2
+    assert "weights sha256 000000000000; this eval: weights sha256 " in capsys.readouterr().err
+    assert _snapshot(out) == before  # nothing generated, scored or written
+    (out / "provenance.json").unlink()  # results from before folders were bound
+    assert evaluate.main(["--checkpoint", str(tiny_run), *args]) == 2
+    assert "holds results (manifest.jsonl, summary.json, metrics.csv) but no provenance.json" \
+        in capsys.readouterr().err

@@ -13,7 +13,6 @@ from diffusers import DDPMScheduler
 from PIL import Image
 
 import eval as evaluate
-import train
 from callbacks.grid_labels import grid_layout
 from callbacks.subjects import write_demo_subjects
 from ldm_ext.attention import AttentionStore
@@ -144,29 +143,19 @@ def test_composition_conditions_each_subject_alone(method):
 
 
 # ----- the demo end to end ---------------------------------------------------------------
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs")
-    assert train.main(["--config", DEMO, f"output_dir={out}", "trainer.max_steps=2",
-                       "trainer.checkpoint_every=2", "trainer.progress_bar=false",
-                       "logger.wandb=false", "method.sample_steps=2",
-                       "data.num_demo_samples=8"]) == 0
-    return out / "portraitbooth_demo"
-
-
-def test_demo_trains_with_one_and_two_subject_samples(demo_run: Path):
-    layout = grid_layout(demo_run / "samples" / "step_0000002.png")
+def test_demo_trains_with_one_and_two_subject_samples(portraitbooth_run: Path):
+    layout = grid_layout(portraitbooth_run / "samples" / "step_0000002.png")
     assert layout["grid"] == [2, 2] and layout["cell"] == [128, 128]  # legend + one prompt
     assert layout["columns"] == ["N=1", "N=2"]  # 1 and 2 subjects
-    assert set(load_run(demo_run).trainable_modules()) == {"unet", "stea"}
+    assert set(load_run(portraitbooth_run).trainable_modules()) == {"unet", "stea"}
 
 
-def test_demo_generates_one_and_two_subjects(demo_run: Path, tmp_path):
+def test_demo_generates_one_and_two_subjects(portraitbooth_run: Path, tmp_path):
     from ldm_ext.generate import main as generate
 
     subjects = write_demo_subjects(tmp_path / "subjects")
     photos = [str(subjects / sid / "0.png") for sid in ("astronaut", "t1_0")]
-    common = ["--run", str(demo_run), "--steps", "2", "--size", "64"]
+    common = ["--run", str(portraitbooth_run), "--steps", "2", "--size", "64"]
     images = {}
     for name, prompt, ids in [("happy", "a photo of a happy woman", photos[:1]),
                               ("sad", "a photo of a sad woman", photos[:1]),
@@ -182,9 +171,9 @@ def test_demo_generates_one_and_two_subjects(demo_run: Path, tmp_path):
                        str(layout), "--out", str(tmp_path / "layout.png")])
 
 
-def test_demo_evaluates_on_the_tiny_setup(demo_run: Path, tmp_path):
+def test_demo_evaluates_on_the_tiny_setup(portraitbooth_run: Path, tmp_path):
     """The tiny eval with the expression prompts: one and two subjects, expression scored."""
-    args = ["--config", "configs/eval/tiny.yaml", "--checkpoint", str(demo_run),
+    args = ["--config", "configs/eval/tiny.yaml", "--checkpoint", str(portraitbooth_run),
             f"output_dir={tmp_path}", "subjects.max_groups=1", "prompts.limit=1",
             "prompts.set=expression"]
     assert evaluate.main(args) == 0

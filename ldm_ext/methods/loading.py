@@ -12,11 +12,19 @@ from ldm_ext.config import load_config
 from ldm_ext.folders import RUN_CONFIG, TRAINABLE, run_folder  # noqa: F401 (imported from here)
 from ldm_ext.methods.base import IdentityMethod
 from ldm_ext.registry import method_spec
+from ldm_ext.seeding import seeded
 
 
 def build_method(cfg) -> IdentityMethod:
-    """Load the backbone and encoders a config names and wrap them in its method."""
-    return method_spec(cfg.method.name).module_class.from_config(cfg)
+    """Load the backbone and encoders a config names and wrap them in its method.
+
+    Everything the build draws at random comes from the run's ``seed``: a frozen
+    random-init part (``method.face_weights=random``, a projection made at load) is the
+    same network in training, in every later load and in every process, so generation is
+    a function of the weights, the inputs and the sampling seed. The caller's random
+    state is left as it was."""
+    with seeded(cfg.seed):
+        return method_spec(cfg.method.name).module_class.from_config(cfg)
 
 
 def load_run(path: str | Path, weights: str | Path | None = None) -> IdentityMethod:

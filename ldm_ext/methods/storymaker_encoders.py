@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from ldm_ext.cli import UserError
+from ldm_ext.seeding import seeded
 
 # CLIPImageProcessor's normalisation (OpenAI CLIP), as IP-Adapter and StoryMaker use it
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -34,8 +35,7 @@ def _tiny_config() -> CLIPVisionConfig:
 
 
 def _save_tiny(folder: Path) -> None:
-    with torch.random.fork_rng(devices=[]):  # seeded, the caller's random state kept
-        torch.manual_seed(0)
+    with seeded(0):  # the caller's random state kept
         CLIPVisionModelWithProjection(_tiny_config()).save_pretrained(folder)
 
 
