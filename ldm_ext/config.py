@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ldm_ext.compose import ConfigError, Layer, compose_layers, merge
+from ldm_ext.pipelines.options import Inputs
 
 SAMPLERS = ("ddim", "unipc", "euler", "dpmsolver++")  # ldm_ext/pipelines/sampling.py
 Bounds = tuple[float | None, float | None]  # inclusive (low, high); None: unbounded
@@ -139,6 +140,12 @@ class MethodConfig:
     # own weights replace; the networks of training-only losses), so loading a run works
     # where those files are absent
     TRAINING_ONLY: ClassVar[dict[str, Any]] = {}
+
+    # what generation takes beside the prompt (identity photos, a pose, scales): keywords
+    # of the Python API and flags of ldm_ext.generate, checked before any weights load
+    # (ldm_ext/pipelines/options.py); the pipeline's ``inputs`` turns them into call
+    # arguments. Declared here, in a module without torch, so flag mistakes stop at once.
+    GENERATION_INPUTS: ClassVar[Inputs] = Inputs()
 
     name: str = MISSING
     optimizer: str = "adamw"  # adamw | adam

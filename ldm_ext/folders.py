@@ -1,17 +1,22 @@
-"""The files that make a folder a run, an export or a DeepSpeed checkpoint, and which of
-them a path names. Imports nothing heavy: command lines check their paths with it before
-torch loads, so a mistyped folder stops in one line at once.
+"""The files that make a folder a run, an export or a DeepSpeed checkpoint, which of them a
+path names, and the weight names and shapes they declare in their headers. Imports nothing
+heavy: command lines check their paths (and refuse weights of another run) with it before
+torch loads, so a mistake stops in one line at once.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from ldm_ext.cli import InputError
+from ldm_ext.cli import InputError, one_line
+
+Shapes = dict[str, tuple[int, ...]]
 
 RUN_CONFIG = "config.yaml"
 TRAINABLE = "trainable.safetensors"
 EXPORT_INDEX = "export.json"  # {"modules": {name: "diffusers" | "adapters"}, ...}
 ADAPTERS = "adapters.safetensors"
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"  # an exported diffusers model's
 ZERO_LATEST = "latest"  # DeepSpeed checkpoint folder: latest names <tag>/, which holds
 ZERO_MODEL_STATES = "mp_rank_00_model_states.pt"  # the module state and the run state
 
@@ -37,3 +42,37 @@ def run_folder(path: str | Path) -> tuple[Path, Path]:
     if run_dir is None:
         raise InputError(f"{path}: no run folder ({RUN_CONFIG}) above this file")
     return run_dir, path
+
+
+def export_weight_files(folder: Path) -> list[tuple[str, Path]]:
+    """(name prefix, safetensors file) of each weight file of an export folder, as
+    ``weights.read_state`` names their tensors: the adapters' as they are, each diffusers
+    model's under ``<module>.``."""
+    modules = json.loads((folder / EXPORT_INDEX).read_text())["modules"]
+    files = [("", folder / ADAPTERS)] if (folder / ADAPTERS).is_file() else []
+    return files + [(f"{name}.", folder / name / DIFFUSERS_WEIGHTS)
+                    for name, kind in modules.items() if kind == "diffusers"]
+
+
+def safetensors_shapes(path: str | Path) -> Shapes:
+    """Name -> shape of every tensor of a safetensors file, from its header (no tensor is
+    read); an InputError naming the file when it is not one."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "numpy") as handle:
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except (SafetensorError, OSError) as err:
+        raise InputError(f"{path}: not a readable safetensors file ({one_line(str(err))})") \
+            from None
+
+
+def header_shapes(weights: Path) -> Shapes | None:
+    """Name -> shape of trainable weights readable from headers alone (a safetensors file,
+    an export folder); None for the others (``.ckpt`` files, DeepSpeed folders)."""
+    if weights.is_dir() and (weights / EXPORT_INDEX).is_file():
+        return {prefix + name: shape for prefix, path in export_weight_files(weights)
+                for name, shape in safetensors_shapes(path).items()}
+    if weights.is_file() and weights.suffix == ".safetensors":
+        return safetensors_shapes(weights)
+    return None

@@ -25,6 +25,8 @@ import PIL.Image
 from .cli import UserError
 from .face.align import apply_similarity, fit_similarity, to_rgb_array
 from .openpose_draw import draw_body, draw_face
+from .pose_names import (ANNOTATOR_FILES, DEFAULT_POSE_WEIGHTS,  # noqa: F401 (re-exported)
+                         download_command)
 
 BODY_PARTS = ("nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow",
               "l_wrist", "r_hip", "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle",
@@ -45,18 +47,8 @@ SLOT_COLORS: list[tuple[int, int, int]] = [
 GOLDEN_RATIO = (math.sqrt(5.0) - 1.0) / 2.0  # hue step of generated colours
 
 
-DEFAULT_POSE_WEIGHTS = "lllyasviel/Annotators"  # hub repo of the OpenPose annotator
-ANNOTATOR_FILES = ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth")
-
-
 class PoseModelMissing(UserError, RuntimeError):
     """OpenPose weights are not available locally; the message says how to provide them."""
-
-
-def download_command(folder: str = "DIR") -> str:
-    """The command that puts the OpenPose annotator's weights into ``folder``."""
-    return (f"hf download {DEFAULT_POSE_WEIGHTS} {' '.join(ANNOTATOR_FILES)} "
-            f"--local-dir {folder}")
 
 
 @dataclass

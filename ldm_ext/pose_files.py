@@ -43,7 +43,6 @@ BODY_25_TO_COCO_18 = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17,
 BODY_LAYOUTS = {len(BODY_PARTS): tuple(range(len(BODY_PARTS))), 25: BODY_25_TO_COCO_18}
 FACE_POINTS_WITHOUT_PUPILS = 68  # DWPose's faces
 # The formats in a few words, for command-line help.
-POSE_FORMATS = "OpenPose JSON (BODY_25 or COCO-18), controlnet_aux's pose JSON or idforge's"
 FRAME_MARGIN = 0.1  # of the keypoints' box's longer side, when a file stores no size
 EXPECTED = (
     'one of: OpenPose JSON {"people": [{"pose_keypoints_2d": 25 (BODY_25) or 18 (COCO) '

@@ -13,7 +13,6 @@ is all our Lightning checkpoints hold (``methods/base.py`` ``on_save_checkpoint`
 from __future__ import annotations
 
 import hashlib
-import json
 import pickle
 import re
 from pathlib import Path
@@ -23,10 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ldm_ext.cli import UserError
-from ldm_ext.folders import (ADAPTERS, EXPORT_INDEX, ZERO_LATEST,  # noqa: F401 (re-exported)
-                             ZERO_MODEL_STATES, is_zero_checkpoint)
-
-DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+from ldm_ext.folders import (EXPORT_INDEX, ZERO_LATEST,  # noqa: F401 (re-exported)
+                             ZERO_MODEL_STATES, export_weight_files, is_zero_checkpoint)
 
 
 class CheckpointError(UserError, ValueError):
@@ -91,13 +88,8 @@ def _export_state(folder: Path) -> dict[str, torch.Tensor]:
     index = folder / EXPORT_INDEX
     if not index.is_file():
         raise FileNotFoundError(f"{folder}: not an export folder (no {EXPORT_INDEX})")
-    modules = json.loads(index.read_text())["modules"]
-    state = load_file(str(folder / ADAPTERS)) if (folder / ADAPTERS).is_file() else {}
-    for name, kind in modules.items():
-        if kind == "diffusers":
-            part = load_file(str(folder / name / DIFFUSERS_WEIGHTS))
-            state.update({f"{name}.{k}": v for k, v in part.items()})
-    return state
+    return {prefix + name: tensor for prefix, path in export_weight_files(folder)
+            for name, tensor in load_file(str(path)).items()}
 
 
 def load_into(params: dict[str, torch.nn.Parameter], state: dict[str, torch.Tensor],

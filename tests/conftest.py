@@ -87,3 +87,27 @@ def read_prepared(out) -> dict:
 def shard_samples():
     """``read_prepared``: the samples of a prepared folder, by key."""
     return read_prepared
+
+
+# ----- the tiny trained run of each method, once per session (tests/tiny_runs.py) ---------
+@pytest.fixture(scope="session")
+def storymaker_run(tmp_path_factory):
+    from tiny_runs import train_storymaker
+
+    return train_storymaker(tmp_path_factory.mktemp("storymaker"))
+
+
+@pytest.fixture(scope="session")
+def sefi_ide_fits(tmp_path_factory):
+    """Fitted identities by name (alice, bob): each a SeFi-IDE run folder."""
+    from tiny_runs import fit_sefi_ide
+
+    return fit_sefi_ide(tmp_path_factory.mktemp("sefi"))
+
+
+@pytest.fixture(scope="session")
+def demo_subjects(tmp_path_factory):
+    """The demo subject photos (callbacks/subjects.py): <root>/<id>/0.png, faces MTCNN finds."""
+    from callbacks.subjects import write_demo_subjects
+
+    return write_demo_subjects(tmp_path_factory.mktemp("subjects"))

@@ -205,19 +205,16 @@ def test_pose_file_of_another_size_is_fitted_onto_the_output(method, monkeypatch
     """--pose keypoints are pixels of the pose's stored size (W 512, H 256): with --size 64
     they are scaled by one factor and centred (pose.fit_people, as InstantFamily does), so
     the regions keep their places across the width and sit in the middle band."""
-    import argparse
-
     from ldm_ext.pipelines.regions import boxes_from_people
     from ldm_ext.pose import pose_template, save_people
 
     people = pose_template(2, (256, 512))
     save_people(people, tmp_path / "pose.json", hw=(256, 512))
     pipe = method.pipeline()
-    monkeypatch.setattr(pipe, "identities_from_files",
-                        lambda paths: [torch.zeros(3, 160, 160)] * len(paths))
-    args = argparse.Namespace(ids=["a.png", "b.png"], layout=None,
-                              pose=str(tmp_path / "pose.json"), size=64)
-    inputs = pipe.inputs_from_args(args)
+    monkeypatch.setattr(pipe, "identities_from_photos",
+                        lambda photos: [torch.zeros(3, 160, 160)] * len(photos))
+    values = {"photos": ["a.png", "b.png"], "layout": None, "pose": str(tmp_path / "pose.json")}
+    inputs = pipe.inputs(values, (64, 64))
     regions = pipe.regions(2, (64, 64), inputs["people"])
     own = torch.from_numpy(boxes_from_people(people, (256, 512), margin=0.1))
     torch.testing.assert_close(regions[:, [0, 2]], own[:, [0, 2]], atol=1e-4, rtol=0)

@@ -146,7 +146,7 @@ def test_toy_generate_and_export_round_trip(toy_run: Path, tmp_path):
     for name, param in trained.trainable_parameters().items():
         torch.testing.assert_close(exported.trainable_parameters()[name], param)
     images = [generate(["--run", str(run), "--prompt", "a person", "--size", "64",
-                        "--steps", "2", "--out", str(tmp_path / f"{i}.png")])
+                        "--steps", "2", "--out", str(tmp_path / f"{i}.png")])[0]
               for i, run in enumerate((toy_run, folder))]
     assert Image.open(images[0]).size == (64, 64)
     assert Image.open(images[0]).tobytes() == Image.open(images[1]).tobytes()

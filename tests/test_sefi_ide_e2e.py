@@ -27,18 +27,11 @@ def _step(path: Path) -> int:
         return int(handle.metadata()["global_step"])
 
 
-@pytest.fixture(scope="module")
-def fitted(tmp_path_factory) -> dict[str, Path]:
-    """Two identities fitted for 2 steps; alice is then resumed to 3."""
-    out = tmp_path_factory.mktemp("sefi")
-    photos = {"alice": skimage.data.astronaut()[0:300, 80:380], "bob": skimage.data.chelsea()}
-    for name, array in photos.items():
-        Image.fromarray(array).save(out / f"{name}.png")
-        assert fit.main(["--config", TINY, "--photo", str(out / f"{name}.png"), "--name", name,
-                         f"output_dir={out}", "trainer.max_steps=2", *FAST]) == 0
-    assert fit.main(["--config", TINY, "--photo", str(out / "alice.png"), "--name", "alice",
-                     f"output_dir={out}", "trainer.max_steps=3", *FAST]) == 0
-    return {name: out / name for name in photos}
+@pytest.fixture
+def fitted(sefi_ide_fits: dict[str, Path]) -> dict[str, Path]:
+    """Two identities fitted for 2 steps; alice then resumed to 3 (tests/tiny_runs.py),
+    once per session."""
+    return sefi_ide_fits
 
 
 def test_fit_writes_a_resumable_identity(fitted, capsys):
@@ -63,15 +56,15 @@ def test_fit_refuses_a_method_without_photos(tmp_path):
 
 def test_generate_one_and_two_identities(fitted, tmp_path):
     common = ["--run", str(fitted["alice"]), "--size", "64", "--steps", "2"]
-    one = generate([*common, "--prompt", "a photo of V* on the beach",
-                    "--out", str(tmp_path / "one.png")])
+    [one] = generate([*common, "--prompt", "a photo of V* on the beach",
+                      "--out", str(tmp_path / "one.png")])
     assert Image.open(one).size == (64, 64)
     pair = ["--identity", f"alice={fitted['alice']}",
             "--identity", str(fitted["bob"] / "trainable.safetensors")]
-    two = generate([*common, *pair, "--prompt", "V1* and V2* at the beach",
-                    "--out", str(tmp_path / "two.png")])
-    swapped = generate([*common, *pair, "--prompt", "V2* and V1* at the beach",
-                        "--out", str(tmp_path / "swapped.png")])
+    [two] = generate([*common, *pair, "--prompt", "V1* and V2* at the beach",
+                      "--out", str(tmp_path / "two.png")])
+    [swapped] = generate([*common, *pair, "--prompt", "V2* and V1* at the beach",
+                          "--out", str(tmp_path / "swapped.png")])
     assert Image.open(two).tobytes() != Image.open(swapped).tobytes()
     with pytest.raises(InputError, match="names identity 3, 2 given"):
         generate([*common, *pair, "--prompt", "V3* at the beach", "--out", str(tmp_path / "x.png")])

@@ -13,13 +13,11 @@ import torch
 from PIL import Image
 
 import eval as evaluate
-import train
 from callbacks.subjects import write_demo_subjects
 from ldm_ext.cli import InputError
 from ldm_ext.generate import main as generate
 from ldm_ext.methods.loading import load_run
 
-DEMO = "configs/experiment/storymaker_demo.yaml"
 TINY_SCORING = ["scoring.face_sim_detector=mtcnn", "scoring.face_sim_encoder=arcface",
                 "scoring.face_sim_weights=random", "scoring.face_weights=random",
                 "scoring.clip_t_model=idforge-tiny-clip", "scoring.clip_t_pretrained=random",
@@ -27,15 +25,10 @@ TINY_SCORING = ["scoring.face_sim_detector=mtcnn", "scoring.face_sim_encoder=arc
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs")
-    assert train.main(["--config", DEMO, f"output_dir={out}", "trainer.max_steps=2",
-                       "trainer.checkpoint_every=2", "trainer.log_every=1", "trainer.eval_every=2",
-                       "trainer.progress_bar=false", "logger.wandb=false",
-                       "data.num_demo_samples=8", "data.resolution=64",
-                       "method.sample_steps=2"]) == 0
-    return out / "storymaker_demo"
+@pytest.fixture
+def run(storymaker_run: Path) -> Path:
+    """The demo trained 2 steps at 64 px (tests/tiny_runs.py), once per session."""
+    return storymaker_run
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +53,12 @@ def test_generate_from_photos_masks_and_a_group(run: Path, subjects: Path, tmp_p
     mask[50:400, 100:400] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
     common = ["--run", str(run), "--size", "64", "--steps", "2"]
-    two = generate([*common, "--ids", *photos, "--masks", str(tmp_path / "mask.png"),
-                    str(tmp_path / "mask.png"), "--prompt", "two people on a beach",
-                    "--out", str(tmp_path / "two.png")])
-    group = generate([*common, "--group", photos[1], "--num-ids", "1", "--zero-character",
-                      "--prompt", "a watercolor painting of a person",
-                      "--out", str(tmp_path / "group.png")])
+    [two] = generate([*common, "--ids", *photos, "--masks", str(tmp_path / "mask.png"),
+                      str(tmp_path / "mask.png"), "--prompt", "two people on a beach",
+                      "--out", str(tmp_path / "two.png")])
+    [group] = generate([*common, "--group", photos[1], "--num-ids", "1", "--zero-character",
+                        "--prompt", "a watercolor painting of a person",
+                        "--out", str(tmp_path / "group.png")])
     assert Image.open(two).size == Image.open(group).size == (64, 64)
 
 

@@ -152,9 +152,9 @@ def test_generation_cli_from_run(demo_run: Path, tmp_path):
     from ldm_ext.generate import main as generate
 
     group = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
-    out = generate(["--run", str(demo_run), "--group", str(group), "--num-ids", "5",
-                    "--prompt", "a photo of five friends", "--steps", "2",
-                    "--out", str(tmp_path / "five.png")])
+    [out] = generate(["--run", str(demo_run), "--group", str(group), "--num-ids", "5",
+                      "--prompt", "a photo of five friends", "--steps", "2",
+                      "--out", str(tmp_path / "five.png")])
     from PIL import Image
 
     assert Image.open(out).size == (128, 128)
@@ -184,9 +184,9 @@ def test_generation_cli_with_pose_json(demo_run: Path, tmp_path):
     Image.fromarray(astronaut()).save(photo)
     pose = tmp_path / "pose.json"
     save_people(pose_template(3, (128, 192)), pose, hw=(128, 192))
-    out = generate(["--run", str(demo_run), "--ids", str(photo), str(photo),
-                    "--pose", str(pose), "--prompt", "two astronauts", "--steps", "2",
-                    "--out", str(tmp_path / "pose.png")])
+    [out] = generate(["--run", str(demo_run), "--ids", str(photo), str(photo),
+                      "--pose", str(pose), "--prompt", "two astronauts", "--steps", "2",
+                      "--out", str(tmp_path / "pose.png")])
     assert Image.open(out).size == (192, 128)
 
 

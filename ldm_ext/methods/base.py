@@ -238,10 +238,13 @@ class IdentityMethod(pl.LightningModule):
         """Write only the trainable weights, by name, as safetensors."""
         weights.save(self.trainable_state_dict(), path, metadata)
 
-    def load_trainable(self, path: str | Path) -> None:
+    def load_trainable(self, path: str | Path,
+                       state: dict[str, torch.Tensor] | None = None) -> None:
         """Load weights written by ``save_trainable``, a Lightning ``.ckpt`` of this module
-        or an export folder (``ldm_ext.export``); names must match exactly."""
-        weights.load_into(self.trainable_parameters(), weights.read_state(path), path)
+        or an export folder (``ldm_ext.export``); names must match exactly. ``state``:
+        the weights of ``path`` when the caller has read them already."""
+        state = weights.read_state(path) if state is None else state
+        weights.load_into(self.trainable_parameters(), state, path)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep Lightning checkpoints small: trainable weights only."""

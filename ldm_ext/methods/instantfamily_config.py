@@ -5,7 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ldm_ext.cli import InputError
 from ldm_ext.config import Bounds, MethodConfig
+from ldm_ext.pipelines.options import (Inputs, Option, check_photo_options, existing_path,
+                                       photo, photo_options)
+from ldm_ext.pose_names import (ANNOTATOR_FILES, DEFAULT_POSE_WEIGHTS, POSE_FORMATS,
+                                check_pose_weights, download_command)
+
+
+def check_generation_inputs(values: dict, cfg) -> None:
+    """--num-ids goes with --group (any number of identities works: Sec. 3.5);
+    --pose-weights with --pose-image."""
+    check_photo_options(values, "identity")
+    if values["pose_weights"] is not None and values["pose_image"] is None:
+        raise InputError("--pose-weights goes with --pose-image (the annotator that "
+                         "estimates the pose)")
 
 
 @dataclass
@@ -17,6 +31,18 @@ class InstantFamilyConfig(MethodConfig):
         "face_encoder": ("facenet", "arcface"),
     }
     RANGES: ClassVar[dict[str, Bounds]] = {"mask_margin": (0, None), "identity_scale": (0, None)}
+    GENERATION_INPUTS: ClassVar[Inputs] = Inputs(
+        options=(*photo_options("identity"),
+                 Option("pose", f"pose template: {POSE_FORMATS} (default: side by side)",
+                        value_check=existing_path, group="pose", metavar="JSON"),
+                 Option("pose_image", "photo to estimate the pose template from "
+                        "(controlnet_aux's OpenPose; weights: --pose-weights)",
+                        value_check=photo, group="pose", metavar="PHOTO"),
+                 Option("pose_weights", "with --pose-image: folder of the OpenPose weights "
+                        f"({', '.join(ANNOTATOR_FILES)}; `{download_command()}`); default: "
+                        f"the hub's {DEFAULT_POSE_WEIGHTS} (downloaded to the Hugging Face "
+                        "cache when online)", value_check=check_pose_weights, metavar="DIR")),
+        required=("identities",), check=check_generation_inputs)
 
     name: str = "instantfamily"
     face_encoder: str = "facenet"  # facenet | arcface

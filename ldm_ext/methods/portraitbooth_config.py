@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ldm_ext.config import Bounds, MethodConfig
+from ldm_ext.pipelines.options import Inputs, Option, existing_path, photo
+from ldm_ext.pose_names import POSE_FORMATS
 
 # Sec. 5.1 names "happy, angry, sad, etc."; docs/methods.md §4 Decision completes the eleven.
 EMOTION_WORDS = ["happy", "sad", "angry", "surprised", "disgusted", "fearful", "smiling",
@@ -34,6 +36,17 @@ class PortraitBoothConfig(MethodConfig):
         "attention_size": (1, None), "dip_window_margin": (0, None),
         "region_margin": (0, 1),
     }
+    GENERATION_INPUTS: ClassVar[Inputs] = Inputs(
+        options=(Option("photos", "one photo per subject (largest face); the k-th identity "
+                        "word of --prompt (man / woman / person) takes the k-th", flag="--ids",
+                        many=True, value_check=photo, metavar="PHOTO"),
+                 Option("layout", 'regions JSON {"regions": [[x0, y0, x1, y1], ...]} in '
+                        "[0, 1], one per subject (default: side by side)",
+                        value_check=existing_path, group="regions", metavar="JSON"),
+                 Option("pose", f"pose template ({POSE_FORMATS}): its people's keypoint "
+                        "boxes are the regions", value_check=existing_path, group="regions",
+                        metavar="JSON")),
+        required=("photos",))
 
     name: str = "portraitbooth"
     lr: float = 1e-5  # constant (Sec. 5.1)

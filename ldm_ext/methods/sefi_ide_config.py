@@ -6,6 +6,14 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ldm_ext.config import Bounds, MethodConfig
+from ldm_ext.pipelines.options import Inputs, Option, existing_path
+
+
+def named_identity(value: str, label: str) -> None:
+    """An ``--identity`` value, ``[NAME=]FILE``: FILE exists (a fit's run folder or its
+    trainable.safetensors; what it holds is checked once the model is loaded)."""
+    name, sep, path = str(value).partition("=")
+    existing_path(path if sep else name, label)
 
 
 @dataclass
@@ -20,6 +28,11 @@ class SeFiIDEConfig(MethodConfig):
         "num_stages": (1, None), "width": (1, None), "heads": (1, None), "ff_mult": (1, None),
         "attention_loss_weight": (0, None), "attention_map_size": (1, None),
     }
+    GENERATION_INPUTS: ClassVar[Inputs] = Inputs(options=(Option(
+        "identities", "a fitted identity (ldm_ext.fit's run folder or its "
+        "trainable.safetensors); repeat for several: the first is V1* in the prompt, the "
+        "second V2*, ... (default: the --run's own identity, V*)", flag="--identity",
+        repeat=True, value_check=named_identity, metavar="[NAME=]FILE"),))
 
     name: str = "sefi_ide"
     optimizer: str = "adam"  # Sec. IV-A: Adam, lr 0.005

@@ -6,7 +6,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ldm_ext.cli import InputError
 from ldm_ext.config import Bounds, MethodConfig
+from ldm_ext.pipelines.options import (Inputs, Option, check_photo_count, check_photo_options,
+                                       existing_path, photo, photo_options)
+from ldm_ext.pose_names import POSE_FORMATS
+
+
+def check_generation_inputs(values: dict, cfg) -> None:
+    """--num-ids with --group, --masks with --ids (one per photo); at most
+    ``method.max_characters`` characters; a pose only for a run with a ControlNet."""
+    check_photo_options(values, "character")
+    masks, photos = values["masks"], values["photos"]
+    if masks and not photos:
+        raise InputError("--masks goes with --ids (one mask per photo)")
+    if masks and len(masks) != len(photos):
+        raise InputError(f"{len(masks)} --masks for {len(photos)} --ids photos")
+    check_photo_count(values, "character", cfg.method.max_characters, "method.max_characters")
+    if values["pose"] is not None and not cfg.model.controlnet:
+        raise InputError(f"--pose {values['pose']}: this run has no ControlNet "
+                         "(model.controlnet: a pretrained OpenPose ControlNet)")
 
 
 @dataclass
@@ -32,6 +51,18 @@ class StoryMakerConfig(MethodConfig):
         "id_loss_weight": (0, None), "id_loss_max_timestep": (0, None),
         "id_loss_window_margin": (0, None),
     }
+    GENERATION_INPUTS: ClassVar[Inputs] = Inputs(
+        options=(*photo_options("character"),
+                 Option("masks", "with --ids: one character mask image per photo (white = "
+                        "the person); default: segmented", many=True, value_check=photo,
+                        metavar="MASK"),
+                 Option("pose", f"pose for the pose ControlNet: {POSE_FORMATS}",
+                        value_check=existing_path, metavar="JSON"),
+                 Option("zero_character", "identity only: the character tokens set to zero "
+                        "(Fig. 4)", switch=True),
+                 Option("ip_scale", "γ (Eq. 3; default method.ip_scale)", type=float),
+                 Option("lora_scale", "LoRA scale (default method.lora_scale)", type=float)),
+        required=("identities",), check=check_generation_inputs)
     # every released section lands in ppr / ip_kv / lora, which the run saves; the ID loss's
     # ArcFace only scores training
     TRAINING_ONLY: ClassVar[dict[str, Any]] = {

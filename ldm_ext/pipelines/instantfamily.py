@@ -6,28 +6,28 @@ mapped to the detector box training used, + 25 %), so identities and pose have i
 sources (Sec. 3.5). Works for more identities than the N slots used in training: the
 projector is per face and the masks are built for however many faces are given.
 
-Command line (``ldm_ext.generate`` with this pipeline's flags)::
+Command line (``ldm_ext.generate`` with the inputs ``InstantFamilyConfig.GENERATION_INPUTS``
+declares)::
 
     python -m ldm_ext.generate --run runs/demo --ids a.jpg b.jpg \
         --prompt "a photo of two people on the beach" --out out.png
 """
 from __future__ import annotations
 
-import argparse
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
 from ldm_ext.attention import AttentionStore
-from ldm_ext.cli import InputError, open_image
+from ldm_ext.cli import InputError
 from ldm_ext.face.align import tensor_to_uint8
 from ldm_ext.pipelines.base import MethodPipeline
+from ldm_ext.pipelines.options import photo_name, read_photo
 from ldm_ext.pipelines.sampling import decode_images, denoise, initial_latents, to_tensor
-from ldm_ext.pose import (ANNOTATOR_FILES, DEFAULT_POSE_WEIGHTS, OpenPoseEstimator, Person,
-                          detector_box, download_command, fit_people, pose_template,
-                          render_control_image, slot_color)
-from ldm_ext.pose_files import POSE_FORMATS
+from ldm_ext.pose import (DEFAULT_POSE_WEIGHTS, OpenPoseEstimator, Person, detector_box,
+                          fit_people, pose_template, render_control_image, slot_color)
 
 
 class InstantFamilyPipeline(MethodPipeline):
@@ -47,16 +47,6 @@ class InstantFamilyPipeline(MethodPipeline):
         if len(faces) == 0:
             raise InputError("no face found in the identity photo")
         return faces.crops[0]
-
-    def identities_from_photos(self, photos: list[Image.Image]) -> torch.Tensor:
-        """Largest face of each photo -> (K, 3, S, S) aligned crops in [-1, 1]."""
-        crops = []
-        for i, photo in enumerate(photos):
-            try:
-                crops.append(self.identity(photo))
-            except InputError:
-                raise InputError(f"no face found in identity photo {i}") from None
-        return torch.stack(crops)
 
     def identities_from_group(self, photo: Image.Image, indices: list[int] | None = None):
         """Several faces of one group photo (largest first, or ``indices``) -> (K, 3, S, S)."""
@@ -149,55 +139,42 @@ class InstantFamilyPipeline(MethodPipeline):
             rows, prompts, scales = [none, faces], [negative_prompt, prompt], [guidance]
         return prompts, torch.tensor(rows, dtype=torch.bool), scales
 
-    # ----- command line (ldm_ext.generate) -----------------------------------------------
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        cls.add_photo_arguments(parser, "identity")
-        pose = parser.add_mutually_exclusive_group()
-        pose.add_argument("--pose", help=f"pose template: {POSE_FORMATS} (default: side by "
-                          "side)")
-        pose.add_argument("--pose-image", help="photo to estimate the pose template from "
-                          "(controlnet_aux's OpenPose; weights: --pose-weights)")
-        parser.add_argument("--pose-weights", metavar="DIR", default=None,
-                            help="with --pose-image: folder of the OpenPose weights "
-                            f"({', '.join(ANNOTATOR_FILES)}; `{download_command()}`); "
-                            f"default: the hub's {DEFAULT_POSE_WEIGHTS} (downloaded to the "
-                            "Hugging Face cache when online)")
-
-    def inputs_from_args(self, args: argparse.Namespace) -> dict:
-        """Identities from --ids / --group; pose template (and its size) from --pose /
-        --pose-image, else the default side-by-side template at ``args.size``. A file that
-        is missing, unreadable or malformed, a photo without a face, --num-ids beyond the
-        group photo's faces or with --ids, a pose with too few people: an InputError;
-        OpenPose weights missing for --pose-image: ``PoseModelMissing`` (a UserError)."""
-        self.check_photo_arguments(args, "identity")
-        inputs = {"identities": self._identities_from_args(args)}
-        if args.pose_image:
-            side = args.size or self.method.cfg.data.resolution
-            photo = open_image(args.pose_image, "pose image")
-            estimator = OpenPoseEstimator(args.pose_weights or DEFAULT_POSE_WEIGHTS,
-                                          local_files_only=args.pose_weights is not None)
+    # ----- generation inputs (the Python API and ldm_ext.generate) ----------------------
+    def inputs(self, values: dict[str, Any], size: tuple[int, int] | None) -> dict:
+        """Identities from ``photos`` / ``group``; pose template (and its size) from
+        ``pose`` / ``pose_image``, else the default side-by-side template. A photo
+        without a face, --num-ids beyond the group photo's faces, a malformed pose or one
+        with too few people: an InputError; OpenPose weights missing for ``pose_image``:
+        ``PoseModelMissing`` (a UserError)."""
+        inputs = {"identities": self._identities(values)}
+        if values["pose_image"] is not None:
+            hw = size or (self.method.cfg.data.resolution,) * 2
+            photo = read_photo(values["pose_image"], "--pose-image")
+            folder = values["pose_weights"]
+            estimator = OpenPoseEstimator(folder or DEFAULT_POSE_WEIGHTS,
+                                          local_files_only=folder is not None)
             people = estimator(np.asarray(photo))
-            inputs["people"] = fit_people(people, (photo.height, photo.width), (side, side))
-        elif args.pose:
-            inputs.update(self.pose_inputs(args.pose, args.size))
+            inputs["people"] = fit_people(people, (photo.height, photo.width), hw)
+        elif values["pose"] is not None:
+            inputs.update(self.pose_inputs(values["pose"], size))
         if "people" in inputs:
-            _check_people(inputs["people"], len(inputs["identities"]),
-                          args.pose or args.pose_image)
+            source = values["pose"] or "--pose-image"
+            _check_people(inputs["people"], len(inputs["identities"]), str(source))
         return inputs
 
-    def _identities_from_args(self, args: argparse.Namespace) -> torch.Tensor:
-        """(K, 3, S, S) crops of the --ids photos or of --num-ids faces of the --group photo."""
-        if args.ids:
-            return torch.stack(self.identities_from_files(args.ids))
+    def _identities(self, values: dict[str, Any]) -> torch.Tensor:
+        """(K, 3, S, S) crops of the ``photos`` or of ``num_ids`` faces of the group photo."""
+        if values["photos"]:
+            return torch.stack(self.identities_from_photos(values["photos"]))
+        group, count = values["group"], values["num_ids"]
+        name = photo_name(group, 0, "--group")
         try:
-            crops = self.identities_from_group(open_image(args.group, "group photo"))
+            crops = self.identities_from_group(read_photo(group, "--group"))
         except InputError as err:
-            raise InputError(f"group photo {args.group}: {err}") from None
-        if args.num_ids is not None and args.num_ids > len(crops):
-            raise InputError(f"group photo {args.group}: {len(crops)} faces found, --num-ids "
-                             f"asks for {args.num_ids}")
-        return crops[: args.num_ids]
+            raise InputError(f"{name}: {err}") from None
+        if count is not None and count > len(crops):
+            raise InputError(f"{name}: {len(crops)} faces found, --num-ids asks for {count}")
+        return crops[:count]
 
 
 def _check_people(people: list[Person], num_ids: int, source: str) -> None:

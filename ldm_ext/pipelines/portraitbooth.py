@@ -9,14 +9,15 @@ alone (its own identity-word occurrence augmented) for each k; the conditional p
 are blended by region (``ldm_ext/pipelines/regions.py``), subject k inside region k. The
 k-th identity word of the prompt ("a man and a woman") takes the k-th identity.
 
-Command line (``ldm_ext.generate`` with this pipeline's flags)::
+Command line (``ldm_ext.generate`` with the inputs ``PortraitBoothConfig.GENERATION_INPUTS``
+declares)::
 
     python -m ldm_ext.generate --run runs/portraitbooth_demo --ids a.jpg b.jpg \
         --prompt "a photo of a happy man and an angry woman on the beach" --out out.png
 """
 from __future__ import annotations
 
-import argparse
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +30,6 @@ from ldm_ext.pipelines.regions import (blend_weights, boxes_from_people, compose
                                        region_masks)
 from ldm_ext.pipelines.sampling import decode_images, denoise, initial_latents
 from ldm_ext.pose import pose_template, slot_color
-from ldm_ext.pose_files import POSE_FORMATS
 from ldm_ext.word_tokens import word_positions
 
 
@@ -127,30 +127,20 @@ class PortraitBoothPipeline(MethodPipeline):
         latents = denoise(self.scheduler, predict, latents, steps, guidance, progress, generator)
         return decode_images(method.vae, latents)[0]
 
-    # ----- command line (ldm_ext.generate) -----------------------------------------------
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--ids", nargs="+", required=True,
-                            help="one photo per subject (largest face); the k-th identity "
-                                 "word of --prompt (man / woman / person) takes the k-th")
-        where = parser.add_mutually_exclusive_group()
-        where.add_argument("--layout", help='regions JSON {"regions": [[x0, y0, x1, y1], '
-                           "...]} in [0, 1], one per subject (default: side by side)")
-        where.add_argument("--pose", help=f"pose template ({POSE_FORMATS}): its people's "
-                           "keypoint boxes are the regions")
-
-    def inputs_from_args(self, args: argparse.Namespace) -> dict:
-        """Identities from --ids; regions from --layout or --pose (default side by side)."""
-        crops = self.identities_from_files(args.ids)
+    # ----- generation inputs (the Python API and ldm_ext.generate) ----------------------
+    def inputs(self, values: dict[str, Any], size: tuple[int, int] | None) -> dict:
+        """Identities from ``photos``; regions from ``layout`` or ``pose`` (default side
+        by side)."""
+        crops = self.identities_from_photos(values["photos"])
         inputs = {"identities": torch.stack(crops)}
-        if args.layout:
-            boxes = load_layout(args.layout)
+        if values["layout"] is not None:
+            boxes = load_layout(values["layout"])
             if len(boxes) < len(crops):
-                raise InputError(f"layout {args.layout}: {len(boxes)} regions for "
+                raise InputError(f"layout {values['layout']}: {len(boxes)} regions for "
                                  f"{len(crops)} identities")
             inputs["regions"] = torch.from_numpy(boxes[: len(crops)])
-        elif args.pose:
-            inputs.update(self.pose_inputs(args.pose, args.size))
+        elif values["pose"] is not None:
+            inputs.update(self.pose_inputs(values["pose"], size))
         return inputs
 
 

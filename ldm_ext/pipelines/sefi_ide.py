@@ -8,7 +8,8 @@ stage of the timestep picks the pair, the prompt is encoded with it for the keys
 the values (all stages before the loop, one encoder call), and classifier-free guidance
 runs against the negative prompt (DDIM 50 steps, guidance 7.5 in the paper).
 
-Command line (``ldm_ext.generate`` with this pipeline's ``--identity`` flag)::
+Command line (``ldm_ext.generate`` with its ``--identity`` flag, ``identities=`` in the
+Python API)::
 
     python -m ldm_ext.generate --run runs/alice --identity alice=runs/alice \
         --identity bob=runs/bob/trainable.safetensors \
@@ -16,9 +17,9 @@ Command line (``ldm_ext.generate`` with this pipeline's ``--identity`` flag)::
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -115,22 +116,14 @@ class SeFiIDEPipeline(MethodPipeline):
         latents = denoise(self.scheduler, predict, latents, steps, guidance, progress, generator)
         return decode_images(method.vae, latents)[0]
 
-    # ----- command line (ldm_ext.generate) -----------------------------------------------
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--identity", action="append", metavar="[NAME=]FILE",
-            help="a fitted identity (ldm_ext.fit's run folder or its trainable.safetensors); "
-                 "repeat for several: the first is V1* in the prompt, the second V2*, ... "
-                 "(default: the --run's own identity, V*)")
-
-    def inputs_from_args(self, args: argparse.Namespace) -> dict:
-        if not args.identity:
+    # ----- generation inputs (the Python API and ldm_ext.generate) ----------------------
+    def inputs(self, values: dict[str, Any], size: tuple[int, int] | None) -> dict:
+        """The stage tokens of each ``identities`` entry, ``[NAME=]FILE``, in order (V1*,
+        V2*, ...); none given: the loaded run's own identity."""
+        if not values["identities"]:
             return {"identities": None}
         identities = []
-        for k, spec in enumerate(args.identity, start=1):
-            name, sep, path = spec.partition("=")
-            name, path = (name, path) if sep else ("", name)
-            identities.append(self.identity_from_weights(path))
-            print(f"V{k}* = {name or path}")
+        for spec in values["identities"]:
+            name, sep, path = str(spec).partition("=")
+            identities.append(self.identity_from_weights(path if sep else name))
         return {"identities": identities}

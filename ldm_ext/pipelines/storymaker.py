@@ -18,7 +18,7 @@ An identity is a (6, 224, 224) tensor in [-1, 1]: the face crop, then the charac
 """
 from __future__ import annotations
 
-import argparse
+from typing import Any
 
 import cv2
 import numpy as np
@@ -28,13 +28,13 @@ from PIL import Image, ImageOps
 
 from ldm_ext.adapters.lora import lora_scale
 from ldm_ext.attention import AttentionContext
-from ldm_ext.cli import InputError, open_image
+from ldm_ext.cli import InputError
 from ldm_ext.face.align import arcface_crops, crops_to_tensor, tensor_to_uint8
 from ldm_ext.perception.characters import reference_crop
 from ldm_ext.pipelines.base import MethodPipeline
+from ldm_ext.pipelines.options import photo_name, read_photo
 from ldm_ext.pipelines.sampling import decode_images, denoise, initial_latents, to_tensor
 from ldm_ext.pose import render_control_image, slot_color
-from ldm_ext.pose_files import POSE_FORMATS
 
 SIDE = 224  # CLIP ViT-H/14 input; both halves of an identity
 
@@ -156,48 +156,35 @@ class StoryMakerPipeline(MethodPipeline):
         image = render_control_image(people, size, [None] * len(people))
         return to_tensor(image)[None].expand(2, -1, -1, -1).to(self.method.device)
 
-    # ----- command line (ldm_ext.generate) -----------------------------------------------
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        cls.add_photo_arguments(parser, "character")
-        parser.add_argument("--masks", nargs="+", help="with --ids: one character mask image "
-                            "per photo (white = the person); default: segmented")
-        parser.add_argument("--pose", help=f"pose for the pose ControlNet: {POSE_FORMATS}")
-        parser.add_argument("--zero-character", action="store_true",
-                            help="identity only: the character tokens set to zero (Fig. 4)")
-        parser.add_argument("--ip-scale", type=float, default=None, help="γ (Eq. 3)")
-        parser.add_argument("--lora-scale", type=float, default=None)
-
-    def inputs_from_args(self, args: argparse.Namespace) -> dict:
-        """Characters from --ids (+ --masks) or --group (+ --num-ids); --pose, scales."""
-        if args.masks and not args.ids:
-            raise InputError("--masks goes with --ids (one mask per photo)")
-        self.check_photo_arguments(args, "character")
-        inputs = {"identities": self._identities_from_args(args),
-                  "zero_character": args.zero_character, "ip_scale": args.ip_scale,
-                  "lora": args.lora_scale}
-        if args.pose:
-            inputs.update(self.pose_inputs(args.pose, args.size))
+    # ----- generation inputs (the Python API and ldm_ext.generate) ----------------------
+    def inputs(self, values: dict[str, Any], size: tuple[int, int] | None) -> dict:
+        """Characters from ``photos`` (+ ``masks``) or ``group`` (+ ``num_ids``); the
+        pose for the ControlNet; ``zero_character`` and the scales."""
+        inputs = {"identities": self._identities(values),
+                  "zero_character": values["zero_character"], "ip_scale": values["ip_scale"],
+                  "lora": values["lora_scale"]}
+        if values["pose"] is not None:
+            inputs.update(self.pose_inputs(values["pose"], size))
         return inputs
 
-    def _identities_from_args(self, args: argparse.Namespace) -> torch.Tensor:
-        if args.group:
-            photo = open_image(args.group, "group photo")
+    def _identities(self, values: dict[str, Any]) -> torch.Tensor:
+        """(K, 6, 224, 224) characters of the photos (with their masks) or the group."""
+        if values["group"] is not None:
+            group = values["group"]
             try:
-                return self.characters(photo, args.num_ids)
+                return self.characters(read_photo(group, "--group"), values["num_ids"])
             except InputError as err:
-                raise InputError(f"group photo {args.group}: {err}") from None
-        if args.masks and len(args.masks) != len(args.ids):
-            raise InputError(f"{len(args.masks)} --masks for {len(args.ids)} --ids photos")
+                raise InputError(f"{photo_name(group, 0, '--group')}: {err}") from None
+        masks = values["masks"] or [None] * len(values["photos"])
         found = []
-        for k, path in enumerate(args.ids):
-            mask = None if not args.masks else \
-                np.asarray(open_image(args.masks[k], "mask image").convert("L")) > 127
-            photo = open_image(path, "character photo")
+        for k, (photo, mask) in enumerate(zip(values["photos"], masks)):
+            if mask is not None:
+                mask = np.asarray(read_photo(mask, "--masks").convert("L")) > 127
+            image = read_photo(photo, "--ids")
             try:
-                found.append(self.identity(photo, mask))
+                found.append(self.identity(image, mask))
             except InputError as err:
-                raise InputError(f"character photo {path}: {err}") from None
+                raise InputError(f"{photo_name(photo, k, '--ids')}: {err}") from None
         return torch.stack(found)
 
 
