@@ -192,13 +192,15 @@ MISTAKES = [  # (flags after --run RUN --prompt p --out OUT, run, words in the l
     (["--ids", "{photo}", "--device", "{cuda}"], "if", ["--device cuda", "CUDA"], True),
     (["--ids", "{photo}", "--group", "{photo}"], "if", ["--group", "not allowed", "--ids"],
      False),
+    (["--ids", "{photo}", "--pose-image", "{photo}", "--pose-weights", "{root}/annotators"],
+     "if", ["--pose-weights", "annotators", "hf download lllyasviel/Annotators"], False),
 ]
 
 
 @pytest.mark.parametrize("flags, run, words, torch_loaded", MISTAKES,
                          ids=["size", "missing-photo", "not-an-image", "missing-pose",
                               "num-ids", "foreign-safetensors", "foreign-ckpt", "cuda",
-                              "exclusive-flags"])
+                              "exclusive-flags", "pose-weights"])
 def test_mistakes_are_one_line_before_loading(runs, tmp_path, flags, run, words, torch_loaded):
     """Caught before the model loads (before torch, where flags and files tell), one
     stderr line naming the flag and file, exit 2, no output folder or file made."""
