@@ -2,9 +2,9 @@
 ``datamodules.prepare``) and how to run one as a user would: a fresh process in a working
 directory of its own, on a machine that shows no CUDA GPU and holds no cloud credentials.
 
-Each must end in exit 2 with one stderr line naming the flag or file, and leave nothing in
-its working directory (no ``runs/``, ``results/``, ``subjects/``, no output folder): the
-README's error promise. ``tests/test_errors.py`` asserts that; ``benchmarks/cli_errors.py``
+Each must end in exit 2 with one stderr line naming the flag or file, leave nothing in its
+working directory (no ``runs/``, ``results/``, ``subjects/``, no output folder) and get
+there without importing torch (``user_env``): the README's error promise. ``tests/test_errors.py`` asserts that; ``benchmarks/cli_errors.py``
 times them (the promise says within ~3 s).
 """
 from __future__ import annotations
@@ -105,9 +105,18 @@ def write_inputs(folder: Path) -> None:
 
 def user_env(home: Path) -> dict[str, str]:
     """This environment as a user's shell without a GPU or cloud credentials would have
-    it: CUDA hidden, no AWS keys, endpoint or config files, no instance-metadata lookup."""
+    it (CUDA hidden, no AWS keys, endpoint or config files, no instance-metadata lookup),
+    and with torch made unimportable (a stand-in package under ``home``): the checks come
+    before torch loads, so a check that imports it (seconds: the 3 s promise) fails here
+    rather than passing slowly."""
+    blocked = home / "torchless" / "torch"
+    blocked.mkdir(parents=True, exist_ok=True)
+    (blocked / "__init__.py").write_text(
+        'raise ModuleNotFoundError("torch imported before the command line checked its '
+        'arguments")\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="", AWS_EC2_METADATA_DISABLED="true",
+    env.update(PYTHONPATH=os.pathsep.join([str(blocked.parent), str(ROOT)]),
+               CUDA_VISIBLE_DEVICES="", AWS_EC2_METADATA_DISABLED="true",
                AWS_CONFIG_FILE=str(home / "no-aws-config"),
                AWS_SHARED_CREDENTIALS_FILE=str(home / "no-aws-credentials"))
     return env
