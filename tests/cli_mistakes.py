@@ -4,8 +4,9 @@ directory of its own, on a machine that shows no CUDA GPU and holds no cloud cre
 
 Each must end in exit 2 with one stderr line naming the flag or file, leave nothing in its
 working directory (no ``runs/``, ``results/``, ``subjects/``, no output folder) and get
-there without importing torch (``user_env``): the README's error promise. ``tests/test_errors.py`` asserts that; ``benchmarks/cli_errors.py``
-times them (the promise says within ~3 s).
+there without importing torch (``user_env``): the README's error promise.
+``tests/test_errors.py`` asserts that; ``benchmarks/cli_errors.py`` times them (the promise
+says within ~3 s).
 """
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ MISTAKES = {
     # python -m ldm_ext.fit: the photo, the recipe, the trainer
     "fit-truncated-photo": Mistake("fit", ("--photo", "truncated.jpg"),
                                    ("truncated.jpg", "not a readable image")),
-    "fit-missing-photo": Mistake("fit", ("--photo", "nothing.jpg"), ("nothing.jpg", "no such file")),
+    "fit-missing-photo": Mistake("fit", ("--photo", "nothing.jpg"),
+                                 ("nothing.jpg", "no such file")),
     "fit-no-photo-flag": Mistake("fit", (), ("--photo",)),
     "fit-not-a-fitting-config": Mistake("fit", ("--photo", "photo.png", "--config", DEMO),
                                         ("single_image",)),

@@ -101,7 +101,7 @@ def test_fewer_gpus_than_devices_is_named(monkeypatch):
 
     monkeypatch.setattr(devices, "cuda_device_count", lambda: 2)
     cfg = load_config(str(Path(SEFI_TINY).parent / "demo.yaml"), ["trainer=ddp"])
-    with pytest.raises(ConfigError, match=r"trainer.devices=8 needs 8 CUDA GPU\(s\) and 2 are visible"):
+    with pytest.raises(ConfigError, match=r"devices=8 needs 8 CUDA GPU\(s\) and 2 are visible"):
         train.check_trainer(cfg)
     cfg.trainer.devices = 2
     train.check_trainer(cfg)
