@@ -69,7 +69,7 @@ from callbacks.metric_names import overall_lines
 from callbacks.published import display_for
 from callbacks.report import write_outputs
 from callbacks.subjects import load_subjects, plan, records_from_folder
-from ldm_ext.cli import InputError, open_image, run_cli
+from ldm_ext.cli import ArgumentParser, InputError, open_image, run_cli
 
 
 BINDING = """\
@@ -91,9 +91,9 @@ def protocol_help() -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog=f"{BINDING}\n\n{protocol_help()}",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0],
+                            epilog=f"{BINDING}\n\n{protocol_help()}",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="eval YAML (configs/eval/*.yaml)")
     parser.add_argument("--checkpoint", help="run or export folder, or weights in a run (a file, a "
                                              "DeepSpeed checkpoint folder) "
@@ -283,17 +283,26 @@ def read_images(image_dir: Path, records: list[dict]) -> tuple[list, list[dict],
 
 # ----- entry ------------------------------------------------------------------------------
 def resolve_device(name: str) -> str:
-    import torch
+    """The torch device of ``generation.device``: ``auto`` is cuda where a GPU is visible,
+    else cpu; ``cuda`` without one is a ConfigError. Asked without importing torch where
+    the machine plainly has no GPU (``ldm_ext.devices``)."""
+    from ldm_ext.config import ConfigError
+    from ldm_ext.devices import cuda_device_count
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    if name == "cpu":
+        return name
+    found = cuda_device_count() > 0
+    if name == "cuda" and not found:
+        raise ConfigError("generation.device=cuda: no CUDA GPU is visible on this machine; "
+                          "use generation.device=cpu (or auto)")
+    return "cuda" if found else "cpu"
 
 
 def run(args: argparse.Namespace) -> Path:
     """Generate (``--checkpoint``) or take a folder (``--images``), score, write outputs.
-    Names, prompt indices and subject ids of an ``--images`` folder are checked before any
-    model loads and before the results folder is made; so is the results folder's binding
+    The device, the checkpoint's folder and the names, prompt indices and subject ids of an
+    ``--images`` folder are checked before any model loads and before the results folder
+    (or the demo subjects in it) is made; so is the results folder's binding
     (``callbacks/provenance.py``): a folder made by another checkpoint, method, config or
     code version stops the run before anything in it is written or re-scored."""
     from callbacks.provenance import bind, check_binding, made_by, subjects_hash
@@ -305,6 +314,7 @@ def run(args: argparse.Namespace) -> Path:
     if args.images and not any(o.startswith("name=") for o in overrides):
         overrides.append(f"name={Path(args.images).resolve().name}")
     cfg = load_eval_config(args.config, overrides)
+    device = resolve_device(cfg.generation.device)
     out_dir = Path(cfg.output_dir) / cfg.name
     recipe = run_config(args.checkpoint) if args.checkpoint else None
     made = made_by(OmegaConf.to_container(cfg, resolve=True),
@@ -320,7 +330,6 @@ def run(args: argparse.Namespace) -> Path:
     else:
         check_binding(out_dir, made)
         image_dir, records = out_dir / "images", plan(cfg, subjects)
-    device = resolve_device(cfg.generation.device)  # imports torch: after the checks
     if not args.images:
         generate_bound(cfg, args.checkpoint, subjects, records, out_dir, made, device)
     cfg.scoring.second_encoder = second_encoder_name(cfg.scoring, cfg.method_encoder)

@@ -4,9 +4,10 @@ Without arguments it trains the tiny offline InstantFamily demo on CPU. Each run
 ``<output_dir>/<name>/`` (resolved config, checkpoints, ``trainable.safetensors``,
 samples, logs). Starting a run whose folder exists resumes it from its last checkpoint;
 a folder holding weights made with a different model/data/method config is refused, never
-overwritten. ``group=name`` picks a preset (``data=laion_face data.root=DIR``). The config
-and the data paths are checked before torch is imported: a mistake is told in one line
-within a second, before the run folder is made.
+overwritten. ``group=name`` picks a preset (``data=laion_face data.root=DIR``). The config,
+the data paths (and URLs) and the trainer's devices are checked before torch is imported
+(``check_config``): a mistake is told in one line within seconds, before the run folder is
+made.
 """
 from __future__ import annotations
 
@@ -24,14 +25,16 @@ DEFAULT_CONFIG = "configs/experiment/demo.yaml"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from ldm_ext.cli import ArgumentParser
+
     argv = sys.argv[1:] if argv is None else argv
     epilog = None
     if {"-h", "--help"} & set(argv):  # groups, presets and keys, read from configs/ now
         from ldm_ext.config_help import config_help
 
         epilog = config_help(Path(DEFAULT_CONFIG).stem)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=epilog,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0], epilog=epilog,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="experiment YAML")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. trainer.max_steps=10")
     return parser.parse_args(argv)
@@ -41,11 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 DATA_PATHS = {"shards": ("shards", "pattern"), "laion_face": ("root", "folder"),
               "celebv_text": ("root", "folder"), "folder": ("root", "folder"),
               "single_image": ("image", "file")}
+PREPARED = {"laion_face": "images", "celebv_text": "videos"}  # kind -> `prepare` mode
 
 
 def check_data_paths(cfg) -> None:
-    """The data key the config's ``data.kind`` reads is set and names something that
-    exists: checked in a blink, before any import of torch or the run folder."""
+    """The data key the config's ``data.kind`` reads is set and, as a local path, names
+    something that exists: checked in a blink, before any import of torch."""
     from ldm_ext.config import ConfigError
 
     if cfg.data.kind not in DATA_PATHS:
@@ -54,59 +58,79 @@ def check_data_paths(cfg) -> None:
     value = cfg.data[key]
     if not value:
         raise ConfigError(f"data.kind={cfg.data.kind} needs data.{key} (the {what} of the data)")
-    if "://" in str(value):  # a URL (s3://...): build_data reads it through its storage
+    if "://" in str(value):  # a URL (s3://...): check_data_store reaches it
         return
     path = Path(value)
     if (what == "folder" and not path.is_dir()) or (what == "file" and not path.is_file()):
         hint = (" (the --output of `python -m datamodules.prepare`)"
-                if cfg.data.kind in ("laion_face", "celebv_text") else "")
+                if cfg.data.kind in PREPARED else "")
         raise ConfigError(f"data.{key}={value!r}: no such {what}{hint}")
 
 
-def preflight(cfg) -> None:
-    """Checks that need no model: fail in seconds, before any weights load."""
-    import torch
-
+def check_data_store(cfg) -> None:
+    """A shard pattern (``data.shards``) matches shards and a ``prepare`` output
+    (``data.root``) is finished, local or a URL; a URL's store errors (no credentials, no
+    bucket) are one line naming the key, as ``prepare`` tells them."""
     from ldm_ext.config import ConfigError
 
-    zero = cfg.trainer.strategy == "deepspeed"
-    if zero and cfg.trainer.precision == "16-mixed":
+    kind = cfg.data.kind
+    if kind != "shards" and kind not in PREPARED:
+        return
+    from datamodules import storage
+    from datamodules.prepared import prepared_shards
+
+    key = DATA_PATHS[kind][0]
+    value = cfg.data[key]
+    with storage.named_errors(f"data.{key}", value):
+        if kind == "shards":
+            if not storage.expand(value):
+                raise ConfigError(f"data.shards={value!r}: no shards match")
+            return
+        try:
+            prepared_shards(value, PREPARED[kind])
+        except FileNotFoundError as err:
+            raise ConfigError(f"data.root={value!r}: {err}") from None
+
+
+def check_trainer(cfg) -> None:
+    """Trainer settings that cannot work here (DeepSpeed with fp16, GPUs on a machine
+    without CUDA, DeepSpeed not installed), found without importing torch where this
+    machine plainly has no GPU (``ldm_ext.devices``) and without loading Lightning."""
+    import importlib.util
+
+    from ldm_ext.config import ConfigError
+    from ldm_ext.devices import cuda_device_count
+
+    t = cfg.trainer
+    zero = t.strategy == "deepspeed"
+    if zero and t.precision == "16-mixed":
         raise ConfigError(
             "trainer.precision=16-mixed with trainer.strategy=deepspeed trains without loss "
             "scaling (DeepSpeed scales fp16 autocast only without ZeRO), so small gradients "
             "underflow to 0: use bf16-mixed, or strategy=ddp for fp16 (GPUs without bf16)")
-    # DeepSpeed on CPU processes is asked for by name (ldm_ext/strategy.py), never guessed
-    wants_gpu = cfg.trainer.accelerator == "gpu" or (zero and cfg.trainer.accelerator != "cpu")
-    if wants_gpu and not torch.cuda.is_available():
-        raise ConfigError(
-            f"trainer.strategy={cfg.trainer.strategy} / trainer.accelerator="
-            f"{cfg.trainer.accelerator} needs CUDA GPUs and none is visible; use "
-            "--config with trainer: cpu or ddp, or trainer.accelerator=cpu, on this machine")
-    if zero:
-        try:
-            import deepspeed  # noqa: F401
-        except ImportError as err:
-            raise ConfigError("DeepSpeed strategy but deepspeed is not installed: "
-                              'pip install -e ".[deepspeed]"') from err
+    # several processes (DDP, DeepSpeed) on CPUs are asked for by name, never guessed
+    parallel = t.strategy != "auto" or t.devices * t.num_nodes > 1
+    if t.accelerator == "gpu" or (parallel and t.accelerator != "cpu"):
+        found, needed = cuda_device_count(), max(t.devices, 1)
+        if found < needed:
+            seen = f"{found} are visible" if found else "none is visible"
+            raise ConfigError(
+                f"trainer.strategy={t.strategy} / trainer.accelerator={t.accelerator} / "
+                f"trainer.devices={t.devices} needs {needed} CUDA GPU(s) and {seen}; use "
+                "trainer.accelerator=cpu (CPU processes), fewer trainer.devices, or --config "
+                "with trainer: cpu on this machine")
+    if zero and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("DeepSpeed strategy but deepspeed is not installed: "
+                          'pip install -e ".[deepspeed]"')
 
 
-def build_data(cfg):
-    """The DataModule, built before the run folder: a shard pattern that matches nothing
-    or a folder ``prepare`` has not finished is a ConfigError naming the key."""
-    from datamodules.factory import build_datamodule
-    from datamodules.shards import expand_shards
-    from ldm_ext.config import ConfigError
-
-    data = cfg.data
-    if data.kind == "shards":
-        try:
-            expand_shards(data.shards)
-        except ValueError as err:
-            raise ConfigError(f"data.shards={data.shards!r}: {err}") from None
-    try:
-        return build_datamodule(cfg)
-    except FileNotFoundError as err:  # datamodules.prepared.prepared_shards
-        raise ConfigError(f"data.root={data.root!r}: {err}") from None
+def check_config(cfg) -> None:
+    """Everything about a loaded config that can be checked from its values and the files
+    it names, in a second or two, before torch, Lightning or a model loads and before the
+    run folder is made."""
+    check_data_paths(cfg)
+    check_trainer(cfg)
+    check_data_store(cfg)
 
 
 def has_trained(run_dir: Path) -> bool:
@@ -217,15 +241,15 @@ def build_trainer(cfg, run_dir: Path):
 
 
 def run(cfg) -> Path:
-    """Train one configured (and checked: ``check_data_paths``) experiment to
+    """Train one configured and checked (``check_config``) experiment to
     trainer.max_steps; return the run folder."""
-    preflight(cfg)
     import pytorch_lightning as pl
 
+    from datamodules.factory import build_datamodule
     from ldm_ext.methods.loading import build_method
 
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule = build_data(cfg)
+    datamodule = build_datamodule(cfg)
     run_dir, resume_from = prepare_run_dir(cfg)
     if resume_from is not None:
         print(f"resuming {run_dir} from {resume_from}", file=sys.stderr)
@@ -246,7 +270,7 @@ def train(argv: list[str] | None) -> int:
 
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    check_data_paths(cfg)  # before torch loads: a wrong path is told in a blink
+    check_config(cfg)  # before torch loads: a mistake is told in a blink
     from ldm_ext.methods.base import NonFiniteLossError
     from ldm_ext.run_summary import print_summary
 

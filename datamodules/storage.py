@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 import fsspec
-import webdataset as wds
 from fsspec.core import url_to_fs
 from fsspec.utils import get_protocol
 
@@ -80,6 +79,9 @@ def glob(pattern: str) -> list[str]:
 def expand(patterns: str | Iterable[str]) -> list[str]:
     """Paths or URLs of brace ranges, ``::``-joined lists and globs, in the given order
     (each glob's matches sorted); names without glob characters are kept as given."""
+    import webdataset as wds  # here, not above: it imports torch (seconds), which the
+    # command lines' checks of a URL (``named_errors``) must not wait for
+
     out = []
     for pattern in [patterns] if isinstance(patterns, str) else patterns:
         for name in wds.shardlists.expand_urls(pattern):
@@ -194,9 +196,14 @@ def open_urls(src: Iterable[dict], handler: Callable[[Exception], bool]) -> Iter
             sample["stream"].close()
 
 
-def tar_samples(handler: Callable[[Exception], bool] = wds.reraise_exception) -> Callable:
+def tar_samples(handler: Callable[[Exception], bool] | None = None) -> Callable:
     """webdataset stage: shard URLs -> samples (dicts of tar members by key), for local
-    paths and any fsspec URL; errors go to ``handler`` as in ``wds.tarfile_to_samples``."""
+    paths and any fsspec URL; errors go to ``handler`` as in ``wds.tarfile_to_samples``
+    (default: raised)."""
+    import webdataset as wds
+
+    handler = handler or wds.reraise_exception
+
     def stage(src: Iterable[dict]) -> Iterator[dict]:
         files = wds.tariterators.tar_file_expander(open_urls(src, handler), handler=handler)
         return wds.tariterators.group_by_keys(files, handler=handler)

@@ -2,8 +2,10 @@
 
 A mistake the user can fix (a config key, a path, a file that is not what it should be,
 missing weights) raises a :class:`UserError`; :func:`run_cli` prints it as one line naming
-the problem and exits 2. Anything else is a bug and keeps its traceback. This module
-imports nothing heavy: entry points import it before their config is checked.
+the problem and exits 2. Anything else is a bug and keeps its traceback. A command-line
+mistake argparse finds (a missing or malformed flag) is told the same way, on one line, by
+:class:`ArgumentParser`. This module imports nothing heavy: entry points import it before
+their config is checked.
 """
 from __future__ import annotations
 
@@ -41,6 +43,15 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = No
         print(f"{prog}: error: {one_line(str(err))}", file=sys.stderr)
         return USER_ERROR_EXIT
     return result if isinstance(result, int) else 0
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose errors are one line, ``<prog>: error: <message>``, exit 2
+    (argparse's own print the usage first, several lines of it); ``--help`` is unchanged."""
+
+    def error(self, message: str):  # noqa: D102  (argparse's hook)
+        self.exit(USER_ERROR_EXIT, f"{self.prog}: error: {one_line(message)} "
+                                   "(--help for usage)\n")
 
 
 def positive_int(text: str) -> int:

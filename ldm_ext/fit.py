@@ -10,6 +10,13 @@ resumes an interrupted fit and returns a finished one at once::
 
     python -m ldm_ext.fit --photo alice.jpg --name alice [--config X.yaml] [key=value ...]
     python -m ldm_ext.generate --run runs/alice --prompt "a photo of V* on the beach"
+
+The photo and the config are checked before anything heavy loads and before the run
+folder is made (a missing, truncated or unreadable photo: one line, exit 2). A photo in
+which no face is found is fitted all the same, with a warning: SeFi-IDE's face-wise
+attention loss (Eq. 4) compares attention maps of "the face of V*" and "the face of
+person" and needs no detected face, so the fit runs, but it learns whatever the photo
+shows. A detector's miss (a small, turned or drawn face) is no reason to refuse a fit.
 """
 from __future__ import annotations
 
@@ -18,14 +25,14 @@ import sys
 import time
 from pathlib import Path
 
-from ldm_ext.cli import run_cli
+from ldm_ext.cli import ArgumentParser, open_image, run_cli
 
 DEFAULT_CONFIG = "configs/experiment/sefi_ide_sd15.yaml"
 RECIPE = ("model", "data", "method", "seed")  # what a run folder keeps (train.py)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--photo", required=True, help="one photo of the identity")
     parser.add_argument("--name", help="run folder name (default: the photo's file stem)")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="experiment YAML")
@@ -37,8 +44,9 @@ def fit_config(config: str | Path, photo: str | Path, name: str,
                overrides: list[str] | None = None, output_dir: str | Path | None = None):
     """The checked config of fitting ``photo`` as run ``name`` with experiment ``config``
     (an experiment YAML or a run's ``config.yaml``). Photo, name and folder are set after
-    parsing, so a name such as "000001" stays a string."""
-    from train import check_data_paths
+    parsing, so a name such as "000001" stays a string. The photo must decode (a
+    truncated file is an ``InputError`` naming it); nothing heavy is imported."""
+    from train import check_config
 
     from ldm_ext.config import ConfigError, load_config
 
@@ -46,11 +54,12 @@ def fit_config(config: str | Path, photo: str | Path, name: str,
     if cfg.data.kind != "single_image":
         raise ConfigError(f"{config}: fitting takes a per-identity method's config "
                           f"(data.kind=single_image), not data.kind={cfg.data.kind}")
+    open_image(photo, "photo")
     cfg.data.image, cfg.name = str(photo), str(name)
     cfg.logger.job_type = "fit"  # the wandb run says it is a fit, not a training
     if output_dir is not None:
         cfg.output_dir = str(output_dir)
-    check_data_paths(cfg)
+    check_config(cfg)
     return cfg
 
 
@@ -73,6 +82,18 @@ def finished_identity(cfg) -> Path | None:
     return path if step >= cfg.trainer.max_steps else None
 
 
+def no_face_warning(photo: str | Path) -> str | None:
+    """What to tell the user when MTCNN finds no face in ``photo``, else None. The fit goes
+    on (module doc): the face-wise loss then attends to no face, and ``V*`` learns the
+    photo's subject, whatever it is."""
+    from ldm_ext.face import build_face_detector
+
+    if len(build_face_detector("mtcnn").detect(open_image(photo, "photo"))):
+        return None
+    return (f"no face found in {photo} (MTCNN): the face-wise attention loss has no face "
+            "to attend to, so V* learns whatever the photo shows; fitting anyway")
+
+
 def fit_identity(cfg) -> Path:
     """Fit (or resume, or reuse) the identity of a ``fit_config``; its identity file."""
     import train
@@ -83,6 +104,9 @@ def fit_identity(cfg) -> Path:
     if done is not None:
         print(f"{cfg.name}: already fitted ({done})", file=sys.stderr)
         return done
+    warning = no_face_warning(cfg.data.image)
+    if warning:
+        print(f"{cfg.name}: warning: {warning}", file=sys.stderr)
     start = time.perf_counter()
     identity = train.run(cfg) / TRAINABLE
     print(f"{cfg.name}: fitted in {time.perf_counter() - start:.0f} s -> {identity}",

@@ -1,6 +1,7 @@
 """User mistakes end in one line and exit 2 (``ldm_ext/cli.py``), checked before any model
-loads: eval.py --images folders, generation inputs, run folders. No model is built here
-(scorers, detectors and methods are stand-ins)."""
+loads: every command line run as a user runs it (``tests/cli_mistakes.py``), eval.py
+--images folders, generation inputs, run folders, devices. No model is built here (scorers,
+detectors and methods are stand-ins; fit's face check runs MTCNN on a photo)."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import eval as evaluate
+from cli_mistakes import MISTAKES, SEFI_TINY, run_mistake, user_env, write_inputs
 from ldm_ext.cli import InputError, UserError, run_cli
 from ldm_ext.face.types import Faces
 from ldm_ext.methods.instantfamily_config import InstantFamilyConfig
@@ -51,6 +53,80 @@ def test_run_folder_mistakes_are_user_errors(tmp_path, capsys):
     assert run_cli(export.main, ["--run", missing, "--out", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and all(missing in line for line in err)
+
+
+# ----- every command line, as the user runs it ----------------------------------------------
+@pytest.mark.parametrize("case", sorted(MISTAKES))
+def test_a_mistake_is_one_line_exit_2_and_leaves_nothing(case, tmp_path):
+    """A fresh process in its own folder, without CUDA or cloud credentials: exit 2, one
+    stderr line naming the flag or file, and no file or folder made (``runs/``,
+    ``results/``, an output folder)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    write_inputs(work)
+    before = sorted(work.rglob("*"))
+    mistake = MISTAKES[case]
+    result = run_mistake(mistake, work, user_env(tmp_path))
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].strip(), result.stderr[-2000:]
+    assert all(word in lines[0] for word in mistake.words), lines[0]
+    assert sorted(work.rglob("*")) == before
+
+
+# ----- devices, asked before anything heavy ---------------------------------------------
+@pytest.mark.parametrize("visible, nodes, hidden", [
+    ("", ["/dev/nvidia0"], True), ("-1", ["/dev/nvidia0"], True), ("-1,0", ["/dev/nvidia0"], True),
+    ("0", [], True), (None, [], True), ("0", ["/dev/nvidia0"], False), (None, ["/dev/dxg"], False),
+])
+def test_a_machine_without_a_gpu_is_told_without_torch(monkeypatch, visible, nodes, hidden):
+    from ldm_ext import devices
+
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    monkeypatch.setattr(devices.sys, "platform", "linux")
+    monkeypatch.setattr(devices.glob, "glob", lambda pattern: [n for n in nodes if
+                                                               n.startswith(pattern[:9])])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert devices.gpu_hidden() is hidden
+    assert devices.cuda_device_count() == (0 if hidden else 3)
+
+
+def test_fewer_gpus_than_devices_is_named(monkeypatch):
+    import train
+    from ldm_ext import devices
+    from ldm_ext.config import ConfigError, load_config
+
+    monkeypatch.setattr(devices, "cuda_device_count", lambda: 2)
+    cfg = load_config(str(Path(SEFI_TINY).parent / "demo.yaml"), ["trainer=ddp"])
+    with pytest.raises(ConfigError, match=r"devices=8 needs 8 CUDA GPU\(s\) and 2 are visible"):
+        train.check_trainer(cfg)
+    cfg.trainer.devices = 2
+    train.check_trainer(cfg)
+
+
+# ----- fit: a photo without a face ------------------------------------------------------
+def test_a_photo_without_a_face_is_fitted_with_a_warning(tmp_path, monkeypatch, capsys):
+    """SeFi-IDE's face-wise loss needs no detected face, so the fit goes on; the user is
+    told that MTCNN found none (ldm_ext/fit.py)."""
+    import skimage.data
+
+    import train
+    from ldm_ext import fit
+
+    grey, face = tmp_path / "grey.png", tmp_path / "face.png"
+    Image.new("RGB", (128, 128), "gray").save(grey)
+    Image.fromarray(skimage.data.astronaut()[0:300, 80:380]).save(face)
+    assert fit.no_face_warning(face) is None
+    fitted = []
+    monkeypatch.setattr(train, "run", lambda cfg: fitted.append(cfg.name) or tmp_path / "grey")
+    fit.fit_identity(fit.fit_config(SEFI_TINY, grey, "grey", output_dir=tmp_path / "runs"))
+    err = capsys.readouterr().err
+    assert fitted == ["grey"]
+    assert f"grey: warning: no face found in {grey}" in err and "face-wise" in err
 
 
 # ----- eval.py --images -------------------------------------------------------------------

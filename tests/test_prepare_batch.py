@@ -125,9 +125,11 @@ def test_prepare_in_batches_keeps_and_counts_every_input_as_one_at_a_time(
     assert batched["muted"].caption == "a photo of one person"
 
 
-def test_batch_size_below_one_is_a_clear_error(photos, tmp_path):
-    with pytest.raises(ValueError, match="batch size 0: must be at least 1"):
+def test_batch_size_below_one_is_a_clear_error(photos, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
         main(["images", "--input", str(photos), "--output", str(tmp_path), "--batch-size", "0"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "--batch-size" in err, err
     assert not list(tmp_path.iterdir())
 
 

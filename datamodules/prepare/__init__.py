@@ -8,8 +8,18 @@
 - ``resume``: what an output folder still needs; ``preview``: preview images;
 - ``annotate``, ``parsing``, ``characters``: the annotation stages (faces, pose, masks,
   characters).
-"""
-from datamodules.prepare.cli import main
-from datamodules.prepare.run import PrepareConfig, prepare, run_task, summarise
 
-__all__ = ["PrepareConfig", "main", "prepare", "run_task", "summarise"]
+The names below are imported on first use (PEP 562), not with the package: the command
+line checks its flags before torch and the detectors load.
+"""
+from importlib import import_module
+
+_HOMES = {"main": "cli", "PrepareConfig": "run", "prepare": "run", "run_task": "run",
+          "summarise": "run"}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'datamodules.prepare' has no attribute {name!r}")
+    return getattr(import_module(f"datamodules.prepare.{_HOMES[name]}"), name)

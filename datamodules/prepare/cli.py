@@ -11,25 +11,27 @@
 ``gs://...``: any fsspec protocol, credentials from the environment). ``--engine ray`` runs
 the shards on the Ray cluster at ``RAY_ADDRESS`` (else a local Ray). What it does:
 ``datamodules.prepare.run``.
+
+The flags, the local paths, the info json and a URL's store (credentials, bucket) are
+checked before torch and the models load (``check_arguments``): a mistake is one line,
+exit 2, in about a second, and nothing is written. The inputs themselves (which images,
+parquet or tars a folder holds) are read after that.
 """
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from datamodules import storage
-from datamodules.prepare.annotate import Annotator, Filters
 from datamodules.prepare.clip_meta import DEFAULT_EXTRAS, TEXT_FOLDERS, load_video_meta
-from datamodules.prepare.clips import plan_videos
-from datamodules.prepare.engines import engine
 from datamodules.prepare.parsing import DEFAULT_FACE_PARSER, DEFAULT_HUMAN_PARSER
-from datamodules.prepare.run import PrepareConfig, prepare
-from datamodules.prepare.sources import SourceFilter, plan_images
+from ldm_ext.cli import ArgumentParser, InputError, positive_int
 from ldm_ext.pose import ANNOTATOR_FILES, DEFAULT_POSE_WEIGHTS, download_command
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m datamodules.prepare",
-                                     description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m datamodules.prepare",
+                            description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=("images", "videos"))
     parser.add_argument("--input", required=True)
     parser.add_argument("--output", required=True)
@@ -44,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
                         "(LAION: NSFW UNSURE)")
     parser.add_argument("--min-similarity", type=float, default=None,
                         help="images: drop inputs whose CLIP similarity column is lower")
-    parser.add_argument("--samples-per-shard", type=int, default=1000)
+    parser.add_argument("--samples-per-shard", type=positive_int, default=1000)
     parser.add_argument("--workers", type=int, default=None,
                         help="default: all cores (of the Ray cluster with --engine ray)")
     parser.add_argument("--engine", default="local", choices=("local", "ray"),
@@ -52,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
                         "a local Ray (pip install -e '.[scale]')")
     parser.add_argument("--gpus-per-worker", type=float, default=0,
                         help="ray: GPUs of each worker (its models run there)")
-    parser.add_argument("--batch-size", type=int, default=None,
+    parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="inputs of a shard whose faces are detected together (MTCNN "
                         "batches images of one size: a clip's frames); default 16 with "
                         "--gpus-per-worker, else 1 (batches ran 0.98-1.0x on a CPU)")
@@ -72,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-faces", type=int, default=8)
     parser.add_argument("--min-face-size", type=float, default=32.0)
     parser.add_argument("--min-score", type=float, default=0.95)
-    parser.add_argument("--max-side", type=int, default=1024)
+    parser.add_argument("--max-side", type=positive_int, default=1024)
     parser.add_argument("--previews", type=int, default=4)
     return parser
 
@@ -86,9 +88,46 @@ def default_batch_size(args: argparse.Namespace) -> int:
     return 16 if args.gpus_per_worker else 1
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """What can be told from the flags and the paths alone: ``--input`` (one file or
+    folder, not a pattern) and ``--texts`` exist, ``--output`` is no file, a URL's store
+    can be reached (no credentials, no bucket: one line naming the flag). Nothing heavy
+    is imported, nothing written."""
+    if args.texts and not Path(args.texts).exists():
+        raise InputError(f"--texts {args.texts}: no such folder")
+    if not _pattern(args.input):
+        with storage.named_errors("--input", args.input):
+            if not storage.exists(args.input):
+                raise InputError(f"--input {args.input}: no such file or folder")
+    output = args.output
+    if storage.is_remote(output):
+        with storage.named_errors("--output", output):
+            storage.glob(storage.join(output, "shard-*.json"))  # reachable before any work
+    elif Path(output).exists() and not Path(output).is_dir():
+        raise InputError(f"--output {output}: is a file; give the folder the shards go to")
+
+
+def _pattern(path: str) -> bool:
+    """A brace range, ``::`` list or glob rather than one file or folder."""
+    return any(c in path for c in "{*?[") or "::" in path
+
+
 def main(argv: list[str] | None = None) -> dict:
     """CLI entry point; returns the stats."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.mode == "videos" and not args.meta:
+        parser.error("videos needs --meta (the clips' info json, celebvtext_info.json)")
+    check_arguments(args)
+    meta = (load_video_meta(args.meta, args.texts, tuple(args.text_extras))
+            if args.mode == "videos" else {})
+    # the models' modules (torch, detectors) load only now that the arguments hold
+    from datamodules.prepare.annotate import Annotator, Filters
+    from datamodules.prepare.clips import plan_videos
+    from datamodules.prepare.engines import engine
+    from datamodules.prepare.run import PrepareConfig, prepare
+    from datamodules.prepare.sources import SourceFilter, plan_images
+
     filters = Filters(args.min_faces, args.max_faces, args.min_face_size, args.min_score)
     annotator = Annotator(args.detector, args.pose, args.segmenter, args.parser,
                           characters=args.characters, human_parser=args.human_parser,
@@ -96,15 +135,10 @@ def main(argv: list[str] | None = None) -> dict:
     config = PrepareConfig(args.output, annotator, max_side=args.max_side,
                            previews=args.previews, source_filter=SourceFilter(
                                tuple(args.drop_nsfw), args.min_similarity),
-                           batch_size=default_batch_size(args))
+                           batch_size=default_batch_size(args), meta=meta)
     if args.mode == "videos":
-        if not args.meta:
-            raise SystemExit("videos needs --meta (the clips' info json)")
-        config.meta = load_video_meta(args.meta, args.texts, tuple(args.text_extras))
-        tasks = plan_videos(args.input, args.samples_per_shard, config.meta)
+        tasks = plan_videos(args.input, args.samples_per_shard, meta)
     else:
         with storage.named_errors("--input", args.input):
             tasks = plan_images(args.input, args.samples_per_shard)
-    with storage.named_errors("--output", args.output):
-        storage.glob(storage.join(args.output, "shard-*.json"))  # reachable before any work
     return prepare(tasks, config, args.workers, engine(args.engine, args.gpus_per_worker))

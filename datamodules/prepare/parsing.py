@@ -14,10 +14,11 @@ weights are not available offline:
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from ldm_ext.cli import UserError
+
+# torch is imported where it runs, not with the module: ``prepare``'s command line reads
+# the default parser names from here before it checks its flags, in a blink
 
 DEFAULT_FACE_PARSER = "jonathandinu/face-parsing"
 DEFAULT_HUMAN_PARSER = "mattmdjaga/segformer_b2_clothes"
@@ -67,20 +68,23 @@ class SegFormerParser:
         self.labels = {str(v).lower(): int(k) for k, v in self.model.config.id2label.items()}
         self.device = device
 
-    @torch.inference_mode()
-    def masks(self, image: np.ndarray, crops: np.ndarray, keep: torch.Tensor) -> np.ndarray:
+    def masks(self, image: np.ndarray, crops: np.ndarray, keep: list[int]) -> np.ndarray:
         """(F, H, W) bool: inside each xyxy crop of ``crops``, the pixels whose label is in
         ``keep`` (label ids); False outside the crops."""
+        import torch
+        import torch.nn.functional as F
+
         masks = np.zeros((len(crops), *image.shape[:2]), bool)
         if not len(crops):
             return masks
-        pixels = self.processor([image[y0:y1, x0:x1] for x0, y0, x1, y1 in crops],
-                                return_tensors="pt")["pixel_values"].to(self.device)
-        logits = self.model(pixel_values=pixels).logits  # (F, labels, h, w)
-        for mask, logit, (x0, y0, x1, y1) in zip(masks, logits, crops):
-            up = F.interpolate(logit[None].float(), size=(int(y1 - y0), int(x1 - x0)),
-                               mode="bilinear", align_corners=False)[0]  # (labels, ch, cw)
-            mask[y0:y1, x0:x1] = torch.isin(up.argmax(0).cpu(), keep).numpy()
+        with torch.inference_mode():
+            pixels = self.processor([image[y0:y1, x0:x1] for x0, y0, x1, y1 in crops],
+                                    return_tensors="pt")["pixel_values"].to(self.device)
+            logits = self.model(pixel_values=pixels).logits  # (F, labels, h, w)
+            for mask, logit, (x0, y0, x1, y1) in zip(masks, logits, crops):
+                up = F.interpolate(logit[None].float(), size=(int(y1 - y0), int(x1 - x0)),
+                                   mode="bilinear", align_corners=False)[0]  # (labels, ch, cw)
+                mask[y0:y1, x0:x1] = torch.isin(up.argmax(0).cpu(), torch.tensor(keep)).numpy()
         return masks
 
 
@@ -99,7 +103,7 @@ class FaceParsingSegmenter:
                  local_files_only: bool = False, context: float = 0.5) -> None:
         self.parser = SegFormerParser(name_or_path, DEFAULT_FACE_PARSER, device, local_files_only)
         labels = self.parser.labels
-        self.part_ids = torch.tensor([labels[p] for p in FACE_PARTS if p in labels])
+        self.part_ids = [labels[p] for p in FACE_PARTS if p in labels]
         if not len(self.part_ids):
             raise ValueError(f"'{name_or_path}' labels {sorted(labels)} name no face part "
                              f"of {FACE_PARTS}")
@@ -130,7 +134,7 @@ class HumanParser:
         if BACKGROUND not in labels:
             raise ValueError(f"'{name_or_path}' labels {sorted(labels)} have no "
                              f"'{BACKGROUND}'")
-        self.person_ids = torch.tensor([i for n, i in labels.items() if n != BACKGROUND])
+        self.person_ids = [i for n, i in labels.items() if n != BACKGROUND]
         self.name = f"human-parsing({name_or_path})"
 
     def __call__(self, image: np.ndarray, regions: np.ndarray) -> np.ndarray:

@@ -1,10 +1,18 @@
-"""Image/crop conversions and five-point similarity alignment shared by the face backends."""
+"""Image/crop conversions and five-point similarity alignment shared by the face backends.
+
+torch is imported by the two functions that make or read tensors, not with the module:
+``ldm_ext.pose`` draws and aligns with the rest, and command lines read it before their
+checks (``ldm_ext/cli.py``)."""
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import PIL.Image
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 # ArcFace's canonical five points in a 112x112 crop (insightface `arcface_dst`):
 # left eye, right eye, nose tip, mouth left, mouth right (image left/right).
@@ -29,6 +37,8 @@ def to_rgb_array(image: PIL.Image.Image | np.ndarray) -> np.ndarray:
 
 def crops_to_tensor(crops: list[np.ndarray], size: int) -> torch.Tensor:
     """Stack HWC uint8 RGB crops of side ``size`` into (F, 3, S, S) float32 in [-1, 1]."""
+    import torch
+
     if not crops:
         return torch.zeros(0, 3, size, size)
     stacked = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float()  # (F, 3, S, S)
@@ -37,6 +47,8 @@ def crops_to_tensor(crops: list[np.ndarray], size: int) -> torch.Tensor:
 
 def tensor_to_uint8(crops: torch.Tensor, size: int | None = None) -> np.ndarray:
     """(B, 3, S, S) crops in [-1, 1] -> (B, size, size, 3) uint8 RGB, for non-torch backends."""
+    import torch
+
     pixels = ((crops.detach().float().cpu() + 1.0) * 127.5).clamp(0, 255).round()
     images = pixels.to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (B, S, S, 3)
     if size is None or images.shape[1:3] == (size, size):
