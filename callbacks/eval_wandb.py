@@ -47,7 +47,7 @@ def caption(row: dict, seed: int | None) -> str:
     of the prompt (``seed``: None when the images were not generated here)."""
     subjects = row["subjects"] if isinstance(row["subjects"], list) else \
         str(row["subjects"]).split("+")
-    text = f"{row['clip_prompt']} | N={len(subjects)} | {'+'.join(subjects)}"
+    text = f"{row.get('clip_prompt', '')} | N={len(subjects)} | {'+'.join(subjects)}"
     seed = row.get("seed", seed)
     return text + (f" | seed {seed}" if seed is not None else "") + \
         (f" | k={row['k']}" if row.get("k") not in (None, "") else "")
@@ -69,7 +69,7 @@ def image_table(rows: list[dict], image_dir: Path, photos: dict[str, str],
             strips[ids] = wandb.Image(reference_strip(list(ids), photos),
                                       caption=" + ".join(ids))
         table.add_data(wandb.Image(str(image_dir / row["file"]), caption=caption(row, seed)),
-                       strips.get(ids), "+".join(ids), row["clip_prompt"], len(ids),
+                       strips.get(ids), "+".join(ids), row.get("clip_prompt", ""), len(ids),
                        str(row["category"]), *[row.get(m) for m in metrics])
     return table
 

@@ -93,7 +93,7 @@ def test_celebv_text_datamodule_and_factory(tmp_path):
           "--min-face-size", "20"])
     data = dict(kind="celebv_text", root=str(tmp_path / "out"), resolution=32, batch_size=1,
                 num_workers=0, shuffle_buffer=1, random_flip=False, shards=None, image=None,
-                view_options={}, oversample={})
+                view_options={}, oversample={}, max_people=0)
     cfg = SimpleNamespace(seed=0, method=SimpleNamespace(num_slots=2, name="portraitbooth"),
                           data=SimpleNamespace(**data))
     dm = build_datamodule(cfg)
