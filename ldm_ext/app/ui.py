@@ -111,7 +111,7 @@ class App:
                 with gr.Accordion(f"{run.pipe.cfg.method.name} inputs", open=False):
                     own = [control(option) for option in run.options]
             gallery = gr.Gallery(label="Images (identity per photo, CLIP-T)", format="png",
-                                 columns=2, elem_id=f"gallery-{k}", height="auto")
+                                 columns=2, elem_id=f"gallery-{k}", height=320)
             table = gr.Dataframe(headers=TABLE_HEADERS, label="Scores", elem_id=f"scores-{k}",
                                  interactive=False)
             files = gr.File(label="PNG with its settings (reproduce with ldm_ext.generate)",
