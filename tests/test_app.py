@@ -31,13 +31,13 @@ def astronaut(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def loaded(instantfamily_run):
+def loaded(tiny_run):
     """The tiny run as the app loads it; seeded, since its face encoder is random-init on
     each load (face_weights=random)."""
     import torch
 
     torch.manual_seed(0)
-    return load_runs([str(instantfamily_run)], "cpu", TINY_CLIP)[0]
+    return load_runs([str(tiny_run)], "cpu", TINY_CLIP)[0]
 
 
 def test_80_megapixel_photo_is_downscaled_before_detection(tmp_path):

@@ -32,12 +32,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url(instantfamily_run, portraitbooth_run, tmp_path_factory):
+def app_url(tiny_run, portraitbooth_run, tmp_path_factory):
     """The app comparing the tiny InstantFamily and PortraitBooth runs, on 127.0.0.1."""
     from ldm_ext.app.runs import load_runs
     from ldm_ext.app.ui import App
 
-    app = App(load_runs([str(instantfamily_run), str(portraitbooth_run)], "cpu", TINY_CLIP),
+    app = App(load_runs([str(tiny_run), str(portraitbooth_run)], "cpu", TINY_CLIP),
               tmp_path_factory.mktemp("app"))
     port = free_port()
     app.launch("127.0.0.1", port, block=False)
