@@ -27,7 +27,11 @@ CORE = [
 ]
 FACE_EXTRA = ["dlib-bin>=19.24", "face-recognition-models>=0.3.0"]
 TEST_EXTRA = ["pytest>=8", "scikit-image>=0.22", "pyarrow>=14",  # pyarrow: LAION parquet input
-              "moto[server]>=5"]  # a local S3 server for the object-storage round trip
+              "moto[server]>=5",  # a local S3 server for the object-storage round trip
+              "selenium>=4.20"]  # drives Chromium in tests/test_app_browser.py
+# the web app (python -m ldm_ext.app); scikit-image: its example astronaut photo. Gradio 6
+# pins pillow < 13, beside huggingface_hub >= 1
+APP_EXTRA = ["gradio>=6.0,<7", "scikit-image>=0.22"]
 # data at LAION-Face scale: `prepare --engine ray`, s3:// (and any fsspec URL) in and out;
 # add the fsspec backend of another store (gcsfs, adlfs) the same way
 SCALE_EXTRA = ["ray>=2.9", "s3fs>=2024.6"]
@@ -48,7 +52,8 @@ setup(
         "test": TEST_EXTRA,
         "scale": SCALE_EXTRA,
         "deepspeed": DEEPSPEED_EXTRA,
+        "app": APP_EXTRA,
         # ray: a 80 MB wheel, ~10 s to install
-        "dev": FACE_EXTRA + TEST_EXTRA + SCALE_EXTRA + DEEPSPEED_EXTRA,
+        "dev": FACE_EXTRA + TEST_EXTRA + SCALE_EXTRA + DEEPSPEED_EXTRA + APP_EXTRA,
     },
 )

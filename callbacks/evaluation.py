@@ -232,34 +232,51 @@ def _match_header(path: Path, header: list[str]) -> list[str]:
 
 
 def build_evaluation_callback(cfg, run_dir: Path) -> EvaluationCallback | None:
-    """The callback ``train.py`` adds when ``trainer.eval_every > 0``: face scores with the
-    method's own encoder backend (MTCNN detection) and by a second, independent encoder
-    (``ScoringConfig.second_encoder`` auto: never the method's own family), and, when its
-    weights are available, the protocol's CLIP ViT-L/14 text score. A scorer whose weights
-    are missing is skipped with a warning."""
+    """The callback ``train.py`` adds when ``trainer.eval_every > 0``, scoring with
+    ``run_scoring(cfg)``'s networks (a scorer whose weights are missing is skipped with a
+    warning)."""
     every = cfg.trainer.eval_every
     if not every:
         return None
-    from omegaconf import OmegaConf
+    from ldm_ext.eval_config import scorer_names
+    from ldm_ext.registry import identity_encoder
 
-    from ldm_ext.eval_config import ScoringConfig, scorer_names, second_encoder_name
+    scoring = run_scoring(cfg)
+    scorers = build_available(scoring)
+    return EvaluationCallback(run_dir / "eval", every, scorers,
+                              num_ids=sorted(set(cfg.method.sample_num_ids))[:2],
+                              steps=cfg.method.sample_steps, guidance=cfg.method.guidance_scale,
+                              seed=cfg.seed, encoders={**scorer_names(scoring),
+                                                       "method": identity_encoder(cfg.method)},
+                              min_rank_corr=scoring.min_rank_corr)
+
+
+def run_scoring(cfg, overrides: list[str] | None = None):
+    """The ``ScoringConfig`` of a run (its config ``cfg``): face scores with the method's
+    own encoder backend (MTCNN detection) and by a second, independent encoder
+    (``second_encoder`` auto: never the method's own family), and the protocol's CLIP
+    ViT-L/14 text score; ``overrides`` (``key=value`` of ScoringConfig) go on top."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from ldm_ext.compose import ConfigError, parse_overrides
+    from ldm_ext.eval_config import ScoringConfig, second_encoder_name
     from ldm_ext.registry import identity_encoder
 
     scoring = OmegaConf.structured(ScoringConfig(
         face_encoder=OmegaConf.select(cfg, "method.face_encoder", default="facenet"),
         face_weights=OmegaConf.select(cfg, "method.face_weights", default="vggface2"),
         min_face_score=0.0, batch_size=8))
-    method = identity_encoder(cfg.method)
-    scoring.second_encoder = second_encoder_name(scoring, method)
-    scorers = _build_available(scoring)
-    return EvaluationCallback(run_dir / "eval", every, scorers,
-                              num_ids=sorted(set(cfg.method.sample_num_ids))[:2],
-                              steps=cfg.method.sample_steps, guidance=cfg.method.guidance_scale,
-                              seed=cfg.seed, encoders={**scorer_names(scoring), "method": method},
-                              min_rank_corr=scoring.min_rank_corr)
+    if overrides:
+        try:
+            scoring = OmegaConf.merge(scoring, parse_overrides(overrides))
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"scoring override {' '.join(overrides)}: {err}") from None
+    scoring.second_encoder = second_encoder_name(scoring, identity_encoder(cfg.method))
+    return scoring
 
 
-def _build_available(scoring) -> Scorers:
+def build_available(scoring) -> Scorers:
     """The scorers of ``scoring``, switching off (with a warning) the CLIP text score or
     the second face encoder while their weights are missing; ``scoring`` then names what
     runs. Missing weights of the method's own encoder still raise."""
