@@ -6,6 +6,7 @@ torch loads, so a mistake stops in one line at once.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from ldm_ext.cli import InputError, one_line
@@ -19,6 +20,11 @@ ADAPTERS = "adapters.safetensors"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"  # an exported diffusers model's
 ZERO_LATEST = "latest"  # DeepSpeed checkpoint folder: latest names <tag>/, which holds
 ZERO_MODEL_STATES = "mp_rank_00_model_states.pt"  # the module state and the run state
+EXPORT_KINDS = ("diffusers", "adapters")
+# a module name: dotted attribute path (``unet.down_blocks.0.attn2.to_k``); a diffusers
+# module is one plain name, its folder inside the export
+MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
+FOLDER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def is_zero_checkpoint(path: str | Path) -> bool:
@@ -44,11 +50,30 @@ def run_folder(path: str | Path) -> tuple[Path, Path]:
     return run_dir, path
 
 
+def export_modules(folder: str | Path) -> dict[str, str]:
+    """Module name -> kind of an export folder's ``export.json``. Names are dotted module
+    paths and a diffusers module's name is its folder in the export: anything that could
+    name a path elsewhere (``../x``, ``/abs/x``, ``a/b``) is refused, naming the file."""
+    index = Path(folder) / EXPORT_INDEX
+    try:
+        modules = json.loads(index.read_text())["modules"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(f"{index}: not an export index ({one_line(str(err))})") from None
+    if not isinstance(modules, dict):
+        raise InputError(f"{index}: 'modules' must map module names to kinds")
+    for name, kind in modules.items():
+        pattern = FOLDER_NAME if kind == "diffusers" else MODULE_NAME
+        if kind not in EXPORT_KINDS or not pattern.fullmatch(name):
+            raise InputError(f"{index}: refused module {name[:80]!r}: {kind!r}; modules "
+                             f"are plain names of kind {' or '.join(EXPORT_KINDS)}")
+    return modules
+
+
 def export_weight_files(folder: Path) -> list[tuple[str, Path]]:
     """(name prefix, safetensors file) of each weight file of an export folder, as
     ``weights.read_state`` names their tensors: the adapters' as they are, each diffusers
-    model's under ``<module>.``."""
-    modules = json.loads((folder / EXPORT_INDEX).read_text())["modules"]
+    model's under ``<module>.`` (names checked: ``export_modules``)."""
+    modules = export_modules(folder)
     files = [("", folder / ADAPTERS)] if (folder / ADAPTERS).is_file() else []
     return files + [(f"{name}.", folder / name / DIFFUSERS_WEIGHTS)
                     for name, kind in modules.items() if kind == "diffusers"]

@@ -18,6 +18,10 @@ small gradients can underflow; prefer ``bf16-mixed`` on GPUs that have it.
 ``trainer.accelerator=cpu`` runs the same ZeRO path on CPU processes over gloo (DeepSpeed's
 CPU accelerator); Lightning refuses any accelerator but CUDA for DeepSpeed, so the CPU form
 lifts that one check. It is how this path is tested without a GPU.
+
+Resuming reads a checkpoint folder through DeepSpeed, whose checkpoint engine unpickles
+every file in full: the folder is checked weights-only first (``weights.check_zero_folder``),
+allowing only the plain classes DeepSpeed itself stores (``zero_state_classes``).
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ from typing import Any, Iterator
 
 import torch
 from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, Strategy
+
+from ldm_ext.weights import check_zero_folder, is_zero_checkpoint
 
 AUTOCAST = {"bf16-mixed": "bfloat16", "16-mixed": "float16"}  # precision -> DeepSpeed dtype
 
@@ -81,6 +87,17 @@ def trainable_state_only(module: torch.nn.Module) -> Iterator[None]:
         handle.remove()
 
 
+def zero_state_classes() -> list[type]:
+    """The non-container classes DeepSpeed's ZeRO 1/2 checkpoints hold (its optimizer
+    shards: the loss scaler, the stage enum, each parameter's slice of the flat buffer),
+    all plain data; weights-only loading accepts these and nothing else."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
 class TrainableZeroStrategy(DeepSpeedStrategy):
     """DeepSpeed ZeRO whose checkpoints (a folder per save) hold the trainable weights,
     their optimizer shards and Lightning's loop state: nothing frozen."""
@@ -88,6 +105,13 @@ class TrainableZeroStrategy(DeepSpeedStrategy):
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options: Any = None) -> None:
         with trainable_state_only(self.lightning_module):
             super().save_checkpoint(checkpoint, filepath, storage_options)
+
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict:
+        """Resume from a folder whose every step file reads weights-only (a
+        ``CheckpointError`` naming the file otherwise), before DeepSpeed unpickles it."""
+        if is_zero_checkpoint(checkpoint_path):
+            check_zero_folder(checkpoint_path, zero_state_classes())
+        return super().load_checkpoint(checkpoint_path, weights_only)
 
 
 class CPUZeroStrategy(TrainableZeroStrategy):

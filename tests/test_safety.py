@@ -103,3 +103,75 @@ def test_traversing_keys_write_nothing_outside_the_output(tmp_path, shard_sample
     assert list(shard_samples(out)) == ["good"]
     written = {p for p in tmp_path.rglob("*") if p.is_file()}
     assert all(out in p.parents or inputs in p.parents for p in written), written
+
+
+# --- DeepSpeed resume: every file DeepSpeed would unpickle is read weights-only first -----
+
+def hostile_zero_folder(folder: Path, marker: Path, planted: str) -> Path:
+    """A checkpoint folder in DeepSpeed's layout (``latest`` -> ``checkpoint/``: module
+    states, one optimizer shard) with a payload in the file ``planted``."""
+    from ldm_ext.weights import ZERO_LATEST, ZERO_MODEL_STATES
+
+    optim = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    (folder / "checkpoint").mkdir(parents=True)
+    (folder / ZERO_LATEST).write_text("checkpoint")
+    files = {ZERO_MODEL_STATES: {"module": {"w": torch.zeros(1)}, "global_step": 2,
+                                 "ds_config": {"zero_optimization": {"stage": 2}}},
+             optim: {"optimizer_state_dict": {"zero_stage": 2}, "ds_version": "0"}}
+    files[planted]["payload"] = Payload(marker)
+    for name, content in files.items():
+        torch.save(content, folder / "checkpoint" / name)
+    return folder
+
+
+PLANTED = ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"]
+
+
+@pytest.mark.parametrize("planted", PLANTED)
+def test_hostile_zero_folder_is_refused_before_deepspeed_loads_it(tmp_path, planted):
+    """The strategy's resume hook checks the folder before DeepSpeed's engine (which
+    unpickles with weights_only=False) is asked to load it."""
+    from ldm_ext.config import load_config
+    from ldm_ext.strategy import build_strategy
+
+    marker = tmp_path / "ran"
+    folder = hostile_zero_folder(tmp_path / "last.ckpt", marker, planted)
+    strategy = build_strategy(load_config("configs/experiment/demo.yaml", [
+        "trainer=deepspeed_zero2", "trainer.accelerator=cpu"]))
+    with pytest.raises(CheckpointError, match=f"{planted}: refused"):
+        strategy.load_checkpoint(folder)  # no engine: it never gets that far
+    assert not marker.exists()
+
+
+def test_zero_latest_never_points_outside_the_folder(tmp_path):
+    from ldm_ext.weights import check_zero_folder
+
+    folder = hostile_zero_folder(tmp_path / "last.ckpt", tmp_path / "ran", PLANTED[0])
+    for tag in ("../elsewhere", str(tmp_path), "..", "a/b"):
+        (folder / "latest").write_text(tag)
+        with pytest.raises(CheckpointError, match="not a folder name"):
+            check_zero_folder(folder)
+        with pytest.raises(CheckpointError, match="not a folder name"):
+            read_state(folder)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("planted", PLANTED)
+def test_hostile_zero_folder_is_refused_on_train_resume(tmp_path, planted):
+    """train.py resuming a DeepSpeed run whose checkpoint carries a payload: one line
+    naming the file, exit 2, and the payload never ran."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "ran"
+    hostile_zero_folder(tmp_path / "ds" / "checkpoints" / "last.ckpt", marker, planted)
+    cmd = [sys.executable, "train.py", f"output_dir={tmp_path}", "name=ds",
+           "trainer=deepspeed_zero2", "trainer.accelerator=cpu", "trainer.devices=1",
+           "trainer.precision=32-true", "trainer.max_steps=4", "trainer.progress_bar=false",
+           "logger.wandb=false", "data.num_demo_samples=8"]
+    result = subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent,
+                            capture_output=True, text=True, timeout=600)
+    assert not marker.exists(), "the payload ran"
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("train: error: ") and planted in last and "refused" in last
