@@ -175,3 +175,39 @@ def test_hostile_zero_folder_is_refused_on_train_resume(tmp_path, planted):
     assert result.returncode == 2, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("train: error: ") and planted in last and "refused" in last
+
+
+# --- face-encoder weights named in a config: weights-only, refused in one line ----------
+
+def test_hostile_face_weights_are_refused_by_train(tmp_path, capsys):
+    marker, evil = tmp_path / "ran", tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "x": Payload(marker)}, evil)
+    assert train.main(["trainer.progress_bar=false", "logger.wandb=false",
+                       "data.num_demo_samples=8", f"output_dir={tmp_path}", "name=face",
+                       f"method.face_weights={evil}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"train: error: {evil}: refused"), err
+    assert "weights_only=False" not in err[0] and not marker.exists()
+
+
+def test_hostile_face_weights_are_refused_by_eval(tmp_path, capsys):
+    import skimage.data
+    from PIL import Image
+
+    import eval as evaluate
+    from callbacks import subjects as subject_plan
+
+    marker, evil = tmp_path / "ran", tmp_path / "evil.pt"
+    torch.save(Payload(marker), evil)
+    refs = subject_plan.write_demo_subjects(tmp_path / "refs")
+    (tmp_path / "images").mkdir()
+    Image.fromarray(skimage.data.astronaut()).save(tmp_path / "images" / "astronaut__p00__0.png")
+    assert evaluate.main(["--images", str(tmp_path / "images"), "--references", str(refs),
+                          f"output_dir={tmp_path}", "scoring.face_encoder=facenet",
+                          f"scoring.face_weights={evil}", "scoring.second_encoder=null",
+                          "scoring.clip_t_model=idforge-tiny-clip",
+                          "scoring.clip_t_pretrained=random",
+                          "method_encoder=facenet/vggface2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith(f"eval: error: {evil}: refused"), err
+    assert "weights_only=False" not in err[-1] and not marker.exists()

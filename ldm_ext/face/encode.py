@@ -23,6 +23,8 @@ from facenet_pytorch.models.inception_resnet_v1 import get_torch_home
 from facenet_pytorch.models.utils.download import download_url_to_file
 from torch import nn
 
+from ldm_ext.weights import CheckpointError, load_checkpoint
+
 from .align import tensor_to_uint8
 from .detect import dlib_model_path
 from .iresnet import IResNet
@@ -47,12 +49,27 @@ def _offline() -> bool:
 
 
 def _load_state_dict(path: str, model: str) -> dict[str, torch.Tensor]:
-    """Tensors of a ``.pt``/``.pth`` state dict (also inside a ``{"state_dict": ...}``)."""
+    """Tensors of a ``.pt``/``.pth`` state dict (also inside a ``{"state_dict": ...}``),
+    read weights-only: a file holding pickled objects is refused in one line naming it."""
     if not os.path.isfile(path):
         raise FaceModelMissing(f"{model} weights '{path}' not found: pass the path of a saved "
                                "state dict (.pt/.pth), or 'random' for a random initialisation.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state)
+    state = load_checkpoint(path)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a {model} state dict (name -> tensor)")
+    return state
+
+
+def _load_into(net: nn.Module, state: dict[str, torch.Tensor], path: str, model: str) -> None:
+    """``net.load_state_dict(state)``; names or shapes that do not fit (another network,
+    another depth) are a ``CheckpointError`` naming the file."""
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as error:
+        detail = str(error).splitlines()[1 if "\n" in str(error) else 0].strip()
+        raise CheckpointError(f"{path}: not a {model} state dict (wrong network or "
+                              f"depth?): {detail[:160]}") from None
 
 
 def facenet_checkpoint(name: str) -> str:
@@ -137,8 +154,8 @@ class FaceNetEncoder(_FrozenEncoder):
         if weights != "random":
             path = facenet_checkpoint(weights) if weights in FACENET_FILES else weights
             state = _load_state_dict(path, "FaceNet InceptionResnetV1")
-            self.net.load_state_dict({k: v for k, v in state.items()
-                                      if not k.startswith("logits.")})  # classifier unused
+            _load_into(self.net, {k: v for k, v in state.items()  # classifier unused
+                                  if not k.startswith("logits.")}, path, "FaceNet")
         self._freeze()
 
     def forward(self, crops: torch.Tensor) -> FaceFeatures:
@@ -186,15 +203,9 @@ class ArcFaceEncoder(_FrozenEncoder):
         self.shallow_dim = IRESNET_STAGES[shallow_block]
         self.net = IResNet(arch)
         if weights != "random":
-            self._load(_load_state_dict(weights, f"ArcFace IResNet-{arch}"))
+            model = f"arcface_torch IResNet-{arch}"
+            _load_into(self.net, _load_state_dict(weights, model), weights, model)
         self._freeze()
-
-    def _load(self, state: dict[str, torch.Tensor]) -> None:
-        try:
-            self.net.load_state_dict(state)
-        except RuntimeError as error:
-            raise ValueError(f"'{self.weights}' is not an arcface_torch IResNet-{self.arch} "
-                             f"state dict (wrong arch?): {error}") from error
 
     def forward(self, crops: torch.Tensor) -> FaceFeatures:
         """Features of (B, 3, S, S) crops in [-1, 1], ArcFace-aligned (arcface_torch's
