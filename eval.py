@@ -166,7 +166,8 @@ def fit_subjects(cfg, checkpoint: str, subjects: dict[str, dict], out_dir: Path)
 
     recipe = checkpoint if is_experiment(checkpoint) else run_folder(checkpoint)[0] / RUN_CONFIG
     for sid in sorted(set(subjects) - fitted.keys()):
-        run = fit_config(recipe, subjects[sid]["photo"], sid, output_dir=out_dir / "fitted")
+        run = fit_config(recipe, subjects[sid]["photo"], sid, output_dir=out_dir / "fitted",
+                         literal=not is_experiment(checkpoint))
         fitted[sid] = str(fit_identity(run))
     return fitted
 
@@ -348,8 +349,9 @@ def run_config(checkpoint: str):
     from ldm_ext.config import load_config
     from ldm_ext.folders import RUN_CONFIG, run_folder
 
-    return load_config(checkpoint if is_experiment(checkpoint)
-                       else run_folder(checkpoint)[0] / RUN_CONFIG)
+    if is_experiment(checkpoint):
+        return load_config(checkpoint)
+    return load_config(run_folder(checkpoint)[0] / RUN_CONFIG, literal=True)
 
 
 def generate_bound(cfg, checkpoint: str, subjects: dict[str, dict], records: list[dict],

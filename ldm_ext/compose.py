@@ -5,6 +5,13 @@ one preset file per group (``defaults:`` of the experiment, ``configs/<group>/<n
 ``group=name`` on the command line picks another), the experiment body, then the
 command-line ``key=value`` overrides. A group in a body or override holds that group's keys;
 a name where keys belong is refused, naming the key, so it is never silently dropped.
+
+A config that comes with a run or an export (its ``config.yaml``, maybe a stranger's) is
+read ``literal``: any ``${...}`` interpolation in it is refused before a value is read, so
+nothing from it is resolved against the environment (``${oc.env:SECRET}``) or a resolver
+and then shown or written back resolved. Our own run configs are saved resolved
+(``config.to_yaml``), so they hold none. The user's own experiment files and command line
+may interpolate.
 """
 from __future__ import annotations
 
@@ -47,6 +54,25 @@ def load_yaml(path: Path) -> DictConfig:
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"{path}: must hold key: value pairs, not a list")
     return loaded
+
+
+def check_literal(node: DictConfig, source: str) -> None:
+    """A ConfigError naming the first key of ``node`` whose value is an interpolation
+    (``${...}``, anywhere in a string); read unresolved, so nothing is resolved to say it."""
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for name, item in value.items():
+                walk(item, f"{key}.{name}" if key else str(name))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, f"{key}[{index}]")
+        elif isinstance(value, str) and "${" in value:
+            raise ConfigError(
+                f"{source}: {key}={value[:80]!r} is an interpolation; a run's or export's "
+                "config is read as written, never resolved (no ${oc.env:...}, no resolvers): "
+                "write the value itself")
+
+    walk(OmegaConf.to_container(node, resolve=False), "")
 
 
 def parse_overrides(overrides: list[str]) -> DictConfig:
@@ -126,9 +152,12 @@ def _check_method_switch(path: Path, defaults: DictConfig, body: DictConfig,
                       f"{own} (its method keys, model and data are {own}'s); {hint}")
 
 
-def compose_layers(path: Path, overrides: list[str]) -> list[Layer]:
-    """The layers of experiment ``path`` with command-line ``overrides``, in merge order."""
+def compose_layers(path: Path, overrides: list[str], literal: bool = False) -> list[Layer]:
+    """The layers of experiment ``path`` with command-line ``overrides``, in merge order;
+    ``literal``: ``path`` came with a run or an export (``check_literal``)."""
     body = load_yaml(path)
+    if literal:
+        check_literal(body, str(path))
     defaults = body.pop("defaults", {}) or {}
     _check_group_kinds(body, str(path))
     for group in dict(defaults):

@@ -256,13 +256,16 @@ def _method_name(layers: list[Layer]) -> tuple[Any, str]:
     return name, source
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> DictConfig:
+def load_config(path: str | Path, overrides: list[str] | None = None,
+                literal: bool = False) -> DictConfig:
     """Compose, type-check and validate an experiment config. Loads no model.
 
     ``overrides``: ``key=value`` items, and ``group=name`` to use the preset
-    ``configs/<group>/<name>.yaml`` for that group instead of the experiment's."""
+    ``configs/<group>/<name>.yaml`` for that group instead of the experiment's.
+    ``literal``: ``path`` is the config of a run or an export, never resolved against
+    the environment: an interpolation in it is refused (``compose.check_literal``)."""
     path = Path(path)
-    layers = compose_layers(path, list(overrides or []))
+    layers = compose_layers(path, list(overrides or []), literal)
     name, name_source = _method_name(layers)
     method_class = _method_class(name, name_source)
     cfg = OmegaConf.structured(ExperimentConfig)

@@ -41,16 +41,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def fit_config(config: str | Path, photo: str | Path, name: str,
-               overrides: list[str] | None = None, output_dir: str | Path | None = None):
+               overrides: list[str] | None = None, output_dir: str | Path | None = None,
+               literal: bool = False):
     """The checked config of fitting ``photo`` as run ``name`` with experiment ``config``
-    (an experiment YAML or a run's ``config.yaml``). Photo, name and folder are set after
-    parsing, so a name such as "000001" stays a string. The photo must decode (a
-    truncated file is an ``InputError`` naming it); nothing heavy is imported."""
+    (an experiment YAML or, ``literal``, a run's ``config.yaml``: never resolved). Photo,
+    name and folder are set after parsing, so a name such as "000001" stays a string. The
+    photo must decode (a truncated file is an ``InputError`` naming it); nothing heavy is
+    imported."""
     from train import check_config
 
     from ldm_ext.config import ConfigError, load_config
 
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, overrides, literal)
     if cfg.data.kind != "single_image":
         raise ConfigError(f"{config}: fitting takes a per-identity method's config "
                           f"(data.kind=single_image), not data.kind={cfg.data.kind}")

@@ -211,3 +211,130 @@ def test_hostile_face_weights_are_refused_by_eval(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err and err[-1].startswith(f"eval: error: {evil}: refused"), err
     assert "weights_only=False" not in err[-1] and not marker.exists()
+
+
+# --- exports: module names are plain names ------------------------------------------------
+
+@pytest.mark.parametrize("name", ["../../outside/unet", "/abs/unet", "a/b", "..", ""])
+def test_export_module_names_never_name_paths(tmp_path, name):
+    import json
+
+    from safetensors.torch import save_file
+
+    from ldm_ext.weights import DIFFUSERS_WEIGHTS
+
+    export = tmp_path / "deep" / "export"
+    export.mkdir(parents=True)
+    name = name.replace("/abs", str(tmp_path / "abs"))
+    target = (export / name).resolve()  # what a path-joining reader would open
+    target.mkdir(parents=True, exist_ok=True)
+    save_file({"weight": torch.zeros(1)}, str(target / DIFFUSERS_WEIGHTS))
+    (export / "export.json").write_text(json.dumps({"modules": {name: "diffusers"}}))
+    with pytest.raises(CheckpointError, match="export.json: refused module"):
+        read_state(export)
+
+
+def test_export_module_kinds_and_dotted_adapter_names(tmp_path):
+    import json
+
+    from ldm_ext.weights import export_modules
+
+    (tmp_path / "export.json").write_text(json.dumps({"modules": {
+        "controlnet": "diffusers", "unet.down_blocks.0.attn2.to_k": "adapters"}}))
+    assert export_modules(tmp_path)["unet.down_blocks.0.attn2.to_k"] == "adapters"
+    for modules in ({"unet.x": "diffusers"}, {"unet": "pickle"}, ["unet"]):
+        (tmp_path / "export.json").write_text(json.dumps({"modules": modules}))
+        with pytest.raises(CheckpointError, match="export.json"):
+            export_modules(tmp_path)
+
+
+# --- configs that come with a run or an export are never resolved -------------------------
+
+SECRET = "s3cr3t-do-not-leak"
+LEAKS = {"name": "leak-${oc.env:AWS_SECRET_ACCESS_KEY}",  # key -> planted value
+         "model": "${oc.env:AWS_SECRET_ACCESS_KEY}",  # a whole group
+         "method.sample_prompts": ["a ${oc.env:AWS_SECRET_ACCESS_KEY}"]}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """A real 1-step tiny InstantFamily run (its config.yaml is ours, resolved)."""
+    out = tmp_path_factory.mktemp("runs")
+    assert train.main(["trainer.progress_bar=false", "logger.wandb=false",
+                       "trainer.max_steps=1", "trainer.checkpoint_every=1",
+                       "method.sample_steps=1", "method.sample_num_ids=[1]",
+                       "data.num_demo_samples=8", f"output_dir={out}", "name=own"]) == 0
+    return out / "own"
+
+
+def plant(run: Path, key: str, tmp_path: Path) -> Path:
+    """A copy of ``run`` whose config.yaml sets ``key`` to ``LEAKS[key]``, unresolved."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    copy = tmp_path / "stranger"
+    shutil.copytree(run, copy)
+    cfg = OmegaConf.load(copy / "config.yaml")
+    OmegaConf.update(cfg, key, LEAKS[key], merge=False)
+    (copy / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    return copy
+
+
+def secret_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+
+
+@pytest.mark.parametrize("where", list(LEAKS))
+def test_stranger_config_is_never_resolved(trained_run, tmp_path, monkeypatch, capsys, where):
+    """Export, generation, eval --checkpoint and resuming a stranger's run refuse its
+    interpolation in one line, and the secret is nowhere: not in a message, not in a
+    file (the export's README.md / config.yaml never get written)."""
+    from ldm_ext import export, generate
+    from ldm_ext.cli import run_cli
+    from ldm_ext.config import ConfigError
+    from ldm_ext.methods.loading import load_run, saved_config
+
+    import eval as evaluate
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    run = plant(trained_run, where, tmp_path)
+    with pytest.raises(ConfigError, match="never resolved"):
+        load_run(run)
+    with pytest.raises(ConfigError, match="never resolved"):
+        saved_config(run)
+    capsys.readouterr()
+    codes = [
+        run_cli(export.main, ["--run", str(run), "--out", str(tmp_path / "exported")], "export"),
+        generate_code(generate, run, tmp_path),
+        evaluate.main(["--checkpoint", str(run), "--config", "configs/eval/tiny.yaml",
+                       f"output_dir={tmp_path / 'results'}"]),
+        train.main([f"output_dir={tmp_path}", "name=stranger", "trainer.progress_bar=false",
+                    "logger.wandb=false", "data.num_demo_samples=8"]),
+    ]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert codes == [2, 2, 2, 2], (codes, err[-5:])
+    assert SECRET not in "\n".join(err)
+    assert all("never resolved" in line for line in err[-4:]), err
+    assert not secret_files(tmp_path) and not (tmp_path / "exported").exists()
+
+
+def generate_code(generate, run: Path, tmp_path: Path) -> int:
+    from ldm_ext.cli import run_cli
+
+    return run_cli(generate.main, ["--run", str(run), "--prompt", "a photo of a man",
+                                   "--out", str(tmp_path / "out.png")], "generate")
+
+
+def test_own_run_still_exports_with_its_resolved_config(trained_run, tmp_path, monkeypatch):
+    """Interpolations in the user's own command line still work (resolved into the run's
+    config.yaml when it is saved), and such a run exports."""
+    from ldm_ext import export
+
+    monkeypatch.setenv("IDFORGE_TEST_NAME", "from-env")
+    assert train.main(["trainer.progress_bar=false", "logger.wandb=false",
+                       "trainer.max_steps=1", "method.sample_steps=1",
+                       "method.sample_num_ids=[1]", "data.num_demo_samples=8",
+                       f"output_dir={tmp_path}", "name=${oc.env:IDFORGE_TEST_NAME}"]) == 0
+    out = export.main(["--run", str(tmp_path / "from-env"), "--out", str(tmp_path / "x")])
+    assert "name: from-env" in (out / "config.yaml").read_text()

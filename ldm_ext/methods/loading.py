@@ -9,9 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from omegaconf import OmegaConf
-
 from ldm_ext.cli import InputError
+from ldm_ext.compose import check_literal, load_yaml
 from ldm_ext.config import load_config
 from ldm_ext.folders import (EXPORT_INDEX, RUN_CONFIG, TRAINABLE, Shapes,  # noqa: F401
                              header_shapes, run_folder)  # (run_folder imported from here)
@@ -36,9 +35,10 @@ def build_method(cfg) -> IdentityMethod:
 
 
 def run_config(run_dir: Path):
-    """The config a trained run is loaded with: its saved one, with the fields only
-    training reads (``MethodConfig.TRAINING_ONLY``) set to their loading values."""
-    cfg = load_config(run_dir / RUN_CONFIG)
+    """The config a trained run is loaded with: its saved one (read literally: it may be a
+    stranger's), with the fields only training reads (``MethodConfig.TRAINING_ONLY``) set
+    to their loading values."""
+    cfg = load_config(run_dir / RUN_CONFIG, literal=True)
     for key, value in method_spec(cfg.method.name).config_class.TRAINING_ONLY.items():
         cfg.method[key] = value
     return cfg
@@ -61,7 +61,7 @@ def check_weights(run_dir: Path, weights: Path, shapes: Shapes | None) -> None:
     reference = reference_shapes(run_dir, weights)
     if shapes is None or reference is None or shapes == reference:
         return
-    method = load_config(run_dir / RUN_CONFIG).method.name
+    method = load_config(run_dir / RUN_CONFIG, literal=True).method.name
     theirs, ours = _modules(shapes), _modules(reference)
     if theirs != ours:
         detail = f"they hold {', '.join(theirs)}; the run trains {', '.join(ours)}"
@@ -98,6 +98,11 @@ def load_run(path: str | Path, weights: str | Path | None = None) -> IdentityMet
 
 
 def saved_config(run_dir: Path):
-    """The resolved config a run folder was started with, or None."""
+    """The resolved config a run folder was started with, or None; read literally (an
+    interpolation in it is refused: ``compose.check_literal``)."""
     path = run_dir / RUN_CONFIG
-    return OmegaConf.load(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    cfg = load_yaml(path)
+    check_literal(cfg, str(path))
+    return cfg
