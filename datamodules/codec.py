@@ -22,8 +22,8 @@ import numpy as np
 import orjson
 from PIL import Image
 
-from datamodules.schema import (KEYS, MAX_PIXELS, OPTIONAL_KEYS, SCHEMA_VERSION, BadSample,
-                                Sample)
+from datamodules.schema import (KEYS, MAX_CAPTION_BYTES, MAX_PIXELS, OPTIONAL_KEYS,
+                                SCHEMA_VERSION, BadSample, Sample)
 from ldm_ext.pose import Person
 
 
@@ -262,6 +262,8 @@ def decode_sample(raw: dict, optional: tuple[str, ...] = OPTIONAL_KEYS,
     missing = [k for k in KEYS if k not in raw]
     if missing:
         raise BadSample("missing_key", ", ".join(missing))
+    if len(raw["txt"]) > MAX_CAPTION_BYTES:  # skipped before decoding megabytes of text
+        raise BadSample("long_caption", f"{len(raw['txt'])} bytes")
     faces, pose = _json(raw["faces.json"], "faces.json"), _json(raw["pose.json"], "pose.json")
     version = faces.get("schema", SCHEMA_VERSION)
     if not isinstance(version, int) or version > SCHEMA_VERSION:

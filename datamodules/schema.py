@@ -3,7 +3,10 @@
 One sample is five tar members sharing a key (no pickle anywhere):
 
 - ``jpg``: the RGB image;
-- ``txt``: the caption, utf-8;
+- ``txt``: the caption, utf-8, at most ``MAX_CAPTION_CHARS`` characters (``prepare``
+  truncates longer ones and counts them in ``stats.json`` ``notes``; a reader skips a longer
+  one as ``long_caption``: the text encoders read 77 CLIP tokens, and tokenizing megabytes
+  of text stalls every draw of the sample);
 - ``faces.json``: ``{"boxes": [[x0, y0, x1, y1], ...], "landmarks": [[[x, y] x 5], ...],
   "scores": [...], "model": "mtcnn", "schema": SCHEMA_VERSION}``, pixels, largest box first,
   landmarks ordered (left eye, right eye, nose, mouth left, mouth right) as seen in the image;
@@ -49,10 +52,14 @@ CROP_SIZE = 160
 MASK_BOX, MASK_SEG, MASK_CHAR = 1, 2, 4  # bit flags of masks.png
 FACE_MARGIN = 0.25  # face region = detector box enlarged by 25 % (InstantFamily Sec. 3.5)
 MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
+# far beyond the 77 CLIP tokens the text encoders read (a token spans ~4 characters)
+MAX_CAPTION_CHARS = 1000
+MAX_CAPTION_BYTES = 4 * MAX_CAPTION_CHARS  # utf-8: at most 4 bytes a character
+CAPTION_TRUNCATED = "caption_truncated"  # the stats.json note of a truncated caption
 REASONS = (
     "missing_key", "bad_image", "bad_json", "bad_npy", "bad_shape", "nan", "box_outside",
     "count_mismatch", "empty_caption", "bad_person", "schema_version", "tar_error",
-    "too_large", "duplicate_key", "no_faces", "too_many_people",
+    "too_large", "duplicate_key", "no_faces", "too_many_people", "long_caption",
 )
 
 
@@ -149,18 +156,28 @@ def _check_optional(sample: Sample) -> None:
                                      f"{sample.reference.shape}")
 
 
+def cap_caption(caption: str) -> tuple[str, bool]:
+    """``caption`` cut to ``MAX_CAPTION_CHARS`` characters, and whether it was cut."""
+    if len(caption) <= MAX_CAPTION_CHARS:
+        return caption, False
+    return caption[:MAX_CAPTION_CHARS].rstrip(), True
+
+
 def validate(sample: Sample) -> Sample:
     """Check a decoded sample and return it unchanged; raise ``BadSample(reason)`` otherwise.
 
     Checks: finite numbers (``nan``), image shape, boxes overlapping the image, one landmark set,
     score, crop and person link per box, crops ``(F, 3, 160, 160)`` uint8, person links in
-    range and one face per person at most, non-empty caption; optional members: masks
+    range and one face per person at most, a caption neither empty nor longer than
+    ``MAX_CAPTION_CHARS``; optional members: masks
     ``(F, H, W)`` uint8, character ``(h, w, 3)``, reference ``(3, 160, 160)`` uint8.
     """
     if sample.image.ndim != 3 or sample.image.shape[2] != 3 or min(sample.hw) < 1:
         raise BadSample("bad_image", f"image shape {sample.image.shape}")
     if not sample.caption.strip():
         raise BadSample("empty_caption")
+    if len(sample.caption) > MAX_CAPTION_CHARS:
+        raise BadSample("long_caption", f"{len(sample.caption)} > {MAX_CAPTION_CHARS} characters")
     _check_finite(sample)
     _check_counts(sample)
     _check_boxes(sample)

@@ -338,3 +338,59 @@ def test_own_run_still_exports_with_its_resolved_config(trained_run, tmp_path, m
                        f"output_dir={tmp_path}", "name=${oc.env:IDFORGE_TEST_NAME}"]) == 0
     out = export.main(["--run", str(tmp_path / "from-env"), "--out", str(tmp_path / "x")])
     assert "name: from-env" in (out / "config.yaml").read_text()
+
+
+# --- captions: capped at prepare, over-long ones skipped at read ---------------------------
+
+HUGE_CAPTION = ("a photo of an astronaut " * 220_000).encode()  # 5.3 MB
+
+
+def test_huge_caption_is_cut_at_prepare_and_counted(tmp_path, shard_samples):
+    import io
+
+    import skimage.data
+    import webdataset as wds
+    from PIL import Image
+
+    from datamodules.prepare import main as prepare
+    from datamodules.schema import MAX_CAPTION_CHARS
+
+    jpg = io.BytesIO()
+    Image.fromarray(skimage.data.astronaut()).resize((256, 256)).save(jpg, format="JPEG")
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    with wds.TarWriter(str(inputs / "000.tar"), encoder=False) as writer:
+        writer.write({"__key__": "huge", "jpg": jpg.getvalue(), "txt": HUGE_CAPTION})
+        writer.write({"__key__": "short", "jpg": jpg.getvalue(), "txt": b"an astronaut"})
+    stats = prepare(["images", "--input", str(inputs), "--output", str(out), "--workers", "1",
+                     "--pose", "faces", "--min-face-size", "20"])
+    assert stats["kept"] == 2 and stats["notes"] == {"caption_truncated": 1}
+    samples = shard_samples(out)
+    assert len(samples["huge"].caption) <= MAX_CAPTION_CHARS
+    assert HUGE_CAPTION.decode().startswith(samples["huge"].caption)
+    assert samples["short"].caption == "an astronaut"
+
+
+def test_huge_caption_is_skipped_and_counted_at_read(tmp_path):
+    import webdataset as wds
+
+    from datamodules.codec import encode_sample
+    from datamodules.schema import BadSample
+    from datamodules.shards import SkipCounter, decode_and_validate
+    from datamodules.demo import demo_sample
+
+    raw = encode_sample(demo_sample(0, hw=(40, 40)))
+    with pytest.raises(BadSample) as err:
+        decode_and_validate({**raw, "txt": HUGE_CAPTION})
+    assert err.value.reason == "long_caption"
+    long_chars = ("é" * 1001).encode()  # within the byte bound, over the character cap
+    with pytest.raises(BadSample, match="long_caption"):
+        decode_and_validate({**raw, "txt": long_chars})
+    counter = SkipCounter()
+    shard = str(tmp_path / "s.tar")
+    with wds.TarWriter(shard, encoder=False) as writer:
+        writer.write({**raw, "__key__": "huge", "txt": HUGE_CAPTION})
+        writer.write({**raw, "__key__": "fine"})
+    samples = wds.DataPipeline(wds.SimpleShardList([shard]), wds.tarfile_to_samples(),
+                               wds.map(decode_and_validate, handler=counter.sample_handler))
+    assert [s.key for s in samples] == ["fine"] and counter.counts == {"long_caption": 1}

@@ -8,7 +8,8 @@ temporary name renamed, or an object-store upload committed at the end), then
 ``shard-NNNNNN.json`` (its stats and the inputs it holds), the done-marker: a rerun redoes
 no finished shard, resumes an interrupted one and puts inputs added since into new shards
 (``datamodules.prepare.resume``; inputs gone since stop it). At the end ``stats.json`` sums
-the shards (kept, rejected by reason and by input name, faces-per-image histogram) and
+the shards (kept, rejected by reason and by input name, faces-per-image histogram, notes
+such as captions cut to ``schema.MAX_CAPTION_CHARS``) and
 shard 0 writes a few previews (boxes, masks, pose). A task annotates its inputs
 ``batch_size`` at a time (the face detector takes the batch; the other stages go input
 by input), with the same samples and stats as one at a time. Inputs and output may be local paths
@@ -48,7 +49,7 @@ from datamodules.prepare.preview import write_preview
 from datamodules.prepare.resume import pending, remove_leftovers, shard_path, task_sources
 from datamodules.prepare.sources import (SourceFilter, Task, decode_image, input_name,
                                          read_images, sample_key)
-from datamodules.schema import BadSample, Sample, validate
+from datamodules.schema import CAPTION_TRUNCATED, BadSample, Sample, cap_caption, validate
 from ldm_ext.cli import InputError
 from ldm_ext.face import Faces
 
@@ -92,12 +93,21 @@ def _image_samples(task: Task, config: PrepareConfig) -> Iterator[Prepared]:
     for key, data, caption, name, source in read_images(task):
         if task.kind == "folder" and not caption:
             caption = None  # no .txt beside the image: the annotator names the people
+        caption, notes = _capped(caption)
         try:
             config.source_filter.check(source)
             image = decode_image(data, config.max_side)
         except Rejected as rejected:
             image = rejected
-        yield Prepared(key, image, caption, None, name, source)
+        yield Prepared(key, image, caption, None, name, source, notes)
+
+
+def _capped(caption: str | None) -> tuple[str | None, tuple[str, ...]]:
+    """The caption within ``MAX_CAPTION_CHARS`` (schema), and the note counting a cut."""
+    if caption is None:
+        return None, ()
+    caption, cut = cap_caption(caption)
+    return caption, (CAPTION_TRUNCATED,) if cut else ()
 
 
 def _video_samples(task: Task, config: PrepareConfig) -> Iterator[Prepared]:
@@ -112,8 +122,9 @@ def _video_samples(task: Task, config: PrepareConfig) -> Iterator[Prepared]:
             last = zlib.crc32(key.encode()) % 2  # first or last frame, fixed per clip
             target, middle = read_frames(path, [float(last), 0.5],
                                          meta if isinstance(item, tuple) else None)
-            yield Prepared(key, _shrink(target, config.max_side), video_caption(meta),
-                           middle, name, notes=meta.notes)
+            caption, cut = _capped(video_caption(meta))
+            yield Prepared(key, _shrink(target, config.max_side), caption, middle, name,
+                           notes=(*meta.notes, *cut))
         except Rejected as rejected:
             yield Prepared(key, rejected, "", None, name)
 
