@@ -103,6 +103,14 @@ class SkipCounter:
         return True
 
 
+def consumed_samples(trainer: pl.Trainer | None, batch_size: int) -> int:
+    """Samples one rank consumed before now: optimizer steps x batches per step x size (a
+    resumed run's ``global_step`` is restored before its DataLoader is built)."""
+    if trainer is None:
+        return 0
+    return trainer.global_step * trainer.accumulate_grad_batches * batch_size
+
+
 def worker_start(start: int, batch_size: int, worker: int, num_workers: int) -> int:
     """Samples already taken from (logical) worker ``worker``'s stream when the rank
     consumed ``start``: the DataLoader takes whole batches from its workers in turn.
@@ -293,11 +301,8 @@ class ShardDataModule(pl.LightningDataModule):
         check_factors(oversample)  # fails here, not in a worker
 
     def consumed_samples(self) -> int:
-        """Samples this rank consumed before now: optimizer steps x batches per step x size."""
-        trainer = self.trainer
-        if trainer is None:
-            return 0
-        return trainer.global_step * trainer.accumulate_grad_batches * self.hparams.batch_size
+        """Samples this rank consumed before now (``consumed_samples``)."""
+        return consumed_samples(self.trainer, self.hparams.batch_size)
 
     def build_dataset(self, start: int = 0) -> ShardStream:
         """The stream of this process, fast-forwarded by ``start`` samples."""

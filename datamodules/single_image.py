@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.transforms.v2 import functional as F
 
-from datamodules.shards import derive_seed
+from datamodules.shards import consumed_samples, derive_seed
 
 
 def load_square(path: str, resolution: int) -> torch.Tensor:
@@ -70,13 +70,22 @@ class SingleImageAugment:
 
 
 class SingleImageStream(IterableDataset):
-    """Endless augmented views of one photo; sample i uses generator (seed, i)."""
+    """Endless augmented views of one photo; sample i uses generator (seed, i).
+
+    Batch b holds samples ``b * batch_size ...`` whatever the DataLoader workers (worker w
+    of W makes batches ``first + w, first + w + W, ...``, and the DataLoader takes them in
+    turn), and ``start`` (samples a resumed run consumed, a whole number of batches) skips
+    to where the run stopped: a resumed fit sees exactly the views an uninterrupted one
+    sees."""
 
     def __init__(self, path: str, resolution: int, caption: str, augment: SingleImageAugment,
-                 seed: int = 0):
+                 seed: int = 0, batch_size: int = 1, start: int = 0):
         super().__init__()
+        if start % batch_size:
+            raise ValueError(f"start={start} is not a whole number of batches of {batch_size}")
         self.image = load_square(path, resolution)  # (3, R, R) in [0, 1]
         self.caption, self.augment, self.seed = caption, augment, seed
+        self.batch_size, self.start = batch_size, start
 
     def sample(self, index: int) -> dict:
         """pixel_values (3, R, R) in [-1, 1], mask (1, R, R), caption, index."""
@@ -88,11 +97,14 @@ class SingleImageStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        return (self.sample(i) for i in count(worker, workers))
+        batches = count(self.start // self.batch_size + worker, workers)
+        return (self.sample(b * self.batch_size + i)
+                for b in batches for i in range(self.batch_size))
 
 
 class SingleImageDataModule(pl.LightningDataModule):
-    """Batches of one augmented photo (SeFi-IDE's per-identity fitting).
+    """Batches of one augmented photo (SeFi-IDE's per-identity fitting), resumed where the
+    run's checkpoint left the stream.
 
     Args:
         image: path of the photo.
@@ -112,5 +124,6 @@ class SingleImageDataModule(pl.LightningDataModule):
         hp = self.hparams
         stream = SingleImageStream(hp.image, hp.resolution, hp.caption,
                                    SingleImageAugment(hp.jitter, hp.flip_prob, tuple(hp.scale)),
-                                   hp.seed)
+                                   hp.seed, hp.batch_size,
+                                   consumed_samples(self.trainer, hp.batch_size))
         return DataLoader(stream, batch_size=hp.batch_size, num_workers=hp.num_workers)
