@@ -143,9 +143,11 @@ def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
     """Create or reopen the run folder; return it and the checkpoint to resume from.
 
     A folder that holds weights keeps its model, data, method and seed; one without (a
-    start that failed before its first checkpoint) takes the corrected config."""
+    start that failed before its first checkpoint) takes the corrected config. Temporary
+    files of saves a killed run left unfinished are removed."""
     from omegaconf import OmegaConf
 
+    from callbacks.checkpointing import remove_partial_saves
     from ldm_ext.config import ConfigError, to_yaml
     from ldm_ext.methods.loading import RUN_CONFIG, saved_config
 
@@ -162,6 +164,8 @@ def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
             print(f"{run_dir} has no checkpoint yet: restarting it with the new "
                   f"{', '.join(changed)} config", file=sys.stderr)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for folder in (run_dir, run_dir / "checkpoints"):  # a killed run's unfinished writes
+        remove_partial_saves(folder)
     (run_dir / RUN_CONFIG).write_text(to_yaml(cfg))
     last = run_dir / "checkpoints" / "last.ckpt"  # a folder under DeepSpeed
     return run_dir, (last if last.exists() else None)
@@ -193,11 +197,12 @@ def build_loggers(cfg, run_dir: Path) -> list:
 
 
 def build_trainer(cfg, run_dir: Path):
-    """Lightning Trainer with resumable checkpoints, trainable export and sample grids."""
+    """Lightning Trainer with resumable checkpoints (``trainable.safetensors`` published
+    after each), sample grids and logs."""
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+    from pytorch_lightning.callbacks import LearningRateMonitor, TQDMProgressBar
 
-    from callbacks.checkpointing import AtomicCheckpointIO, TrainableExport
+    from callbacks.checkpointing import AtomicCheckpointIO, RunCheckpoint
     from callbacks.data_health import SkippedSamples
     from callbacks.loss_summary import LossSummary
     from callbacks.evaluation import build_evaluation_callback
@@ -206,15 +211,12 @@ def build_trainer(cfg, run_dir: Path):
     from ldm_ext.strategy import build_strategy, trainer_precision
 
     t = cfg.trainer
-    # a DeepSpeed last.ckpt/ links the newest step folder rather than copying its GBs again;
-    # without the version counter, which after a resume linked a new last-v1.ckpt instead
-    last = (dict(save_last="link", enable_version_counter=False)
-            if t.strategy == "deepspeed" else dict(save_last=True))
+    # a DeepSpeed last.ckpt/ links the newest step folder rather than copying its GBs again
     callbacks = [
-        ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="step{step:07d}",
-                        auto_insert_metric_name=False, every_n_train_steps=t.checkpoint_every,
-                        save_top_k=-1, **last),
-        TrainableExport(run_dir / "trainable.safetensors"),
+        RunCheckpoint(run_dir / "trainable.safetensors", dirpath=str(run_dir / "checkpoints"),
+                      filename="step{step:07d}", auto_insert_metric_name=False,
+                      every_n_train_steps=t.checkpoint_every, save_top_k=-1,
+                      save_last="link" if t.strategy == "deepspeed" else True),
         SampleGrid(run_dir / "samples", t.sample_every, max(cfg.method.sample_num_ids),
                    seed=cfg.seed),
         SkippedSamples(t.log_every),

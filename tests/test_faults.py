@@ -73,3 +73,81 @@ def test_killed_fit_resumes_bit_exactly(photo, tmp_path, monkeypatch, extra):
     assert a.keys() == b.keys() and step_of(tmp_path / "killed" / "trainable.safetensors") == 6
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+# ----- crashes while saving (disk full), and the rerun after them -----------------------
+DEMO = ["trainer.progress_bar=false", "logger.wandb=false", "method.sample_steps=1",
+        "method.sample_num_ids=[1]", "data.num_demo_samples=8", "trainer.log_every=1"]
+
+
+def demo_args(out: Path, name: str, steps: int, every: int) -> list[str]:
+    return [f"output_dir={out}", f"name={name}", f"trainer.max_steps={steps}",
+            f"trainer.checkpoint_every={every}", *DEMO]
+
+
+def disk_full_at(monkeypatch, step: int, file: str | None = None) -> None:
+    """Writing a checkpoint at ``step`` (only ``file``, if given) fails as on a full disk."""
+    import errno
+
+    from callbacks.checkpointing import AtomicCheckpointIO
+
+    real = AtomicCheckpointIO.save_checkpoint
+
+    def failing(self, checkpoint, path, storage_options=None):
+        if checkpoint["global_step"] == step and (file is None or Path(path).name == file):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", failing)
+
+
+def ckpt(run: Path, name: str = "last.ckpt") -> dict:
+    return torch.load(run / "checkpoints" / name, weights_only=True)
+
+
+def assert_agree(run: Path) -> None:
+    """trainable.safetensors holds the step and the weights of last.ckpt."""
+    last, trainable = ckpt(run), run / "trainable.safetensors"
+    assert step_of(trainable) == last["global_step"]
+    weights = load_file(trainable)
+    assert weights.keys() == last["state_dict"].keys()
+    for key, value in weights.items():
+        assert torch.equal(value, last["state_dict"][key].float()), key
+
+
+def test_disk_full_never_publishes_weights_ahead_of_the_checkpoint(tmp_path, monkeypatch):
+    with monkeypatch.context() as patch:
+        disk_full_at(patch, 3)
+        with pytest.raises(OSError, match="No space left"):
+            train.main(demo_args(tmp_path, "full", 4, 1))
+    run = tmp_path / "full"
+    assert ckpt(run)["global_step"] == 2
+    assert_agree(run)
+
+
+def test_rerun_after_a_crash_overwrites_the_dead_runs_step_files(tmp_path, monkeypatch):
+    """The dead run wrote step0000004.ckpt but not last.ckpt: the rerun resumes from step
+    2 and writes step 4 again under its own name, no ``-v1`` twin beside it."""
+    with monkeypatch.context() as patch:
+        disk_full_at(patch, 4, "last.ckpt")
+        with pytest.raises(OSError, match="No space left"):
+            train.main(demo_args(tmp_path, "dead", 4, 2))
+    run = tmp_path / "dead"
+    (run / "checkpoints" / ".step0000006.ckpt.tmp").write_bytes(b"half a checkpoint")
+    assert (run / "checkpoints" / "step0000004.ckpt").is_file()
+    assert ckpt(run)["global_step"] == 2
+    assert_agree(run)
+    assert train.main(demo_args(tmp_path, "dead", 4, 2)) == 0
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "step0000002.ckpt", "step0000004.ckpt"], names
+    assert ckpt(run, "step0000004.ckpt")["global_step"] == 4
+    assert_agree(run)
+
+
+def test_a_run_ending_between_checkpoints_saves_its_last_step(tmp_path):
+    """3 steps, a checkpoint every 2: step 3 is saved too, so the finished run's
+    checkpoint and its trainable weights are both its end state."""
+    assert train.main(demo_args(tmp_path, "odd", 3, 2)) == 0
+    run = tmp_path / "odd"
+    assert ckpt(run)["global_step"] == 3 and ckpt(run, "step0000003.ckpt")["global_step"] == 3
+    assert_agree(run)
