@@ -153,6 +153,13 @@ def test_zero_checkpoint_holds_trainable_weights_and_optimizer_only(zero_runs: P
     assert {t.dtype for t in states["module"].values()} == {torch.float32}  # autocast
     shards = sorted(p.name for p in (folder / "checkpoint").glob("zero_pp_rank_*"))
     assert len(shards) == 2  # ZeRO: one optimizer shard per rank
+    # what DeepSpeed really writes passes the weights-only check run before each resume
+    from ldm_ext.strategy import zero_state_classes
+    from ldm_ext.weights import check_zero_folder
+
+    check_zero_folder(folder, zero_state_classes())
+    with pytest.raises(CheckpointError, match="optim_states.pt: refused.*LossScaler"):
+        check_zero_folder(folder)  # the allowed classes are needed, and suffice
     assert (run / "samples" / "step_0000002.png").is_file()  # rank 0 sampled mid-run
     # fp32 weights once in the module state, and per shard half of AdamW's fp32
     # master weights and two moments: 4x the trainable bytes in all, plus small run state
