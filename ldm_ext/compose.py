@@ -7,14 +7,15 @@ command-line ``key=value`` overrides. A group in a body or override holds that g
 a name where keys belong is refused, naming the key, so it is never silently dropped.
 
 A config that comes with a run or an export (its ``config.yaml``, maybe a stranger's) is
-read ``literal``: any ``${...}`` interpolation in it is refused before a value is read, so
-nothing from it is resolved against the environment (``${oc.env:SECRET}``) or a resolver
-and then shown or written back resolved. Our own run configs are saved resolved
+read ``literal``: as written, every ``${...}`` in it kept as text (``as_written``), so
+nothing from it is ever resolved against the environment (``${oc.env:SECRET}``) or a
+resolver, nor shown or written back resolved. Our own run configs are saved resolved
 (``config.to_yaml``), so they hold none. The user's own experiment files and command line
 may interpolate.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,9 @@ CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 GROUPS = ("model", "data", "trainer", "logger", "method")
 
 Layer = tuple[str, str, DictConfig]  # (group, or "" for top-level keys; source; YAML)
+# OmegaConf's escapes: a run of n backslashes before "${" reads as n // 2 backslashes, then
+# an interpolation if n is even, the text "${" if n is odd
+BEFORE_INTERPOLATION = re.compile(r"(\\*)\$\{")
 
 
 class ConfigError(UserError, ValueError):
@@ -43,8 +47,9 @@ def merge(base: DictConfig, update: Any, source: str) -> DictConfig:
         raise ConfigError(f"{source}: bad config key '{key}': {reason}") from None
 
 
-def load_yaml(path: Path) -> DictConfig:
-    """A YAML mapping file; a ConfigError naming the file when missing or malformed."""
+def load_yaml(path: Path, literal: bool = False) -> DictConfig:
+    """A YAML mapping file; a ConfigError naming the file when missing or malformed.
+    ``literal``: read as written (``as_written``)."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -53,26 +58,40 @@ def load_yaml(path: Path) -> DictConfig:
         raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"{path}: must hold key: value pairs, not a list")
-    return loaded
+    return as_written(loaded) if literal else loaded
 
 
-def check_literal(node: DictConfig, source: str) -> None:
-    """A ConfigError naming the first key of ``node`` whose value is an interpolation
-    (``${...}``, anywhere in a string); read unresolved, so nothing is resolved to say it."""
-    def walk(value: Any, key: str) -> None:
-        if isinstance(value, dict):
-            for name, item in value.items():
-                walk(item, f"{key}.{name}" if key else str(name))
-        elif isinstance(value, list):
-            for index, item in enumerate(value):
-                walk(item, f"{key}[{index}]")
-        elif isinstance(value, str) and "${" in value:
-            raise ConfigError(
-                f"{source}: {key}={value[:80]!r} is an interpolation; a run's or export's "
-                "config is read as written, never resolved (no ${oc.env:...}, no resolvers): "
-                "write the value itself")
+def _strings(node: Any, change) -> Any:
+    if isinstance(node, dict):
+        return {key: _strings(value, change) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_strings(value, change) for value in node]
+    return change(node) if isinstance(node, str) else node
 
-    walk(OmegaConf.to_container(node, resolve=False), "")
+
+def _escape(text: str) -> str:
+    """``text`` that OmegaConf reads back as exactly ``text``: n backslashes and ``${``
+    become 2n + 1 backslashes and ``${``."""
+    return BEFORE_INTERPOLATION.sub(lambda m: "\\" * (2 * len(m[1]) + 1) + "${", text)
+
+
+def _unescape(text: str) -> str:
+    """``_escape`` undone: what an escaped string reads as (odd runs halved)."""
+    return BEFORE_INTERPOLATION.sub(
+        lambda m: m[0] if len(m[1]) % 2 == 0 else "\\" * (len(m[1]) // 2) + "${", text)
+
+
+def as_written(node: DictConfig) -> DictConfig:
+    """``node`` with every string escaped so that OmegaConf reads it as written: a
+    ``${oc.env:...}`` or any other interpolation is text, resolved by nothing (reading a
+    value, ``OmegaConf.to_yaml(resolve=True)``, a merge)."""
+    return OmegaConf.create(_strings(OmegaConf.to_container(node, resolve=False), _escape))
+
+
+def written_container(cfg: DictConfig) -> Any:
+    """``cfg`` as plain data, nothing resolved, each string as its file has it (the
+    escapes of ``as_written`` undone)."""
+    return _strings(OmegaConf.to_container(cfg, resolve=False), _unescape)
 
 
 def parse_overrides(overrides: list[str]) -> DictConfig:
@@ -154,10 +173,8 @@ def _check_method_switch(path: Path, defaults: DictConfig, body: DictConfig,
 
 def compose_layers(path: Path, overrides: list[str], literal: bool = False) -> list[Layer]:
     """The layers of experiment ``path`` with command-line ``overrides``, in merge order;
-    ``literal``: ``path`` came with a run or an export (``check_literal``)."""
-    body = load_yaml(path)
-    if literal:
-        check_literal(body, str(path))
+    ``literal``: ``path`` came with a run or an export (read ``as_written``)."""
+    body = load_yaml(path, literal)
     defaults = body.pop("defaults", {}) or {}
     _check_group_kinds(body, str(path))
     for group in dict(defaults):

@@ -262,8 +262,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None,
 
     ``overrides``: ``key=value`` items, and ``group=name`` to use the preset
     ``configs/<group>/<name>.yaml`` for that group instead of the experiment's.
-    ``literal``: ``path`` is the config of a run or an export, never resolved against
-    the environment: an interpolation in it is refused (``compose.check_literal``)."""
+    ``literal``: ``path`` is the config of a run or an export, read as written: a
+    ``${...}`` in it is text, never resolved (``compose.as_written``)."""
     path = Path(path)
     layers = compose_layers(path, list(overrides or []), literal)
     name, name_source = _method_name(layers)

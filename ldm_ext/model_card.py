@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from ldm_ext.compose import written_container
+
 SAMPLE = "sample.png"
 # the licence an export inherits from its base model, by hub id (lower case); else "other"
 LICENSES = {
@@ -70,7 +72,7 @@ def portable_config(cfg) -> dict:
         if isinstance(node, list):
             return [walk(value) for value in node]
         return portable(node)
-    return walk(OmegaConf.to_container(cfg, resolve=False))
+    return walk(written_container(cfg))
 
 
 def is_hub_id(name: str | None) -> bool:
