@@ -12,6 +12,7 @@ from pytorch_lightning.demos.boring_classes import BoringModel
 
 import train
 from callbacks.checkpointing import AtomicCheckpointIO
+from ldm_ext.cli import InputError
 from ldm_ext.weights import CheckpointError, read_state
 
 
@@ -222,7 +223,7 @@ def test_export_module_names_never_name_paths(tmp_path, name):
 
     from safetensors.torch import save_file
 
-    from ldm_ext.weights import DIFFUSERS_WEIGHTS
+    from ldm_ext.folders import DIFFUSERS_WEIGHTS
 
     export = tmp_path / "deep" / "export"
     export.mkdir(parents=True)
@@ -231,21 +232,21 @@ def test_export_module_names_never_name_paths(tmp_path, name):
     target.mkdir(parents=True, exist_ok=True)
     save_file({"weight": torch.zeros(1)}, str(target / DIFFUSERS_WEIGHTS))
     (export / "export.json").write_text(json.dumps({"modules": {name: "diffusers"}}))
-    with pytest.raises(CheckpointError, match="export.json: refused module"):
+    with pytest.raises(InputError, match="export.json: refused module"):
         read_state(export)
 
 
 def test_export_module_kinds_and_dotted_adapter_names(tmp_path):
     import json
 
-    from ldm_ext.weights import export_modules
+    from ldm_ext.folders import export_modules
 
     (tmp_path / "export.json").write_text(json.dumps({"modules": {
         "controlnet": "diffusers", "unet.down_blocks.0.attn2.to_k": "adapters"}}))
     assert export_modules(tmp_path)["unet.down_blocks.0.attn2.to_k"] == "adapters"
     for modules in ({"unet.x": "diffusers"}, {"unet": "pickle"}, ["unet"]):
         (tmp_path / "export.json").write_text(json.dumps({"modules": modules}))
-        with pytest.raises(CheckpointError, match="export.json"):
+        with pytest.raises(InputError, match="export.json"):
             export_modules(tmp_path)
 
 
