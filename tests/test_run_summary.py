@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from PIL import Image
+
 
 import train
 from ldm_ext import fit
@@ -67,7 +69,7 @@ def test_train_ends_with_the_summary(tmp_path, monkeypatch, capsys):
 def test_fit_ends_with_the_summary_and_how_to_generate(tmp_path, monkeypatch, capsys):
     run = fake_run(tmp_path, offline=0)
     photo = tmp_path / "alice.jpg"
-    photo.write_bytes(b"")
+    Image.new("RGB", (32, 32), (200, 150, 120)).save(photo)  # fit decodes it before loading
     monkeypatch.setattr(fit, "fit_identity", lambda cfg: run / "trainable.safetensors")
     assert fit.main(["--photo", str(photo), "--config",
                      "configs/experiment/sefi_ide_tiny.yaml"]) == 0
