@@ -184,8 +184,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--tiny", action="store_true", help="tiny backbones (CPU check)")
-    parser.add_argument("--fullsize", type=Path, default=Path("fullsize"),
-                        help="folder of ldm_ext.fullsize's random backbones")
+    parser.add_argument("--fullsize", type=Path, default=ROOT / "gpu_out" / "fullsize",
+                        help="folder of ldm_ext.fullsize's random backbones (written if "
+                        "missing)")
     parser.add_argument("--methods", nargs="+", choices=sorted(RECIPES), default=list(RECIPES))
     parser.add_argument("--pairs", type=int, default=9)
     parser.add_argument("--steps", type=int, default=4)
