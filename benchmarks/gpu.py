@@ -15,7 +15,7 @@ backbones with few repeats, so the script is known to work before a GPU is lent
               lose the flash kernel?)
   step        step_overhead.py: a Lightning training step vs the bare loop
   memory      step_memory.py: SD1.5's step memory in GiB (ours vs plain), then
-              memory_plan.py's plan for the SD1.5 and SDXL recipes to read it against
+              memory_plan.py's plan of an SDXL recipe (printed, not measured) beside it
   scoring     scoring_throughput.py: batched vs one-at-a-time scoring (goal >= 2)
   prepare     prepare_batch.py: the annotator's models on the device, images/s
   zero2       train.py trainer=deepspeed_zero2 on 1 device, 2 steps; the checkpoint's
@@ -49,9 +49,6 @@ def steps(tiny: bool, out: Path) -> list[tuple[str, list[str], list[str]]]:
                 ["experiment=instantfamily_sd15", sd15, "data.kind=demo",
                  f"method.face_weights={full}/face-facenet/facenet.pt", "data.batch_size=2",
                  "data.num_demo_samples=16", "method.sample_steps=2"])
-    plan = [[PY, str(BENCH / "memory_plan.py"), "--config", f"configs/experiment/{name}.yaml",
-             *(["--fit-widths", "32", "64", "--check-width", "32", "--batch", "1"]
-               if tiny else [])] for name in ("instantfamily_sd15", "storymaker_sdxl_paper")]
     return [
         ("fullsize", [] if tiny else [
             PY, "-m", "ldm_ext.fullsize", str(full), "--family", "sd15", "--controlnet",
@@ -69,8 +66,8 @@ def steps(tiny: bool, out: Path) -> list[tuple[str, list[str], list[str]]]:
         ("memory", [PY, str(BENCH / "step_memory.py"), "--device", device,
                     *(["--width", "32", "--batch", "1"] if tiny else ["--width", "320"])],
          ["step_memory_ratio"]),
-        ("memory_plan_sd15", plan[0], ["memory_plan_error_ratio"]),
-        ("memory_plan_sdxl", plan[1], []),
+        ("memory_plan_sdxl", [PY, str(BENCH / "memory_plan.py"), "--config",
+                              "configs/experiment/storymaker_sdxl_paper.yaml"], []),
         ("scoring", [PY, str(BENCH / "scoring_throughput.py"), "--device", device,
                      "--measure", "throughput",
                      *(["--images", "2", "--batch", "2", "--rounds", "1"] if tiny else [])],
