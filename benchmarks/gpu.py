@@ -76,9 +76,9 @@ def steps(tiny: bool, out: Path) -> list[tuple[str, list[str], list[str]]]:
         ("prepare", [PY, str(BENCH / "prepare_batch.py"), "--device", device,
                      *(["--frames", "2", "--batch-size", "2", "--pairs", "1"] if tiny else [])],
          ["prepare_batch_ratio"]),
-        ("zero2", [PY, str(BENCH / "zero_checkpoint.py"), str(zero_run), "--",
+        ("zero2", [PY, str(BENCH / "zero_checkpoint.py"), str(zero_run), "--", *zero_cfg,
                    "trainer=deepspeed_zero2", "trainer.devices=1", "trainer.max_steps=2",
-                   "logger.wandb=false", "trainer.progress_bar=false", *zero_cfg],
+                   "logger.wandb=false", "trainer.progress_bar=false"],
          ["zero2_checkpoint_parameters"]),
         ("sampling", [PY, str(BENCH / "sampling_overhead.py"), "--device", device,
                       *(["--tiny", "--pairs", "2", "--steps", "2"] if tiny else
