@@ -2,7 +2,7 @@
 
     python benchmarks/zero_checkpoint.py OUT -- trainer=deepspeed_zero2 trainer.max_steps=2 ...
 
-Runs ``train.py output_dir=OUT name=<fresh> <overrides>`` and reads the last checkpoint
+Runs ``train.py <overrides> output_dir=OUT name=<fresh>`` and reads the last checkpoint
 folder: its files and sizes, the module state (``ldm_ext.weights.read_state``: tensors,
 parameters, dtypes) and whether it holds exactly the tensors of the run's
 ``trainable.safetensors`` (trainable weights only, no frozen part). Ends with
@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     out, overrides = Path(argv[0]), [a for a in argv[1:] if a != "--"]
     name = f"zero-{time.strftime('%Y%m%d-%H%M%S')}"
     start = time.perf_counter()
-    subprocess.run([sys.executable, "train.py", f"output_dir={out}", f"name={name}",
-                    *overrides], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "train.py", *overrides, f"output_dir={out}",
+                    f"name={name}"], cwd=ROOT, check=True)
     seconds = time.perf_counter() - start
     run = out / name
     folder = sorted((run / "checkpoints").glob("step*.ckpt"))[-1]
