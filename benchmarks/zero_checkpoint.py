@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"name={name}"], cwd=ROOT, check=True)
     seconds = time.perf_counter() - start
     run = out / name
-    folder = sorted((run / "checkpoints").glob("step*.ckpt"))[-1]
+    folder = run / "checkpoints" / "last.ckpt"  # a folder under DeepSpeed
     for path in sorted(folder.rglob("*")):
         if path.is_file():
             print(f"  {path.relative_to(folder)}  {path.stat().st_size / 2**20:.1f} MiB")
