@@ -1,6 +1,7 @@
 """ldm_ext/fullsize.py: the published shapes (meta device), the Hub layout loading through
-the project's own loaders (small builders swapped in), and one real full-size SD1.5 write
-under ``-m fullsize`` (``pytest -m fullsize tests/test_fullsize.py``, ~2 min, ~4 GB)."""
+the project's own loaders (small builders swapped in), and real full-size SD1.5 and SDXL writes
+under ``-m fullsize`` (``pytest -m fullsize tests/test_fullsize.py``: SD1.5 ~2.5 min and
+4 GB, SDXL ~2 min and 10 GB on 2 cores)."""
 from __future__ import annotations
 
 import json
@@ -110,3 +111,19 @@ def test_real_sd15_write_matches_recipe_counts(tmp_path) -> None:
     backbone = load_backbone(cfg)
     assert backbone.unet.config.block_out_channels == [320, 640, 1280, 1280]
     assert load_image_encoder(paths["method.image_encoder"]).config.hidden_size == 1280
+
+
+@pytest.mark.fullsize
+def test_real_sdxl_write_matches_recipe_counts(tmp_path) -> None:
+    folder = Path(fullsize.write(tmp_path, "sdxl")["model.pretrained"])
+    counts = recipe_params.recipe_counts(load_config(
+        ROOT / "configs/experiment/sefi_ide_sdxl.yaml"))
+    assert fullsize.safetensors_parameters(folder / "unet") == counts["unet"][0] == SDXL_UNET
+    assert fullsize.safetensors_parameters(folder / "vae") == counts["vae"][0]
+    assert sum(fullsize.safetensors_parameters(folder / sub) for sub in (
+        "text_encoder", "text_encoder_2")) == counts["text encoders"][0]
+    cfg = load_config("configs/experiment/sefi_ide_sdxl.yaml", [
+        f"model.pretrained={folder}", "model.weight_dtype=fp16"]).model
+    backbone = load_backbone(cfg)
+    assert backbone.unet.config.cross_attention_dim == 2048
+    assert [t.pad_token_id for t in backbone.tokenizers] == [49407, 0]
