@@ -44,7 +44,8 @@ def steps(tiny: bool, out: Path) -> list[tuple[str, list[str], list[str]]]:
     full = out / "fullsize"
     zero_run = out / "zero2"
     sd15 = f"model.pretrained={full}/sd15-fp16"
-    zero_cfg = (["--config", "configs/experiment/demo.yaml", "trainer.accelerator=cpu", "method.sample_steps=1",
+    zero_cfg = (["--config", "configs/experiment/demo.yaml", "trainer.accelerator=cpu",
+                 "method.sample_steps=1",
                  "data.num_demo_samples=8", "data.batch_size=2"] if tiny else
                 ["--config", "configs/experiment/instantfamily_sd15.yaml", sd15, "data.kind=demo",
                  f"method.face_weights={full}/face-facenet/facenet.pt", "data.batch_size=2",

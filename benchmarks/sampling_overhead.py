@@ -136,7 +136,8 @@ def baseline(method, ours_pipe, prompt, ids, size, steps):
                  text_encoder=method.backbone.text_encoders[0])
     if sdxl:
         pooled = seen["added_cond_kwargs"]["text_embeds"]
-        kwargs.update(pooled_prompt_embeds=pooled[half:], negative_pooled_prompt_embeds=pooled[:half])
+        kwargs.update(pooled_prompt_embeds=pooled[half:],
+                      negative_pooled_prompt_embeds=pooled[:half])
         parts.update(text_encoder_2=method.backbone.text_encoders[1],
                      tokenizer_2=method.backbone.tokenizers[1])
     else:

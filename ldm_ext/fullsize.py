@@ -211,7 +211,8 @@ def write(out: str | Path, family: str, with_controlnet: bool = False,
         out / f"{family}-{dtype}", lambda f: write_pipeline(f, family, torch_dtype))}
     if with_controlnet:
         paths["model.controlnet"] = build_once(
-            out / f"{family}-controlnet-{dtype}", lambda f: write_controlnet(f, family, torch_dtype))
+            out / f"{family}-controlnet-{dtype}",
+            lambda f: write_controlnet(f, family, torch_dtype))
     if with_image_encoder:
         paths["method.image_encoder"] = build_once(
             out / f"clip-vit-h-14-{dtype}", lambda f: write_image_encoder(f, torch_dtype))
