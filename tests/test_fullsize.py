@@ -1,7 +1,7 @@
 """ldm_ext/fullsize.py: the published shapes (meta device), the Hub layout loading through
 the project's own loaders (small builders swapped in), and real full-size SD1.5 and SDXL writes
 under ``-m fullsize`` (``pytest -m fullsize tests/test_fullsize.py``: SD1.5 ~2.5 min and
-4 GB, SDXL ~2 min and 10 GB on 2 cores)."""
+4 GB, SDXL ~1 min and 10 GB on 2 cores)."""
 from __future__ import annotations
 
 import json
