@@ -13,6 +13,7 @@ Then MTCNN alone on the same frames, in the same way: ``detect_batch`` (the CPU'
 ``detect`` per frame (why the CPU limits a call's pixels).
 
     python benchmarks/prepare_batch.py [--frames 16] [--batch-size 16] [--pairs 6]
+        [--device cpu|cuda]
 
 Ends with ``RESULT prepare_batch_ratio=<batched/one at a time> goal>=1.0``, the images/s
 of each and the two detection ratios.
@@ -63,11 +64,12 @@ def timed_run(source: Path, out: Path, annotator: Annotator, batch_size: int
     return stats["inputs"] / (time.perf_counter() - start), stats
 
 
-def detection_ratios(source: Path, pairs: int) -> dict[str, float]:
+def detection_ratios(source: Path, pairs: int, device: str = "cpu") -> dict[str, float]:
     """Median images/s ratios of MTCNN's ``detect_batch`` (CPU limit; no limit) against one
     ``detect`` per frame, interleaved (the order alternates per pair)."""
     images = [np.asarray(Image.open(path).convert("RGB")) for path in sorted(source.iterdir())]
-    limited, unlimited = MTCNNDetector(), MTCNNDetector(batch_pixels=1 << 40)
+    limited = MTCNNDetector(device=device)
+    unlimited = MTCNNDetector(batch_pixels=1 << 40, device=device)
     runs = {"single": lambda: [limited.detect(image) for image in images],
             "limited": lambda: limited.detect_batch(images),
             "unlimited": lambda: unlimited.detect_batch(images)}
@@ -86,10 +88,12 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--pairs", type=int, default=6)
+    parser.add_argument("--device", default="cpu",
+                        help="the annotator's models (cuda: as a GPU worker runs them)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     annotator = Annotator("mtcnn", pose="faces", segmenter="ellipse", characters="pose-hull",
-                          filters=Filters(min_face_size=20))
+                          filters=Filters(min_face_size=20), device=args.device)
     rates: dict[int, list[float]] = {args.batch_size: [], 1: []}
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp, "in")
@@ -103,10 +107,10 @@ def main(argv: list[str] | None = None) -> float:
                 rate, stats = timed_run(source, Path(tmp, f"{size}-{pair}"), annotator, size)
                 assert (stats["kept"], stats["rejected"]) == (kept["kept"], kept["rejected"])
                 rates[size].append(rate)
-        detect = detection_ratios(source, args.pairs)
+        detect = detection_ratios(source, args.pairs, args.device)
     ratio = statistics.median(b / o for b, o in zip(rates[args.batch_size], rates[1]))
     print(f"{args.frames} frames {SIDE}x{SIDE} in one shard, batch {args.batch_size} vs 1, "
-          f"{args.pairs} pairs, one thread:")
+          f"{args.pairs} pairs, one thread, models on {args.device}:")
     for size, values in rates.items():
         print(f"  batch {size}: images/s {[round(v, 2) for v in values]}")
     print(f"RESULT prepare_batch_ratio={ratio:.3f} goal>={GOAL} "

@@ -1,8 +1,9 @@
 """Exact parameter counts of each method's training recipe, frozen and trainable apart.
 
-Every model is built with its real shape on the meta device (no memory, no weights): SD1.5
-(``step_memory.py``'s UNet at width 320, VAE, CLIP ViT-L text encoder) or SDXL base 1.0
-(the UNet, VAE and two text encoders of its published configs), the recipe's ControlNet
+Every model is built with its real shape on the meta device (no memory, no weights), by the
+builders ``ldm_ext/fullsize.py`` writes its random folders with: SD1.5 (UNet, VAE, CLIP ViT-L
+text encoder) or SDXL base 1.0 (the UNet, VAE and two text encoders of its published
+configs), the recipe's ControlNet
 (``ControlNetModel.from_unet`` of its UNet: InstantFamily's trainable one, and the frozen
 OpenPose ControlNets StoryMaker names, taken as full copies of their UNet's encoder, as
 lllyasviel's SD1.5 one is), the method's encoders and its own modules
@@ -18,9 +19,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-import step_memory  # benchmarks/step_memory.py: the SD1.5-shaped UNet and ControlNet
+from ldm_ext import fullsize
 
-SD15_WIDTH = 320
 Counts = dict[str, tuple[int, bool]]  # part -> (parameters, trainable)
 
 
@@ -38,45 +38,11 @@ def split(name: str, module: nn.Module, trains: Iterable[nn.Parameter],
     return {name: (frozen, False), **({trained: (trainable, True)} if trainable else {})}
 
 
-def sdxl_unet() -> nn.Module:
-    """SDXL base 1.0's UNet (its unet/config.json)."""
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        block_out_channels=(320, 640, 1280), layers_per_block=2, cross_attention_dim=2048,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
-        use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
-        sample_size=128)
-
-
-def text_encoders(family: str) -> list[nn.Module]:
-    """CLIP ViT-L/14's text tower (SD1.5, SDXL's first); SDXL adds OpenCLIP bigG's."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    encoders = [CLIPTextModel(CLIPTextConfig(
-        hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-        max_position_embeddings=77, hidden_act="quick_gelu"))]
-    if family == "sdxl":
-        encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(
-            hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-            num_attention_heads=20, max_position_embeddings=77, projection_dim=1280,
-            hidden_act="gelu")))
-    return encoders
-
-
 def backbone(family: str) -> dict[str, nn.Module]:
-    """UNet, VAE and text encoder(s) of ``family`` (same VAE shape in both)."""
-    from diffusers import AutoencoderKL
-
-    unet = sdxl_unet() if family == "sdxl" else step_memory.build_models(SD15_WIDTH, "meta")[0]
-    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4,
-                        block_out_channels=(128, 256, 512, 512), layers_per_block=2)
-    text = nn.ModuleList(text_encoders(family))
-    return {"unet": unet, "vae": vae, "text encoders": text}
+    """UNet, VAE and text encoder(s) of ``family``, from the published configs that
+    ``ldm_ext/fullsize.py`` writes full-size random folders from."""
+    return {"unet": fullsize.unet(family), "vae": fullsize.vae(family),
+            "text encoders": nn.ModuleList(fullsize.text_encoders(family))}
 
 
 def frozen(parts: dict[str, nn.Module]) -> Counts:
@@ -89,7 +55,7 @@ def instantfamily(cfg, parts: dict[str, nn.Module]) -> Counts:
     from ldm_ext.face import build_face_encoder
 
     m, unet = cfg.method, parts["unet"]
-    controlnet = step_memory.build_models(SD15_WIDTH, "meta")[1]
+    controlnet = fullsize.controlnet(unet)
     face = build_face_encoder(m.face_encoder, weights="random")
     projector = FaceProjector(face.global_dim, face.local_dim, unet.config.cross_attention_dim)
     unet_trains = (unet.parameters() if m.train_unet else
@@ -129,31 +95,20 @@ def sefi_ide(cfg, parts: dict[str, nn.Module]) -> Counts:
                                      "stage tokens")}
 
 
-def clip_vit_h() -> nn.Module:
-    """CLIP ViT-H/14's image tower with projection (laion/CLIP-ViT-H-14-laion2B-s32B-b79K)."""
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    return CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
-        patch_size=14, image_size=224, projection_dim=1024, hidden_act="gelu"))
-
-
 def storymaker(cfg, parts: dict[str, nn.Module]) -> Counts:
     """PPR, the decoupled K_i / V_i and the UNet's LoRA train; UNet, VAE, text encoders, pose
     ControlNet, CLIP ViT-H and ArcFace (insightface: buffalo_l's IResNet-50, run by ONNX
     Runtime, counted as that torch IResNet) are frozen."""
-    from diffusers import ControlNetModel
-
     from ldm_ext.adapters.lora import add_lora, lora_modules
     from ldm_ext.attention import decoupled_modules, install_processors
     from ldm_ext.face import build_face_encoder
     from ldm_ext.methods.storymaker import build_ppr
 
     m, unet = cfg.method, parts["unet"]
-    controlnet = ControlNetModel.from_unet(unet) if cfg.model.controlnet else None
+    controlnet = fullsize.controlnet(unet) if cfg.model.controlnet else None
     arch = m.face_arch if m.face_encoder == "arcface" else "r50"
     face = build_face_encoder("arcface", weights="random", arch=arch)
-    image = clip_vit_h()
+    image = fullsize.image_encoder()
     ppr = build_ppr(m, unet.config.cross_attention_dim, image.config.hidden_size,
                     face.global_dim)
     install_processors(unet, decoupled=True)

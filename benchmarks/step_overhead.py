@@ -12,7 +12,7 @@ Per-step wall time is taken from batch start to batch end inside the loop (data 
 excluded on both sides), after warm-up steps; the two sides alternate over rounds and the
 median step of each is compared.
 
-    python benchmarks/step_overhead.py [--device cpu|cuda] [--steps 6] [--rounds 2]
+    python benchmarks/step_overhead.py [--device cpu|cuda] [--steps 6] [--rounds 2] [--tiny]
 
 Ends with ``RESULT step_overhead_ratio=<ours/bare median step time> goal<=1.05``.
 ``--method storymaker [--pairs 8]`` measures StoryMaker instead (``storymaker_step.py``).
@@ -111,6 +111,8 @@ def main() -> None:
     parser.add_argument("--method", choices=("instantfamily", "storymaker"),
                         default="instantfamily")
     parser.add_argument("--pairs", type=int, default=8, help="storymaker: interleaved pairs")
+    parser.add_argument("--tiny", action="store_true",
+                        help="32-wide models at 64 px: a smoke run (benchmarks/gpu.sh --tiny)")
     args = parser.parse_args()
     if args.method == "storymaker":  # its own model and its second figure (storymaker_step.py)
         from storymaker_step import main as storymaker
@@ -124,10 +126,13 @@ def main() -> None:
                                                        "method.identity_guidance=false"])
     # SD1.5-shaped at a fifth of its widths: a CPU step takes about a second, so fixed
     # per-step costs are measured against real work rather than against timer noise
-    backbone = random_backbone(unet_channels=(64, 128, 256, 256), text_width=256,
-                               text_layers=4, text_heads=4, vae_channels=(32, 64, 64, 64))
+    widths = (dict(unet_channels=(32,) * 4, text_width=32, text_layers=1, text_heads=2,
+                   vae_channels=(32,) * 4) if args.tiny else
+              dict(unet_channels=(64, 128, 256, 256), text_width=256, text_layers=4,
+                   text_heads=4, vae_channels=(32, 64, 64, 64)))
+    backbone = random_backbone(**widths)
     method = InstantFamily(cfg, backbone, build_face_encoder("facenet", weights="random"))
-    batch = random_batch(2, 128)
+    batch = random_batch(2, 64 if args.tiny else 128)
     ours, bare = [], []
     for _ in range(args.rounds):
         ours += lightning_steps(method, batch, args.steps + WARMUP, args.device)[WARMUP:]

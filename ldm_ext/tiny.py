@@ -201,12 +201,21 @@ def cached_build(name: str, build: Callable[[Path], object]) -> Path:
     """``cache_root() / name``, made on first use by ``build(folder)`` into a temporary
     folder renamed into place, so it appears atomically (safe when several DDP processes
     race to build it: the builds are seeded, so every copy is identical)."""
-    target = cache_root() / name
+    return build_once(cache_root() / name, build)
+
+
+def build_once(target: Path, build: Callable[[Path], object]) -> Path:
+    """``target``, made by ``build(folder)`` unless it exists (see ``cached_build``)."""
+    target = Path(target)
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    build(tmp)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        build(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         tmp.rename(target)
     except OSError:  # another process won the race; its copy is identical

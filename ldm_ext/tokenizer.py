@@ -52,11 +52,15 @@ def write_clip_tokenizer_files(folder: str | Path) -> tuple[Path, Path]:
     return vocab_file, merges_file
 
 
-def build_clip_tokenizer(folder: str | Path, max_length: int = 77) -> CLIPTokenizer:
-    """Build the CLIP tokenizer offline and save it (diffusers layout) into ``folder``."""
+def build_clip_tokenizer(folder: str | Path, max_length: int = 77,
+                         pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
+    """Build the CLIP tokenizer offline and save it (diffusers layout) into ``folder``.
+    ``pad_token``: SD1.5's and SDXL's first tokenizer pad with ``<|endoftext|>``, SDXL's
+    second (OpenCLIP bigG's) with ``!``."""
     with tempfile.TemporaryDirectory() as tmp:
         vocab_file, merges_file = write_clip_tokenizer_files(tmp)
-        tokenizer = CLIPTokenizer(vocab=str(vocab_file), merges=str(merges_file))
+        tokenizer = CLIPTokenizer(vocab=str(vocab_file), merges=str(merges_file),
+                                  pad_token=pad_token)
     tokenizer.model_max_length = max_length
     tokenizer.save_pretrained(str(folder))
     check_tokenizer(tokenizer, str(folder))

@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Every GPU-only RESULT line in one command (see benchmarks/gpu.py); --tiny: CPU check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exec python benchmarks/gpu.py "$@"

@@ -1,0 +1,205 @@
+"""Each method's sampling pipeline against the diffusers pipeline doing the same denoising
+work on the same weights.
+
+    python benchmarks/sampling_overhead.py [--device cpu|cuda] [--tiny | --fullsize DIR]
+        [--methods instantfamily portraitbooth sefi_ide storymaker] [--pairs 9] [--steps 4]
+        [--size 512] [--threads N]
+
+The method is built from its recipe (``--tiny``: the demo configs on the tiny backbones;
+otherwise the full-size recipes on the random folders ``python -m ldm_ext.fullsize DIR``
+writes, built there if missing). Our pipeline runs once to record what its UNet is given at
+the first step (``encoder_hidden_states`` with every identity token, ``added_cond_kwargs``,
+``cross_attention_kwargs``); the diffusers pipeline then runs on the same UNet (our
+processors installed), VAE, scheduler config and steps, with ``prompt_embeds`` /
+``negative_prompt_embeds`` set to those recorded rows (and SDXL's pooled embeddings), so
+both sides denoise the same tokens; the identity encoders (face, CLIP) are our side's only
+extra work, as they are at real use. The baselines:
+
+  instantfamily  ``StableDiffusionControlNetPipeline`` with the method's ControlNet and a
+                 pose image of the same size.
+  storymaker     ``StableDiffusionXLControlNetPipeline`` when the recipe has a pose
+                 ControlNet, else ``StableDiffusionXLPipeline`` / ``StableDiffusionPipeline``,
+                 with the same UNet and its decoupled (IP-Adapter-like) processors: the
+                 image tokens reach them through the recorded ``encoder_hidden_states``.
+  portraitbooth, sefi_ide  ``StableDiffusion(XL)Pipeline`` with their conditioning.
+
+A pair is one image from each side (who goes first alternates); a method's figure is the
+median of its per-pair ratios (ours / diffusers seconds, ``benchmarks/timing.py``: CUDA
+wall clock synchronised, CPU process time). Prints per method
+``RESULT sampling_overhead_<method>_ratio=<x> goal<=1.03`` and the diffusers side's it/s.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from timing import timed  # benchmarks/timing.py (benchmarks/ is on sys.path)
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+GOAL = 1.03
+EXPERIMENTS = ROOT / "configs" / "experiment"
+# method -> (tiny recipe, full-size recipe, prompt)
+RECIPES = {
+    "instantfamily": ("demo", "instantfamily_sd15", "a photo of two people"),
+    "portraitbooth": ("portraitbooth_demo", "portraitbooth_sd15", "a photo of a person"),
+    "sefi_ide": ("sefi_ide_tiny", "sefi_ide_sd15", "a photo of V*"),
+    "storymaker": ("storymaker_demo", "storymaker_sdxl_paper", "a photo of a person"),
+}
+
+
+def fullsize_overrides(method: str, family: str, root: Path, device: str) -> list[str]:
+    """The recipe's Hub names replaced by the random full-size folders (written once)."""
+    from ldm_ext import fullsize
+
+    face = {"instantfamily": "facenet", "portraitbooth": "facenet",
+            "storymaker": "iresnet100"}.get(method)
+    paths = fullsize.write(root, family, with_controlnet=method in ("instantfamily",
+                                                                      "storymaker"),
+                           with_image_encoder=method == "storymaker", face_encoder=face)
+    overrides = [f"model.pretrained={paths['model.pretrained']}"]
+    if device != "cuda":
+        overrides.append("model.weight_dtype=fp32")  # CPU half matmuls are emulated
+    if method == "storymaker":
+        overrides += [f"model.controlnet={paths['model.controlnet']}",
+                      f"method.image_encoder={paths['method.image_encoder']}",
+                      "method.face_encoder=arcface", "method.face_arch=r100",
+                      f"method.face_weights={paths['method.face_weights']}"]
+    elif face:
+        overrides.append(f"method.face_weights={paths['method.face_weights']}")
+    return overrides
+
+
+def build(method: str, tiny: bool, root: Path | None, device: str):
+    from ldm_ext.config import load_config
+    from ldm_ext.methods.loading import build_method
+
+    tiny_name, full_name, _ = RECIPES[method]
+    path = EXPERIMENTS / f"{tiny_name if tiny else full_name}.yaml"
+    family = load_config(path).model.family
+    overrides = [] if tiny else fullsize_overrides(method, family, root, device)
+    return build_method(load_config(path, overrides)).to(device).eval()
+
+
+def identities(method: str):
+    """Random reference inputs of the pipeline's identity layout (one or two subjects)."""
+    gen = torch.Generator().manual_seed(0)
+    if method == "instantfamily":
+        return torch.rand(2, 3, 160, 160, generator=gen) * 2 - 1
+    if method == "portraitbooth":
+        return torch.rand(1, 3, 160, 160, generator=gen) * 2 - 1
+    if method == "storymaker":
+        return torch.rand(1, 6, 224, 224, generator=gen) * 2 - 1
+    return None
+
+
+def record_first_call(module: torch.nn.Module) -> dict:
+    """Hook ``module`` so the arguments of its next forward, by name, are stored in the
+    returned dict."""
+    seen: dict = {}
+    signature = inspect.signature(module.forward)
+
+    def hook(_, args, kwargs):
+        if "sample" not in seen:
+            seen.update(signature.bind(*args, **kwargs).arguments)
+        return None
+
+    seen["handle"] = module.register_forward_pre_hook(hook, with_kwargs=True)
+    return seen
+
+
+def ours_call(pipe, prompt, ids, size, steps):
+    return lambda: pipe(prompt, ids, size=size, steps=steps, guidance=7.5,
+                        generator=torch.Generator().manual_seed(0), progress=False)
+
+
+def baseline(method, ours_pipe, prompt, ids, size, steps):
+    """(callable, description) of the diffusers pipeline on the same weights and tokens."""
+    import diffusers
+
+    seen = record_first_call(method.unet)
+    ours_call(ours_pipe, prompt, ids, size, 1)()
+    seen.pop("handle").remove()
+    hidden = seen["encoder_hidden_states"]  # (2B, L, D): negative rows, then conditional
+    half = hidden.shape[0] // 2
+    kwargs = dict(prompt_embeds=hidden[half:], negative_prompt_embeds=hidden[:half],
+                  cross_attention_kwargs=seen.get("cross_attention_kwargs"))
+    sdxl = method.backbone.family == "sdxl"
+    parts = dict(vae=method.vae, unet=method.unet, scheduler=ours_pipe.scheduler,
+                 tokenizer=method.backbone.tokenizers[0],
+                 text_encoder=method.backbone.text_encoders[0])
+    if sdxl:
+        pooled = seen["added_cond_kwargs"]["text_embeds"]
+        kwargs.update(pooled_prompt_embeds=pooled[half:],
+                      negative_pooled_prompt_embeds=pooled[:half])
+        parts.update(text_encoder_2=method.backbone.text_encoders[1],
+                     tokenizer_2=method.backbone.tokenizers[1])
+    else:
+        parts.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    controlnet = getattr(method, "controlnet", None)
+    name = ("StableDiffusionXL" if sdxl else "StableDiffusion") + (
+        "ControlNet" if controlnet is not None else "") + "Pipeline"
+    if controlnet is not None:
+        parts["controlnet"] = controlnet
+        kwargs["image"] = torch.zeros(1, 3, *size)
+    pipe = getattr(diffusers, name)(**parts)
+    if sdxl:
+        pipe.watermark = None
+    pipe.set_progress_bar_config(disable=True)
+    call = lambda: pipe(height=size[0], width=size[1], num_inference_steps=steps,  # noqa: E731
+                        guidance_scale=7.5, generator=torch.Generator().manual_seed(0),
+                        output_type="pil", **kwargs)
+    return call, f"{name} ({2 * half} rows x {hidden.shape[1]} keys)"
+
+
+def measure(method_name: str, args) -> float:
+    method = build(method_name, args.tiny, args.fullsize, args.device)
+    pipe, prompt = method.pipeline(scheduler="ddim"), RECIPES[method_name][2]
+    ids, size = identities(method_name), (args.size, args.size)
+    ours = ours_call(pipe, prompt, ids, size, args.steps)
+    theirs, what = baseline(method, pipe, prompt, ids, size, args.steps)
+    ours(), theirs()  # warm-up
+    ratios, base_seconds = [], []
+    for pair in range(args.pairs):
+        first, second = (ours, theirs) if pair % 2 == 0 else (theirs, ours)
+        a, b = timed(first, args.device), timed(second, args.device)
+        ours_s, base_s = (a, b) if pair % 2 == 0 else (b, a)
+        ratios.append(ours_s / base_s)
+        base_seconds.append(base_s)
+    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios * 3)
+    ratio = statistics.median(ratios)
+    print(f"{method_name}: vs {what}, {args.steps} steps at {args.size}², quartiles "
+          f"{q1:.3f}-{q3:.3f}, diffusers {args.steps / statistics.median(base_seconds):.2f} "
+          f"it/s, ours {args.steps / statistics.median(base_seconds) / ratio:.2f} it/s")
+    print(f"RESULT sampling_overhead_{method_name}_ratio={ratio:.3f} goal<={GOAL}", flush=True)
+    return ratio
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--tiny", action="store_true", help="tiny backbones (CPU check)")
+    parser.add_argument("--fullsize", type=Path, default=ROOT / "gpu_out" / "fullsize",
+                        help="folder of ldm_ext.fullsize's random backbones (written if "
+                        "missing)")
+    parser.add_argument("--methods", nargs="+", choices=sorted(RECIPES), default=list(RECIPES))
+    parser.add_argument("--pairs", type=int, default=9)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--size", type=int, default=None, help="default: 64 tiny, 512 full")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    args.size = args.size or (64 if args.tiny else 512)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for name in args.methods:
+        measure(name, args)
+
+
+if __name__ == "__main__":
+    main()
