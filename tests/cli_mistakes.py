@@ -88,6 +88,10 @@ MISTAKES = {
     "prepare-s3-without-credentials": Mistake(
         "prepare", ("images", "--input", "imgs", "--output", "s3://bucket/out"),
         ("--output s3://bucket/out", "credentials")),
+    "prepare-empty-input": Mistake(
+        "prepare", ("images", "--input", "empty", "--output", "out"), ("no images", "empty")),
+    "prepare-pattern-matches-nothing": Mistake(
+        "prepare", ("images", "--input", "imgs/*.tar", "--output", "out"), ("imgs/*.tar",)),
 }
 
 

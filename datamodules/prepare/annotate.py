@@ -26,6 +26,7 @@ import torch
 
 from datamodules.prepare.characters import HullCharacters, ParsedCharacters
 from ldm_ext.perception.characters import character_on_white
+from datamodules.prepare.rejected import Rejected  # noqa: F401 (raised here, re-exported)
 from datamodules.prepare.parsing import (DEFAULT_FACE_PARSER, DEFAULT_HUMAN_PARSER,
                                          FaceParsingSegmenter, HumanParser, ParserMissing)
 from datamodules.schema import CROP_SIZE, FACE_MARGIN, MASK_BOX, MASK_CHAR, MASK_SEG, Sample
@@ -35,14 +36,6 @@ from ldm_ext.pose import (DEFAULT_POSE_WEIGHTS, OpenPoseEstimator, Person, PoseM
                           face_center, people_from_faces)
 
 log = logging.getLogger(__name__)
-
-
-class Rejected(Exception):
-    """An input that ``prepare`` leaves out; ``reason`` is the key of ``stats.json``."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
 
 
 @dataclass

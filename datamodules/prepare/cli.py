@@ -112,6 +112,18 @@ def _pattern(path: str) -> bool:
     return any(c in path for c in "{*?[") or "::" in path
 
 
+def plan(args: argparse.Namespace, meta: dict) -> list:
+    """The tasks over ``--input``: an input that holds nothing to prepare is an InputError
+    here, before torch and the models load."""
+    from datamodules.prepare.clips import plan_videos
+    from datamodules.prepare.sources import plan_images
+
+    if args.mode == "videos":
+        return plan_videos(args.input, args.samples_per_shard, meta)
+    with storage.named_errors("--input", args.input):
+        return plan_images(args.input, args.samples_per_shard)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """CLI entry point; returns the stats."""
     parser = _parser()
@@ -121,12 +133,12 @@ def main(argv: list[str] | None = None) -> dict:
     check_arguments(args)
     meta = (load_video_meta(args.meta, args.texts, tuple(args.text_extras))
             if args.mode == "videos" else {})
-    # the models' modules (torch, detectors) load only now that the arguments hold
+    tasks = plan(args, meta)
+    # the models' modules (torch, detectors) load only now that the arguments and inputs hold
     from datamodules.prepare.annotate import Annotator, Filters
-    from datamodules.prepare.clips import plan_videos
     from datamodules.prepare.engines import engine
     from datamodules.prepare.run import PrepareConfig, prepare
-    from datamodules.prepare.sources import SourceFilter, plan_images
+    from datamodules.prepare.sources import SourceFilter
 
     filters = Filters(args.min_faces, args.max_faces, args.min_face_size, args.min_score)
     annotator = Annotator(args.detector, args.pose, args.segmenter, args.parser,
@@ -136,9 +148,4 @@ def main(argv: list[str] | None = None) -> dict:
                            previews=args.previews, source_filter=SourceFilter(
                                tuple(args.drop_nsfw), args.min_similarity),
                            batch_size=default_batch_size(args), meta=meta)
-    if args.mode == "videos":
-        tasks = plan_videos(args.input, args.samples_per_shard, meta)
-    else:
-        with storage.named_errors("--input", args.input):
-            tasks = plan_images(args.input, args.samples_per_shard)
     return prepare(tasks, config, args.workers, engine(args.engine, args.gpus_per_worker))

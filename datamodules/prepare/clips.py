@@ -16,7 +16,7 @@ from typing import Mapping
 import cv2
 import numpy as np
 
-from datamodules.prepare.annotate import Rejected
+from datamodules.prepare.rejected import Rejected
 from datamodules.prepare.clip_meta import VIDEO_SUFFIXES, ClipMeta, clip_id
 from datamodules.prepare.sources import Task, chunks
 from ldm_ext.cli import InputError

@@ -25,12 +25,11 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 
 import numpy as np
-import webdataset as wds
 from PIL import Image
 
 from datamodules import storage
 from datamodules.schema import MAX_PIXELS
-from datamodules.prepare.annotate import Rejected
+from datamodules.prepare.rejected import Rejected
 from ldm_ext.cli import InputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -232,6 +231,8 @@ def _tar_images(task: Task) -> Iterator[ImageInput]:
     key; keys of a tar below the input folder get its part's prefix (``part_prefix``)."""
     for tar in task.items:
         prefix = part_prefix(task.source, tar)
+        import webdataset as wds  # imports torch: only where tar shards are read
+
         for raw in wds.DataPipeline(wds.SimpleShardList([tar]),
                                     storage.tar_samples(handler=wds.warn_and_continue)):
             data = next((raw[c] for c in IMAGE_COLUMNS if raw.get(c)), b"")
