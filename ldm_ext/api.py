@@ -55,22 +55,25 @@ def load_pipeline(path: str | Path, device: str = "auto") -> GenerationPipeline:
 def resolve_device(name: str):
     """The ``torch.device`` of ``--device`` ``name``; ``auto``: ``cuda`` when CUDA is
     available, else ``cpu``. A name torch does not know, or a device this machine does
-    not have, is an InputError."""
+    not have, is an InputError. CUDA is asked through ``ldm_ext.devices`` (as train and
+    eval ask it): a machine that plainly has no GPU answers before torch is imported."""
+    from ldm_ext.devices import cuda_device_count
+
+    gpus = cuda_device_count()
+    if name.split(":")[0] == "cuda" and not gpus:
+        raise InputError(f"--device {name}: CUDA is not available on this machine; "
+                         "use --device cpu or auto")
     import torch
 
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if gpus else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise InputError(f"--device {name}: not a device (auto, cpu, cuda, cuda:N, mps)") \
             from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: CUDA is not available on this machine "
-                         f"(torch {torch.__version__}); use --device cpu or auto")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} "
-                         "CUDA device(s)")
+    if device.type == "cuda" and (device.index or 0) >= gpus:
+        raise InputError(f"--device {name}: this machine has {gpus} CUDA device(s)")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise InputError(f"--device {name}: MPS is not available on this machine")
     return device
