@@ -12,9 +12,9 @@ from ldm_ext.face.align import to_rgb_array
 from .keypoints import BODY_PARTS, Person
 from .names import ANNOTATOR_FILES, DEFAULT_POSE_WEIGHTS, download_command
 
+
 class PoseModelMissing(UserError, RuntimeError):
     """OpenPose weights are not available locally; the message says how to provide them."""
-
 
 
 def person_from_pose(pose, width: int, height: int) -> Person:

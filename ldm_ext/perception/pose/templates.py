@@ -9,6 +9,7 @@ from ldm_ext.face.align import apply_similarity, fit_similarity
 
 from .keypoints import BODY_PARTS, Person
 
+
 def _face_template() -> np.ndarray:
     """OpenPose's 70 face points laid out in a unit face box (detector-box-like frame)."""
     def arc(cx, cy, ax, ay, angles):
