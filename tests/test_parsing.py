@@ -14,7 +14,7 @@ from ldm_ext.perception.annotator import Annotator, Filters
 from ldm_ext.perception.character_masks import (HullCharacters, ParsedCharacters, keep_owned,
                                                 regions)
 from ldm_ext.perception.parsing import (FaceParsingSegmenter, HumanParser, ParserMissing,
-                                         square_crops)
+                                        square_crops)
 from ldm_ext.perception.pose import people_from_faces
 from ldm_ext.perception.segmenters import EllipseSegmenter
 

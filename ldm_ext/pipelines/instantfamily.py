@@ -27,7 +27,7 @@ from ldm_ext.pipelines.base import MethodPipeline
 from ldm_ext.pipelines.options import photo_name, read_photo
 from ldm_ext.pipelines.sampling import decode_images, denoise, initial_latents, to_tensor
 from ldm_ext.perception.pose import (DEFAULT_POSE_WEIGHTS, OpenPoseEstimator, Person, detector_box,
-                          fit_people, pose_template, render_control_image, slot_color)
+                                     fit_people, pose_template, render_control_image, slot_color)
 
 
 class InstantFamilyPipeline(MethodPipeline):
