@@ -77,7 +77,7 @@ def check_data_store(cfg) -> None:
     if kind != "shards" and kind not in PREPARED:
         return
     from datamodules import storage
-    from datamodules.prepared import prepared_shards
+    from datamodules.shard_folder import prepared_shards
 
     key = DATA_PATHS[kind][0]
     value = cfg.data[key]

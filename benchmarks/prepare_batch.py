@@ -4,7 +4,7 @@ Inputs are frames of one size, as a clip's are (512x512: astronaut and a square 
 insightface's t1 group photo, slightly rotated copies: one and several faces), the case
 facenet-pytorch's MTCNN batches. One run is ``run_task`` of one shard holding all of them,
 in this process on one intra-op thread (as one worker of either engine runs it): decoding,
-detection, the other stages, writing the shard. Annotator: MTCNN, landmark pose, ellipse
+detection, the other stages, writing the shard. SampleAnnotator: MTCNN, landmark pose, ellipse
 masks, pose-hull characters (the stages whose weights ship with the packages). A pair is a
 run with ``--batch-size`` and one with 1 (which goes first alternates); the ratio is the
 median of the per-pair ratios. Both runs of a pair must keep and reject the same inputs.
@@ -33,9 +33,10 @@ import torch
 from PIL import Image
 
 from datamodules.prepare import PrepareConfig, run_task
-from datamodules.prepare.annotate import Annotator, Filters
+from datamodules.prepare.annotate import SampleAnnotator
 from datamodules.prepare.sources import plan_images
 from ldm_ext.face import MTCNNDetector
+from ldm_ext.perception.annotator import Filters
 
 GOAL = 1.0
 SIDE = 512
@@ -54,7 +55,7 @@ def frames(folder: Path, count: int) -> None:
         sources[i % 2].rotate((i // 2) % 7 - 3).save(folder / f"frame{i:05d}.png")
 
 
-def timed_run(source: Path, out: Path, annotator: Annotator, batch_size: int
+def timed_run(source: Path, out: Path, annotator: SampleAnnotator, batch_size: int
               ) -> tuple[float, dict]:
     """(images/s, stats) of one shard of every frame in ``source``."""
     config = PrepareConfig(str(out), annotator, previews=0, batch_size=batch_size)
@@ -92,8 +93,8 @@ def main(argv: list[str] | None = None) -> float:
                         help="the annotator's models (cuda: as a GPU worker runs them)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    annotator = Annotator("mtcnn", pose="faces", segmenter="ellipse", characters="pose-hull",
-                          filters=Filters(min_face_size=20), device=args.device)
+    annotator = SampleAnnotator("mtcnn", pose="faces", segmenter="ellipse", characters="pose-hull",
+                                filters=Filters(min_face_size=20), device=args.device)
     rates: dict[int, list[float]] = {args.batch_size: [], 1: []}
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp, "in")

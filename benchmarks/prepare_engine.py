@@ -34,9 +34,10 @@ import skimage.data
 from PIL import Image
 
 from datamodules.prepare import PrepareConfig, run_task, summarise
-from datamodules.prepare.annotate import Annotator, Filters
+from datamodules.prepare.annotate import SampleAnnotator
 from datamodules.prepare.engines import connect, engine
 from datamodules.prepare.sources import plan_images
+from ldm_ext.perception.annotator import Filters
 
 GOAL = 0.9
 
@@ -58,8 +59,8 @@ def timed_run(source: Path, out: Path, name: str, args: argparse.Namespace) -> d
     """One whole run of engine ``name`` (as ``prepare`` runs it, stats.json included):
     images/s of the whole run, the start-up (seconds until the first shard is done: worker
     processes, imports, models) and images/s after each worker's first shard."""
-    annotator = Annotator("mtcnn", pose="faces", segmenter="ellipse", characters="pose-hull",
-                          filters=Filters(min_face_size=20))
+    annotator = SampleAnnotator("mtcnn", pose="faces", segmenter="ellipse", characters="pose-hull",
+                                filters=Filters(min_face_size=20))
     config = PrepareConfig(str(out), annotator, previews=0)
     tasks = plan_images(str(source), args.per_shard)
     start, done = time.perf_counter(), []

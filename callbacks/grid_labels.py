@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
-from ldm_ext.pose import slot_color
+from ldm_ext.perception.pose import slot_color
 
 INK, PAPER = (20, 20, 20), (255, 255, 255)
 LAYOUT_KEY = "idforge-grid"  # PNG text chunk: the grid's labels and cell geometry (JSON)

@@ -15,7 +15,7 @@ from pytorch_lightning.loggers import WandbLogger
 
 from callbacks.grid_labels import GridLabels, save_grid
 from ldm_ext.face.align import tensor_to_uint8
-from ldm_ext.pose import slot_color
+from ldm_ext.perception.pose import slot_color
 
 
 def identity_shares(maps: torch.Tensor, groups: list[slice]) -> torch.Tensor:

@@ -2,7 +2,7 @@
 naming the subject man/woman (PortraitBooth, docs/methods.md §4), from ``prepare videos``."""
 from __future__ import annotations
 
-from datamodules.prepared import prepared_shards
+from datamodules.shard_folder import prepared_shards
 from datamodules.shards import ShardDataModule
 
 

@@ -24,7 +24,7 @@ from PIL import Image
 
 from datamodules.schema import (KEYS, MAX_CAPTION_BYTES, MAX_PIXELS, OPTIONAL_KEYS,
                                 SCHEMA_VERSION, BadSample, Sample)
-from ldm_ext.pose import Person
+from ldm_ext.perception.pose import Person
 
 
 def encode_sample(sample: Sample, quality: int = 95) -> dict[str, bytes | str]:

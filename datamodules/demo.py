@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 from datamodules.codec import encode_sample
 from datamodules.schema import CROP_SIZE, SCHEMA_VERSION, Sample, validate
 from datamodules.shards import ShardDataModule
-from ldm_ext.pose import Person, detector_box, face_box, pose_template
+from ldm_ext.perception.pose import Person, detector_box, face_box, pose_template
 
 PLACES = ("in a park", "at the beach", "in a city street", "in a kitchen", "on a mountain")
 # (sky or wall, ground or floor) per place, each varied by up to +-SCENE_JITTER: the caption
@@ -125,9 +125,10 @@ def with_fallback_masks(sample: Sample) -> Sample:
     """``sample`` with the optional members ``prepare`` writes when no parser is available:
     masks (box + 25 %, inscribed ellipse, pose-hull character) and the main character crop.
     Benchmarks and tests use it for prepared-like samples."""
-    from datamodules.prepare.annotate import EllipseSegmenter, face_masks
-    from datamodules.prepare.characters import HullCharacters
-    from ldm_ext.perception.characters import character_on_white
+    from datamodules.prepare.annotate import face_masks
+    from ldm_ext.perception.character_crop import character_on_white
+    from ldm_ext.perception.character_masks import HullCharacters
+    from ldm_ext.perception.segmenters import EllipseSegmenter
 
     bodies = HullCharacters()(sample.image, sample.boxes, sample.people, sample.face_person)
     sample.masks = face_masks(sample.image, sample.boxes, EllipseSegmenter(), bodies)

@@ -6,9 +6,9 @@ import hashlib
 from pathlib import Path
 
 from datamodules.prepare import PrepareConfig, prepare
-from datamodules.prepare.annotate import Annotator
+from datamodules.prepare.annotate import SampleAnnotator
 from datamodules.prepare.sources import plan_images
-from datamodules.prepared import is_prepared
+from datamodules.shard_folder import is_prepared
 from datamodules.shards import ShardDataModule
 
 
@@ -33,13 +33,14 @@ class FolderDataModule(ShardDataModule):
         **kwargs: the other ``ShardDataModule`` arguments.
     """
 
-    def __init__(self, folder: str, output: str | None = None, annotator: Annotator | None = None,
-                 samples_per_shard: int = 100, prepare_workers: int | None = None, **kwargs):
+    def __init__(self, folder: str, output: str | None = None,
+                 annotator: SampleAnnotator | None = None, samples_per_shard: int = 100,
+                 prepare_workers: int | None = None, **kwargs):
         self.folder = str(folder)
         self.output = self.folder if is_prepared(folder) else str(output or
                                                                    default_output(folder))
         super().__init__(str(Path(self.output) / "shard-*.tar"), **kwargs)
-        self.annotator = annotator or Annotator()
+        self.annotator = annotator or SampleAnnotator()
         self.samples_per_shard, self.prepare_workers = samples_per_shard, prepare_workers
 
     def prepare_data(self) -> None:

@@ -1,7 +1,7 @@
 """LAION-Face: image-caption pairs with faces, prepared by ``datamodules.prepare images``."""
 from __future__ import annotations
 
-from datamodules.prepared import prepared_shards
+from datamodules.shard_folder import prepared_shards
 from datamodules.shards import ShardDataModule
 
 

@@ -43,14 +43,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ldm_ext.pose import Person
+from ldm_ext.perception.pose import Person
 
 SCHEMA_VERSION = 1
 KEYS = ("jpg", "txt", "faces.json", "crops.npy", "pose.json")
 OPTIONAL_KEYS = ("masks.png", "character.jpg", "reference.npy", "meta.json")
 CROP_SIZE = 160
 MASK_BOX, MASK_SEG, MASK_CHAR = 1, 2, 4  # bit flags of masks.png
-FACE_MARGIN = 0.25  # face region = detector box enlarged by 25 % (InstantFamily Sec. 3.5)
 MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
 # far beyond the 77 CLIP tokens the text encoders read (a token spans ~4 characters)
 MAX_CAPTION_CHARS = 1000

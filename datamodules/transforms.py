@@ -30,7 +30,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from datamodules.schema import Sample
-from ldm_ext.pose import Person
+from ldm_ext.perception.pose import Person
 
 
 def _swap(n: int, pairs: list[tuple[int, int]]) -> np.ndarray:

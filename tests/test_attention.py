@@ -155,7 +155,7 @@ def test_small_faces_keep_their_centre_pixel_at_every_level():
 
 def test_four_template_faces_cover_every_level_at_512():
     """Four identities on the default 512 x 512 template: every face has pixels at 8 x 8."""
-    from ldm_ext.pose import face_box, pose_template
+    from ldm_ext.perception.pose import face_box, pose_template
 
     boxes = torch.tensor(np.stack([face_box(p, margin=0.0) for p in
                                    pose_template(4, (512, 512))]) / 512)[None]  # (1, 4, 4)

@@ -13,7 +13,7 @@ from datamodules.schema import MASK_CHAR
 from datamodules.transforms import ResizeCrop
 from datamodules.views import StoryMakerView
 from ldm_ext.face.align import arcface_crops
-from ldm_ext.perception.characters import character_on_white, reference_crop
+from ldm_ext.perception.character_crop import character_on_white, reference_crop
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

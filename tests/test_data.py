@@ -22,7 +22,7 @@ from datamodules.shards import (ShardDataModule, ShardStream, expand_shards, log
                                 worker_start)
 from datamodules.transforms import ResizeCrop
 from datamodules.views import InstantFamilyView
-from ldm_ext.pose import detector_box
+from ldm_ext.perception.pose import detector_box
 
 R, N, B = 64, 4, 4  # resolution, face slots, batch size
 

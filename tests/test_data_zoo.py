@@ -19,7 +19,7 @@ from datamodules.demo import demo_sample
 from datamodules.codec import _npy, decode_sample, encode_sample
 from datamodules.schema import MASK_BOX, BadSample, Sample, validate
 from datamodules.shards import MAX_EMPTY_EPOCHS, ShardDataModule
-from ldm_ext.pose import pose_template
+from ldm_ext.perception.pose import pose_template
 
 HW = (48, 48)
 

@@ -21,8 +21,8 @@ from ldm_ext.face.types import Faces
 from ldm_ext.methods.instantfamily_config import InstantFamilyConfig
 from ldm_ext.pipelines.instantfamily import InstantFamilyPipeline
 from ldm_ext.pipelines.options import add_flags, check, from_args
-from ldm_ext.pose import pose_template, save_people
-from ldm_ext.pose_files import load_pose
+from ldm_ext.perception.pose import pose_template, save_people
+from ldm_ext.perception.pose.files import load_pose
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "eval" / "tiny.yaml")

@@ -401,7 +401,7 @@ def _ibug68_people(image: np.ndarray, faces: Faces) -> list:
     import dlib
 
     from ldm_ext.face.detect import dlib_model_path
-    from ldm_ext.pose import Person
+    from ldm_ext.perception.pose import Person
 
     predictor = dlib.shape_predictor(dlib_model_path("shape_predictor_68_face_landmarks.dat"))
     people = []
@@ -419,7 +419,7 @@ def test_keypoint_boxes_map_to_detector_boxes_on_real_photos(astronaut, astronau
     """InstantFamily's inference regions start from pose keypoints, training's from MTCNN
     boxes: ``detector_box`` must give the detector's box size on real photos (within 10 %
     of area on average), where the plain keypoint box is about 0.76x."""
-    from ldm_ext.pose import Person, detector_box, face_box, people_from_faces
+    from ldm_ext.perception.pose import Person, detector_box, face_box, people_from_faces
 
     ibug = []
     for image, faces in ((astronaut, astronaut_faces), (group_photo, group_faces)):

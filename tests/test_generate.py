@@ -20,7 +20,7 @@ from ldm_ext.cli import InputError
 from ldm_ext.config import load_config, to_yaml
 from ldm_ext.generate import main as generate
 from ldm_ext.generate import output_paths
-from ldm_ext.pose import pose_template, save_people
+from ldm_ext.perception.pose import pose_template, save_people
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("one_thread")

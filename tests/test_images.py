@@ -5,7 +5,7 @@ from PIL import Image
 
 from callbacks.images import attention_overlay, identity_shares
 from ldm_ext.attention import TokenLayout
-from ldm_ext.pose import SLOT_COLORS, slot_color
+from ldm_ext.perception.pose import SLOT_COLORS, slot_color
 
 LAYOUT = TokenLayout(num_text=3, num_slots=2, tokens_per_face=2)  # keys: t t t a a b b
 GROUPS = [slice(0, 3), LAYOUT.face_slice(0), LAYOUT.face_slice(1)]

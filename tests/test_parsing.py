@@ -8,12 +8,15 @@ import pytest
 import skimage.data
 import torch
 
-from datamodules.prepare.annotate import Annotator, EllipseSegmenter, Filters
-from datamodules.prepare.characters import HullCharacters, ParsedCharacters, keep_owned, regions
-from datamodules.prepare.parsing import (FaceParsingSegmenter, HumanParser, ParserMissing,
-                                         square_crops)
+from datamodules.prepare.annotate import SampleAnnotator
 from datamodules.schema import MASK_BOX, MASK_SEG
-from ldm_ext.pose import people_from_faces
+from ldm_ext.perception.annotator import Annotator, Filters
+from ldm_ext.perception.character_masks import (HullCharacters, ParsedCharacters, keep_owned,
+                                                regions)
+from ldm_ext.perception.parsing import (FaceParsingSegmenter, HumanParser, ParserMissing,
+                                        square_crops)
+from ldm_ext.perception.pose import people_from_faces
+from ldm_ext.perception.segmenters import EllipseSegmenter
 
 # CelebAMask-HQ's labels in the order of jonathandinu/face-parsing
 LABELS = ["background", "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow",
@@ -73,9 +76,9 @@ def test_missing_parser_is_named_and_auto_falls_back(tmp_path, caplog):
 
 def test_prepare_stores_parsed_masks_and_names_the_parser(tmp_path):
     folder = tiny_parser(tmp_path / "parser", "skin")
-    annotator = Annotator(pose="faces", segmenter="face-parsing", parser=folder,
-                          characters="pose-hull",
-                          filters=Filters(min_score=0.95, min_face_size=20))
+    annotator = SampleAnnotator(pose="faces", segmenter="face-parsing", parser=folder,
+                                characters="pose-hull",
+                                filters=Filters(min_score=0.95, min_face_size=20))
     sample = annotator("astro", skimage.data.astronaut(), "an astronaut")
     assert sample.models["masks"].startswith(f"box+25%|face-parsing({folder})|")
     seg = (sample.masks[0] & MASK_SEG) > 0

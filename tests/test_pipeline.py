@@ -9,7 +9,7 @@ from PIL import Image
 from ldm_ext.config import load_config
 from ldm_ext.methods.loading import build_method
 from ldm_ext.pipelines.instantfamily import InstantFamilyPipeline, control_legend
-from ldm_ext.pose import SLOT_COLORS, pose_template, slot_color
+from ldm_ext.perception.pose import SLOT_COLORS, pose_template, slot_color
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_face_regions_have_the_detector_box_size_on_a_real_photo(method):
     import insightface
 
     from ldm_ext.face import build_face_detector
-    from ldm_ext.pose import people_from_faces
+    from ldm_ext.perception.pose import people_from_faces
 
     path = os.path.join(os.path.dirname(insightface.__file__), "data", "images", "t1.jpg")
     photo = np.asarray(Image.open(path).convert("RGB"))

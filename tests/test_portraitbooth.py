@@ -20,7 +20,7 @@ from ldm_ext.methods.portraitbooth_losses import (crop_faces, identity_loss, lat
                                                   localization_terms, predicted_x0)
 from ldm_ext.pipelines.regions import (blend_weights, boxes_from_people, compose, load_layout,
                                        region_masks)
-from ldm_ext.pose import pose_template
+from ldm_ext.perception.pose import pose_template
 from ldm_ext.tokenizer import build_clip_tokenizer
 from ldm_ext.word_tokens import word_positions
 

@@ -206,7 +206,7 @@ def test_pose_file_of_another_size_is_fitted_onto_the_output(method, monkeypatch
     they are scaled by one factor and centred (pose.fit_people, as InstantFamily does), so
     the regions keep their places across the width and sit in the middle band."""
     from ldm_ext.pipelines.regions import boxes_from_people
-    from ldm_ext.pose import pose_template, save_people
+    from ldm_ext.perception.pose import pose_template, save_people
 
     people = pose_template(2, (256, 512))
     save_people(people, tmp_path / "pose.json", hw=(256, 512))

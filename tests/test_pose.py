@@ -4,11 +4,11 @@ import json
 import numpy as np
 import pytest
 
-from ldm_ext.pose import (BODY_PARTS, FACE_TEMPLATE, FACE_TEMPLATE_5, SLOT_COLORS,
-                          OpenPoseEstimator, Person, PoseModelMissing, face_box, face_center,
-                          fit_people, people_from_faces, person_from_pose, pose_template,
-                          render_control_image, save_people, slot_color)
-from ldm_ext.pose_files import load_pose
+from ldm_ext.perception.pose import (BODY_PARTS, FACE_TEMPLATE, FACE_TEMPLATE_5, SLOT_COLORS,
+                                     OpenPoseEstimator, Person, PoseModelMissing, face_box,
+                                     face_center, fit_people, people_from_faces, person_from_pose,
+                                     pose_template, render_control_image, save_people, slot_color)
+from ldm_ext.perception.pose.files import load_pose
 
 
 def _person_with_face_box(x0, y0, x1, y1) -> Person:

@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from ldm_ext.cli import InputError, run_cli
-from ldm_ext.pose import PoseModelMissing, pose_template, render_control_image, save_people
-from ldm_ext.pose_files import BODY_25_TO_COCO_18, load_pose
+from ldm_ext.perception.pose import (PoseModelMissing, pose_template, render_control_image,
+                                     save_people)
+from ldm_ext.perception.pose.files import BODY_25_TO_COCO_18, load_pose
 
 ROOT = Path(__file__).resolve().parent.parent
 HW = (240, 320)
@@ -174,7 +175,7 @@ def test_other_layouts_are_one_line_naming_the_three_formats(tmp_path, capsys, d
 
 # ----- OpenPose weights -------------------------------------------------------------------
 def test_missing_weights_name_the_download_command(tmp_path):
-    from datamodules.prepare.annotate import Annotator
+    from ldm_ext.perception.annotator import Annotator
 
     with pytest.raises(PoseModelMissing) as err:
         Annotator(pose="openpose", pose_weights=str(tmp_path)).pose_estimator()
@@ -185,8 +186,8 @@ def test_missing_weights_name_the_download_command(tmp_path):
 
 
 def test_annotator_builds_openpose_from_its_pose_weights_folder(tmp_path):
-    from datamodules.prepare.annotate import Annotator
-    from ldm_ext.pose import OpenPoseEstimator
+    from ldm_ext.perception.annotator import Annotator
+    from ldm_ext.perception.pose import OpenPoseEstimator
     from test_pose import _save_openpose_weights
 
     _save_openpose_weights(tmp_path)

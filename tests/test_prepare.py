@@ -15,11 +15,13 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from datamodules.prepare.annotate import Annotator, EllipseSegmenter, Filters, face_masks
 from datamodules.prepare import PrepareConfig, main, prepare, run_task
+from datamodules.prepare.annotate import SampleAnnotator, face_masks
 from datamodules.schema import MASK_BOX, MASK_CHAR, MASK_SEG, validate
 from datamodules.shards import ShardDataModule
 from datamodules.prepare.sources import plan_images
+from ldm_ext.perception.annotator import Filters
+from ldm_ext.perception.segmenters import EllipseSegmenter
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,9 +38,9 @@ def rgb(image: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def annotator() -> Annotator:
-    return Annotator("mtcnn", pose="faces", segmenter="ellipse", characters="pose-hull",
-                     filters=Filters(min_score=0.95, min_face_size=20))
+def annotator() -> SampleAnnotator:
+    return SampleAnnotator("mtcnn", pose="faces", segmenter="ellipse", characters="pose-hull",
+                           filters=Filters(min_score=0.95, min_face_size=20))
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +225,7 @@ def test_a_face_cut_by_the_photo_edge_keeps_its_whole_box(annotator):
 def test_laion_face_and_folder_datamodules_read_prepared_shards(prepared, photos):
     from datamodules.folder import FolderDataModule
     from datamodules.laion_face import LaionFaceDataModule
-    from datamodules.prepared import prepared_stats
+    from datamodules.shard_folder import prepared_stats
 
     args = dict(resolution=32, batch_size=3, num_workers=0, shuffle_buffer=1)
     for dm in (LaionFaceDataModule(str(prepared[0]), **args),

@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from datamodules.prepare import PrepareConfig, main, prepare
-from datamodules.prepare.annotate import Annotator, Filters
+from datamodules.prepare.annotate import SampleAnnotator
 from datamodules.prepare.sources import plan_images
 from ldm_ext.face import MTCNNDetector, detect_batch
+from ldm_ext.perception.annotator import Filters
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -97,8 +98,8 @@ def photos(tmp_path_factory) -> Path:
 
 
 def run(photos: Path, out: Path, batch_size: int) -> dict:
-    annotator = Annotator("mtcnn", pose="faces", segmenter="ellipse", characters="pose-hull",
-                          filters=Filters(min_face_size=20))
+    annotator = SampleAnnotator("mtcnn", pose="faces", segmenter="ellipse", characters="pose-hull",
+                                filters=Filters(min_face_size=20))
     config = PrepareConfig(str(out), annotator, previews=0, batch_size=batch_size)
     return prepare(plan_images(str(photos), 6), config, workers=1)
 

@@ -12,18 +12,19 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from datamodules.prepare.annotate import Annotator, Filters
 from datamodules.prepare import PrepareConfig, prepare
+from datamodules.prepare.annotate import SampleAnnotator
 from datamodules.prepare.resume import InputChanged
 from datamodules.prepare.sources import decode_image, plan_images
+from ldm_ext.perception.annotator import Filters
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def annotator() -> Annotator:
-    return Annotator("mtcnn", pose="faces", segmenter="ellipse", characters="pose-hull",
-                     filters=Filters(min_score=0.95, min_face_size=20))
+def annotator() -> SampleAnnotator:
+    return SampleAnnotator("mtcnn", pose="faces", segmenter="ellipse", characters="pose-hull",
+                           filters=Filters(min_score=0.95, min_face_size=20))
 
 
 def face(angle: float = 0) -> Image.Image:
@@ -41,7 +42,7 @@ def photos(tmp_path) -> Path:
     return folder
 
 
-def run(photos: Path, out: Path, annotator: Annotator, per_shard: int = 10) -> dict:
+def run(photos: Path, out: Path, annotator: SampleAnnotator, per_shard: int = 10) -> dict:
     return prepare(plan_images(str(photos), per_shard), PrepareConfig(str(out), annotator),
                    workers=1)
 

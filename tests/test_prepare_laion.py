@@ -15,11 +15,12 @@ import skimage.data
 import webdataset as wds
 from PIL import Image
 
-from datamodules.prepare.annotate import Annotator, Filters
 from datamodules.prepare import PrepareConfig, main, prepare, run_task
+from datamodules.prepare.annotate import SampleAnnotator
 from datamodules.shards import ShardDataModule
 from datamodules.prepare.sources import SourceFilter, plan_images
 from ldm_ext.cli import InputError, run_cli
+from ldm_ext.perception.annotator import Filters
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CLI = ["--pose", "faces", "--segmenter", "ellipse", "--characters", "pose-hull",
@@ -27,9 +28,9 @@ CLI = ["--pose", "faces", "--segmenter", "ellipse", "--characters", "pose-hull",
 
 
 @pytest.fixture(scope="module")
-def annotator() -> Annotator:
-    return Annotator("mtcnn", pose="faces", segmenter="ellipse", characters="pose-hull",
-                     filters=Filters(min_score=0.95, min_face_size=20))
+def annotator() -> SampleAnnotator:
+    return SampleAnnotator("mtcnn", pose="faces", segmenter="ellipse", characters="pose-hull",
+                           filters=Filters(min_score=0.95, min_face_size=20))
 
 
 def jpeg(angle: float = 0) -> bytes:

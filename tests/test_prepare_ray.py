@@ -10,16 +10,17 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from datamodules.prepare.annotate import Annotator, Filters
 from datamodules.prepare import PrepareConfig, prepare
+from datamodules.prepare.annotate import SampleAnnotator
 from datamodules.prepare.sources import plan_images
+from ldm_ext.perception.annotator import Filters
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
-class DyingAnnotator(Annotator):
+class DyingAnnotator(SampleAnnotator):
     """Kills its worker process at input ``die_at`` the first time (``flag`` then exists)."""
 
     die_at: str = ""
@@ -57,13 +58,13 @@ def photos(tmp_path_factory) -> Path:
     return folder
 
 
-def annotator(**kwargs) -> Annotator:
-    cls = DyingAnnotator if kwargs else Annotator
+def annotator(**kwargs) -> SampleAnnotator:
+    cls = DyingAnnotator if kwargs else SampleAnnotator
     return cls("mtcnn", pose="faces", segmenter="ellipse", characters="pose-hull",
                filters=Filters(min_face_size=20), **kwargs)
 
 
-def on_ray(photos: Path, out: Path, chosen: Annotator) -> dict:
+def on_ray(photos: Path, out: Path, chosen: SampleAnnotator) -> dict:
     """``prepare`` of ``photos`` into ``out`` on the Ray engine, two workers."""
     from datamodules.prepare.engines import engine
 

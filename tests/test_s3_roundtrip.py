@@ -13,7 +13,7 @@ from PIL import Image
 
 from datamodules import storage
 from datamodules.prepare import main as prepare_main
-from datamodules.prepared import prepared_stats
+from datamodules.shard_folder import prepared_stats
 from object_store import S3_ENV, s3_server  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,11 +14,11 @@ from insightface.utils.face_align import norm_crop
 from PIL import Image
 from skimage import data
 
-from datamodules.prepare.annotate import Annotator, Filters
 from datamodules.schema import MASK_CHAR, Sample
 from datamodules.views.storymaker import FACE_SIZE, StoryMakerView
 from ldm_ext.face.align import (ARCFACE_TEMPLATE, apply_similarity, fit_similarity,
                                  tensor_to_uint8)
+from ldm_ext.perception.annotator import Annotator, Filters
 from ldm_ext.pipelines.storymaker import StoryMakerPipeline
 
 T1 = os.path.join(os.path.dirname(insightface.__file__), "data", "images", "t1.jpg")

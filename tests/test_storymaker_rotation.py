@@ -11,7 +11,7 @@ from datamodules.demo import demo_sample, with_fallback_masks
 from datamodules.schema import MASK_CHAR
 from datamodules.views import StoryMakerView
 from datamodules.views.storymaker import draw_angles
-from ldm_ext.perception.characters import reference_crop
+from ldm_ext.perception.character_crop import reference_crop
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -48,7 +48,7 @@ def test_run_folder_has_everything(demo_run: Path):
     assert layout["columns"] == ["N=1", "N=2"] and layout["references"] == ["id0", "id1"]
     assert layout["rows"] == ["conditioning", "a photo of people in a park"]
     assert layout["title"] == "instantfamily · seed 0 · step 4"
-    from ldm_ext.pose import SLOT_COLORS
+    from ldm_ext.perception.pose import SLOT_COLORS
 
     side = 128 // 5  # legend: identity k framed in slot colour k along the bottom edge
     x, y = layout["origin"]
@@ -176,7 +176,7 @@ def test_generation_cli_with_pose_json(demo_run: Path, tmp_path):
     from skimage.data import astronaut
 
     from ldm_ext.generate import main as generate
-    from ldm_ext.pose import pose_template, save_people
+    from ldm_ext.perception.pose import pose_template, save_people
 
     from PIL import Image
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from datamodules.schema import Sample, validate
 from datamodules.transforms import LANDMARK_FLIP, ResizeCrop
-from ldm_ext.pose import Person
+from ldm_ext.perception.pose import Person
 
 R = 64  # output resolution
 

@@ -5,17 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.prepare.annotate import EllipseSegmenter
-from datamodules.prepare.characters import HullCharacters
 from datamodules.demo import demo_sample, with_fallback_masks
 from datamodules.schema import MASK_CHAR, MASK_SEG, Sample, validate
 from datamodules.transforms import ResizeCrop
 from datamodules.views import (InstantFamilyView, PortraitBoothView, StoryMakerView, build_view,
                                select_slots)
-from ldm_ext.perception.characters import reference_crop
 from ldm_ext.attention import TokenLayout, build_face_masks
 from ldm_ext.face.align import arcface_crops
-from ldm_ext.pose import SLOT_COLORS, face_center, pose_template
+from ldm_ext.perception.character_crop import reference_crop
+from ldm_ext.perception.character_masks import HullCharacters
+from ldm_ext.perception.pose import SLOT_COLORS, face_center, pose_template
+from ldm_ext.perception.segmenters import EllipseSegmenter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 R, N = 128, 4  # resolution, InstantFamily's face slots

@@ -1,13 +1,14 @@
 """Offline preparation: raw images or videos -> annotated webdataset shards
 (``python -m datamodules.prepare``). Training reads the result through
-``datamodules.prepared`` and ``datamodules.shards``, not through this package.
+``datamodules.shard_folder`` and ``datamodules.shards``, not through this package; what is
+in an image (faces, pose, masks, characters) is ``ldm_ext.perception``'s.
 
 - ``run``: ``prepare`` and the work of one shard; ``cli``: the command line;
 - ``engines``: a process pool on this machine, or a Ray cluster;
 - ``sources``, ``clips``, ``clip_meta``: image and video inputs cut into shard tasks;
 - ``resume``: what an output folder still needs; ``preview``: preview images;
-- ``annotate``, ``parsing``, ``characters``: the annotation stages (faces, pose, masks,
-  characters).
+- ``annotate``: a shard sample from the perception stages' findings; ``rejected``: why an
+  input is left out.
 
 The names below are imported on first use (PEP 562), not with the package: the command
 line checks its flags before torch and the detectors load.

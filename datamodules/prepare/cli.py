@@ -24,9 +24,9 @@ from pathlib import Path
 
 from datamodules import storage
 from datamodules.prepare.clip_meta import DEFAULT_EXTRAS, TEXT_FOLDERS, load_video_meta
-from datamodules.prepare.parsing import DEFAULT_FACE_PARSER, DEFAULT_HUMAN_PARSER
+from ldm_ext.perception.parsing import DEFAULT_FACE_PARSER, DEFAULT_HUMAN_PARSER
 from ldm_ext.cli import ArgumentParser, InputError, positive_int
-from ldm_ext.pose import ANNOTATOR_FILES, DEFAULT_POSE_WEIGHTS, download_command
+from ldm_ext.perception.pose import ANNOTATOR_FILES, DEFAULT_POSE_WEIGHTS, download_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -135,15 +135,16 @@ def main(argv: list[str] | None = None) -> dict:
             if args.mode == "videos" else {})
     tasks = plan(args, meta)
     # the models' modules (torch, detectors) load only now that the arguments and inputs hold
-    from datamodules.prepare.annotate import Annotator, Filters
+    from datamodules.prepare.annotate import SampleAnnotator
+    from ldm_ext.perception.annotator import Filters
     from datamodules.prepare.engines import engine
     from datamodules.prepare.run import PrepareConfig, prepare
     from datamodules.prepare.sources import SourceFilter
 
     filters = Filters(args.min_faces, args.max_faces, args.min_face_size, args.min_score)
-    annotator = Annotator(args.detector, args.pose, args.segmenter, args.parser,
-                          characters=args.characters, human_parser=args.human_parser,
-                          pose_weights=args.pose_weights, filters=filters)
+    annotator = SampleAnnotator(args.detector, args.pose, args.segmenter, args.parser,
+                                characters=args.characters, human_parser=args.human_parser,
+                                pose_weights=args.pose_weights, filters=filters)
     config = PrepareConfig(args.output, annotator, max_side=args.max_side,
                            previews=args.previews, source_filter=SourceFilter(
                                tuple(args.drop_nsfw), args.min_similarity),

@@ -9,7 +9,7 @@ import numpy as np
 
 from datamodules import storage
 from datamodules.schema import MASK_BOX, MASK_CHAR, MASK_SEG, Sample
-from ldm_ext.pose import render_control_image, slot_color
+from ldm_ext.perception.pose import render_control_image, slot_color
 
 
 def draw_preview(sample: Sample) -> np.ndarray:

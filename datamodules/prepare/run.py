@@ -41,11 +41,12 @@ import webdataset as wds
 
 from datamodules import storage
 from datamodules.codec import encode_sample
-from datamodules.prepare.annotate import Annotator, Rejected, crops_uint8
+from datamodules.prepare.annotate import SampleAnnotator, crops_uint8
 from datamodules.prepare.clip_meta import clip_id, video_caption
 from datamodules.prepare.clips import read_frames
 from datamodules.prepare.engines import run_local
 from datamodules.prepare.preview import write_preview
+from datamodules.prepare.rejected import Rejected
 from datamodules.prepare.resume import pending, remove_leftovers, shard_path, task_sources
 from datamodules.prepare.sources import (SourceFilter, Task, decode_image, input_name,
                                          read_images, sample_key)
@@ -61,7 +62,7 @@ class PrepareConfig:
     """What ``prepare`` runs (see ``main`` for the command-line names)."""
 
     output: str
-    annotator: Annotator = field(default_factory=Annotator)
+    annotator: SampleAnnotator = field(default_factory=SampleAnnotator)
     max_side: int = 1024  # longer image side kept in the shards
     previews: int = 4  # preview images written by shard 0
     meta: dict = field(default_factory=dict)  # videos: clip id -> ClipMeta

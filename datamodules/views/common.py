@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from datamodules.schema import Sample
-from ldm_ext.pose import Person, draw_slot_circle, render_control_image
+from ldm_ext.perception.pose import Person, draw_slot_circle, render_control_image
 
 # 1 / 127.5 rounded down in float32, so that 255 maps to <= 1.0 (not 1 + 1 ulp)
 PIXEL_SCALE = float(np.nextafter(np.float32(1 / 127.5), np.float32(0)))

@@ -8,7 +8,7 @@ from datamodules.schema import Sample
 from datamodules.views.common import (SIGNED, UNIT, ControlDrawing, draw_controls, floats,
                                       image_tensor, normalized_boxes, pad_slots, select_slots,
                                       stack_images, valid_slots)
-from ldm_ext.pose import face_box
+from ldm_ext.perception.pose import face_box
 
 
 class InstantFamilyView:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from datamodules.prepare.annotate import EllipseSegmenter
 from datamodules.schema import MASK_SEG, Sample
 from datamodules.views.common import (BINARY, SIGNED, floats, image_tensor, normalized_boxes,
                                       pad_slots, stack_images, valid_slots)
+from ldm_ext.perception.segmenters import EllipseSegmenter
 
 
 class PortraitBoothView:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from datamodules.prepare.characters import HullCharacters
 from datamodules.schema import MASK_CHAR, Sample
 from datamodules.views.common import (BINARY, SIGNED, UNIT, ControlDrawing, draw_controls,
                                       floats, image_tensor, normalized_boxes, pad_slots,
                                       stack_images, valid_slots)
 from ldm_ext.face.align import arcface_crops
-from ldm_ext.perception.characters import reference_crop
+from ldm_ext.perception.character_crop import reference_crop
+from ldm_ext.perception.character_masks import HullCharacters
 
 # Face crops are aligned on ArcFace's five-point template at twice its 112 px (as the
 # official CLIP face input, ``norm_crop(..., 224)``); the ArcFace encoders halve them to 112.
@@ -59,7 +59,7 @@ class StoryMakerView:
     image: faces by their five landmarks as generation cuts them (not the shard's detector
     crops: ArcFace and the released FaceID / StoryMaker weights expect the aligned crop),
     characters by ``reference_crop``, the one crop generation uses too.
-    Masks come from the shard's ``MASK_CHAR`` bits (``datamodules.prepare.characters``); shards
+    Masks come from the shard's ``MASK_CHAR`` bits (``ldm_ext.perception.character_masks``); shards
     written without them get the pose-hull masks here, from the pose.
     Character dropout (5 %) and caption dropout (10 %) belong to the training step.
 
@@ -114,7 +114,7 @@ class StoryMakerView:
 
     def references(self, photo: Sample, faces: list[int], angles: list[float]) -> torch.Tensor:
         """(n, 3, S, S) uint8: the characters of ``faces`` cut from the decoded photo as the
-        official trainer cuts them (``ldm_ext.perception.characters.reference_crop``)."""
+        official trainer cuts them (``ldm_ext.perception.character_crop.reference_crop``)."""
         side = self.character_size
         crops = [reference_crop(photo.image, m, side, a)
                  for m, a in zip(self.character_masks(photo, faces), angles)]

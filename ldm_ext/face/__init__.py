@@ -1,8 +1,8 @@
 """Face detection and recognition features behind two small protocols (see ``types``).
 
-The names below are imported on first use (PEP 562), not with the package: ``ldm_ext.pose``
-(and through it the data schema and ``prepare``'s command line) reads ``face.align``
-without loading the detectors, facenet-pytorch and torch (seconds).
+The names below are imported on first use (PEP 562), not with the package:
+``ldm_ext.perception.pose`` (and through it the data schema and ``prepare``'s command line)
+reads ``face.align`` without loading the detectors, facenet-pytorch and torch (seconds).
 """
 from importlib import import_module
 

@@ -1,8 +1,8 @@
 """Image/crop conversions and five-point similarity alignment shared by the face backends.
 
 torch is imported by the two functions that make or read tensors, not with the module:
-``ldm_ext.pose`` draws and aligns with the rest, and command lines read it before their
-checks (``ldm_ext/cli.py``)."""
+``ldm_ext.perception.pose`` draws and aligns with the rest, and command lines read it before
+their checks (``ldm_ext/cli.py``)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

@@ -10,7 +10,7 @@
 
 Boxes are returned as the detector regresses them, not clipped: a face cut by the image
 edge keeps its whole box, which may overhang the image. InstantFamily's face region is
-that box enlarged by 25 % and only then clipped (``datamodules.prepare.annotate.face_masks``,
+that box enlarged by 25 % and only then clipped (``ldm_ext.perception.face_region``,
 ``ldm_ext.attention.masks``); clipping first would shrink and shift it.
 """
 from __future__ import annotations

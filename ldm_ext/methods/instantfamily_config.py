@@ -9,8 +9,8 @@ from ldm_ext.cli import InputError
 from ldm_ext.config import Bounds, MethodConfig
 from ldm_ext.pipelines.options import (Inputs, Option, check_photo_options, existing_path,
                                        photo, photo_options)
-from ldm_ext.pose_names import (ANNOTATOR_FILES, DEFAULT_POSE_WEIGHTS, POSE_FORMATS,
-                                check_pose_weights, download_command)
+from ldm_ext.perception.pose.names import (ANNOTATOR_FILES, DEFAULT_POSE_WEIGHTS, POSE_FORMATS,
+                                           check_pose_weights, download_command)
 
 
 def check_generation_inputs(values: dict, cfg) -> None:

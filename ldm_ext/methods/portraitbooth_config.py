@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from ldm_ext.config import Bounds, MethodConfig
 from ldm_ext.pipelines.options import Inputs, Option, existing_path, photo
-from ldm_ext.pose_names import POSE_FORMATS
+from ldm_ext.perception.pose.names import POSE_FORMATS
 
 # Sec. 5.1 names "happy, angry, sad, etc."; docs/methods.md §4 Decision completes the eleven.
 EMOTION_WORDS = ["happy", "sad", "angry", "surprised", "disgusted", "fearful", "smiling",

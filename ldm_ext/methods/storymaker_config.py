@@ -10,7 +10,7 @@ from ldm_ext.cli import InputError
 from ldm_ext.config import Bounds, MethodConfig
 from ldm_ext.pipelines.options import (Inputs, Option, check_photo_count, check_photo_options,
                                        existing_path, photo, photo_options)
-from ldm_ext.pose_names import POSE_FORMATS
+from ldm_ext.perception.pose.names import POSE_FORMATS
 
 
 def check_generation_inputs(values: dict, cfg) -> None:

@@ -77,13 +77,13 @@ class MethodPipeline:
         return {"identities": None}
 
     def pose_inputs(self, path: str, size: tuple[int, int] | None) -> dict:
-        """``people`` of a pose file (``ldm_ext.pose_files``) and the size they fix: the
+        """``people`` of a pose file (``ldm_ext.perception.pose.files``) and the size they fix: the
         file's stored (H, W) when ``size`` (H, W) is not given; with it, the keypoints
         fitted onto the image of ``size``, scaled by one factor and centred. A file that
         stores no size but whose keypoints need a frame (OpenPose's own JSON) is fitted
         onto ``size``, else the training resolution, and fixes no size."""
-        from ldm_ext.pose import fit_people
-        from ldm_ext.pose_files import load_pose
+        from ldm_ext.perception.pose import fit_people
+        from ldm_ext.perception.pose.files import load_pose
 
         pose = load_pose(path)
         if pose.hw is None:

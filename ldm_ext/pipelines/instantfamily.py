@@ -26,8 +26,8 @@ from ldm_ext.face.align import tensor_to_uint8
 from ldm_ext.pipelines.base import MethodPipeline
 from ldm_ext.pipelines.options import photo_name, read_photo
 from ldm_ext.pipelines.sampling import decode_images, denoise, initial_latents, to_tensor
-from ldm_ext.pose import (DEFAULT_POSE_WEIGHTS, OpenPoseEstimator, Person, detector_box,
-                          fit_people, pose_template, render_control_image, slot_color)
+from ldm_ext.perception.pose import (DEFAULT_POSE_WEIGHTS, OpenPoseEstimator, Person, detector_box,
+                                     fit_people, pose_template, render_control_image, slot_color)
 
 
 class InstantFamilyPipeline(MethodPipeline):

@@ -29,7 +29,7 @@ from ldm_ext.pipelines.base import MethodPipeline
 from ldm_ext.pipelines.regions import (blend_weights, boxes_from_people, compose, load_layout,
                                        region_masks)
 from ldm_ext.pipelines.sampling import decode_images, denoise, initial_latents
-from ldm_ext.pose import pose_template, slot_color
+from ldm_ext.perception.pose import pose_template, slot_color
 from ldm_ext.word_tokens import word_positions
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ldm_ext.cli import InputError
-from ldm_ext.pose import Person
+from ldm_ext.perception.pose import Person
 
 
 def boxes_from_people(people: list[Person], hw: tuple[int, int],

@@ -3,9 +3,9 @@
 A character comes from one reference photo (its largest face) or from one person of a group
 photo: the face crop (ArcFace and CLIP: its five landmarks put on ArcFace's template at
 224 px, as the official code feeds CLIP and as ArcFace, after halving, expects) and the
-character crop training makes too (``ldm_ext.perception.characters.reference_crop``: the
+character crop training makes too (``ldm_ext.perception.character_crop.reference_crop``: the
 official trainer's soft mask, the person on white, squashed to 224² with LANCZOS).
-Masks come from ``--masks`` or from the annotation stages of ``datamodules.prepare`` (human
+Masks come from ``--masks`` or from the perception stages (``ldm_ext.perception``: human
 parsing split by pose when its weights are local, else the pose hull). Sampling as
 ``infer.py``: UniPC, 25 steps, CFG 7.5, image scale 0.8 (γ of Eq. 3), LoRA scale 0.8,
 negative = the PPR on all-zero embeddings; a pose template drives the frozen pose
@@ -30,11 +30,11 @@ from ldm_ext.adapters.lora import lora_scale
 from ldm_ext.attention import AttentionContext
 from ldm_ext.cli import InputError
 from ldm_ext.face.align import arcface_crops, crops_to_tensor, tensor_to_uint8
-from ldm_ext.perception.characters import reference_crop
+from ldm_ext.perception.character_crop import reference_crop
 from ldm_ext.pipelines.base import MethodPipeline
 from ldm_ext.pipelines.options import photo_name, read_photo
 from ldm_ext.pipelines.sampling import decode_images, denoise, initial_latents, to_tensor
-from ldm_ext.pose import render_control_image, slot_color
+from ldm_ext.perception.pose import render_control_image, slot_color
 
 SIDE = 224  # CLIP ViT-H/14 input; both halves of an identity
 
@@ -51,7 +51,7 @@ class StoryMakerPipeline(MethodPipeline):
     """Wraps a trained ``StoryMaker`` module (weights loaded) for sampling.
 
     ``annotator``: faces, pose and character masks of reference photos
-    (``datamodules.prepare.annotate.Annotator``; default MTCNN, built on first use)."""
+    (``ldm_ext.perception.annotator.Annotator``; default MTCNN, built on first use)."""
 
     def __init__(self, method, annotator=None, scheduler: str = "unipc") -> None:
         super().__init__(method, scheduler)
@@ -85,7 +85,7 @@ class StoryMakerPipeline(MethodPipeline):
 
     def _annotator(self):
         if self.annotator is None:
-            from datamodules.prepare.annotate import Annotator, Filters
+            from ldm_ext.perception.annotator import Annotator, Filters
 
             self.annotator = Annotator(filters=Filters(min_face_size=16, min_score=0.9))
         return self.annotator

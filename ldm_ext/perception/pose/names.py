@@ -1,5 +1,5 @@
-"""What pose inputs take, by name: the pose-file formats ``ldm_ext.pose_files`` reads and
-the OpenPose annotator's weights (``ldm_ext.pose.OpenPoseEstimator``). Imports nothing
+"""What pose inputs take, by name: the pose-file formats ``files`` reads and the
+OpenPose annotator's weights (``openpose.OpenPoseEstimator``). Imports nothing
 heavy, so command-line help and the checks before loading can name them without torch.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""SegFormer semantic parsers run on crops, for ``datamodules.prepare``'s masks.
+"""SegFormer semantic parsers run on crops: face and character masks.
 
-Both load through transformers' ``from_pretrained`` and fall back (in ``annotate``) when their
+Both load through transformers' ``from_pretrained`` and fall back (in ``annotator``) when their
 weights are not available offline:
 
 - faces: a face parser (default ``jonathandinu/face-parsing``, CelebAMask-HQ's 19 labels).
@@ -9,7 +9,7 @@ weights are not available offline:
   brows, eyes, glasses, ears, nose, mouth, lips; not hair, neck or clothes) form its mask.
 - characters: a human parser (default ``mattmdjaga/segformer_b2_clothes``, ATR's 18 labels:
   hair, face, clothes, limbs, shoes, bag, ...). Each character is parsed on its own region
-  (``datamodules.prepare.characters``); every label but the background is the character.
+  (``character_masks``); every label but the background is the character.
 """
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ class SegFormerParser:
 
 
 class FaceParsingSegmenter:
-    """``Segmenter`` (``datamodules.prepare.annotate``) from a SegFormer face parser.
+    """``Segmenter`` (``segmenters``) from a SegFormer face parser.
 
     Args:
         name_or_path: hub id or local folder of a parser whose ``config.id2label`` names

@@ -17,7 +17,7 @@ import math
 import cv2
 import numpy as np
 
-# Limbs as (keypoint, keypoint) in the COCO-18 order of ``ldm_ext.pose.BODY_PARTS``.
+# Limbs as (keypoint, keypoint) in the COCO-18 order of ``keypoints.BODY_PARTS``.
 LIMBS = np.array([(1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10),
                   (1, 11), (11, 12), (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17)])
 # OpenPose's palette: keypoint k and limb k share colour k (a hue wheel in 18 steps).

@@ -1,5 +1,6 @@
-"""Pose files in the formats people have, read into one layout (``ldm_ext.pose.Person``:
-COCO-18 body, optional 70-point face, pixels, confidence 0 = missing).
+"""Pose files: the formats people have, read into one layout (``keypoints.Person``:
+COCO-18 body, optional 70-point face, pixels, confidence 0 = missing), and idforge's own
+written (``save_people``).
 
 Three JSON formats are read (a file's format is told by its keys):
 
@@ -17,7 +18,7 @@ Three JSON formats are read (a file's format is told by its keys):
   ``canvas_height`` and coordinates normalised to 0..1; missing points are ``[0, 0, 0]``
   and face points the face model did not find sit at negative coordinates. As those tools
   do, a file whose present points all lie within [-1, 1] is taken as normalised.
-- idforge's own (``ldm_ext.pose.save_people``): ``{"people": [{"body": [[x, y, c], ...],
+- idforge's own (``save_people``): ``{"people": [{"body": [[x, y, c], ...],
   "face": [[x, y, c], ...] | null}], "width": W, "height": H}`` (size null: the keypoints
   are pixels of the generated image).
 
@@ -34,8 +35,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .cli import InputError
-from .pose import BODY_PARTS, NUM_FACE_POINTS, Person
+from ldm_ext.cli import InputError
+
+from .keypoints import BODY_PARTS, NUM_FACE_POINTS, Person
 
 # BODY_25 index of each COCO-18 keypoint (OpenPose doc/02_output.md orders): both start
 # nose, neck, arms (0-7); BODY_25 then has MidHip at 8, so its legs and head sit one later.
@@ -61,6 +63,17 @@ class PoseFile(NamedTuple):
     people: list[Person]
     hw: tuple[int, int] | None
     stored_size: bool
+
+
+def save_people(people: list[Person], path: str | Path,
+                hw: tuple[int, int] | None = None) -> None:
+    """Write idforge's pose JSON: {"people": [{"body": [[x, y, c], ...], "face": ... | null}],
+    "width": W, "height": H} (width/height null when ``hw`` = (height, width) is not given).
+    The size keys are named, so files stay readable whatever order code uses."""
+    height, width = hw if hw is not None else (None, None)
+    records = [{"body": p.body.tolist(), "face": None if p.face is None else p.face.tolist()}
+               for p in people]
+    Path(path).write_text(json.dumps({"people": records, "width": width, "height": height}))
 
 
 def load_pose(path: str | Path) -> PoseFile:

@@ -1,27 +1,37 @@
-"""Character masks and crops for ``datamodules.prepare`` (StoryMaker, docs/methods.md §3).
+"""Character masks (StoryMaker, docs/methods.md §3) for prepare's shards and the pipeline.
 
 A character is the person a face belongs to: face, hair, body and clothes. StoryMaker's
 attention loss (Eq. 9–12) compares each character's attention with its mask ``M_k`` and the
-background's with ``1 - union``; its reference is the character cut out on white.
+background's with ``1 - union``; its reference is the character cut out on white
+(``character_crop``).
 
 **Decision** (the paper used an internal instance segmentation model): a character's
 pixels are those a human parser labels as a person inside the character's region, that are
 nearer to this character's pose hull than to any other person's (faces always keep their
-own ellipse). The pose hull (skeleton
-hull and face ellipse, dilated) is also the fallback mask when no parser is available
-(``pose-hull``), and the seed that splits touching people between them.
+own ellipse). The pose hull (skeleton hull and face ellipse, dilated) is also the fallback
+mask when no parser is available (``pose-hull``), and the seed that splits touching people
+between them.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol
 
 import cv2
 import numpy as np
 
-from datamodules.schema import FACE_MARGIN
-from ldm_ext.pose import Person
+from ldm_ext.perception.face_region import FACE_MARGIN
+from ldm_ext.perception.pose import Person
 
 TORSO = (1.5, 0.5, 5.0)  # region guess below a face: half-width, top, bottom in face sizes
+
+
+class Characters(Protocol):
+    """Character masks: ``(image, boxes (F, 4), people, face_person) -> (F, H, W) bool``."""
+
+    name: str
+
+    def __call__(self, image: np.ndarray, boxes: np.ndarray, people: list[Person],
+                 face_person: np.ndarray) -> np.ndarray: ...
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -126,7 +136,7 @@ class HullCharacters:
 
 
 class ParsedCharacters:
-    """Character masks from a human parser (``datamodules.prepare.parsing.HumanParser``): person
+    """Character masks from a human parser (``parsing.HumanParser``): person
     pixels in each character's region that it ``owners``; a character the parser finds
     nothing of keeps its hull.
 
