@@ -46,7 +46,7 @@ subjects; mixing matrices; ``identity_check``), ``report.md`` with tables, ``gri
 summary metrics, a table of every image with its reference photos, prompt, N and metrics,
 the plots and grids. ``--compare A B --wandb`` logs the comparison's table, plots and grids.
 
-Results cannot mix (``callbacks/provenance.py``): ``provenance.json`` binds the folder to
+Results cannot mix (``ldm_ext/evaluation/provenance.py``): ``provenance.json`` binds the folder to
 the checkpoint (path and weights sha256) or ``--images`` folder, the method, the
 image-deciding config, the subjects and the code version; a run into a folder made by
 anything else stops in one line naming each difference (whether ``name`` came from the
@@ -65,10 +65,10 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from callbacks.metric_names import overall_lines
-from callbacks.published import display_for
-from callbacks.report import write_outputs
-from callbacks.subjects import load_subjects, plan, records_from_folder
+from ldm_ext.evaluation.metric_names import overall_lines
+from ldm_ext.evaluation.published import display_for
+from ldm_ext.evaluation.report import write_outputs
+from ldm_ext.evaluation.subjects import load_subjects, plan, records_from_folder
 from ldm_ext.cli import ArgumentParser, InputError, open_image, run_cli
 
 
@@ -247,7 +247,7 @@ def score_folder(cfg, image_dir: Path, records: list[dict], subjects: dict[str, 
     could not be read (``{"file", "reason"}``: skipped, counted, listed in the report)."""
     from tqdm import tqdm
 
-    from callbacks.scoring import build_scorers, embed_references, score_images
+    from ldm_ext.evaluation.scoring import build_scorers, embed_references, score_images
 
     scorers = build_scorers(cfg.scoring, device)
     photos = {sid: np.asarray(open_image(s["photo"], f"subject {sid}: photo"))
@@ -304,9 +304,9 @@ def run(args: argparse.Namespace) -> Path:
     The device, the checkpoint's folder and the names, prompt indices and subject ids of an
     ``--images`` folder are checked before any model loads and before the results folder
     (or the demo subjects in it) is made; so is the results folder's binding
-    (``callbacks/provenance.py``): a folder made by another checkpoint, method, config or
+    (``ldm_ext/evaluation/provenance.py``): a folder made by another checkpoint, method, config or
     code version stops the run before anything in it is written or re-scored."""
-    from callbacks.provenance import bind, check_binding, made_by, subjects_hash
+    from ldm_ext.evaluation.provenance import bind, check_binding, made_by, subjects_hash
     from ldm_ext.eval_config import load_eval_config, second_encoder_name
 
     overrides = list(args.overrides)
@@ -359,7 +359,7 @@ def generate_bound(cfg, checkpoint: str, subjects: dict[str, dict], records: lis
     """Fit what per-identity subjects need, load the method, bind the results folder to its
     weights (``made["weights_hash"]``: a rerun with other weights at the same path is
     refused) and generate what the folder lacks."""
-    from callbacks.provenance import bind
+    from ldm_ext.evaluation.provenance import bind
     from ldm_ext.registry import identity_encoder
     from ldm_ext.weights import weights_hash
 
@@ -373,9 +373,9 @@ def generate_bound(cfg, checkpoint: str, subjects: dict[str, dict], records: lis
 
 
 def provenance_record(cfg, made: dict, device: str, recipe) -> dict:
-    """summary.json's ``provenance`` (``callbacks/provenance.record``)."""
-    from callbacks.provenance import record
-    from callbacks.scoring import random_scorers
+    """summary.json's ``provenance`` (``ldm_ext/evaluation/provenance.record``)."""
+    from ldm_ext.evaluation.provenance import record
+    from ldm_ext.evaluation.scoring import random_scorers
 
     return record(made, device, random_scorers(cfg.scoring), recipe.seed if recipe else None)
 
@@ -384,7 +384,7 @@ def evaluate(argv: list[str] | None) -> int:
     """``--compare`` finished results, or run (generate or take images, then score)."""
     args = parse_args(argv)
     if args.compare:
-        from callbacks.compare import compare
+        from ldm_ext.evaluation.compare import compare
 
         print(f"wrote {compare(args.compare, args.out, args.wandb) / 'report.md'}")
     else:

@@ -1,5 +1,5 @@
 """The training-time evaluation callback: every K steps, fixed prompts and identities go
-through the method's pipeline, are scored (``callbacks/scoring.py``) and logged, with
+through the method's pipeline, are scored (``ldm_ext/evaluation/scoring.py``) and logged, with
 attention-map overlays of the UNet's cross-attention (``callbacks/images.py``).
 """
 from __future__ import annotations
@@ -15,13 +15,14 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from callbacks.identity_check import identity_check
-from callbacks.grid_labels import GridLabels, save_grid
+from ldm_ext.evaluation.identity_check import identity_check
+from ldm_ext.evaluation.grid_labels import GridLabels, save_grid
 from callbacks.images import (attention_overlay, cycled, gather_identities, identity_shares,
                               log_images, panels, reference_photos)
-from callbacks.prompts import fill, prompt_list
-from callbacks.scorers import ClipModelMissing
-from callbacks.scoring import METRICS, References, Scorers, build_scorers, score_images, summarize
+from ldm_ext.evaluation.prompts import fill, prompt_list
+from ldm_ext.evaluation.scorers import ClipModelMissing
+from ldm_ext.evaluation.scoring import (METRICS, References, Scorers, build_scorers, score_images,
+                                        summarize)
 from ldm_ext.attention import AttentionStore
 from ldm_ext.pipelines.sampling import image_generator, image_grid
 from ldm_ext.face import FaceModelMissing
@@ -44,7 +45,7 @@ class EvaluationCallback(pl.Callback):
         steps, guidance, seed: sampling settings.
         encoders: ``protocol`` / ``second`` / ``method`` face encoder names, written with
             the two encoders' rank correlation and warnings to
-            ``<out_dir>/identity_check.jsonl`` (``callbacks/identity_check.py``).
+            ``<out_dir>/identity_check.jsonl`` (``ldm_ext/evaluation/identity_check.py``).
         min_rank_corr: warn below this Spearman correlation of the two encoders.
         attention_size: side of the cross-attention maps (``pl_module.attention_layers``)
             averaged over the sampling steps for the overlays

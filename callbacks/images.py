@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 from pytorch_lightning.loggers import WandbLogger
 
-from callbacks.grid_labels import GridLabels, save_grid
+from ldm_ext.evaluation.grid_labels import GridLabels, save_grid
 from ldm_ext.face.align import tensor_to_uint8
 from ldm_ext.perception.pose import slot_color
 

@@ -41,7 +41,7 @@ class SubjectsConfig:
 
 @dataclass
 class PromptsConfig:
-    """Which protocol prompts (callbacks/prompts.py) and the method's identity marker."""
+    """Which protocol prompts (ldm_ext/evaluation/prompts.py) and the method's identity marker."""
 
     set: str = "fastcomposer_single"  # fastcomposer_single | _multi | storymaker | face_photo
     # | expression (11 emotion-word prompts per subject, scored with scoring.emotions)

@@ -145,7 +145,7 @@ def refs(tmp_path) -> Path:
 def fake_scoring(monkeypatch):
     """Stand-in scorers: every readable image scores identity 0.5; building them is
     recorded, so a test can tell that a mistake was found before any model loaded."""
-    import callbacks.scoring as scoring
+    import ldm_ext.evaluation.scoring as scoring
 
     built = []
 

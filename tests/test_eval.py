@@ -14,8 +14,8 @@ import skimage.data
 from PIL import Image
 
 import eval as evaluate
-from callbacks import subjects as subject_plan
-from callbacks.grid_labels import grid_layout
+from ldm_ext.evaluation import subjects as subject_plan
+from ldm_ext.evaluation.grid_labels import grid_layout
 from ldm_ext.config import ConfigError
 from ldm_ext.eval_config import load_eval_config
 

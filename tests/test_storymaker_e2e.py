@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import eval as evaluate
-from callbacks.subjects import write_demo_subjects
+from ldm_ext.evaluation.subjects import write_demo_subjects
 from ldm_ext.cli import InputError
 from ldm_ext.generate import main as generate
 from ldm_ext.methods.loading import load_run

@@ -13,9 +13,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from callbacks import metrics as M
-from callbacks.scorers import FaceScorer
-from callbacks.scoring import Scorers
+from ldm_ext.evaluation import metrics as M
+from ldm_ext.evaluation.scorers import FaceScorer
+from ldm_ext.evaluation.scoring import Scorers
 
 
 def best_match(scorer: FaceScorer, images: Sequence[Image.Image],

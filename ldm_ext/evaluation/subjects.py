@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from callbacks.prompts import FASTCOMPOSER_CLASSES, fill, prompt_list
+from ldm_ext.evaluation.prompts import FASTCOMPOSER_CLASSES, fill, prompt_list
 from ldm_ext.cli import InputError
 from ldm_ext.config import ConfigError
 

@@ -1,6 +1,6 @@
 """One report comparing finished evaluations (``eval.py --compare A B ...``).
 
-Each input is a results folder as ``eval.py`` writes it (callbacks/report.py):
+Each input is a results folder as ``eval.py`` writes it (report.py):
 ``summary.json``, ``metrics.csv`` and the images (``images/``, or the folder recorded in
 ``summary.json`` for ``--images`` runs). The report puts the runs side by side: methods x
 metrics (mean ± std), per prompt category and per number of subjects N (tables and bar
@@ -8,7 +8,7 @@ plots), the identity-mixing matrices, and grids of the same subject and prompt i
 run. Images are matched by file name (``<ids>__p<index>__<k>.png``: the same plan gives
 the same names whatever the method), so a grid column is one planned image; results made
 under different protocols (prompt set, subjects, N plan, size, seed, scorers:
-``callbacks/provenance.protocol``) are refused, naming each differing field.
+``provenance.protocol``) are refused, naming each differing field.
 """
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from callbacks.identity_check import compare_lines
-from callbacks.metric_names import Display, display_name, glossary_lines, sources
-from callbacks.published import display_for, published_lines, tables_of
-from callbacks.provenance import protocol
-from callbacks.report import markdown_table, pyplot, save_figure
+from ldm_ext.evaluation.identity_check import compare_lines
+from ldm_ext.evaluation.metric_names import Display, display_name, glossary_lines, sources
+from ldm_ext.evaluation.published import display_for, published_lines, tables_of
+from ldm_ext.evaluation.provenance import protocol
+from ldm_ext.evaluation.report import markdown_table, pyplot, save_figure
 from ldm_ext.cli import UserError
 
 # metrics given a table and a plot per category and per N (all metrics are in "Overall")
@@ -101,7 +101,7 @@ def load_results(folders: list[str | Path]) -> list[Result]:
 
 
 def check_protocols(results: list[Result]) -> None:
-    """Raise ProtocolMismatch naming every field (``callbacks/provenance.protocol``: the
+    """Raise ProtocolMismatch naming every field (``provenance.protocol``: the
     plan of images, the subjects, the scorers) on which a result differs from the first:
     images are paired by file name, and ``p00`` is another prompt under another set. A
     field one result does not record (written before it was) is not compared."""
@@ -124,7 +124,7 @@ def compare(folders: list[str | Path], out: str | Path | None = None,
             to_wandb: bool = False) -> Path:
     """Write the comparison of ``folders`` to ``out`` (default: ``compare_<labels>`` next
     to the first result) and return that folder; its report is ``report.md``. ``to_wandb``:
-    also log its table, plots and grids to a wandb run (``callbacks/eval_wandb.py``) in
+    also log its table, plots and grids to a wandb run (``eval_wandb.py``) in
     the first result's ``wandb_project``."""
     results = load_results(folders)
     check_protocols(results)
@@ -136,7 +136,7 @@ def compare(folders: list[str | Path], out: str | Path | None = None,
     (out_dir / "grids").mkdir(exist_ok=True)
     write_compare_report(out_dir, results)
     if to_wandb:
-        from callbacks.eval_wandb import log_compare
+        from ldm_ext.evaluation.eval_wandb import log_compare
 
         project = results[0].summary.get("config", {}).get("wandb_project") or "idforge-eval"
         log_compare(out_dir, results, project)
@@ -278,7 +278,7 @@ def write_grid(out_dir: Path, results: list[Result], key: tuple[str, str],
     method), the prompt, N and seed on top and the subjects' reference photos under it;
     a missing image is a blank tile. Returns the grid's path and ``run: file`` of each
     missing image."""
-    from callbacks.grid_labels import save_grid
+    from ldm_ext.evaluation.grid_labels import save_grid
 
     tiles, missing = [], []
     for r in results:
@@ -298,7 +298,7 @@ def grid_labels(results: list[Result], key: tuple[str, str], files: list[str]):
     """Title (prompt, N, seed when all runs share it), column labels (image k), row
     labels (run (method)) and the subjects' reference photos (summary.json
     ``references``) of a comparison grid."""
-    from callbacks.grid_labels import GridLabels
+    from ldm_ext.evaluation.grid_labels import GridLabels
 
     subjects, rows = key[0].split("+"), [row for r in results for row in r.rows]
     prompt = next((row.get("clip_prompt", "") for row in rows
