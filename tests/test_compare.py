@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import eval as evaluate
+from ldm_ext.evaluation import cli as evaluate
 from ldm_ext.evaluation import subjects as subject_plan
 from ldm_ext.evaluation.grid_labels import grid_layout
 from ldm_ext.evaluation.report import stats_cell, write_outputs

@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-import eval as evaluate
+from ldm_ext.evaluation import cli as evaluate
 from cli_mistakes import MISTAKES, SEFI_TINY, run_mistake, user_env, write_inputs
 from ldm_ext.cli import InputError, UserError, run_cli
 from ldm_ext.face.types import Faces

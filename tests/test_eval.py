@@ -13,7 +13,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-import eval as evaluate
+from ldm_ext.evaluation import cli as evaluate
 from ldm_ext.evaluation import subjects as subject_plan
 from ldm_ext.evaluation.grid_labels import grid_layout
 from ldm_ext.config import ConfigError

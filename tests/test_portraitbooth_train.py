@@ -12,7 +12,7 @@ import torch
 from diffusers import DDPMScheduler
 from PIL import Image
 
-import eval as evaluate
+from ldm_ext.evaluation import cli as evaluate
 from ldm_ext.evaluation.grid_labels import grid_layout
 from ldm_ext.evaluation.subjects import write_demo_subjects
 from ldm_ext.attention import AttentionStore

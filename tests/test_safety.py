@@ -196,7 +196,7 @@ def test_hostile_face_weights_are_refused_by_eval(tmp_path, capsys):
     import skimage.data
     from PIL import Image
 
-    import eval as evaluate
+    from ldm_ext.evaluation import cli as evaluate
     from ldm_ext.evaluation import subjects as subject_plan
 
     marker, evil = tmp_path / "ran", tmp_path / "evil.pt"
