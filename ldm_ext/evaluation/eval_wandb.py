@@ -124,7 +124,7 @@ def log_eval(cfg, out_dir: Path, image_dir: Path, rows: list[dict], summary: dic
 
 
 def log_compare(out_dir: Path, results: list, project: str) -> str:
-    """Log a comparison (``compare.py`` Results) to its wandb run: one table row
+    """Log a comparison (``compare/results.py`` Results) to its wandb run: one table row
     per run (method, images, mean and std of each metric), the plots and grids."""
     import wandb
 
