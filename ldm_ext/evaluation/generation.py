@@ -23,6 +23,8 @@ def load_method(checkpoint: str):
 
 
 def is_experiment(checkpoint: str) -> bool:
+    """Whether ``--checkpoint`` names an experiment YAML (per-identity methods: weights
+    come from each subject's fit) rather than a run, export or weights file."""
     return Path(checkpoint).suffix in (".yaml", ".yml") and Path(checkpoint).is_file()
 
 
