@@ -14,7 +14,7 @@ Timing: on CUDA wall time, synchronised. On the CPU this process's CPU time with
 measures the other processes (identical pairs here read 5 s to 38 s), and a second
 thread spins, billing CPU time, whenever its core is taken.
 
-overhead (default on the CPU, and on CUDA): ``callbacks.scoring.score_images`` (MTCNN
+overhead (default on the CPU, and on CUDA): ``ldm_ext.evaluation.scoring.score_images`` (MTCNN
 detection + FaceNet identity, CLIP text score, every per-image metric) vs the bare
 forwards on the same images, ``chunk`` images per network call on both sides:
 ``MTCNN.detect`` on the images, the FaceNet network on the faces our detector found,
@@ -46,9 +46,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from timing import timed  # noqa: E402  (benchmarks/timing.py; benchmarks/ is on sys.path)
-from callbacks.scoring import References, Scorers, score_images  # noqa: E402
-from callbacks.prompts import fill, prompt_list  # noqa: E402
-from callbacks.scorers import CLIPScorer, FaceScorer, to_chw  # noqa: E402
+from ldm_ext.evaluation.scoring import References, Scorers, score_images  # noqa: E402
+from ldm_ext.evaluation.prompts import fill, prompt_list  # noqa: E402
+from ldm_ext.evaluation.scorers import CLIPScorer, FaceScorer, to_chw  # noqa: E402
 from ldm_ext.face import FaceNetEncoder, MTCNNDetector  # noqa: E402
 
 THROUGHPUT_GOAL, OVERHEAD_GOAL = 2.0, 1.10

@@ -1,1 +1,1 @@
-"""Lightning callbacks and evaluation: checkpoints, sample grids, metrics, scorers."""
+"""Lightning callbacks: checkpoints, sample grids, evaluation during training, monitors."""

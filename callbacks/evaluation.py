@@ -1,5 +1,5 @@
 """The training-time evaluation callback: every K steps, fixed prompts and identities go
-through the method's pipeline, are scored (``callbacks/scoring.py``) and logged, with
+through the method's pipeline, are scored (``ldm_ext/evaluation/scoring.py``) and logged, with
 attention-map overlays of the UNet's cross-attention (``callbacks/images.py``).
 """
 from __future__ import annotations
@@ -15,18 +15,16 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from callbacks.identity_check import identity_check
-from callbacks.grid_labels import GridLabels, save_grid
 from callbacks.images import (attention_overlay, cycled, gather_identities, identity_shares,
                               log_images, panels, reference_photos)
-from callbacks.prompts import fill, prompt_list
-from callbacks.scorers import ClipModelMissing
-from callbacks.scoring import METRICS, References, Scorers, build_scorers, score_images, summarize
 from ldm_ext.attention import AttentionStore
-from ldm_ext.pipelines.sampling import image_generator, image_grid
-from ldm_ext.face import FaceModelMissing
+from ldm_ext.evaluation.grid_labels import GridLabels, save_grid
+from ldm_ext.evaluation.identity_check import identity_check
+from ldm_ext.evaluation.prompts import fill, prompt_list
+from ldm_ext.evaluation.run_scoring import build_available, run_scoring
+from ldm_ext.evaluation.scoring import METRICS, References, Scorers, score_images, summarize
 from ldm_ext.face.align import tensor_to_uint8
-
+from ldm_ext.pipelines.sampling import image_generator, image_grid
 
 class EvaluationCallback(pl.Callback):
     """Every ``every`` steps: fixed prompts x the first identities seen in training
@@ -44,7 +42,7 @@ class EvaluationCallback(pl.Callback):
         steps, guidance, seed: sampling settings.
         encoders: ``protocol`` / ``second`` / ``method`` face encoder names, written with
             the two encoders' rank correlation and warnings to
-            ``<out_dir>/identity_check.jsonl`` (``callbacks/identity_check.py``).
+            ``<out_dir>/identity_check.jsonl`` (``ldm_ext/evaluation/identity_check.py``).
         min_rank_corr: warn below this Spearman correlation of the two encoders.
         attention_size: side of the cross-attention maps (``pl_module.attention_layers``)
             averaged over the sampling steps for the overlays
@@ -249,43 +247,3 @@ def build_evaluation_callback(cfg, run_dir: Path) -> EvaluationCallback | None:
                               seed=cfg.seed, encoders={**scorer_names(scoring),
                                                        "method": identity_encoder(cfg.method)},
                               min_rank_corr=scoring.min_rank_corr)
-
-
-def run_scoring(cfg, overrides: list[str] | None = None):
-    """The ``ScoringConfig`` of a run (its config ``cfg``): face scores with the method's
-    own encoder backend (MTCNN detection) and by a second, independent encoder
-    (``second_encoder`` auto: never the method's own family), and the protocol's CLIP
-    ViT-L/14 text score; ``overrides`` (``key=value`` of ScoringConfig) go on top."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from ldm_ext.compose import ConfigError, parse_overrides
-    from ldm_ext.eval_config import ScoringConfig, second_encoder_name
-    from ldm_ext.registry import identity_encoder
-
-    scoring = OmegaConf.structured(ScoringConfig(
-        face_encoder=OmegaConf.select(cfg, "method.face_encoder", default="facenet"),
-        face_weights=OmegaConf.select(cfg, "method.face_weights", default="vggface2"),
-        min_face_score=0.0, batch_size=8))
-    if overrides:
-        try:
-            scoring = OmegaConf.merge(scoring, parse_overrides(overrides))
-        except OmegaConfBaseException as err:
-            raise ConfigError(f"scoring override {' '.join(overrides)}: {err}") from None
-    scoring.second_encoder = second_encoder_name(scoring, identity_encoder(cfg.method))
-    return scoring
-
-
-def build_available(scoring) -> Scorers:
-    """The scorers of ``scoring``, switching off (with a warning) the CLIP text score or
-    the second face encoder while their weights are missing; ``scoring`` then names what
-    runs. Missing weights of the method's own encoder still raise."""
-    while True:
-        try:
-            return build_scorers(scoring)
-        except (ClipModelMissing, FaceModelMissing) as error:
-            off = "clip_t_model" if isinstance(error, ClipModelMissing) else "second_encoder"
-            if not getattr(scoring, off):
-                raise
-            warnings.warn(f"evaluation callback: {error}; {off}=null", stacklevel=3)
-            setattr(scoring, off, None)

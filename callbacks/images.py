@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 from pytorch_lightning.loggers import WandbLogger
 
-from callbacks.grid_labels import GridLabels, save_grid
+from ldm_ext.evaluation.grid_labels import GridLabels, save_grid
 from ldm_ext.face.align import tensor_to_uint8
 from ldm_ext.perception.pose import slot_color
 
@@ -95,8 +95,29 @@ def panels(row: Image.Image, width: int, cols: int) -> list[Image.Image]:
     return cut + [Image.new("RGB", (width, row.height), "white")] * (cols - len(cut))
 
 
+@torch.no_grad()
+def sample_cells(pl_module, identities: torch.Tensor | None,
+                 generator: torch.Generator) -> tuple[list[Image.Image], int]:
+    """The cells of a sample grid from the method's sample settings (``method.sample_*``):
+    the pipeline's legend row (if it draws one), then every sample prompt with the first k
+    identities for each k in ``sample_num_ids`` (all prompts once, without identities, when
+    ``identities`` is None). Returns (images, columns)."""
+    method, size = pl_module.cfg.method, (pl_module.cfg.data.resolution,) * 2
+    counts = list(method.sample_num_ids) if identities is not None else [0]
+    pipe, was_training = pl_module.pipeline(), pl_module.training
+    pl_module.eval()
+    legend = [pipe.legend(identities[:k], size) for k in counts if k]
+    legend = legend if all(cell is not None for cell in legend) else []
+    images = [pipe(prompt, identities[:k] if k else None, size=size,
+                   steps=method.sample_steps, guidance=method.guidance_scale,
+                   generator=generator, progress=False)
+              for prompt in method.sample_prompts for k in counts]
+    pl_module.train(was_training)
+    return legend + images, len(counts)
+
+
 class SampleGrid(pl.Callback):
-    """Every ``every`` steps (0: only at the end) render ``pl_module.sample_images`` for
+    """Every ``every`` steps (0: only at the end) render ``sample_cells`` for
     identities taken from the first training batches (``pl_module.batch_identities``;
     methods without any get the sample prompts alone), on rank 0."""
 
@@ -135,7 +156,7 @@ class SampleGrid(pl.Callback):
         captioned with its prompt, N, seed and step."""
         ids = None if self.identities is None else cycled(self.identities, self.num_ids)
         generator = torch.Generator().manual_seed(self.seed)
-        images, cols = pl_module.sample_images(ids, generator)
+        images, cols = sample_cells(pl_module, ids, generator)
         method, step = pl_module.cfg.method, trainer.global_step
         prompts = list(method.sample_prompts)
         counts = list(method.sample_num_ids) if ids is not None else [0]

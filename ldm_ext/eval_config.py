@@ -18,6 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ldm_ext.compose import CONFIG_ROOT, load_yaml, merge, parse_overrides
 from ldm_ext.config import SAMPLERS, ConfigError
+from ldm_ext.evaluation.prompts import prompt_sets
 
 
 @dataclass
@@ -41,10 +42,9 @@ class SubjectsConfig:
 
 @dataclass
 class PromptsConfig:
-    """Which protocol prompts (callbacks/prompts.py) and the method's identity marker."""
+    """Which protocol prompts (``configs/prompts.yaml``) and the method's identity marker."""
 
-    set: str = "fastcomposer_single"  # fastcomposer_single | _multi | storymaker | face_photo
-    # | expression (11 emotion-word prompts per subject, scored with scoring.emotions)
+    set: str = "fastcomposer_single"  # a set of configs/prompts.yaml (each protocol's own)
     limit: int | None = None  # first prompts only (None = the whole set)
     marker: str = ""  # identity marker after the class word for generation (FastComposer: img)
 
@@ -117,8 +117,6 @@ class EvalConfig:
 
 
 CHOICES = {
-    "prompts.set": ("fastcomposer_single", "fastcomposer_multi", "storymaker", "face_photo",
-                    "expression"),
     "scoring.matching": ("hungarian", "greedy"),
     "scoring.second_encoder": (None, "auto", "insightface", "dlib", "facenet"),
     "scoring.second_detector": (None, "mtcnn", "insightface", "dlib"),
@@ -138,7 +136,8 @@ def load_eval_config(path: str | Path | None, overrides: list[str] | None = None
     missing = sorted(set(require) & OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{source}: missing required value(s): {', '.join(missing)}")
-    for key, allowed in CHOICES.items():
+    choices = {"prompts.set": tuple(prompt_sets()), **CHOICES}  # sets: configs/prompts.yaml
+    for key, allowed in choices.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{source}: {key}={value!r} is not one of {allowed}")

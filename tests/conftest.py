@@ -107,7 +107,8 @@ def sefi_ide_fits(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_subjects(tmp_path_factory):
-    """The demo subject photos (callbacks/subjects.py): <root>/<id>/0.png, faces MTCNN finds."""
-    from callbacks.subjects import write_demo_subjects
+    """The demo subject photos (ldm_ext/evaluation/subjects.py): <root>/<id>/0.png, faces
+    MTCNN finds."""
+    from ldm_ext.evaluation.subjects import write_demo_subjects
 
     return write_demo_subjects(tmp_path_factory.mktemp("subjects"))

@@ -1,5 +1,5 @@
 """``eval.py --compare`` on two small synthetic result folders written by
-``callbacks/report.write_outputs`` (no model): the methods x metrics table, per-category
+``ldm_ext/evaluation/report.write_outputs`` (no model): the methods x metrics table, per-category
 and per-N plots, mixing matrices up to N = 5, grids with a missing image, and the errors."""
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import eval as evaluate
-from callbacks import subjects as subject_plan
-from callbacks.grid_labels import grid_layout
-from callbacks.report import stats_cell, write_outputs
+from ldm_ext.evaluation import cli as evaluate
+from ldm_ext.evaluation import subjects as subject_plan
+from ldm_ext.evaluation.grid_labels import grid_layout
+from ldm_ext.evaluation.report import stats_cell, write_outputs
 from ldm_ext.eval_config import load_eval_config
 
 TINY = str(Path(__file__).resolve().parent.parent / "configs" / "eval" / "tiny.yaml")

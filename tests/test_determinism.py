@@ -12,7 +12,7 @@ import skimage.data
 import torch
 from PIL import Image
 
-from callbacks.subjects import write_demo_subjects
+from ldm_ext.evaluation.subjects import write_demo_subjects
 from ldm_ext.seeding import seeded
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-import eval as evaluate
+from ldm_ext.evaluation import cli as evaluate
 from cli_mistakes import MISTAKES, SEFI_TINY, run_mistake, user_env, write_inputs
 from ldm_ext.cli import InputError, UserError, run_cli
 from ldm_ext.face.types import Faces
@@ -145,7 +145,7 @@ def refs(tmp_path) -> Path:
 def fake_scoring(monkeypatch):
     """Stand-in scorers: every readable image scores identity 0.5; building them is
     recorded, so a test can tell that a mistake was found before any model loaded."""
-    import callbacks.scoring as scoring
+    import ldm_ext.evaluation.scoring as scoring
 
     built = []
 

@@ -13,9 +13,11 @@ import pytest
 import skimage.data
 from PIL import Image
 
-import eval as evaluate
-from callbacks import subjects as subject_plan
-from callbacks.grid_labels import grid_layout
+from ldm_ext.evaluation import cli as evaluate
+from ldm_ext.evaluation import prompts
+from ldm_ext.evaluation import subjects as subject_plan
+from ldm_ext.evaluation.grid_labels import grid_layout
+from ldm_ext.evaluation.prompts import prompt_list
 from ldm_ext.config import ConfigError
 from ldm_ext.eval_config import load_eval_config
 
@@ -42,6 +44,27 @@ def test_eval_configs_load_and_errors_name_key_and_file(tmp_path):
         load_eval_config(TINY, ["scoring.second_encoder=vgg"])
     with pytest.raises(ConfigError, match="subjects.root"):
         load_eval_config(None, ["name=x"])
+
+
+def test_prompt_sets_are_data(tmp_path, monkeypatch):
+    """The protocols' prompt sets come from configs/prompts.yaml: StoryMaker's is
+    FastComposer's first 20 single prompts; a set added to the table is a valid
+    ``prompts.set`` and plans its prompts with no code naming it."""
+    single = prompt_list("fastcomposer_single")
+    assert len(single) == 40 and prompt_list("storymaker") == single[:20]
+    assert len(prompt_list("fastcomposer_multi")) == 21
+    table = tmp_path / "prompts.yaml"
+    table.write_text("mine:\n  place: ['a {s} on the moon', 'a {s} at sea']\n")
+    monkeypatch.setattr(prompts, "PROMPTS", table)
+    prompts.prompt_sets.cache_clear()
+    try:
+        cfg = load_eval_config(TINY, ["prompts.set=mine", "prompts.limit=null"])
+        plan = subject_plan.plan(cfg, {"s1": {"class_word": "man"}})
+        assert [r["prompt"] for r in plan] == ["a man on the moon", "a man at sea"]
+        with pytest.raises(ConfigError, match=r"set='storymaker' is not one of \('mine',\)"):
+            load_eval_config(TINY, ["prompts.set=storymaker"])
+    finally:
+        prompts.prompt_sets.cache_clear()
 
 
 def test_plan_counts_and_names():

@@ -10,10 +10,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 
 
-def help_text(script: str) -> tuple[str, bool]:
+def help_text(script: str, module: str | None = None) -> tuple[str, bool]:
     """(``python <script> --help``'s output, whether torch got imported), in a fresh
-    process."""
-    code = (f"import sys; sys.argv = ['{script}', '--help']; import {script[:-3]} as m\n"
+    process; ``module``: where the script's ``parse_args`` lives (default: the script)."""
+    code = (f"import sys; sys.argv = ['{script}', '--help']; import {module or script[:-3]} as m\n"
             "try:\n    m.parse_args()\nexcept SystemExit:\n    pass\n"
             "print('TORCH', 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
@@ -54,7 +54,7 @@ def test_train_help_follows_a_new_preset(tmp_path, monkeypatch):
 
 
 def test_eval_help_lists_every_protocol_with_its_description():
-    text, torch_imported = help_text("eval.py")
+    text, torch_imported = help_text("eval.py", "ldm_ext.evaluation.cli")
     assert not torch_imported
     listed = text.split("protocols (--config configs/eval/NAME.yaml):")[1].splitlines()[1:]
     names = sorted(p.stem for p in (CONFIGS / "eval").glob("*.yaml"))

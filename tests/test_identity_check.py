@@ -1,4 +1,4 @@
-"""Identity by two encoders (callbacks/identity_check.py, eval_config's second encoder,
+"""Identity by two encoders (ldm_ext/evaluation/identity_check.py, eval_config's second encoder,
 MethodConfig.identity_encoder): the agreement, the warnings on constructed cases where one
 encoder's scores are perturbed, and the choice of the second encoder. No model loads."""
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from callbacks import identity_check as check
-from callbacks.report import write_outputs
+from ldm_ext.evaluation import identity_check as check
+from ldm_ext.evaluation.report import write_outputs
 from ldm_ext import eval_config
 from ldm_ext.eval_config import (ScoringConfig, encoder_family, load_eval_config, scorer_names,
                                  second_encoder_name)

@@ -1,9 +1,13 @@
-"""Attention-map overlays: per-identity attention shares and the overlay row."""
+"""Attention-map overlays (per-identity attention shares, the overlay row) and the cells of
+the sample grid."""
+from types import SimpleNamespace
+
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
-from callbacks.images import attention_overlay, identity_shares
+from callbacks.images import attention_overlay, identity_shares, sample_cells
 from ldm_ext.attention import TokenLayout
 from ldm_ext.perception.pose import SLOT_COLORS, slot_color
 
@@ -48,3 +52,50 @@ def test_overlay_of_more_identities_than_the_colour_table():
     maps[14] = 1.0  # every pixel attends to identity 14 (index 13)
     row = np.asarray(attention_overlay(Image.new("RGB", (8, 8)), identity_shares(maps, groups)))
     np.testing.assert_allclose(row[4, 8 + 4], slot_color(13), atol=1)
+
+
+class RecordingPipe:
+    """A pipeline that records each call: (prompt, number of identities) -> a blank image."""
+
+    def __init__(self, legend: bool) -> None:
+        self.calls, self.draws_legend = [], legend
+
+    def legend(self, identities, size):
+        return Image.new("RGB", size, "red") if self.draws_legend else None
+
+    def __call__(self, prompt, identities, *, size, steps, guidance, generator, progress):
+        assert not self.module.training  # sampled in eval mode
+        self.calls.append((prompt, 0 if identities is None else len(identities)))
+        return Image.new("RGB", size)
+
+
+class ToyModule(torch.nn.Module):
+    """What ``sample_cells`` reads of a method: its config and ``pipeline()``."""
+
+    def __init__(self, pipe: RecordingPipe) -> None:
+        super().__init__()
+        self.pipe = pipe
+        self.cfg = SimpleNamespace(
+            data=SimpleNamespace(resolution=8),
+            method=SimpleNamespace(sample_num_ids=[1, 3], sample_prompts=["a", "b"],
+                                   sample_steps=2, guidance_scale=3.0))
+
+    def pipeline(self):
+        self.pipe.module = self
+        return self.pipe
+
+
+@pytest.mark.parametrize("legend", [True, False])
+def test_sample_cells_are_the_legend_then_prompts_by_identity_count(legend):
+    module = ToyModule(RecordingPipe(legend)).train()
+    ids = torch.zeros(3, 3, 4, 4)
+    cells, cols = sample_cells(module, ids, torch.Generator().manual_seed(0))
+    assert cols == 2 and module.training  # training mode restored
+    assert module.pipe.calls == [("a", 1), ("a", 3), ("b", 1), ("b", 3)]
+    assert len(cells) == 4 + 2 * legend
+
+
+def test_sample_cells_without_identities_are_each_prompt_once():
+    module = ToyModule(RecordingPipe(legend=True))
+    cells, cols = sample_cells(module, None, torch.Generator().manual_seed(0))
+    assert (len(cells), cols) == (2, 1) and module.pipe.calls == [("a", 0), ("b", 0)]

@@ -1,4 +1,4 @@
-"""Metrics against hand-computed values (callbacks/metrics.py)."""
+"""Metrics against hand-computed values (ldm_ext/evaluation/metrics.py)."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from callbacks import metrics as M
+from ldm_ext.evaluation import metrics as M
 
 
 def unit(*angles_deg: float) -> np.ndarray:

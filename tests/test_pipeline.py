@@ -8,6 +8,7 @@ from PIL import Image
 
 from ldm_ext.config import load_config
 from ldm_ext.methods.loading import build_method
+from ldm_ext.pipelines.base import MethodPipeline
 from ldm_ext.pipelines.instantfamily import InstantFamilyPipeline, control_legend
 from ldm_ext.perception.pose import SLOT_COLORS, pose_template, slot_color
 
@@ -90,3 +91,12 @@ def test_identities_from_group_photo(method):
     assert crops.shape == (6, 3, 160, 160)
     with pytest.raises(ValueError, match="no face"):
         pipe.identities_from_photos([Image.new("RGB", (200, 200), "white")])
+
+
+def test_stacked_identities_from_a_tensor_a_list_a_tuple_or_none():
+    """Every pipeline reads one image's identities through ``MethodPipeline.stacked``."""
+    crops = torch.rand(2, 6, 8, 8)
+    assert MethodPipeline.stacked(crops) is crops
+    for given in (list(crops), tuple(crops)):
+        assert torch.equal(MethodPipeline.stacked(given), crops)
+    assert MethodPipeline.stacked(None) is None and MethodPipeline.stacked([]) is None

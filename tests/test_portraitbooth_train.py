@@ -12,9 +12,9 @@ import torch
 from diffusers import DDPMScheduler
 from PIL import Image
 
-import eval as evaluate
-from callbacks.grid_labels import grid_layout
-from callbacks.subjects import write_demo_subjects
+from ldm_ext.evaluation import cli as evaluate
+from ldm_ext.evaluation.grid_labels import grid_layout
+from ldm_ext.evaluation.subjects import write_demo_subjects
 from ldm_ext.attention import AttentionStore
 from ldm_ext.config import load_config
 from ldm_ext.methods.loading import build_method, load_run

@@ -12,9 +12,9 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from callbacks import subjects as subject_plan
-from callbacks.metric_names import GLOSSARY
-from callbacks.report import write_outputs
+from ldm_ext.evaluation import subjects as subject_plan
+from ldm_ext.evaluation.metric_names import GLOSSARY
+from ldm_ext.evaluation.report import write_outputs
 from ldm_ext.config import ConfigError
 from ldm_ext.eval_config import PUBLISHED, load_eval_config, published_tables
 
@@ -123,7 +123,7 @@ def test_published_file_quotes_cells_as_printed():
 
 
 def test_compare_shows_each_runs_row_under_the_published_table(tmp_path):
-    from callbacks.compare import compare
+    from ldm_ext.evaluation.compare import compare
 
     scores = {"identity": 0.5, "clip_t": 0.2, "face_sim": 0.6, "clip_i": 0.7}
     first = tiny_eval(tmp_path / "a", "storymaker", scores).parent
@@ -137,7 +137,7 @@ def test_compare_shows_each_runs_row_under_the_published_table(tmp_path):
 
 
 def test_console_summary_uses_the_papers_names():
-    from callbacks.metric_names import Display, overall_lines
+    from ldm_ext.evaluation.metric_names import Display, overall_lines
 
     lines = overall_lines({"clip_i": {"mean": 0.7951, "std": 0.01, "n": 3},
                            "multi_sim": {"mean": 1.5, "std": 0.2, "n": 3}},

@@ -196,8 +196,8 @@ def test_hostile_face_weights_are_refused_by_eval(tmp_path, capsys):
     import skimage.data
     from PIL import Image
 
-    import eval as evaluate
-    from callbacks import subjects as subject_plan
+    from ldm_ext.evaluation import cli as evaluate
+    from ldm_ext.evaluation import subjects as subject_plan
 
     marker, evil = tmp_path / "ran", tmp_path / "evil.pt"
     torch.save(Payload(marker), evil)

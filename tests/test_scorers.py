@@ -12,9 +12,9 @@ import skimage.data
 import torch
 from PIL import Image
 
-from callbacks.metrics import cosine_matrix
-from callbacks.scoring import Scorers, build_scorers
-from callbacks.scorers import (TINY_CLIP, CLIPScorer, ClipModelMissing, FaceScorer,
+from ldm_ext.evaluation.metrics import cosine_matrix
+from ldm_ext.evaluation.scoring import Scorers, build_scorers
+from ldm_ext.evaluation.scorers import (TINY_CLIP, CLIPScorer, ClipModelMissing, FaceScorer,
                                build_face_scorer, clip_preprocess, detect_batch)
 from ldm_ext.eval_config import ScoringConfig
 from ldm_ext.face import DlibEncoder, FaceModelMissing, FaceNetEncoder, MTCNNDetector

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-import eval as evaluate
+from ldm_ext.evaluation import cli as evaluate
 import train
 from ldm_ext.config import MethodConfig
 from ldm_ext.losses import noise_loss

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-import eval as evaluate
+from ldm_ext.evaluation import cli as evaluate
 from ldm_ext import fit
 from ldm_ext.cli import InputError
 from ldm_ext.generate import main as generate

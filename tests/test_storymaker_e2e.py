@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-import eval as evaluate
-from callbacks.subjects import write_demo_subjects
+from ldm_ext.evaluation import cli as evaluate
+from ldm_ext.evaluation.subjects import write_demo_subjects
 from ldm_ext.cli import InputError
 from ldm_ext.generate import main as generate
 from ldm_ext.methods.loading import load_run

@@ -41,7 +41,7 @@ def test_run_folder_has_everything(demo_run: Path):
     assert grid.is_file()
     from PIL import Image
 
-    from callbacks.grid_labels import grid_layout
+    from ldm_ext.evaluation.grid_labels import grid_layout
 
     image, layout = Image.open(grid).convert("RGB"), grid_layout(grid)
     assert layout["grid"] == [2, 2] and layout["cell"] == [128, 128]  # legend + 1 prompt

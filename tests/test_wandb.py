@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import eval as evaluate
+from ldm_ext.evaluation import cli as evaluate
 import train
-from callbacks.grid_labels import GridLabels, grid_layout, save_grid, wrap, font
+from ldm_ext.evaluation.grid_labels import GridLabels, grid_layout, save_grid, wrap, font
 from ldm_ext.tracking import ID_FILE, run_id, run_tags
 from wandb_offline import read_run
 

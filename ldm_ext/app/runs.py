@@ -73,7 +73,7 @@ def load_runs(paths: Sequence[str], device: str = "auto",
     each set of networks built once."""
     from omegaconf import OmegaConf
 
-    from callbacks.evaluation import build_available, run_scoring
+    from ldm_ext.evaluation.run_scoring import build_available, run_scoring
 
     built: dict[str, PhotoScorer] = {}
     runs = []

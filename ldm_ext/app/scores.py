@@ -1,7 +1,7 @@
 """The scores under each generated image: identity against each uploaded photo, by the
 run's own face encoder and by a second, independent one, and CLIP-T against the prompt.
 
-The networks are those the run's training evaluation uses (``callbacks.evaluation.
+The networks are those the run's training evaluation uses (``ldm_ext.evaluation.run_scoring.
 run_scoring``: its face encoder and weights, e.g. random-init on a tiny run, a second
 encoder of another family, CLIP ViT-L/14 where its weights are present), built once per
 distinct scoring config and shared by the runs that have it."""
@@ -13,9 +13,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from callbacks import metrics as M
-from callbacks.scorers import FaceScorer
-from callbacks.scoring import Scorers
+from ldm_ext.evaluation import metrics as M
+from ldm_ext.evaluation.scorers import FaceScorer
+from ldm_ext.evaluation.scoring import Scorers
 
 
 def best_match(scorer: FaceScorer, images: Sequence[Image.Image],

@@ -11,7 +11,7 @@ It owns what the methods share, so that a method's module says only what is its 
 - per-step seeded randomness (an interrupted run resumes bit-for-bit) and a non-finite
   loss guard;
 - the hooks the callbacks, eval and generation call: the method's pipeline, the identities
-  a sample grid shows for a batch, the key groups of its attention overlay, sample grids;
+  a sample grid shows for a batch, the key groups of its attention overlay;
 - trainable weights by name (``ldm_ext/weights.py``).
 """
 from __future__ import annotations
@@ -209,25 +209,6 @@ class IdentityMethod(pl.LightningModule):
         """Key positions of the text (first) and of each identity, for attention overlays;
         None when this method has no per-identity keys."""
         return None
-
-    @torch.no_grad()
-    def sample_images(self, identities, generator: torch.Generator):
-        """Grid cells for the sample callback: the pipeline's legend row (if it draws one),
-        then every sample prompt with the first k identities for each k in sample_num_ids
-        (all prompts once, without identities, when ``identities`` is None).
-        Returns (images, columns)."""
-        method, size = self.cfg.method, (self.cfg.data.resolution,) * 2
-        counts = list(method.sample_num_ids) if identities is not None else [0]
-        pipe, was_training = self.pipeline(), self.training
-        self.eval()
-        legend = [pipe.legend(identities[:k], size) for k in counts if k]
-        legend = legend if all(cell is not None for cell in legend) else []
-        images = [pipe(prompt, identities[:k] if k else None, size=size,
-                       steps=method.sample_steps, guidance=method.guidance_scale,
-                       generator=generator, progress=False)
-                  for prompt in method.sample_prompts for k in counts]
-        self.train(was_training)
-        return legend + images, len(counts)
 
     # ----- weights ---------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

@@ -46,6 +46,16 @@ class MethodPipeline:
                 raise InputError(f"{photo_name(photo, k, label)}: {err}") from None
         return identities
 
+    @staticmethod
+    def stacked(identities) -> torch.Tensor | None:
+        """One image's identities as one tensor (K, ...): a tensor as given, a list or
+        tuple of per-subject tensors (...) stacked, None for none (None or empty)."""
+        if identities is None or len(identities) == 0:
+            return None
+        if isinstance(identities, (list, tuple)):
+            return torch.stack(list(identities))
+        return identities
+
     def identity_from_weights(self, path: str) -> dict[str, torch.Tensor]:
         """One subject's identity from weights fitted to them (per-identity methods):
         the trainable state of that checkpoint, by name."""

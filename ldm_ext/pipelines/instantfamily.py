@@ -98,7 +98,7 @@ class InstantFamilyPipeline(MethodPipeline):
         e.g. for ``callbacks.images.attention_overlay``. Guidance follows
         ``method.identity_guidance`` / ``identity_scale`` (see ``branches``)."""
         method, device = self.method, self.method.device
-        crops = torch.stack(list(identities)) if isinstance(identities, list) else identities
+        crops = self.stacked(identities)
         num_ids = crops.shape[0]
         people = people if people is not None else pose_template(num_ids, size)
         control, boxes = self.control_inputs(people, num_ids, size)

@@ -68,7 +68,7 @@ class PortraitBoothPipeline(MethodPipeline):
         """The regions of a composition, framed in slot colours, each with its subject."""
         height, width = size
         canvas = Image.new("RGB", (width, height), (235, 235, 235))
-        draw, crops = ImageDraw.Draw(canvas), _stacked(identities)
+        draw, crops = ImageDraw.Draw(canvas), self.stacked(identities)
         side = max(8, min(height, width) // 5)
         for k, box in enumerate(self.regions(len(crops), size).tolist()):
             x0, y0, x1, y1 = (np.asarray(box) * [width, height, width, height]).round()
@@ -109,7 +109,7 @@ class PortraitBoothPipeline(MethodPipeline):
         the people of ``people`` (a pose template, default side by side). ``store``
         records the maps it wants (batch rows as in ``conditioning``)."""
         method = self.method
-        crops = _stacked(identities)
+        crops = self.stacked(identities)
         text, pooled = self.conditioning(prompt, negative_prompt, crops)
         added = method.added_cond_kwargs(pooled, size)
         latents = initial_latents(self.latent_shape(size), generator, method.device, text.dtype)
@@ -142,10 +142,3 @@ class PortraitBoothPipeline(MethodPipeline):
         elif values["pose"] is not None:
             inputs.update(self.pose_inputs(values["pose"], size))
         return inputs
-
-
-def _stacked(identities) -> torch.Tensor | None:
-    """(K, 3, S, S) crops from a tensor, a list of (3, S, S) crops, or None (K = 0)."""
-    if identities is None or len(identities) == 0:
-        return None
-    return torch.stack(list(identities)) if isinstance(identities, (list, tuple)) else identities

@@ -94,7 +94,7 @@ class StoryMakerPipeline(MethodPipeline):
         """Each character's face and character crop, framed in its slot colour."""
         height, width = size
         canvas = Image.new("RGB", (width, height), (235, 235, 235))
-        ids = _stacked(identities)
+        ids = self.stacked(identities)
         side = max(8, min(height // 2, width // (2 * max(1, len(ids)))) - 6)
         for k, identity in enumerate(ids):
             for half in range(2):
@@ -136,7 +136,7 @@ class StoryMakerPipeline(MethodPipeline):
         ``ip_scale`` / ``lora``: γ and the LoRA scale (default the config's)."""
         method, cfg = self.method, self.method.cfg.method
         latent_hw = tuple(self.latent_shape(size)[-2:])
-        ctx = self.context(_stacked(identities), latent_hw, store, zero_character, ip_scale)
+        ctx = self.context(self.stacked(identities), latent_hw, store, zero_character, ip_scale)
         text, pooled = method.encode_text([negative_prompt, prompt])
         added = method.added_cond_kwargs(pooled, size)
         control = self.control(people, size)
@@ -186,10 +186,3 @@ class StoryMakerPipeline(MethodPipeline):
             except InputError as err:
                 raise InputError(f"{photo_name(photo, k, '--ids')}: {err}") from None
         return torch.stack(found)
-
-
-def _stacked(identities) -> torch.Tensor | None:
-    """(K, 6, S, S) from a tensor, a list of (6, S, S), or None / empty (no characters)."""
-    if identities is None or len(identities) == 0:
-        return None
-    return torch.stack(list(identities)) if isinstance(identities, (list, tuple)) else identities

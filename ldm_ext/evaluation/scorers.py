@@ -166,7 +166,7 @@ class CLIPScorer:
 
     def text_scores(self, images: Sequence, prompts: Sequence[str]) -> np.ndarray:
         """CLIP-T per image: cosine of image ``i`` and ``prompts[i]`` -> (B,)."""
-        from callbacks.metrics import clip_t
+        from ldm_ext.evaluation.metrics import clip_t
 
         return clip_t(self.encode_images(images), self.encode_texts(prompts))
 

@@ -16,12 +16,22 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from callbacks.prompts import FASTCOMPOSER_CLASSES, fill, prompt_list
 from ldm_ext.cli import InputError
 from ldm_ext.config import ConfigError
+from ldm_ext.evaluation.prompts import fill, prompt_list
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 NAME_PATTERN = re.compile(r"^(?P<ids>.+?)__p(?P<index>\d+)__(?P<k>\d+)$")
+
+
+# FastComposer's 15 CelebA test subjects and their class words (docs/benchmark.md,
+# "Subject folders").
+FASTCOMPOSER_CLASSES = {
+    "000001": "man", "000181": "man", "000268": "man", "000612": "woman", "000667": "woman",
+    "001603": "woman", "001854": "man", "002088": "woman", "002464": "woman",
+    "002782": "man", "002880": "woman", "002929": "woman", "002937": "woman",
+    "003785": "man", "004153": "woman",
+}
 
 
 def image_name(ids: list[str], prompt_index: int, k: int) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from callbacks.metric_names import Display
+from ldm_ext.evaluation.metric_names import Display
 
 CELL = re.compile(r"^(-?\d+)(?:\.(\d+))?( ± )?")
 

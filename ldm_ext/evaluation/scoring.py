@@ -1,7 +1,7 @@
 """Scoring of generated images, shared by ``eval.py`` and the evaluation callback.
 
 ``score_images`` turns images + their manifest records + reference photos into one row
-of metrics per image (callbacks/metrics.py) and the generated x reference similarity
+of metrics per image (metrics.py) and the generated x reference similarity
 matrices (for the identity-mixing matrix); ``summarize`` gives mean +- std per metric,
 overall and per prompt category.
 """
@@ -12,8 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from callbacks import metrics as M
-from callbacks.scorers import CLIPScorer, FaceScorer, build_face_scorer
+from ldm_ext.evaluation import metrics as M
+from ldm_ext.evaluation.scorers import CLIPScorer, FaceScorer, build_face_scorer
 from ldm_ext.seeding import seeded
 
 METRICS = ("faces", "detect", "identity", "identity_second", "single_sim", "multi_sim",

@@ -2,7 +2,7 @@
 
 Every function takes numbers (numpy arrays or floats) and returns numbers, so each one is
 unit-tested with hand-computed values; the networks that produce the embeddings live in
-``callbacks/scorers.py``. Conventions: a similarity matrix ``sim`` is (G, R): generated
+``scorers.py``. Conventions: a similarity matrix ``sim`` is (G, R): generated
 faces (largest first, as the detectors return them) x reference identities; embeddings
 are L2-normalised rows.
 

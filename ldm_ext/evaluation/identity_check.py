@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from callbacks.metric_names import display_name
+from ldm_ext.evaluation.metric_names import display_name
 from ldm_ext.eval_config import encoder_family
 
 # an advantage is a standardised mean difference (Cohen's d) of at least this: "small"

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from callbacks.metric_names import Display, display_name, glossary_lines, sources
+from ldm_ext.evaluation.metric_names import Display, display_name, glossary_lines, sources
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -26,7 +26,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def mixing_by_n(rows: list[dict], sims: list[np.ndarray], matching: str) -> dict[str, list]:
     """Identity-mixing matrix (slot x slot) per number of subjects N >= 2."""
-    from callbacks.metrics import mixing_matrix
+    from ldm_ext.evaluation.metrics import mixing_matrix
 
     by_n: dict[int, list[np.ndarray]] = {}
     for row, sim in zip(rows, sims):
@@ -44,12 +44,12 @@ def write_outputs(cfg, out_dir: Path, image_dir: Path, rows: list[dict],
     ``skipped``: ``{"file", "reason"}`` of images that could not be read (not scored),
     listed in summary.json and report.md. ``subjects``: ``load_subjects``' subjects, whose
     photos summary.json records (``references``) and the grids and wandb table show.
-    ``provenance``: what made the images and the scores (``callbacks/provenance.record``),
+    ``provenance``: what made the images and the scores (``provenance.record``),
     in summary.json and at the end of report.md."""
     from omegaconf import OmegaConf
 
-    from callbacks.identity_check import identity_check
-    from callbacks.scoring import summarize
+    from ldm_ext.evaluation.identity_check import identity_check
+    from ldm_ext.evaluation.scoring import summarize
     from ldm_ext.eval_config import scorer_names
 
     write_csv(out_dir / "metrics.csv", rows)
@@ -66,7 +66,7 @@ def write_outputs(cfg, out_dir: Path, image_dir: Path, rows: list[dict],
     (out_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=2))
     write_report(out_dir, image_dir, rows, summary, cfg.note)
     if cfg.wandb:
-        from callbacks.eval_wandb import log_eval
+        from ldm_ext.evaluation.eval_wandb import log_eval
 
         log_eval(cfg, out_dir, image_dir, rows, summary, summary["references"])
     return summary
@@ -110,8 +110,8 @@ def write_grids(out_dir: Path, image_dir: Path, rows: list[dict], summary: dict 
     """One labelled grid per prompt category: its first ``per_grid`` images, 4 per row,
     each with its reference photos and caption (prompt, N, subjects, seed, k) under it,
     the method and category on top."""
-    from callbacks.eval_wandb import caption, made_by
-    from callbacks.grid_labels import GridLabels, captioned, save_grid
+    from ldm_ext.evaluation.eval_wandb import caption, made_by
+    from ldm_ext.evaluation.grid_labels import GridLabels, captioned, save_grid
 
     summary = summary or {}
     seed = summary.get("config", {}).get("generation", {}).get("seed")
@@ -139,7 +139,7 @@ def write_grids(out_dir: Path, image_dir: Path, rows: list[dict], summary: dict 
 def write_plots(out_dir: Path, rows: list[dict], summary: dict) -> list[Path]:
     """Identity vs CLIP-T and protocol vs second encoder scatters, per-category bars
     (mean ± std), mixing heatmaps."""
-    from callbacks.identity_check import identity_pairs
+    from ldm_ext.evaluation.identity_check import identity_pairs
 
     plt = pyplot()
     (out_dir / "plots").mkdir(exist_ok=True)
@@ -205,9 +205,9 @@ def write_report(out_dir: Path, image_dir: Path, rows: list[dict], summary: dict
     run's, per-category / per-N tables, mixing matrices, grids, plots, a glossary and the
     provenance; the metrics named as the papers print them, in percent where the paper
     compared with does (``summary["config"]``: the run's eval config)."""
-    from callbacks.identity_check import report_lines
-    from callbacks.provenance import report_lines as provenance_lines
-    from callbacks.published import display_for, published_lines, tables_of
+    from ldm_ext.evaluation.identity_check import report_lines
+    from ldm_ext.evaluation.provenance import report_lines as provenance_lines
+    from ldm_ext.evaluation.published import display_for, published_lines, tables_of
 
     config = summary.get("config", {})
     display = display_for(config)

@@ -1,6 +1,6 @@
 """How reports name metrics: the papers' names, their unit, one glossary line each.
 
-``metrics.csv`` and ``summary.json`` keep the machine names of ``callbacks/scoring.py``
+``metrics.csv`` and ``summary.json`` keep the machine names of ``scoring.py``
 (``identity``, ``clip_t``, ...): they are data, read back by ``--compare`` and by scripts.
 Every table a reader sees (``report.md``, the ``--compare`` report, plots) names a metric
 as the papers print it and shows it in percent where the paper it is compared with does

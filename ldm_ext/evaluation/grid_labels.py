@@ -3,7 +3,7 @@ the PNG itself, so a grid read alone (in a run folder, a report, a wandb panel) 
 it shows: which method, prompt, number of identities N and seed, and whose photos.
 
 Used by the training sample grids (``callbacks/images.py``), the evaluation grids
-(``callbacks/report.py``) and the comparison grids (``callbacks/compare.py``).
+(``report.py``) and the comparison grids (``compare/grids.py``).
 """
 from __future__ import annotations
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from callbacks.grid_labels import framed
-from callbacks.scoring import METRICS
+from ldm_ext.evaluation.grid_labels import framed
+from ldm_ext.evaluation.scoring import METRICS
 from ldm_ext.tracking import init_args, run_tags
 
 
@@ -124,7 +124,7 @@ def log_eval(cfg, out_dir: Path, image_dir: Path, rows: list[dict], summary: dic
 
 
 def log_compare(out_dir: Path, results: list, project: str) -> str:
-    """Log a comparison (``callbacks/compare.py`` Results) to its wandb run: one table row
+    """Log a comparison (``compare/results.py`` Results) to its wandb run: one table row
     per run (method, images, mean and std of each metric), the plots and grids."""
     import wandb
 
