@@ -15,6 +15,7 @@ from torch import nn
 
 from ldm_ext.evaluation import cli as evaluate
 import train
+from datamodules.views import InstantFamilyView
 from ldm_ext.config import MethodConfig
 from ldm_ext.losses import noise_loss
 from ldm_ext.methods.base import IdentityMethod
@@ -31,7 +32,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 class ToyConfig(MethodConfig):
     name: str = "toy"
     lr: float = 1e-3
-    face_weights: str = "random"  # the evaluation callback scores with the method's encoder
+
+    @classmethod
+    def scoring_encoder(cls, method) -> tuple[str, str]:
+        return "facenet", "random"  # the evaluation callback scores offline
 
 
 class ToyMethod(IdentityMethod):
@@ -78,7 +82,7 @@ class ToyPipeline(MethodPipeline):
 
 @pytest.fixture(scope="module")
 def toy_registered():
-    register("toy", MethodSpec(ToyConfig, ToyMethod, ToyPipeline, view="instantfamily"))
+    register("toy", MethodSpec(ToyConfig, ToyMethod, ToyPipeline, InstantFamilyView))
     yield
     del METHODS["toy"]
 

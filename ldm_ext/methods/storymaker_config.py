@@ -140,3 +140,9 @@ class StoryMakerConfig(MethodConfig):
         if method.face_encoder == "arcface":
             return f"arcface-{method.face_arch}/{method.face_weights}"
         return f"insightface/{method.face_weights or 'buffalo_l'}"
+
+    @classmethod
+    def scoring_encoder(cls, method) -> tuple[str, str | None]:
+        """Scored with the ArcFace it conditions on, as configured (insightface: its
+        default buffalo_l when ``face_weights`` is null)."""
+        return method.face_encoder, method.face_weights
