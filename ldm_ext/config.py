@@ -141,6 +141,9 @@ class MethodConfig:
     # where those files are absent
     TRAINING_ONLY: ClassVar[dict[str, Any]] = {}
 
+    # the backbone families (model.family) the method's module and pipeline run on
+    FAMILIES: ClassVar[tuple[str, ...]] = ("sd15", "sdxl")
+
     # what generation takes beside the prompt (identity photos, a pose, scales): keywords
     # of the Python API and flags of ldm_ext.generate, checked before any weights load
     # (ldm_ext/pipelines/options.py); the pipeline's ``inputs`` turns them into call
@@ -292,8 +295,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None,
     for group, source, layer in layers:
         cfg = merge(cfg, OmegaConf.create({group: layer}) if group else layer, source)
     _check_missing(cfg, str(path))
-    _check_choices(cfg, layers, {**CHOICES, **_data_kinds(cfg, layers),
-                                 **_prefixed(method_class.choices())})
+    _check_choices(cfg, layers, {**CHOICES, "model.family": method_class.FAMILIES,
+                                 **_data_kinds(cfg, layers), **_prefixed(method_class.choices())})
     _check_ranges(cfg, layers, {**RANGES, **_prefixed(method_class.ranges())})
     if cfg.logger.recipe is None:  # a run's saved config keeps its experiment's
         cfg.logger.recipe = path.stem

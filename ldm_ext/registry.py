@@ -96,7 +96,8 @@ DATA_KINDS: dict[str, DataKind] = {
                            prepare="images"),
     "celebv_text": DataKind("datamodules.celebv_text:CelebVTextDataModule", "root", "folder",
                             prepare="videos"),
-    "folder": DataKind("datamodules.folder:FolderDataModule", "root", "folder"),  # prepared on first use
+    # images, prepared into shards on first use
+    "folder": DataKind("datamodules.folder:FolderDataModule", "root", "folder"),
     "single_image": DataKind("datamodules.single_image:SingleImageDataModule", "image", "file",
                              method_view=False),
 }
