@@ -34,7 +34,9 @@ class ModelConfig:
     """Which diffusion backbone to load (see ldm_ext/backbone.py)."""
 
     family: str = "sd15"  # sd15 | sdxl
-    pretrained: str = MISSING  # hub id, local diffusers folder, or "tiny" (random, offline)
+    # hub id, local diffusers folder, "tiny" (random, offline) or "published" (the family's
+    # published shapes, random weights, no file: for the meta device, ldm_ext/fullsize.py)
+    pretrained: str = MISSING
     revision: str | None = None
     variant: str | None = None  # e.g. "fp16" weight files on the hub
     controlnet: str | None = None  # "from_unet", a hub id / folder, or null for none
@@ -188,6 +190,14 @@ class MethodConfig:
         overrides this to be scored with that backend and weights (a tiny run's random
         weights then score offline)."""
         return None
+
+    @classmethod
+    def published_shapes(cls, method: DictConfig) -> dict[str, Any]:
+        """Field -> value that builds this method's own networks (encoders, released
+        adapters) in their published shapes with random weights, reading no file: with
+        ``model.pretrained=published`` the whole method builds on the meta device, where
+        benchmarks count its parameters. Default: nothing to change."""
+        return {}
 
     @classmethod
     def choices(cls) -> dict[str, tuple[str, ...]]:

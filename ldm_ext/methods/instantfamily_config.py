@@ -70,3 +70,8 @@ class InstantFamilyConfig(MethodConfig):
     def scoring_encoder(cls, method) -> tuple[str, str]:
         """Scored with the face encoder it conditions on, as configured."""
         return method.face_encoder, method.face_weights
+
+    @classmethod
+    def published_shapes(cls, method) -> dict[str, str]:
+        """The configured face encoder with random weights."""
+        return {"face_weights": "random"}
