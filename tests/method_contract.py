@@ -24,7 +24,7 @@ from ldm_ext.registry import data_kind, method_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 SIDE = 64  # training and sampling side: 8x8 latents on the tiny backbone
-FAST = [f"data.resolution={SIDE}", "data.batch_size=2", "data.num_workers=0",
+FAST = [f"data.resolution={SIDE}", "data.batch_size=1", "data.num_workers=0",
         "data.num_demo_samples=8", "method.warmup_steps=0", "method.empty_prompt_prob=0",
         "method.sample_steps=2", "method.sample_num_ids=[1]", "seed=0"]
 
