@@ -40,21 +40,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-# data.kind -> (the data key it reads, what that key names); demo writes its own shards
-DATA_PATHS = {"shards": ("shards", "pattern"), "laion_face": ("root", "folder"),
-              "celebv_text": ("root", "folder"), "folder": ("root", "folder"),
-              "single_image": ("image", "file")}
-PREPARED = {"laion_face": "images", "celebv_text": "videos"}  # kind -> `prepare` mode
-
-
 def check_data_paths(cfg) -> None:
     """The data key the config's ``data.kind`` reads is set and, as a local path, names
     something that exists: checked in a blink, before any import of torch."""
     from ldm_ext.config import ConfigError
+    from ldm_ext.registry import data_kind
 
-    if cfg.data.kind not in DATA_PATHS:
+    kind = data_kind(cfg.data.kind)  # what it reads (DATA_KINDS); demo writes its own shards
+    if kind.source is None:
         return
-    key, what = DATA_PATHS[cfg.data.kind]
+    key, what = kind.source, kind.names
     value = cfg.data[key]
     if not value:
         raise ConfigError(f"data.kind={cfg.data.kind} needs data.{key} (the {what} of the data)")
@@ -62,8 +57,7 @@ def check_data_paths(cfg) -> None:
         return
     path = Path(value)
     if (what == "folder" and not path.is_dir()) or (what == "file" and not path.is_file()):
-        hint = (" (the --output of `python -m datamodules.prepare`)"
-                if cfg.data.kind in PREPARED else "")
+        hint = " (the --output of `python -m datamodules.prepare`)" if kind.prepare else ""
         raise ConfigError(f"data.{key}={value!r}: no such {what}{hint}")
 
 
@@ -72,22 +66,23 @@ def check_data_store(cfg) -> None:
     (``data.root``) is finished, local or a URL; a URL's store errors (no credentials, no
     bucket) are one line naming the key, as ``prepare`` tells them."""
     from ldm_ext.config import ConfigError
+    from ldm_ext.registry import data_kind
 
-    kind = cfg.data.kind
-    if kind != "shards" and kind not in PREPARED:
+    kind = data_kind(cfg.data.kind)
+    if kind.names != "pattern" and not kind.prepare:
         return
     from datamodules import storage
     from datamodules.shard_folder import prepared_shards
 
-    key = DATA_PATHS[kind][0]
+    key = kind.source
     value = cfg.data[key]
     with storage.named_errors(f"data.{key}", value):
-        if kind == "shards":
+        if kind.names == "pattern":
             if not storage.expand(value):
-                raise ConfigError(f"data.shards={value!r}: no shards match")
+                raise ConfigError(f"data.{key}={value!r}: no shards match")
             return
         try:
-            prepared_shards(value, PREPARED[kind])
+            prepared_shards(value, kind.prepare)
         except FileNotFoundError as err:
             raise ConfigError(f"data.root={value!r}: {err}") from None
 

@@ -46,7 +46,7 @@ from datamodules.demo import demo_sample, with_fallback_masks
 from datamodules.codec import encode_sample
 from datamodules.schema import KEYS, validate
 from datamodules.shards import ShardDataModule
-from datamodules.views import VIEWS
+from datamodules.views import views
 
 GOAL_RATIO, GOAL_RATE = 0.67, 40.0
 DEFAULT_SOURCE = "512x640"
@@ -115,10 +115,10 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--source", default=DEFAULT_SOURCE, help="HxW of the stored images")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=32)
-    parser.add_argument("--view", default="instantfamily", choices=sorted(VIEWS))
+    parser.add_argument("--view", default="instantfamily", choices=sorted(views()))
     parser.add_argument("--slots", type=int, default=4, help="identities per sample")
     args = parser.parse_args(argv)
-    keys = KEYS + VIEWS[args.view].optional  # what raw decodes: what the view reads
+    keys = KEYS + views()[args.view].optional  # what raw decodes: what the view reads
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     hw = tuple(int(v) for v in args.source.split("x"))

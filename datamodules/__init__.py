@@ -12,8 +12,7 @@ _HOMES = {
     "SCHEMA_VERSION": "schema", "BadSample": "schema", "Sample": "schema",
     "validate": "schema", "ShardDataModule": "shards", "ShardStream": "shards",
     "SkipCounter": "shards", "SingleImageDataModule": "single_image",
-    "ResizeCrop": "transforms", "VIEWS": "views", "InstantFamilyView": "views",
-    "build_view": "views",
+    "ResizeCrop": "transforms", "InstantFamilyView": "views", "build_view": "views",
 }
 __all__ = sorted(_HOMES)
 

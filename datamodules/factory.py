@@ -1,4 +1,5 @@
-"""The DataModule an experiment config names."""
+"""The DataModule an experiment config names: ``data.kind`` looked up in the registry's
+``DATA_KINDS`` (``ldm_ext/registry.py``), the one table of data kinds."""
 from __future__ import annotations
 
 import pytorch_lightning as pl
@@ -14,33 +15,21 @@ def _required(data, key: str) -> str:
 
 
 def build_datamodule(cfg) -> pl.LightningDataModule:
-    """``data.kind``: demo -> synthetic shards (written on first use); shards -> ours;
-    laion_face / celebv_text -> a prepared folder (``data.root``); folder -> images prepared
-    on first use (``data.root``); single_image -> one photo (``data.image``, SeFi-IDE)."""
-    from datamodules.celebv_text import CelebVTextDataModule
-    from datamodules.demo import DemoDataModule
-    from datamodules.folder import FolderDataModule
-    from datamodules.laion_face import LaionFaceDataModule
-    from datamodules.shards import ShardDataModule
-    from datamodules.single_image import SingleImageDataModule
-    from ldm_ext.registry import method_spec
+    """The DataModule of ``data.kind``: its source (``DataKind.source``) first, then the
+    batching settings, and, for kinds that stream the method's view, the view and the
+    stream's settings (num_slots, shuffle, augmentation, oversampling)."""
+    from ldm_ext.registry import data_kind
 
     data = cfg.data
-    if data.kind == "single_image":
-        return SingleImageDataModule(_required(data, "image"), resolution=data.resolution,
-                                     batch_size=data.batch_size, num_workers=data.num_workers,
-                                     seed=cfg.seed)
-    common = dict(resolution=data.resolution, batch_size=data.batch_size,
-                  num_workers=data.num_workers, num_slots=cfg.method.num_slots,
-                  seed=cfg.seed, shuffle_buffer=data.shuffle_buffer,
-                  view=method_spec(cfg.method.name).view, random_flip=data.random_flip,
-                  view_options=dict(data.view_options), oversample=dict(data.oversample),
-                  max_people=data.max_people, float_on_device=True)  # the Trainer calls on_after_batch_transfer
-    if data.kind == "demo":
-        return DemoDataModule(root=data.root, num_samples=data.num_demo_samples,
-                              size=data.resolution, **common)
-    if data.kind == "shards":
-        return ShardDataModule(_required(data, "shards"), **common)
-    kinds = {"laion_face": LaionFaceDataModule, "celebv_text": CelebVTextDataModule,
-             "folder": FolderDataModule}
-    return kinds[data.kind](_required(data, "root"), **common)
+    kind = data_kind(data.kind)
+    args = [_required(data, kind.source)] if kind.source else []
+    inputs = dict(resolution=data.resolution, batch_size=data.batch_size,
+                  num_workers=data.num_workers, seed=cfg.seed)
+    if kind.method_view:
+        inputs.update(num_slots=cfg.method.num_slots, shuffle_buffer=data.shuffle_buffer,
+                      view=cfg.method.name, random_flip=data.random_flip,
+                      view_options=dict(data.view_options), oversample=dict(data.oversample),
+                      max_people=data.max_people,
+                      float_on_device=True)  # the Trainer calls on_after_batch_transfer
+    options = {arg: data[key] for arg, key in kind.options.items()}
+    return kind.datamodule_class(*args, **inputs, **options)

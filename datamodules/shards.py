@@ -274,7 +274,8 @@ class ShardDataModule(pl.LightningDataModule):
         num_slots: face slots of the view (InstantFamily N).
         seed: seed of shuffles and per-sample randomness.
         shuffle_buffer: sample shuffle buffer size.
-        view: which per-method view builds the batch (``views.VIEWS``).
+        view: the method whose view builds the batch (its registry entry's
+            ``MethodSpec.view``).
         random_flip: horizontal flip with probability 0.5.
         random_crop: random instead of centre crop.
         min_faces: samples with fewer faces are skipped and counted (``no_faces``).

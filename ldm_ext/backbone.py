@@ -106,8 +106,17 @@ def resolve_source(pretrained: str, family: str) -> str:
     return str(tiny_backbone_dir(family))
 
 
+PUBLISHED = "published"  # model.pretrained: the family's published shapes, random weights
+
+
 def load_backbone(model_cfg) -> Backbone:
-    """Load every component named by a ``ModelConfig``; frozen parts in ``weight_dtype``."""
+    """Load every component named by a ``ModelConfig``; frozen parts in ``weight_dtype``.
+    ``pretrained: published`` builds the family's published shapes with random weights and
+    reads no file (``ldm_ext.fullsize``; on the meta device: parameter counts and plans)."""
+    if model_cfg.pretrained == PUBLISHED:
+        from ldm_ext.fullsize import published_backbone
+
+        return published_backbone(model_cfg)
     source = resolve_source(model_cfg.pretrained, model_cfg.family)
     kwargs = {"local_files_only": _offline(model_cfg.local_files_only)}
     if model_cfg.revision:

@@ -34,7 +34,9 @@ class ModelConfig:
     """Which diffusion backbone to load (see ldm_ext/backbone.py)."""
 
     family: str = "sd15"  # sd15 | sdxl
-    pretrained: str = MISSING  # hub id, local diffusers folder, or "tiny" (random, offline)
+    # hub id, local diffusers folder, "tiny" (random, offline) or "published" (the family's
+    # published shapes, random weights, no file: for the meta device, ldm_ext/fullsize.py)
+    pretrained: str = MISSING
     revision: str | None = None
     variant: str | None = None  # e.g. "fp16" weight files on the hub
     controlnet: str | None = None  # "from_unet", a hub id / folder, or null for none
@@ -46,7 +48,7 @@ class ModelConfig:
 class DataConfig:
     """Where training samples come from and how they are batched."""
 
-    kind: str = "demo"  # demo | shards | laion_face | celebv_text | folder | single_image
+    kind: str = "demo"  # a key of ldm_ext/registry.py DATA_KINDS (its DataModule and inputs)
     shards: str | None = None  # brace/glob pattern of .tar shards, for kind=shards
     # demo: folder of the demo shards (default: cache dir); laion_face / celebv_text: the
     # folder `python -m datamodules.prepare` wrote; folder: images (prepared on first use)
@@ -141,6 +143,9 @@ class MethodConfig:
     # where those files are absent
     TRAINING_ONLY: ClassVar[dict[str, Any]] = {}
 
+    # the backbone families (model.family) the method's module and pipeline run on
+    FAMILIES: ClassVar[tuple[str, ...]] = ("sd15", "sdxl")
+
     # what generation takes beside the prompt (identity photos, a pose, scales): keywords
     # of the Python API and flags of ldm_ext.generate, checked before any weights load
     # (ldm_ext/pipelines/options.py); the pipeline's ``inputs`` turns them into call
@@ -169,17 +174,30 @@ class MethodConfig:
     @classmethod
     def identity_encoder(cls, method: DictConfig) -> str | None:
         """The face network this method conditions on or optimises, as
-        ``<encoder>/<weights>`` (``facenet/vggface2``), or None when it uses none.
+        ``<encoder>/<weights>`` (``facenet/vggface2``), or None when it uses none (this
+        default): a method with a face network overrides this.
 
         Eval reports show it beside the identity scores, so a reader sees when a scorer is
-        the very network the method was trained against. Default: the ``face_encoder`` and
-        ``face_weights`` fields where a method has them; a method that names its encoder
-        otherwise overrides this."""
-        name = OmegaConf.select(method, "face_encoder", default=None)
-        weights = OmegaConf.select(method, "face_weights", default=None)
-        if not name:
-            return None
-        return f"{name}/{weights}" if weights else str(name)
+        the very network the method was trained against."""
+        return None
+
+    @classmethod
+    def scoring_encoder(cls, method: DictConfig) -> tuple[str, str | None] | None:
+        """(encoder, weights) of the face scores of this method's runs: during training
+        (``trainer.eval_every``), in the app, and as the starting point of ``run_scoring``
+        overrides; None (this default): the evaluation protocol's default encoder
+        (``ldm_ext.eval_config.ScoringConfig``). A method conditioned on a face network
+        overrides this to be scored with that backend and weights (a tiny run's random
+        weights then score offline)."""
+        return None
+
+    @classmethod
+    def published_shapes(cls, method: DictConfig) -> dict[str, Any]:
+        """Field -> value that builds this method's own networks (encoders, released
+        adapters) in their published shapes with random weights, reading no file: with
+        ``model.pretrained=published`` the whole method builds on the meta device, where
+        benchmarks count its parameters. Default: nothing to change."""
+        return {}
 
     @classmethod
     def choices(cls) -> dict[str, tuple[str, ...]]:
@@ -216,7 +234,6 @@ class ExperimentConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.family": ("sd15", "sdxl"),
     "model.weight_dtype": ("fp32", "fp16", "bf16"),
-    "data.kind": ("demo", "shards", "laion_face", "celebv_text", "folder", "single_image"),
     "trainer.compile_backend": ("inductor", "eager", "aot_eager", "cudagraphs"),
     "trainer.strategy": ("auto", "ddp", "ddp_spawn", "deepspeed"),
     "trainer.zero_stage": (1, 2),
@@ -236,6 +253,21 @@ RANGES: dict[str, Bounds] = {
     "trainer.sample_every": (0, None), "trainer.eval_every": (0, None),
     "trainer.log_every": (1, None), "trainer.bucket_size": (1, None),
 }
+
+
+def _data_kinds(cfg: DictConfig, layers: list[Layer]) -> dict[str, tuple[str, ...]]:
+    """The ``data.kind`` choices (the registry's ``DATA_KINDS``); for a method without a
+    data view only the kinds that build their own batches."""
+    from ldm_ext.registry import DATA_KINDS, method_spec
+
+    if method_spec(cfg.method.name).view is not None:
+        return {"data.kind": tuple(DATA_KINDS)}
+    own = tuple(kind for kind, spec in DATA_KINDS.items() if not spec.method_view)
+    if cfg.data.kind in DATA_KINDS and cfg.data.kind not in own:
+        raise ConfigError(f"{_source(layers, 'data.kind')}: data.kind={cfg.data.kind} streams "
+                          f"the method's data view and method.name={cfg.method.name} has none "
+                          f"(it trains on {', '.join(own)})")
+    return {"data.kind": own}
 
 
 def _method_class(name: Any, source: str) -> type[MethodConfig]:
@@ -273,7 +305,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None,
     for group, source, layer in layers:
         cfg = merge(cfg, OmegaConf.create({group: layer}) if group else layer, source)
     _check_missing(cfg, str(path))
-    _check_choices(cfg, layers, {**CHOICES, **_prefixed(method_class.choices())})
+    _check_choices(cfg, layers, {**CHOICES, "model.family": method_class.FAMILIES,
+                                 **_data_kinds(cfg, layers), **_prefixed(method_class.choices())})
     _check_ranges(cfg, layers, {**RANGES, **_prefixed(method_class.ranges())})
     if cfg.logger.recipe is None:  # a run's saved config keeps its experiment's
         cfg.logger.recipe = path.stem

@@ -117,6 +117,27 @@ def scheduler(family: str):
     return EulerDiscreteScheduler.from_config({**BETAS, "timestep_spacing": "leading"})
 
 
+def published_backbone(model_cfg):
+    """The ``Backbone`` of ``model.pretrained: published``: ``family``'s published UNet,
+    VAE, text encoders and scheduler with random weights, the real CLIP tokenizers, and a
+    ControlNet of the UNet's encoder shape where ``model.controlnet`` names any."""
+    import tempfile
+
+    from ldm_ext.backbone import Backbone
+    from ldm_ext.tokenizer import build_clip_tokenizer
+
+    family = model_cfg.family
+    unet_model = unet(family)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizers = [build_clip_tokenizer(Path(tmp) / "1")] + (
+            [build_clip_tokenizer(Path(tmp) / "2", pad_token="!")] if family == "sdxl" else [])
+    control = controlnet(unet_model) if model_cfg.controlnet else None
+    with torch.device("cpu"):  # its tables stay real under a meta device context
+        noise_scheduler = scheduler(family)
+    return Backbone(family, unet_model, vae(family), text_encoders(family), tokenizers,
+                    noise_scheduler, control, source="published")
+
+
 def materialise(build: Callable[[], nn.Module], dtype: torch.dtype,
                 generator: torch.Generator) -> nn.Module:
     """``build()`` on the meta device, then real storage in ``dtype`` filled at random:

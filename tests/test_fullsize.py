@@ -102,7 +102,7 @@ def test_real_sd15_write_matches_recipe_counts(tmp_path) -> None:
     for part, sub in [("unet", "unet"), ("vae", "vae"), ("text encoders", "text_encoder")]:
         assert fullsize.safetensors_parameters(folder / sub) == counts[part][0]
     assert fullsize.safetensors_parameters(paths["model.controlnet"]) == \
-        counts["pose controlnet"][0]
+        counts["controlnet"][0]
     assert fullsize.safetensors_parameters(paths["method.image_encoder"]) == \
         counts["image encoder"][0]
     cfg = load_config("configs/experiment/demo.yaml", [

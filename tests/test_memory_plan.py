@@ -11,7 +11,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import memory_plan  # noqa: E402
 import recipe_params  # noqa: E402
 
-from ldm_ext.config import load_config  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+from torch import nn  # noqa: E402
+
+from ldm_ext.config import MethodConfig, load_config  # noqa: E402
+from ldm_ext.methods.base import IdentityMethod  # noqa: E402
+from ldm_ext.registry import METHODS, MethodSpec  # noqa: E402
 
 SD15_UNET = 859_520_964  # SD1.5's published UNet
 SD15_BLOCK_WIDTHS = [320, 320, 640, 640, 1280, 1280, 1280] + [1280] * 3 + [640] * 3 + [320] * 3
@@ -25,11 +31,11 @@ def test_storymaker_sd15_counts_match_closed_form() -> None:
     # (C -> C), k/v (768 -> C); K_i / V_i: two bias-free 768 -> C projections
     lora = sum(rank * (12 * c + 2 * (text + c)) for c in SD15_BLOCK_WIDTHS)
     ip_kv = sum(2 * text * c for c in SD15_BLOCK_WIDTHS)
-    assert counts["lora + K_i/V_i"] == (lora + ip_kv, True)
+    assert counts["unet (trained)"] == (lora + ip_kv, True)  # LoRA and K_i / V_i
     assert counts["unet"] == (SD15_UNET, False)  # LoRA and K_i / V_i not counted frozen
-    assert counts["pose controlnet"][1] is False and counts["image encoder"][1] is False
+    assert counts["controlnet"][1] is False and counts["image encoder"][1] is False
     assert counts["ppr"][1] is True
-    assert {part for part, (_, trains) in counts.items() if trains} == {"lora + K_i/V_i", "ppr"}
+    assert {part for part, (_, trains) in counts.items() if trains} == {"unet (trained)", "ppr"}
 
 
 def test_sdxl_recipe_total_is_a_lower_bound(capsys) -> None:
@@ -45,3 +51,34 @@ def test_sdxl_recipe_total_is_a_lower_bound(capsys) -> None:
     setup = memory_plan.recipe_setup(cfg)
     rows = memory_plan.static_bytes(counts, setup)
     assert rows["reduce buckets"] == 4 * 10**8  # DDP's fp32 gradient buckets, 8 GPUs
+
+
+@dataclass
+class ShiftConfig(MethodConfig):
+    name: str = "shift"
+
+
+class Shift(IdentityMethod):
+    """A method recipe_params has never heard of: one trained map of the text tokens."""
+
+    def __init__(self, cfg, backbone) -> None:
+        super().__init__(cfg, backbone)
+        self.text_shift = nn.Linear(768, 768)
+        self.freeze_all_but_trainable()
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {"text_shift": self.text_shift}
+
+
+def test_any_registered_method_is_counted_from_its_own_module(tmp_path, monkeypatch) -> None:
+    """No per-method plan: the registered module is built on the meta device from the
+    published SD1.5 shapes, and its own trainable modules are what trains."""
+    monkeypatch.setitem(METHODS, "shift", MethodSpec(ShiftConfig, Shift, "unused:Pipeline"))
+    recipe = tmp_path / "shift.yaml"
+    recipe.write_text("defaults: {model: sd15, data: single_image, trainer: cpu, "
+                      "logger: default}\nname: shift\nmodel: {controlnet: null}\n"
+                      "method: {name: shift}\n")
+    counts = recipe_params.recipe_counts(load_config(recipe))
+    assert counts["unet"] == (SD15_UNET, False) and counts["vae"][1] is False
+    assert counts["text shift"] == (768 * 768 + 768, True)
+    assert set(counts) == {"unet", "vae", "text encoders", "text shift"}

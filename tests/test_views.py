@@ -9,7 +9,7 @@ from datamodules.demo import demo_sample, with_fallback_masks
 from datamodules.schema import MASK_CHAR, MASK_SEG, Sample, validate
 from datamodules.transforms import ResizeCrop
 from datamodules.views import (InstantFamilyView, PortraitBoothView, StoryMakerView, build_view,
-                               select_slots)
+                               select_slots, views)
 from ldm_ext.attention import TokenLayout, build_face_masks
 from ldm_ext.face.align import arcface_crops
 from ldm_ext.perception.character_crop import reference_crop
@@ -113,11 +113,14 @@ def test_portraitbooth_without_masks_or_reference_uses_ellipse_and_own_crop():
     assert batch["face_valid"].tolist() == [[True, False]] * 2
 
 
-def test_every_view_is_registered_and_unknown_views_are_named():
+def test_views_come_from_the_registry_and_mistakes_are_named():
     assert isinstance(build_view("storymaker", num_slots=2), StoryMakerView)
     assert isinstance(build_view("portraitbooth", num_slots=1), PortraitBoothView)
-    with pytest.raises(ValueError, match="unknown view 'sefi'.*portraitbooth"):
+    assert set(views()) == {"instantfamily", "portraitbooth", "storymaker"}  # not sefi_ide
+    with pytest.raises(ValueError, match="unknown method 'sefi'.*portraitbooth"):
         build_view("sefi")
+    with pytest.raises(ValueError, match="'sefi_ide' has no data view.*single_image"):
+        build_view("sefi_ide", num_slots=1)
 
 
 # --- InstantFamily ---------------------------------------------------------------------

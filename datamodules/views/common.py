@@ -21,7 +21,6 @@ RANGES = {SIGNED: (PIXEL_SCALE, -1.0), UNIT: (1 / 255, 0.0), BINARY: (1.0, 0.0)}
 class View(Protocol):
     """What ``ShardStream`` needs of a per-method view."""
 
-    name: str
     optional: tuple[str, ...]  # optional shard members it reads (schema.OPTIONAL_KEYS)
 
     def __call__(self, sample: Sample, rng: torch.Generator) -> dict: ...

@@ -36,7 +36,6 @@ class InstantFamilyView:
     crop) gets its circle at the centre of its detector box's visible part.
     """
 
-    name = "instantfamily"
     optional = ()  # face regions come from boxes / keypoints, not from masks.png
     ranges = {"pixel_values": SIGNED, "control": UNIT, "face_crops": SIGNED}
 

@@ -36,7 +36,6 @@ class PortraitBoothView:
         float_batches: ``collate`` returns float images (else uint8, see ``normalize``).
     """
 
-    name = "portraitbooth"
     optional = ("masks.png", "reference.npy")
     ranges = {"pixel_values": SIGNED, "reference": SIGNED, "face_masks": BINARY}
 

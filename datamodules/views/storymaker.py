@@ -72,7 +72,6 @@ class StoryMakerView:
             10; 0: off). The aligned face crop is not rotated (nor is it officially).
     """
 
-    name = "storymaker"
     optional = ("masks.png",)
     ranges = {"pixel_values": SIGNED, "control": UNIT, "face_crops": SIGNED,
               "characters": UNIT, "character_masks": BINARY}

@@ -10,21 +10,21 @@ from ldm_ext.face import FaceModelMissing
 
 
 def run_scoring(cfg, overrides: list[str] | None = None):
-    """The ``ScoringConfig`` of a run (its config ``cfg``): face scores with the method's
-    own encoder backend (MTCNN detection) and by a second, independent encoder
-    (``second_encoder`` auto: never the method's own family), and the protocol's CLIP
-    ViT-L/14 text score; ``overrides`` (``key=value`` of ScoringConfig) go on top."""
+    """The ``ScoringConfig`` of a run (its config ``cfg``): face scores with the encoder
+    its method's config names (``MethodConfig.scoring_encoder``; MTCNN detection) and by
+    a second, independent encoder (``second_encoder`` auto: never the method's own
+    family), and the protocol's CLIP ViT-L/14 text score; ``overrides`` (``key=value``
+    of ScoringConfig) go on top."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from ldm_ext.compose import ConfigError, parse_overrides
     from ldm_ext.eval_config import ScoringConfig, second_encoder_name
-    from ldm_ext.registry import identity_encoder
+    from ldm_ext.registry import identity_encoder, scoring_encoder
 
-    scoring = OmegaConf.structured(ScoringConfig(
-        face_encoder=OmegaConf.select(cfg, "method.face_encoder", default="facenet"),
-        face_weights=OmegaConf.select(cfg, "method.face_weights", default="vggface2"),
-        min_face_score=0.0, batch_size=8))
+    own = scoring_encoder(cfg.method)  # None: the protocol's default encoder
+    encoder = dict(zip(("face_encoder", "face_weights"), own)) if own else {}
+    scoring = OmegaConf.structured(ScoringConfig(**encoder, min_face_score=0.0, batch_size=8))
     if overrides:
         try:
             scoring = OmegaConf.merge(scoring, parse_overrides(overrides))

@@ -60,3 +60,18 @@ class InstantFamilyConfig(MethodConfig):
     # eps = eps_u + g (eps_c - eps_f) + s (eps_f - eps_u) (s = 0: the paper's 2-branch CFG)
     identity_guidance: bool = False
     identity_scale: float = 0.0
+
+    @classmethod
+    def identity_encoder(cls, method) -> str:
+        """The face encoder the identity tokens come from, with its weights."""
+        return f"{method.face_encoder}/{method.face_weights}"
+
+    @classmethod
+    def scoring_encoder(cls, method) -> tuple[str, str]:
+        """Scored with the face encoder it conditions on, as configured."""
+        return method.face_encoder, method.face_weights
+
+    @classmethod
+    def published_shapes(cls, method) -> dict[str, str]:
+        """The configured face encoder with random weights."""
+        return {"face_weights": "random"}

@@ -86,3 +86,18 @@ class PortraitBoothConfig(MethodConfig):
         default_factory=lambda: ["a photo of a happy person and a sad person in a park"])
     sample_num_ids: list[int] = field(default_factory=lambda: [1, 2])
     region_margin: float = 0.1  # pose-template regions: keypoint box + this x image side
+
+    @classmethod
+    def identity_encoder(cls, method) -> str:
+        """The face encoder phi its tokens and DIP loss use, with its weights."""
+        return f"{method.face_encoder}/{method.face_weights}"
+
+    @classmethod
+    def scoring_encoder(cls, method) -> tuple[str, str]:
+        """Scored with the face encoder it conditions on and optimises, as configured."""
+        return method.face_encoder, method.face_weights
+
+    @classmethod
+    def published_shapes(cls, method) -> dict[str, str]:
+        """The configured face encoder with random weights."""
+        return {"face_weights": "random"}

@@ -140,3 +140,18 @@ class StoryMakerConfig(MethodConfig):
         if method.face_encoder == "arcface":
             return f"arcface-{method.face_arch}/{method.face_weights}"
         return f"insightface/{method.face_weights or 'buffalo_l'}"
+
+    @classmethod
+    def published_shapes(cls, method) -> dict[str, Any]:
+        """ArcFace as a random torch IResNet (insightface: buffalo_l's recogniser is an
+        IResNet-50, run by ONNX Runtime), CLIP ViT-H/14 random, no released checkpoints."""
+        arch = method.face_arch if method.face_encoder == "arcface" else "r50"
+        return {"face_encoder": "arcface", "face_arch": arch, "face_weights": "random",
+                "image_encoder": "published", "id_loss_weights": "random",
+                "faceid_weights": None, "plus_weights": None, "storymaker_weights": None}
+
+    @classmethod
+    def scoring_encoder(cls, method) -> tuple[str, str | None]:
+        """Scored with the ArcFace it conditions on, as configured (insightface: its
+        default buffalo_l when ``face_weights`` is null)."""
+        return method.face_encoder, method.face_weights

@@ -48,7 +48,12 @@ def tiny_image_encoder_dir() -> Path:
 
 def load_image_encoder(name: str, dtype: torch.dtype = torch.float32,
                        local_files_only: bool = False) -> CLIPVisionModelWithProjection:
-    """The frozen CLIP image encoder ``name`` (hub id, folder or ``tiny``), in eval mode."""
+    """The frozen CLIP image encoder ``name`` (hub id, folder, ``tiny``, or ``published``:
+    CLIP ViT-H/14's shape with random weights, no file), in eval mode."""
+    if name == "published":
+        from ldm_ext.fullsize import image_encoder
+
+        return image_encoder().to(dtype).requires_grad_(False).eval()
     source = str(tiny_image_encoder_dir()) if name == "tiny" else name
     offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
     try:
