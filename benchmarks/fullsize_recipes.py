@@ -72,13 +72,33 @@ class Measured:
     stages: dict[str, Stage] = field(default_factory=dict)
 
 
-def write_folders(recipe: str, cache: Path) -> dict[str, str]:
-    """The recipe's full-size random folders (each written once under ``cache``) ->
-    their config overrides."""
+def static_gib(recipe: str) -> float:
+    """The recipe's static bytes in one CPU process, GiB: frozen parameters in
+    model.weight_dtype, trainable ones fp32 with gradients and AdamW's moments (16 B) -
+    what RAM the step needs before any activation (``recipe_params.py``'s exact counts)."""
+    import recipe_params
+    from ldm_ext.config import load_config
+
+    cfg = load_config(ROOT / "configs" / "experiment" / f"{recipe}.yaml")
+    counts = recipe_params.recipe_counts(cfg).values()
+    frozen_bytes = {"fp32": 4, "fp16": 2, "bf16": 2}[cfg.model.weight_dtype]
+    return (sum(n for n, trains in counts if not trains) * frozen_bytes +
+            sum(n for n, trains in counts if trains) * 16) / GIB
+
+
+def write_folders(recipe: str, cache: Path, log: Path) -> tuple[dict[str, str], Stage]:
+    """The recipe's full-size random folders, each written once under ``cache`` by
+    ``python -m ldm_ext.fullsize`` in a child (an SDXL write peaks near 10 GB, which this
+    process should not keep) -> their config overrides, and the write's figures."""
     from ldm_ext import fullsize
 
     family, parts = RECIPES[recipe]
-    return fullsize.write(cache, family, **parts)
+    flags = [*(["--controlnet"] if parts.get("with_controlnet") else []),
+             *(["--image-encoder"] if parts.get("with_image_encoder") else []),
+             *(["--face-encoder", parts["face_encoder"]] if "face_encoder" in parts else [])]
+    stage = measured_child([sys.executable, "-m", "ldm_ext.fullsize", str(cache), "--family",
+                            family, *flags], log)
+    return fullsize.write(cache, family, **parts), stage  # all there now: paths only
 
 
 def subjects(out: Path) -> Path:
@@ -157,11 +177,11 @@ def count_parameters(run: Path) -> dict[str, int]:
 
 def run_recipe(recipe: str, cache: Path, out: Path, resolution: int = 256) -> Measured:
     """The three stages of ``recipe`` into ``out/<recipe>``; what they measured."""
-    paths = write_folders(recipe, cache)
-    people = subjects(out)
     work = out / recipe
     work.mkdir(parents=True, exist_ok=True)
     result = Measured(recipe, resolution)
+    paths, result.stages["write"] = write_folders(recipe, cache, work / "write.log")
+    people = subjects(out)
     train = [sys.executable, "train.py", "--config", f"configs/experiment/{recipe}.yaml",
              *train_overrides(recipe, paths, work, people / "astronaut" / "0.png", resolution)]
     result.stages["train"] = measured_child(train, work / "train.log")
@@ -181,7 +201,7 @@ def table(results: list[Measured]) -> str:
     lines = ["| recipe | trainable | frozen | s/step | peak RSS train / reload / sample+score "
              "(GiB) | wall train / reload / sample+score (s) |", "|---|---|---|---|---|---|"]
     for r in results:
-        stages = list(r.stages.values())
+        stages = [stage for name, stage in r.stages.items() if name != "write"]
         rss = " / ".join(f"{s.peak_rss_gib:.1f}" for s in stages)
         wall = " / ".join(f"{s.seconds:.0f}" for s in stages)
         lines.append(f"| {r.recipe} ({r.resolution}²) | {r.trainable / 1e6:.1f} M | "
