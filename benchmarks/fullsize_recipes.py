@@ -12,7 +12,8 @@ Per recipe (``configs/experiment/<recipe>.yaml``), with the random full-size fol
    for ``single_image`` recipes) for data, 2 sampling steps for the grid that ends the run,
    one CPU process (``strategy=auto``: DDP and
    DeepSpeed spread the same step over GPUs), ``max_steps=1``, and weights the Hub cannot
-   give offline by path (face and image encoders; IP-Adapter initialisations left out);
+   give offline by path (face and image encoders; IP-Adapter initialisations left out),
+   fp16 frozen weights as bf16 (a CPU's 16-bit type: train.py refuses fp16 on a CPU);
 2. the run reloaded (``load_run``): trainable and frozen parameters counted;
 3. ``eval.py`` on the tiny protocol (random-weight scorers): the checkpoint reloaded again,
    one image generated with 2 sampling steps at the same resolution, then scored.
@@ -120,6 +121,8 @@ def train_overrides(recipe: str, paths: dict[str, str], out: Path, photo: Path,
             "trainer.max_steps=1", "trainer.checkpoint_every=1", "trainer.log_every=1",
             "trainer.progress_bar=false", "logger.wandb=false", "method.sample_steps=2",
             *(STORYMAKER if cfg.method.name == "storymaker" else []),
+            # a CPU has no fp16 kernels (train.py refuses fp16 there): its 16-bit type
+            *(["model.weight_dtype=bf16"] if cfg.model.weight_dtype == "fp16" else []),
             *(f"{key}={value}" for key, value in paths.items())]
 
 

@@ -23,7 +23,6 @@ import recipe_params  # noqa: E402
 
 from ldm_ext.methods.loading import run_config  # noqa: E402
 
-pytestmark = pytest.mark.fullsize
 # above the static bytes: activations at 256², AdamW's temporaries, the runtime, the sample
 # grid (instantfamily_sd15 peaked 5.6 GiB above its 9.5)
 HEADROOM_GIB = 6
@@ -36,6 +35,7 @@ def fullsize_cache(tmp_path_factory) -> Path:
     return Path(kept) if kept else tmp_path_factory.mktemp("fullsize")
 
 
+@pytest.mark.fullsize
 @pytest.mark.parametrize("recipe", list(fullsize_recipes.RECIPES))
 def test_recipe_trains_reloads_samples_and_scores(recipe, fullsize_cache, tmp_path) -> None:
     need, free = fullsize_recipes.static_gib(recipe) + HEADROOM_GIB, psutil.virtual_memory(
@@ -54,3 +54,21 @@ def test_recipe_trains_reloads_samples_and_scores(recipe, fullsize_cache, tmp_pa
     if os.environ.get("IDFORGE_FULLSIZE_RECORD"):
         fullsize_recipes.save([result], Path(os.environ["IDFORGE_FULLSIZE_RECORD"]),
                               f"pytest -m fullsize {Path(__file__).name}")
+
+
+def test_fp16_frozen_weights_on_a_cpu_are_refused(monkeypatch) -> None:
+    """sefi_ide_sdxl's fp16 SDXL (model/sdxl.yaml) on a CPU: an fp16 conv there ran 160x
+    slower than fp32 and the full-size step did not finish; told before anything loads."""
+    import train
+    from ldm_ext import devices
+    from ldm_ext.config import ConfigError, load_config
+
+    recipe = str(ROOT / "configs/experiment/sefi_ide_sdxl.yaml")  # trainer.accelerator=auto
+    monkeypatch.setattr(devices, "cuda_device_count", lambda: 0)
+    with pytest.raises(ConfigError, match="model.weight_dtype=fp16 on the CPU"):
+        train.check_trainer(load_config(recipe))
+    for overrides in (["model.weight_dtype=bf16"], ["trainer.accelerator=cpu",
+                                                    "model.weight_dtype=fp32"]):
+        train.check_trainer(load_config(recipe, overrides))
+    monkeypatch.setattr(devices, "cuda_device_count", lambda: 1)  # a GPU runs fp16
+    train.check_trainer(load_config(recipe))
