@@ -32,9 +32,13 @@ exactly by ``recipe_params.py``. The measured step is InstantFamily's; for Portr
 SeFi-IDE and StoryMaker on SD1.5 at 512² its activations per sample stand in for theirs
 (same UNet, same latent size, gradients through the UNet; what differs is printed with
 the table, ``ACTIVATION_NOTES``), an approximation, not a measurement of their step. For
-SDXL recipes the step is not measured at all (an SDXL-shaped step at 128² latents does not
-run on this CPU): their activation row is left out, the total printed as a lower bound,
-and nothing is measured, so no RESULT line.
+SDXL recipes the activations come from the recipe's own full-size step on the CPU
+(``fullsize_recipes.py``, figures in ``fullsize_recipes.json``): that run's peak RSS less its
+static bytes (its exact trainable / frozen counts at the check setup), per sample, scaled
+from its resolution to the recipe's by latent area. CPU kernels keep more than a GPU's fused
+ones, so the row and the total are a CPU upper bound; no RESULT line (nothing is checked
+against a second measurement). A recipe without a measured step keeps its static memory
+only, printed as a lower bound.
 
 Checked: the plan of the same step at ``--check-width`` (one process, as measured; past
 both fit widths, so the width extrapolation is tested), at the recipe's precision choices,
@@ -65,6 +69,7 @@ A100_GIB = 80
 SD15_WIDTH = 320
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 MEASURED_LATENT = 64  # step_memory's step: 64² latents, SD1.5's at 512²
+FULL_SIZE = ROOT / "benchmarks" / "fullsize_recipes.json"  # fullsize_recipes.py writes it
 # How the measured step (a trainable ControlNet into the frozen SD1.5 UNet) stands for each
 # method's activations (benchmark-only table; the parameter counts are exact either way).
 ACTIVATION_NOTES = {
@@ -183,9 +188,11 @@ def activation_line(cfg, widths: list[int], batch: int) -> tuple[float, float]:
     return y0 - slope * w0, slope
 
 
-def print_plan(rows: dict[str, float], setup: Setup, title: str) -> float:
+def print_plan(rows: dict[str, float], setup: Setup, title: str,
+               bound: str | None = None) -> float:
     """A table of per-GPU GiB and the total against an 80 GiB A100; returns the total.
-    Without an activations row the total is a lower bound: whether it fits is unknown."""
+    Without an activations row the total is a lower bound: whether it fits is unknown;
+    ``bound`` names what the total is otherwise (e.g. a CPU upper bound)."""
     total = sum(rows.values())
     zero = f"ZeRO-{setup.zero_stage}" if setup.zero_stage else "no ZeRO"
     offload = ", optimizer offloaded to CPU" if setup.offload_optimizer else ""
@@ -194,7 +201,7 @@ def print_plan(rows: dict[str, float], setup: Setup, title: str) -> float:
         print(f"  {name:<20}{value / GIB:>9.2f} GiB")
     planned = any(name.startswith("activations") for name in rows)
     fits = "fits" if planned else "fit unknown, without activations, on"
-    label = "total" if planned else "total, at least"
+    label = f"total, {bound}" if bound else "total" if planned else "total, at least"
     print(f"  {label:<20}{total / GIB:>9.2f} GiB of {A100_GIB} "
           f"({fits if total < A100_GIB * GIB else 'does NOT fit'} an A100 80GB)")
     return total
@@ -205,28 +212,54 @@ def step_stands_for(cfg) -> bool:
     return cfg.model.family == "sd15" and cfg.data.resolution // 8 == MEASURED_LATENT
 
 
+def full_size_step(name: str, path: Path = FULL_SIZE) -> dict | None:
+    """The figures ``fullsize_recipes.py`` measured for recipe ``name`` (its experiment
+    file's stem) in the JSON file ``path``, or None."""
+    measured = json.loads(path.read_text()) if path.is_file() else {}
+    return measured.get(Path(name).stem)
+
+
+def full_size_activations(cfg, step: dict) -> float:
+    """Activation bytes per sample at ``cfg``'s resolution from a measured full-size step:
+    its training peak RSS less the static bytes of its exact counts (one process, AdamW),
+    scaled by latent area (``step['resolution']`` -> ``cfg.data.resolution``)."""
+    setup = check_setup(cfg)
+    static = step["frozen"] * setup.frozen_bytes + step["trainable"] * (
+        setup.module_bytes + setup.grad_bytes + setup.optimizer_bytes)
+    peak = step["stages"]["train"]["peak_rss_gib"] * GIB
+    return (peak - static) * (cfg.data.resolution / step["resolution"]) ** 2
+
+
 def print_recipe(cfg, name: str, counts: dict[str, tuple[int, bool]],
-                 per_sample: float | None) -> None:
+                 per_sample: float | None, full_size: dict | None = None) -> None:
     """The recipe's plan: parameters by part, then per-GPU bytes; activations from the
     measured SD1.5 step (``per_sample`` bytes at width 320) where ``step_stands_for`` the
-    recipe, else left out (``per_sample`` None) and the total marked a lower bound."""
+    recipe, else from the recipe's measured ``full_size`` step (a CPU upper bound), else
+    left out and the total marked a lower bound."""
     print(f"{name}: parameters (exact, meta device)")
     for part, (n, trains) in counts.items():
         print(f"  {part:<22}{n / 1e6:>10.2f} M  {'trainable' if trains else 'frozen'}")
     batch, setup = cfg.data.batch_size, recipe_setup(cfg)
     rows = static_bytes(counts, setup)
     latent = cfg.data.resolution // 8
+    bound = None
     if per_sample is not None:
         own = cfg.method.name == "instantfamily"
         rows["activations" if own else "activations, reused"] = per_sample * batch
         note = ACTIVATION_NOTES[cfg.method.name]
+    elif full_size is not None:
+        rows["activations, CPU"] = full_size_activations(cfg, full_size) * batch
+        bound = "CPU upper bound"
+        note = (f"this recipe's full-size step on the CPU ({full_size['resolution']}², batch "
+                f"1, {full_size['date']}: {full_size['command']}), scaled to {latent}² "
+                "latents by area; CPU kernels keep more than a GPU's: a CPU UPPER BOUND")
     else:
         note = (f"NOT planned: the measured step is SD1.5-shaped at {MEASURED_LATENT}² "
                 f"latents, this recipe runs {cfg.model.family} at {latent}²; the total is a "
                 "LOWER BOUND (an SDXL step needs measuring on a GPU)")
     print(f"  activations: {note}")
     print_plan(rows, setup, f"{name}: {cfg.model.family}, {cfg.data.resolution}², batch "
-               f"{batch} per GPU")
+               f"{batch} per GPU", bound)
 
 
 def main() -> None:
@@ -255,8 +288,8 @@ def main() -> None:
         counts = recipe_params.recipe_counts(cfg)
     except ValueError as err:
         parser.error(f"{args.config}: {err}")
-    if not step_stands_for(cfg):  # nothing measured: no ratio to report
-        print_recipe(cfg, args.config, counts, None)
+    if not step_stands_for(cfg):  # no second measurement: no ratio to report
+        print_recipe(cfg, args.config, counts, None, full_size_step(args.config))
         print("no RESULT: this recipe's step is not the measured one (run an SD1.5 recipe "
               "for the check)")
         return

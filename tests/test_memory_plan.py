@@ -1,7 +1,9 @@
 """benchmarks/memory_plan.py and recipe_params.py: exact meta-device counts of a
-non-InstantFamily recipe, and an unmeasured recipe's total printed as a lower bound."""
+non-InstantFamily recipe, an unmeasured recipe's total printed as a lower bound, and an SDXL
+recipe's activations from its measured full-size step (a CPU upper bound)."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -82,3 +84,23 @@ def test_any_registered_method_is_counted_from_its_own_module(tmp_path, monkeypa
     assert counts["unet"] == (SD15_UNET, False) and counts["vae"][1] is False
     assert counts["text shift"] == (768 * 768 + 768, True)
     assert set(counts) == {"unet", "vae", "text encoders", "text shift"}
+
+
+def test_sdxl_recipe_uses_its_measured_full_size_step(tmp_path, capsys) -> None:
+    cfg = load_config(ROOT / "configs/experiment/sefi_ide_sdxl.yaml")  # 1024², fp16 frozen
+    gib = memory_plan.GIB
+    step = {"resolution": 256, "trainable": 10**7, "frozen": 3 * 10**9, "date": "d",
+            "command": "c", "stages": {"train": {"peak_rss_gib": 7.0}}}
+    path = tmp_path / "measured.json"
+    path.write_text(json.dumps({"sefi_ide_sdxl": step}))
+    assert memory_plan.full_size_step("configs/experiment/sefi_ide_sdxl.yaml", path) == step
+    assert memory_plan.full_size_step("storymaker_sdxl_paper", path) is None
+    static = 3 * 10**9 * 2 + 10**7 * 16  # fp16 frozen; fp32 weights, grads, AdamW
+    per_sample = memory_plan.full_size_activations(cfg, step)
+    assert per_sample == (7 * gib - static) * 16  # (1024 / 256)² the latent area
+    memory_plan.print_recipe(cfg, "sefi_ide_sdxl", {"unet": (10**9, False)}, None, step)
+    out = capsys.readouterr().out
+    assert "CPU UPPER BOUND" in out and "total, CPU upper bound" in out
+    assert "LOWER BOUND" not in out and "at least" not in out
+    [row] = [line for line in out.splitlines() if line.strip().startswith("activations, CPU")]
+    assert f"{per_sample / gib:.2f} GiB" in row  # batch 1 in the recipe
