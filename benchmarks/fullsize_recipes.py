@@ -103,7 +103,7 @@ def write_folders(recipe: str, cache: Path, log: Path) -> tuple[dict[str, str], 
 
 
 def subjects(out: Path) -> Path:
-    from callbacks.subjects import write_demo_subjects
+    from ldm_ext.evaluation.subjects import write_demo_subjects
 
     return write_demo_subjects(out / "subjects")
 
