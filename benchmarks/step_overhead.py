@@ -25,7 +25,8 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from benchmarks.timing import Stopwatch, lightning_steps
+from benchmarks.lightning_timing import lightning_steps
+from benchmarks.timing import Stopwatch
 from ldm_ext.config import load_config
 from ldm_ext.face import build_face_encoder
 from ldm_ext.methods.instantfamily import InstantFamily

@@ -27,7 +27,8 @@ import statistics
 
 import torch
 
-from benchmarks.timing import Stopwatch, lightning_steps
+from benchmarks.lightning_timing import lightning_steps
+from benchmarks.timing import Stopwatch
 from ldm_ext.attention import AttentionContext
 from ldm_ext.backbone import encode_prompt, tokenize
 from ldm_ext.config import load_config

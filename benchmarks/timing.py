@@ -5,8 +5,11 @@
 - ``Stopwatch``: wall clock from a start to any later point, CUDA synchronised at both,
   for what is not one call in this process (a training loop's body, Lightning's batch
   hooks, worker processes and subprocesses, which this process's CPU time leaves out);
-- ``lightning_steps``: ``trainer.fit`` with a ``Stopwatch`` per optimizer step;
 - ``keep_freed_memory``: glibc keeps freed memory, so timed calls do not page-fault.
+
+Lightning's steps are timed by ``lightning_timing.py`` with these clocks; this module
+imports nothing but torch, so a benchmark measuring resident memory (``step_memory.py``)
+can use it without loading Lightning.
 """
 from __future__ import annotations
 
@@ -14,9 +17,7 @@ import ctypes
 import time
 from typing import Callable
 
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
 
 
 def sync(device: str) -> None:
@@ -51,32 +52,6 @@ class Stopwatch:
     def elapsed(self) -> float:
         sync(self.device)
         return time.perf_counter() - self._start
-
-
-class StepTimer(pl.Callback):
-    """Wall time of every optimizer step, measured between batch start and end hooks."""
-
-    def __init__(self, device: str) -> None:
-        self.clock, self.times = Stopwatch(device), []
-
-    def on_train_batch_start(self, *args) -> None:
-        self.clock.start()
-
-    def on_train_batch_end(self, *args) -> None:
-        self.times.append(self.clock.elapsed())
-
-
-def lightning_steps(method: pl.LightningModule, batch: dict, steps: int,
-                    device: str) -> list[float]:
-    """Seconds of each of ``steps`` training steps of ``trainer.fit`` on ``batch`` (data
-    loading excluded; no logger, checkpoints, progress bar or sanity check; clipping 1.0)."""
-    timer = StepTimer(device)
-    trainer = pl.Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1,
-                         max_steps=steps, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[timer], num_sanity_val_steps=0, gradient_clip_val=1.0)
-    trainer.fit(method, train_dataloaders=DataLoader([batch] * steps, batch_size=None))
-    return timer.times
 
 
 def keep_freed_memory() -> None:

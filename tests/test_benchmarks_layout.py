@@ -41,7 +41,7 @@ HELPERS = sorted(set(MODULES) - set(BENCHMARKS))
 
 def test_there_are_benchmarks_and_helpers() -> None:
     assert {"step_overhead", "storymaker_step", "step_memory", "memory_plan"} <= set(BENCHMARKS)
-    assert {"timing", "controlnet_step", "portraitbooth_random"} <= set(HELPERS)
+    assert {"timing", "lightning_timing", "controlnet_step", "portraitbooth_random"} <= set(HELPERS)
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
