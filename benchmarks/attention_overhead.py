@@ -1,6 +1,6 @@
 """Overhead of our attention processors vs diffusers' at the 16 SD1.5 cross-attention layers.
 
-    python benchmarks/attention_overhead.py [--device cpu|cuda] [--pairs 20] [--threads 1]
+    python -m benchmarks.attention_overhead [--device cpu|cuda] [--pairs 20] [--threads 1]
         [--quick]
 
 The layers have SD1.5's real shapes for 512² images: query lengths 4096/1024/256/64,
@@ -28,14 +28,13 @@ Times are wall clock on CUDA (synchronised); on the CPU this process's CPU time 
 ``--threads`` (default 1) intra-op threads: on a shared 2-core machine the wall time mostly
 measures the other processes, and a second thread spins, billing CPU time and waiting at
 every op, whenever its core is taken (which made the figures depend on op counts). glibc
-is told to keep freed memory, so timed calls do not page-fault (see `keep_freed_memory`).
+is told to keep freed memory, so timed calls do not page-fault (``timing.keep_freed_memory``).
 
 Ends with one line per case: ``RESULT attention_<case>_ratio=<ours/baseline> goal<=<g>``.
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
 import functools
 import statistics
 from collections.abc import Callable
@@ -45,8 +44,7 @@ from diffusers.models.attention_processor import (Attention, AttnProcessor2_0,
                                                   IPAdapterAttnProcessor2_0)
 from torch import Tensor
 
-from timing import timed  # benchmarks/timing.py (benchmarks/ is on sys.path)
-
+from benchmarks.timing import keep_freed_memory, timed
 from ldm_ext.attention import (AttentionContext, DecoupledAttnProcessor, IdAttnProcessor,
                                TokenLayout, build_face_masks)
 
@@ -123,19 +121,6 @@ def check_decoupled(cases: dict[str, Case]) -> None:
     """Ours and diffusers' IP-Adapter must compute the same thing, or the ratio means nothing."""
     for ours, reference in cases["decoupled"]:
         torch.testing.assert_close(ours(), reference(), atol=1e-4, rtol=1e-4)
-
-
-def keep_freed_memory() -> None:
-    """glibc: serve allocations up to 32 MiB from the heap and never hand freed memory back
-    to the kernel, so that after warm-up the timed calls page-fault no more (page faults
-    took ~10 % of this benchmark's CPU time, varying from run to run and side to side)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: leave the allocator as it is
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters, <malloc.h>
-    libc.mallopt(m_mmap_threshold, 32 << 20)
-    libc.mallopt(m_trim_threshold, 2**31 - 1)
 
 
 def one_pair(case: Case, index: int, device: str) -> tuple[float, float]:

@@ -6,7 +6,7 @@ Per mistake: the median over ``--repeats`` runs of the wall clock and of the pro
 time (user + system; on a shared machine other processes inflate the wall clock, not the
 CPU time), and whether it kept the promise (exit 2, one line, nothing made).
 
-    python benchmarks/cli_errors.py [--repeats 3] [--only train-]
+    python -m benchmarks.cli_errors [--repeats 3] [--only train-]
 
 Ends with ``RESULT cli_error_max_wall_s=<slowest median wall> goal<=3`` and the slowest
 median CPU time.
@@ -16,13 +16,11 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from cli_mistakes import MISTAKES, Mistake, run_mistake, user_env, write_inputs  # noqa: E402
+from benchmarks.timing import Stopwatch
+from tests.cli_mistakes import MISTAKES, Mistake, run_mistake, user_env, write_inputs
 
 
 def children_cpu() -> float:
@@ -37,9 +35,10 @@ def measure(mistake: Mistake) -> tuple[float, float, bool]:
         work.mkdir()
         write_inputs(work)
         before = sorted(work.rglob("*"))
-        cpu, start = children_cpu(), time.perf_counter()
+        cpu, clock = children_cpu(), Stopwatch("cpu")
+        clock.start()
         result = run_mistake(mistake, work, user_env(Path(tmp)))
-        wall, cpu = time.perf_counter() - start, children_cpu() - cpu
+        wall, cpu = clock.elapsed(), children_cpu() - cpu
         lines = result.stderr.splitlines()
         kept = (result.returncode == 2 and len(lines) == 1
                 and all(w in lines[0] for w in mistake.words)

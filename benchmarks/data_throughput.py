@@ -15,7 +15,7 @@ Both streams stay open (endless epochs, warmed up) and take short turns of ``--c
 samples; the ratio is the median of the per-round ratios, each from two adjacent turns, so
 a slow spell of a shared host hits both sides.
 
-    python benchmarks/data_throughput.py [--rounds 32] [--chunk 64] [--resolution 512]
+    python -m benchmarks.data_throughput [--rounds 32] [--chunk 64] [--resolution 512]
         [--source 512x640]
         [--view instantfamily|storymaker|portraitbooth] [--slots N]
 
@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from itertools import islice
 from typing import Iterator
 from pathlib import Path
@@ -42,6 +41,7 @@ import skimage.data
 import torch
 import webdataset as wds
 
+from benchmarks.timing import Stopwatch
 from datamodules.demo import demo_sample, with_fallback_masks
 from datamodules.codec import encode_sample
 from datamodules.schema import KEYS, validate
@@ -102,10 +102,11 @@ def raw_stream(paths: list[str], keys: tuple[str, ...]) -> Iterator:
 
 def rate(stream: Iterator, samples: int, per_item: int) -> float:
     """Samples per second of the next ``samples`` samples of a stream."""
-    start = time.perf_counter()
+    clock = Stopwatch("cpu")
+    clock.start()
     for _ in islice(stream, samples // per_item):
         pass
-    return samples // per_item * per_item / (time.perf_counter() - start)
+    return samples // per_item * per_item / clock.elapsed()
 
 
 def main(argv: list[str] | None = None) -> float:

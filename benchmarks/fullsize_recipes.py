@@ -1,7 +1,7 @@
 """Every experiment recipe at full size on the CPU: one optimizer step, save, reload, two
 sampling steps, eval's scoring, each stage a fresh process measured apart.
 
-    python benchmarks/fullsize_recipes.py [RECIPE ...] [--cache DIR] [--out DIR]
+    python -m benchmarks.fullsize_recipes [RECIPE ...] [--cache DIR] [--out DIR]
         [--resolution 256] [--json benchmarks/fullsize_recipes.json]
 
 Per recipe (``configs/experiment/<recipe>.yaml``), with the random full-size folders of
@@ -77,7 +77,7 @@ def static_gib(recipe: str) -> float:
     """The recipe's static bytes in one CPU process, GiB: frozen parameters in
     model.weight_dtype, trainable ones fp32 with gradients and AdamW's moments (16 B) -
     what RAM the step needs before any activation (``recipe_params.py``'s exact counts)."""
-    import recipe_params
+    from benchmarks import recipe_params
     from ldm_ext.config import load_config
 
     cfg = load_config(ROOT / "configs" / "experiment" / f"{recipe}.yaml")
@@ -191,7 +191,7 @@ def run_recipe(recipe: str, cache: Path, out: Path, resolution: int = 256) -> Me
     run = work / recipe
     result.s_per_step = step_seconds(run)
     counts = work / "counts.json"
-    reload = [sys.executable, __file__, "--count", str(run), str(counts)]
+    reload = [sys.executable, "-m", "benchmarks.fullsize_recipes", "--count", str(run), str(counts)]
     result.stages["reload"] = measured_child(reload, work / "reload.log")
     result.__dict__.update(json.loads(counts.read_text()))
     score = [sys.executable, "eval.py", *eval_overrides(run, work / "eval", people, resolution)]

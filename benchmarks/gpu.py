@@ -1,8 +1,9 @@
 """Every figure only a GPU can give, in one command (issue 25 §3):
 
-    benchmarks/gpu.sh [--tiny] [--out DIR] [--only NAME ...]
+    benchmarks/gpu.sh [--tiny] [--out DIR] [--only NAME ...]   (python -m benchmarks.gpu)
 
-runs each GPU benchmark in its own process, in order, streams its output and ends with a
+runs each GPU benchmark in its own process (``python -m benchmarks.<name>`` from the
+repository root), in order, streams its output and ends with a
 table of every ``RESULT`` line (and the names that did not print one; the exit code is 1 if
 any is missing). Without ``--tiny`` it runs on ``cuda`` with the full-size random folders
 ``python -m ldm_ext.fullsize`` writes into ``DIR/fullsize`` (no Hub) and is sized for one
@@ -33,7 +34,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "benchmarks"
 PY = sys.executable
 SAMPLING = ("instantfamily", "portraitbooth", "sefi_ide", "storymaker")
 
@@ -57,31 +57,31 @@ def steps(tiny: bool, out: Path) -> list[tuple[str, list[str], list[str]]]:
         ("fullsize_sdxl", [] if tiny else [
             PY, "-m", "ldm_ext.fullsize", str(full), "--family", "sdxl", "--controlnet",
             "--image-encoder", "--face-encoder", "iresnet100"], []),
-        ("attention", [PY, str(BENCH / "attention_overhead.py"), "--device", device,
+        ("attention", [PY, "-m", "benchmarks.attention_overhead", "--device", device,
                        "--pairs", "2" if tiny else "20"],
          ["attention_masked_multiply_ratio", "attention_masked_hard_ratio",
           "attention_decoupled_ratio"]),
-        ("step", [PY, str(BENCH / "step_overhead.py"), "--device", device,
+        ("step", [PY, "-m", "benchmarks.step_overhead", "--device", device,
                   *(["--tiny", "--steps", "1", "--rounds", "1"] if tiny else [])],
          ["step_overhead_ratio"]),
-        ("memory", [PY, str(BENCH / "step_memory.py"), "--device", device,
+        ("memory", [PY, "-m", "benchmarks.step_memory", "--device", device,
                     *(["--width", "32", "--batch", "1"] if tiny else ["--width", "320"])],
          ["step_memory_ratio"]),
-        ("memory_plan_sdxl", [PY, str(BENCH / "memory_plan.py"), "--config",
+        ("memory_plan_sdxl", [PY, "-m", "benchmarks.memory_plan", "--config",
                               "configs/experiment/storymaker_sdxl_paper.yaml"], []),
-        ("scoring", [PY, str(BENCH / "scoring_throughput.py"), "--device", device,
+        ("scoring", [PY, "-m", "benchmarks.scoring_throughput", "--device", device,
                      "--measure", "throughput",
                      *(["--images", "2", "--batch", "2", "--rounds", "1", "--clip",
                         "ViT-B-32"] if tiny else [])],
          ["scoring_throughput_ratio"]),
-        ("prepare", [PY, str(BENCH / "prepare_batch.py"), "--device", device,
+        ("prepare", [PY, "-m", "benchmarks.prepare_batch", "--device", device,
                      *(["--frames", "2", "--batch-size", "2", "--pairs", "1"] if tiny else [])],
          ["prepare_batch_ratio"]),
-        ("zero2", [PY, str(BENCH / "zero_checkpoint.py"), str(zero_run), "--", *zero_cfg,
+        ("zero2", [PY, "-m", "benchmarks.zero_checkpoint", str(zero_run), "--", *zero_cfg,
                    "trainer=deepspeed_zero2", "trainer.devices=1", "trainer.max_steps=2",
                    "logger.wandb=false", "trainer.progress_bar=false"],
          ["zero2_checkpoint_parameters"]),
-        ("sampling", [PY, str(BENCH / "sampling_overhead.py"), "--device", device,
+        ("sampling", [PY, "-m", "benchmarks.sampling_overhead", "--device", device,
                       *(["--tiny", "--pairs", "2", "--steps", "2"] if tiny else
                         ["--fullsize", str(full), "--pairs", "5", "--steps", "10"])],
          [f"sampling_overhead_{m}_ratio" for m in SAMPLING]),
@@ -112,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", help="run only these steps")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT), str(BENCH), os.environ.get("PYTHONPATH", "")]), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     results, missing, timings = [], [], []
     for name, command, expected in steps(args.tiny, args.out):
         if not command or (args.only and name not in args.only):

@@ -1,6 +1,6 @@
 """Per-GPU memory of a training recipe, planned on paper and checked on the CPU.
 
-    python benchmarks/memory_plan.py --config configs/experiment/instantfamily_sd15.yaml \\
+    python -m benchmarks.memory_plan --config configs/experiment/instantfamily_sd15.yaml \\
         [--fit-widths 32 64] [--check-width 96] [--batch 2]
 
 The plan adds, per GPU: frozen weights, trainable weights, gradients, optimizer state
@@ -20,9 +20,10 @@ trainer config:
 
 Activations (everything that grows with the batch: inputs, saved activations, attention
 maps, allocator slack) cannot be counted on paper: they are measured per sample with
-``step_memory.py``'s step at the recipe's choices (bf16 autocast under mixed precision,
-fp16's bytes too; the frozen UNet in model.weight_dtype, ``trainer.gradient_checkpointing``)
-at two reduced widths, less that step's static bytes, and extrapolated linearly in width: feature maps grow with the
+``controlnet_step.py``'s step (the one ``step_memory.py`` measures) at the recipe's
+choices (bf16 autocast under mixed precision, fp16's bytes too; the frozen UNet in
+model.weight_dtype, ``trainer.gradient_checkpointing``) at two reduced widths, less that
+step's static bytes, and extrapolated linearly in width: feature maps grow with the
 channel count, attention maps (8 heads at every level) do not. The VAE and face encoder
 run without gradients before the UNet and are not in that peak. CPU kernels, not a GPU's:
 fused attention on a GPU keeps fewer maps, so the activation row leans high there.
@@ -57,11 +58,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+from benchmarks import controlnet_step, recipe_params
 
-import recipe_params  # noqa: E402  (benchmarks/recipe_params.py: exact parameter counts)
-import step_memory  # noqa: E402  (benchmarks/step_memory.py: models, inputs, step, RSS peak)
+ROOT = Path(__file__).resolve().parent.parent
 
 GOAL = 1.15
 GIB = 2**30
@@ -123,7 +122,7 @@ def step_counts(width: int) -> dict[str, tuple[int, bool]]:
     """Module -> (parameters, trainable) of ``step_memory``'s step at UNet ``width`` (meta
     device, no memory): the frozen UNet and the trainable ControlNet."""
     with torch.device("meta"):
-        unet, controlnet = step_memory.build_models(width, "meta")
+        unet, controlnet = controlnet_step.build_models(width, "meta")
     return {"unet": (count(unet), False), "controlnet": (count(controlnet), True)}
 
 
@@ -143,10 +142,10 @@ def static_bytes(counts: dict[str, tuple[int, bool]], setup: Setup) -> dict[str,
 
 def measure(cfg, width: int, batch: int) -> float:
     """Peak bytes of ``step_memory``'s step at the recipe's choices (fresh process)."""
-    cmd = [sys.executable, __file__, "--child", str(width), "--batch", str(batch),
+    cmd = [sys.executable, "-m", "benchmarks.memory_plan", "--child", str(width), "--batch", str(batch),
            "--frozen-dtype", cfg.model.weight_dtype, "--autocast", str(int(mixed(cfg))),
            "--checkpointing", str(int(cfg.trainer.gradient_checkpointing))]
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(step_memory.MMAP_THRESHOLD)}
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(controlnet_step.MMAP_THRESHOLD)}
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
 
@@ -162,16 +161,16 @@ def child(width: int, batch: int, frozen_dtype: str, autocast: bool,
     import psutil
 
     runtime = psutil.Process().memory_info().rss
-    unet, controlnet = step_memory.build_models(width, "cpu")
+    unet, controlnet = controlnet_step.build_models(width, "cpu")
     unet.requires_grad_(False).eval()
     unet.to({"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[frozen_dtype])
     if checkpointing:
         unet.enable_gradient_checkpointing()
         controlnet.enable_gradient_checkpointing()
-    optimizer = step_memory.allocated_adamw(controlnet)
-    inputs = step_memory.step_inputs(batch, "cpu")
-    with step_memory.RssPeak() as rss:
-        step_memory.train_step(unet, controlnet, optimizer, inputs, autocast, "cpu")
+    optimizer = controlnet_step.allocated_adamw(controlnet)
+    inputs = controlnet_step.step_inputs(batch, "cpu")
+    with controlnet_step.RssPeak() as rss:
+        controlnet_step.train_step(unet, controlnet, optimizer, inputs, autocast, "cpu")
     return {"peak_bytes": rss.peak - runtime}
 
 

@@ -1,7 +1,7 @@
 """Cost of PortraitBooth's DIP (Eq. 5-6) and ECAC (Eq. 7) in a training step, against the
 plain noise-loss step of the same model.
 
-    python benchmarks/portraitbooth_dip_overhead.py [--device cpu|cuda] [--pairs 12]
+    python -m benchmarks.portraitbooth_dip_overhead [--device cpu|cuda] [--pairs 12]
         [--resolution 256] [--decode window|full]
 
 Both sides train the same SD1.5-shaped PortraitBooth (UNet and VAE at 1/5 of SD1.5's
@@ -31,8 +31,8 @@ import statistics
 
 import torch
 
-from timing import timed  # benchmarks/timing.py (benchmarks/ is on sys.path)
-
+from benchmarks.portraitbooth_random import portrait_batch, random_portraitbooth
+from benchmarks.timing import timed
 from ldm_ext.losses import noise_target
 
 GOAL = 1.25
@@ -70,8 +70,6 @@ def timed_step(method, batch: dict, optimizer, device: str, seed: int) -> float:
 
 
 def main() -> None:
-    from portraitbooth_random import portrait_batch, random_portraitbooth  # benchmarks/
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--pairs", type=int, default=12)

@@ -1,7 +1,7 @@
 """Cost of PortraitBooth's multi-subject composition (regions, blending, per-subject
 conditioning) against plain batched generation doing the same UNet work.
 
-    python benchmarks/portraitbooth_multi_subject.py [--device cpu|cuda] [--pairs 12]
+    python -m benchmarks.portraitbooth_multi_subject [--device cpu|cuda] [--pairs 12]
         [--resolution 128] [--steps 20]
 
 Both sides use the same SD1.5-shaped PortraitBooth (UNet and VAE at 1/5 of SD1.5's widths,
@@ -28,8 +28,8 @@ import statistics
 
 import torch
 
-from timing import timed  # benchmarks/timing.py (benchmarks/ is on sys.path)
-
+from benchmarks.portraitbooth_random import random_portraitbooth
+from benchmarks.timing import timed
 from ldm_ext.pipelines.sampling import decode_images, denoise, initial_latents
 
 GOAL = 1.10
@@ -60,8 +60,6 @@ def composed_generation(pipe, crops: torch.Tensor, size: tuple[int, int], steps:
 
 @torch.no_grad()
 def main() -> None:
-    from portraitbooth_random import random_portraitbooth  # benchmarks/ is on sys.path
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--pairs", type=int, default=12)

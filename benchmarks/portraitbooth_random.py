@@ -6,35 +6,21 @@ so their relative costs, which decide DIP's overhead, stay SD1.5's; the CLIP tex
 is smaller (its cost is the same on both sides of every comparison)."""
 from __future__ import annotations
 
-import tempfile
-
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
 
-from ldm_ext.backbone import Backbone
 from ldm_ext.config import load_config
 from ldm_ext.face import build_face_encoder
 from ldm_ext.methods.portraitbooth import PortraitBooth
-from ldm_ext.tiny import sd_noise_scheduler
-from ldm_ext.tokenizer import build_clip_tokenizer
+from ldm_ext.random_backbone import Widths, random_backbone
 
 FACE_BOX = [0.3, 0.2, 0.7, 0.7]  # a portrait's face: 40 % x 50 % of the frame
+WIDTHS = Widths(unet_channels=(64, 128, 256, 256), text_width=256, text_layers=4, text_heads=4,
+                vae_channels=(24, 48, 104, 104), vae_groups=8)
 
 
 def random_portraitbooth(resolution: int, overrides: list[str] | None = None) -> PortraitBooth:
     """PortraitBooth on SD1.5's architecture at 1/5 widths, random-init FaceNet."""
-    unet = UNet2DConditionModel(block_out_channels=(64, 128, 256, 256), cross_attention_dim=256,
-                                attention_head_dim=8, sample_size=resolution // 8)
-    vae = AutoencoderKL(block_out_channels=(24, 48, 104, 104), layers_per_block=2,
-                        norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=resolution)
-    text = CLIPTextModel(CLIPTextConfig(hidden_size=256, intermediate_size=1024,
-                                        num_hidden_layers=4, num_attention_heads=4,
-                                        max_position_embeddings=77, vocab_size=49408))
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = build_clip_tokenizer(tmp)
-    backbone = Backbone("sd15", unet, vae, [text], [tokenizer], sd_noise_scheduler())
+    backbone = random_backbone("sd15", WIDTHS, resolution=resolution)
     cfg = load_config("configs/experiment/portraitbooth_demo.yaml",
                       [f"data.resolution={resolution}", "method.face_weights=random",
                        "method.attention_size=32", "method.dip_window_margin=4",

@@ -12,7 +12,7 @@ Then MTCNN alone on the same frames, in the same way: ``detect_batch`` (the CPU'
 ``batch_pixels``: four frames per call) and all frames in one call, each against one
 ``detect`` per frame (why the CPU limits a call's pixels).
 
-    python benchmarks/prepare_batch.py [--frames 16] [--batch-size 16] [--pairs 6]
+    python -m benchmarks.prepare_batch [--frames 16] [--batch-size 16] [--pairs 6]
         [--device cpu|cuda]
 
 Ends with ``RESULT prepare_batch_ratio=<batched/one at a time> goal>=1.0``, the images/s
@@ -24,7 +24,6 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ import skimage.data
 import torch
 from PIL import Image
 
+from benchmarks.timing import Stopwatch
 from datamodules.prepare import PrepareConfig, run_task
 from datamodules.prepare.annotate import SampleAnnotator
 from datamodules.prepare.sources import plan_images
@@ -60,9 +60,10 @@ def timed_run(source: Path, out: Path, annotator: SampleAnnotator, batch_size: i
     """(images/s, stats) of one shard of every frame in ``source``."""
     config = PrepareConfig(str(out), annotator, previews=0, batch_size=batch_size)
     (task,) = plan_images(str(source), 1 << 30)
-    start = time.perf_counter()
+    clock = Stopwatch("cpu")
+    clock.start()
     stats = run_task(task, config)
-    return stats["inputs"] / (time.perf_counter() - start), stats
+    return stats["inputs"] / clock.elapsed(), stats
 
 
 def detection_ratios(source: Path, pairs: int, device: str = "cpu") -> dict[str, float]:
@@ -75,11 +76,12 @@ def detection_ratios(source: Path, pairs: int, device: str = "cpu") -> dict[str,
             "limited": lambda: limited.detect_batch(images),
             "unlimited": lambda: unlimited.detect_batch(images)}
     seconds: dict[str, list[float]] = {name: [] for name in runs}
+    clock = Stopwatch(device)
     for pair in range(pairs):
         for name in (list(runs) if pair % 2 == 0 else list(runs)[::-1]):
-            start = time.perf_counter()
+            clock.start()
             runs[name]()
-            seconds[name].append(time.perf_counter() - start)
+            seconds[name].append(clock.elapsed())
     return {name: statistics.median(one / t for one, t in zip(seconds["single"], seconds[name]))
             for name in ("limited", "unlimited")}
 

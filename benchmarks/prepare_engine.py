@@ -12,7 +12,7 @@ started once before the pairs (a cluster exists before a job is sent to it, as t
 process exists before its pool forks); its actors start inside every timed run. The two
 outputs of a pair must be byte-identical.
 
-    python benchmarks/prepare_engine.py [--images 160] [--per-shard 8] [--workers 2]
+    python -m benchmarks.prepare_engine [--images 160] [--per-shard 8] [--workers 2]
         [--pairs 8]
 
 Ends with ``RESULT prepare_engine_ratio=<ray/local> goal>=0.9``: the ratio of images/s once
@@ -27,12 +27,12 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import skimage.data
 from PIL import Image
 
+from benchmarks.timing import Stopwatch
 from datamodules.prepare import PrepareConfig, run_task, summarise
 from datamodules.prepare.annotate import SampleAnnotator
 from datamodules.prepare.engines import connect, engine
@@ -63,14 +63,15 @@ def timed_run(source: Path, out: Path, name: str, args: argparse.Namespace) -> d
                                 filters=Filters(min_face_size=20))
     config = PrepareConfig(str(out), annotator, previews=0)
     tasks = plan_images(str(source), args.per_shard)
-    start, done = time.perf_counter(), []
+    clock, done = Stopwatch("cpu"), []
+    clock.start()
     for stats in engine(name)(run_task, config, tasks, args.workers):
-        done.append((time.perf_counter(), stats["inputs"]))
+        done.append((clock.elapsed(), stats["inputs"]))
     total = summarise(str(out))
-    end = time.perf_counter()
+    end = clock.elapsed()
     assert total["inputs"] == args.images and total["kept"] > 0, total
     warm = done[args.workers - 1][0]  # every worker has finished its first shard
-    return {"whole": args.images / (end - start), "startup": done[0][0] - start,
+    return {"whole": args.images / end, "startup": done[0][0],
             "steady": sum(n for _, n in done[args.workers:]) / (done[-1][0] - warm)}
 
 

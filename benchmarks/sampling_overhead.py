@@ -1,7 +1,7 @@
 """Each method's sampling pipeline against the diffusers pipeline doing the same denoising
 work on the same weights.
 
-    python benchmarks/sampling_overhead.py [--device cpu|cuda] [--tiny | --fullsize DIR]
+    python -m benchmarks.sampling_overhead [--device cpu|cuda] [--tiny | --fullsize DIR]
         [--methods instantfamily portraitbooth sefi_ide storymaker] [--pairs 9] [--steps 4]
         [--size 512] [--threads N]
 
@@ -33,15 +33,13 @@ from __future__ import annotations
 import argparse
 import inspect
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 
-from timing import timed  # benchmarks/timing.py (benchmarks/ is on sys.path)
+from benchmarks.timing import timed
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 GOAL = 1.03
 EXPERIMENTS = ROOT / "configs" / "experiment"

@@ -1,7 +1,7 @@
 """Cost of our scoring: against the bare model forwards (any device) and, for a GPU, batched
 vs one image at a time. Same process, same networks, same images.
 
-    python benchmarks/scoring_throughput.py [--device cpu|cuda] [--images 8] [--chunk 2]
+    python -m benchmarks.scoring_throughput [--device cpu|cuda] [--images 8] [--chunk 2]
         [--pairs 8] [--batch 8] [--rounds 2] [--measure overhead|throughput|both]
 
 Networks are random-init (FaceNet, CLIP ``--clip``, default the protocol's ViT-L/14):
@@ -35,21 +35,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from timing import timed  # noqa: E402  (benchmarks/timing.py; benchmarks/ is on sys.path)
-from ldm_ext.evaluation.scoring import References, Scorers, score_images  # noqa: E402
-from ldm_ext.evaluation.prompts import fill, prompt_list  # noqa: E402
-from ldm_ext.evaluation.scorers import CLIPScorer, FaceScorer, to_chw  # noqa: E402
-from ldm_ext.face import FaceNetEncoder, MTCNNDetector  # noqa: E402
+from benchmarks.timing import timed
+from ldm_ext.evaluation.prompts import fill, prompt_list
+from ldm_ext.evaluation.scorers import CLIPScorer, FaceScorer, to_chw
+from ldm_ext.evaluation.scoring import References, Scorers, score_images
+from ldm_ext.face import FaceNetEncoder, MTCNNDetector
 
 THROUGHPUT_GOAL, OVERHEAD_GOAL = 2.0, 1.10
 

@@ -1,6 +1,6 @@
 """Cost of one SeFi-IDE fitting step vs a bare textual-inversion step, and time to fit one id.
 
-    python benchmarks/sefi_fit_step.py [--device cpu|cuda] [--pairs 20] [--size 512]
+    python -m benchmarks.sefi_fit_step [--device cpu|cuda] [--pairs 20] [--size 512]
 
 Both sides fit one 512² photo (the paper's size), batch 1, on the same random SD1.5-shaped
 backbone (full size on CUDA, a fifth of its widths on the CPU) with the same VAE, noise,
@@ -18,7 +18,7 @@ ratios (ours / bare), so a burst of load spoils a pair, not the figure; the quar
 printed beside it. On the CPU the steps run on one thread and are timed in process CPU
 time, which other processes' load leaves alone (wall time on a busy 2-core machine
 scattered the ratios over 0.7-1.4), with freed memory kept by the allocator (no page
-faults after warm-up; ``attention_overhead.py``); on CUDA, wall time between
+faults after warm-up; ``timing.keep_freed_memory``); on CUDA, wall time between
 synchronisations. The time to fit one identity is ``method.max_steps`` (1000, the paper's)
 times ours' median step, on this model and device.
 
@@ -31,11 +31,12 @@ import statistics
 
 import torch
 import torch.nn.functional as F
-from attention_overhead import keep_freed_memory, timed  # benchmarks/ is on sys.path
 
+from benchmarks.timing import keep_freed_memory, timed
 from ldm_ext.adapters.pseudo_words import encode
 from ldm_ext.config import load_config
 from ldm_ext.methods.sefi_ide import SeFiIDE
+from ldm_ext.random_backbone import Widths, random_backbone
 
 GOAL = 1.15
 WARMUP = 2
@@ -47,11 +48,8 @@ FIFTH = dict(unet_channels=(64, 128, 256, 256), text_width=256, text_layers=4, t
 
 def build(device: str, size: int) -> tuple[SeFiIDE, dict]:
     """The method on a random backbone (``FULL`` on CUDA, ``FIFTH`` on CPU) and one batch."""
-    from sd15_random import random_backbone  # benchmarks/ is on sys.path
-
     sizes = FULL if device == "cuda" else FIFTH
-    backbone = random_backbone(**sizes)
-    backbone.controlnet = None
+    backbone = random_backbone("sd15", Widths(**sizes))
     cfg = load_config("configs/experiment/sefi_ide_sd15.yaml",
                       [f"data.resolution={size}", f"method.width={sizes['text_width']}"])
     method = SeFiIDE(cfg, backbone).to(device).train()

@@ -12,58 +12,28 @@ Per-step wall time is taken from batch start to batch end inside the loop (data 
 excluded on both sides), after warm-up steps; the two sides alternate over rounds and the
 median step of each is compared.
 
-    python benchmarks/step_overhead.py [--device cpu|cuda] [--steps 6] [--rounds 2] [--tiny]
+    python -m benchmarks.step_overhead [--device cpu|cuda] [--steps 6] [--rounds 2] [--tiny]
 
 Ends with ``RESULT step_overhead_ratio=<ours/bare median step time> goal<=1.05``.
-``--method storymaker [--pairs 8]`` measures StoryMaker instead (``storymaker_step.py``).
+StoryMaker's step is measured by ``python -m benchmarks.storymaker_step``.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
+from benchmarks.lightning_timing import lightning_steps
+from benchmarks.timing import Stopwatch
 from ldm_ext.config import load_config
 from ldm_ext.face import build_face_encoder
 from ldm_ext.methods.instantfamily import InstantFamily
+from ldm_ext.random_backbone import Widths, random_backbone
 
 GOAL = 1.05
 WARMUP = 2
-
-
-class StepTimer(pl.Callback):
-    """Wall time of every optimizer step, measured between batch start and end hooks."""
-
-    def __init__(self, device: str) -> None:
-        self.device, self.times, self._start = device, [], 0.0
-
-    def on_train_batch_start(self, *args) -> None:
-        _sync(self.device)
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, *args) -> None:
-        _sync(self.device)
-        self.times.append(time.perf_counter() - self._start)
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def lightning_steps(method: InstantFamily, batch: dict, steps: int, device: str) -> list[float]:
-    timer = StepTimer(device)
-    trainer = pl.Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1,
-                         max_steps=steps, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[timer], num_sanity_val_steps=0, gradient_clip_val=1.0)
-    trainer.fit(method, train_dataloaders=DataLoader([batch] * steps, batch_size=None))
-    return timer.times
 
 
 def bare_steps(method: InstantFamily, batch: dict, steps: int, device: str) -> list[float]:
@@ -71,10 +41,9 @@ def bare_steps(method: InstantFamily, batch: dict, steps: int, device: str) -> l
     method.to(device).train()
     opt = method.configure_optimizers()["optimizer"]
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-    sched, times = method.backbone.scheduler, []
+    sched, times, clock = method.backbone.scheduler, [], Stopwatch(device)
     for step in range(steps):
-        _sync(device)
-        start = time.perf_counter()
+        clock.start()
         gen = torch.Generator(device=device).manual_seed(step)
         with torch.no_grad():
             latents = method.vae.encode(batch["pixel_values"]).latent_dist.sample(gen) * 0.18215
@@ -95,29 +64,20 @@ def bare_steps(method: InstantFamily, batch: dict, steps: int, device: str) -> l
         torch.nn.utils.clip_grad_norm_(method.trainable_parameters().values(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        _sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock.elapsed())
     return times
 
 
 def main() -> None:
     from datamodules.demo import random_batch
-    from sd15_random import random_backbone  # benchmarks/ is on sys.path
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--method", choices=("instantfamily", "storymaker"),
-                        default="instantfamily")
-    parser.add_argument("--pairs", type=int, default=8, help="storymaker: interleaved pairs")
     parser.add_argument("--tiny", action="store_true",
                         help="32-wide models at 64 px: a smoke run (benchmarks/gpu.sh --tiny)")
     args = parser.parse_args()
-    if args.method == "storymaker":  # its own model and its second figure (storymaker_step.py)
-        from storymaker_step import main as storymaker
-
-        return storymaker(args.device, args.pairs)
     torch.manual_seed(0)
     # the paper's trainable set and 2-branch CFG, not the demo's extras (train_unet, identity guidance)
     cfg = load_config("configs/experiment/demo.yaml", ["method.face_weights=random",
@@ -130,7 +90,7 @@ def main() -> None:
                    vae_channels=(32,) * 4) if args.tiny else
               dict(unet_channels=(64, 128, 256, 256), text_width=256, text_layers=4,
                    text_heads=4, vae_channels=(32, 64, 64, 64)))
-    backbone = random_backbone(**widths)
+    backbone = random_backbone("sd15", Widths(**widths), controlnet=True)
     method = InstantFamily(cfg, backbone, build_face_encoder("facenet", weights="random"))
     batch = random_batch(2, 64 if args.tiny else 128)
     ours, bare = [], []

@@ -13,63 +13,47 @@ characters; drops off, so both sides do the same work.
 
 Each figure is the median over ``--pairs`` short interleaved pairs (the order alternating) of
 the pair's ratio of median step times, so load on a shared machine hits both sides alike.
+Steps are timed in wall clock (CUDA synchronised), as ``step_overhead.py`` times them.
 
-    python benchmarks/step_overhead.py --method storymaker [--device cpu] [--pairs 8]
+    python -m benchmarks.storymaker_step [--device cpu|cuda] [--pairs 8] [--steps 3]
+
+Ends with ``RESULT storymaker_step_overhead_ratio=<ours/bare> goal<=1.05`` and
+``RESULT storymaker_attn_loss_overhead_ratio=<with/without> goal<=1.15``.
 """
 from __future__ import annotations
 
+import argparse
 import statistics
-import tempfile
-import time
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from step_overhead import _sync, lightning_steps
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from benchmarks.lightning_timing import lightning_steps
+from benchmarks.timing import Stopwatch
 from ldm_ext.attention import AttentionContext
-from ldm_ext.backbone import Backbone, encode_prompt, tokenize
+from ldm_ext.backbone import encode_prompt, tokenize
 from ldm_ext.config import load_config
 from ldm_ext.face import build_face_encoder
 from ldm_ext.methods.storymaker import StoryMaker
 from ldm_ext.methods.storymaker_encoders import load_image_encoder
 from ldm_ext.methods.storymaker_losses import (attention_loss, person_weights,
                                                weighted_noise_loss)
-from ldm_ext.tiny import sd_noise_scheduler
-from ldm_ext.tokenizer import build_clip_tokenizer
+from ldm_ext.random_backbone import Widths, random_backbone
 
 STEP_GOAL, LOSS_GOAL, WARMUP, SIZE = 1.05, 1.15, 1, 128
 NO_DROPS = ["method.empty_prompt_prob=0", "method.drop_characters=0", "method.drop_both=0",
             "method.drop_face_tokens=0", "method.drop_character_tokens=0"]
-
-
-def sdxl_backbone(width: int = 64) -> Backbone:
-    """SDXL's architecture with random weights at reduced widths."""
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64, 128), cross_attention_dim=2 * width,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 2, 2), attention_head_dim=(1, 2, 4),
-        use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=32, projection_class_embeddings_input_dim=6 * 32 + width,
-        layers_per_block=2, norm_num_groups=16, sample_size=16)
-    vae = AutoencoderKL(block_out_channels=(16, 32, 32, 32), layers_per_block=1,
-                        norm_num_groups=16, down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4)
-    config = CLIPTextConfig(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=2,
-                            num_attention_heads=4, max_position_embeddings=77,
-                            vocab_size=49408, projection_dim=width)
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = build_clip_tokenizer(tmp)
-    return Backbone("sdxl", unet, vae, [CLIPTextModel(config), CLIPTextModelWithProjection(config)],
-                    [tokenizer, tokenizer], sd_noise_scheduler())
+# SDXL's architecture at reduced widths
+SDXL_WIDTHS = Widths(unet_channels=(32, 64, 128), text_width=64, text_layers=2, text_heads=4,
+                     unet_groups=16, head_dim=(1, 2, 4), transformer_layers=(1, 2, 2),
+                     time_embed=32, vae_channels=(16, 32, 32, 32), vae_layers=1, vae_groups=16)
 
 
 def build(device: str) -> StoryMaker:
     cfg = load_config("configs/experiment/storymaker_demo.yaml",
                       [*NO_DROPS, f"data.resolution={SIZE}", "method.attn_loss_layers=lowest",
                        "method.lora_rank=32", "trainer.gradient_clip_val=1.0"])
-    method = StoryMaker(cfg, sdxl_backbone(), build_face_encoder("arcface", "random", arch="r18"),
+    backbone = random_backbone("sdxl", SDXL_WIDTHS, resolution=SIZE)
+    method = StoryMaker(cfg, backbone, build_face_encoder("arcface", "random", arch="r18"),
                         load_image_encoder("tiny"))
     return method.to(device).train()
 
@@ -94,9 +78,9 @@ def bare_steps(method: StoryMaker, batch: dict, steps: int, device: str) -> list
     opt, sched = optim["optimizer"], optim["lr_scheduler"]["scheduler"]
     b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     valid, params, times = b["face_valid"], list(method.trainable_parameters().values()), []
+    clock = Stopwatch(device)
     for step in range(steps):
-        _sync(device)
-        start = time.perf_counter()
+        clock.start()
         gen = torch.Generator(device=device).manual_seed(step)
         with torch.no_grad():
             latents = method.vae.encode(b["pixel_values"]).latent_dist.sample(gen) * \
@@ -123,8 +107,7 @@ def bare_steps(method: StoryMaker, batch: dict, steps: int, device: str) -> list
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        _sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock.elapsed())
     return times
 
 
@@ -135,14 +118,13 @@ def module_steps(method: StoryMaker, batch: dict, steps: int, device: str,
     opt = method.configure_optimizers()["optimizer"]
     b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     times = []
+    clock = Stopwatch(device)
     for step in range(steps):
-        _sync(device)
-        start = time.perf_counter()
+        clock.start()
         method.model_step(b, torch.Generator(device=device).manual_seed(step))["loss"].backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        _sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock.elapsed())
     return times
 
 
@@ -159,7 +141,13 @@ def paired_ratio(first, second, pairs: int) -> tuple[float, float, float]:
     return statistics.median(ratios), statistics.median(all_a), statistics.median(all_b)
 
 
-def main(device: str = "cpu", pairs: int = 8, steps: int = 3) -> None:
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--pairs", type=int, default=8, help="interleaved pairs per figure")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per side of a pair")
+    args = parser.parse_args()
+    device, pairs, steps = args.device, args.pairs, args.steps
     torch.manual_seed(0)
     if device == "cpu":  # on a shared machine, multi-threaded CPU steps swing by 10x
         torch.set_num_threads(1)
@@ -173,3 +161,7 @@ def main(device: str = "cpu", pairs: int = 8, steps: int = 3) -> None:
         lambda: module_steps(method, batch, n, device, 0.0), pairs)
     print(f"median step: with attention loss {with_loss:.3f} s, without {without:.3f} s")
     print(f"RESULT storymaker_attn_loss_overhead_ratio={ratio:.3f} goal<={LOSS_GOAL}")
+
+
+if __name__ == "__main__":
+    main()

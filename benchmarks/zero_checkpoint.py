@@ -1,6 +1,6 @@
 """A short DeepSpeed ZeRO run of ``train.py`` and what its checkpoint holds.
 
-    python benchmarks/zero_checkpoint.py OUT -- trainer=deepspeed_zero2 trainer.max_steps=2 ...
+    python -m benchmarks.zero_checkpoint OUT -- trainer=deepspeed_zero2 trainer.max_steps=2 ...
 
 Runs ``train.py <overrides> output_dir=OUT name=<fresh>`` and reads the last checkpoint
 folder: its files and sizes, the module state (``ldm_ext.weights.read_state``: tensors,
@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.timing import Stopwatch
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -26,10 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     out, overrides = Path(argv[0]), [a for a in argv[1:] if a != "--"]
     name = f"zero-{time.strftime('%Y%m%d-%H%M%S')}"
-    start = time.perf_counter()
+    clock = Stopwatch("cpu")
+    clock.start()
     subprocess.run([sys.executable, "train.py", *overrides, f"output_dir={out}",
                     f"name={name}"], cwd=ROOT, check=True)
-    seconds = time.perf_counter() - start
+    seconds = clock.elapsed()
     run = out / name
     folder = run / "checkpoints" / "last.ckpt"  # a folder under DeepSpeed
     for path in sorted(folder.rglob("*")):

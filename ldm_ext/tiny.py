@@ -22,10 +22,18 @@ from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from ldm_ext.random_backbone import (Widths, random_unet, random_vae, sd_noise_scheduler,
+                                     text_config)
 from ldm_ext.seeding import seeded
 from ldm_ext.tokenizer import build_clip_tokenizer
 
 TEXT_WIDTH = 32  # per text encoder
+_TINY_COMMON = dict(text_width=TEXT_WIDTH, text_layers=2, text_heads=4, text_ff=2,
+                    unet_layers=1, unet_groups=8, head_dim=4, vae_channels=(8, 16, 16, 16),
+                    vae_layers=1, vae_groups=1)
+TINY = {"sd15": Widths(unet_channels=(16, 32, 32, 32), **_TINY_COMMON),
+        "sdxl": Widths(unet_channels=(16, 32, 32), transformer_layers=(1, 1, 2), time_embed=8,
+                       **_TINY_COMMON)}
 COLOURS = 3  # the VAE's latent channels 0-2 carry R, G, B (see ``_vae``)
 LANE_CONSTANT = 100.0  # the constant pair beside the colours in the VAE's output norms
 SILU_LINEAR = 16.0  # SiLU(x + 16) = x + 16 within 5e-6 for |x| <= 1
@@ -38,20 +46,7 @@ def cache_root() -> Path:
 
 
 def _unet(family: str) -> UNet2DConditionModel:
-    common = dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
-                  norm_num_groups=8, attention_head_dim=4)
-    if family == "sd15":
-        return UNet2DConditionModel(
-            block_out_channels=(16, 32, 32, 32), cross_attention_dim=TEXT_WIDTH,
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, **common)
-    return UNet2DConditionModel(
-        block_out_channels=(16, 32, 32), cross_attention_dim=2 * TEXT_WIDTH,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 1, 2), use_linear_projection=True,
-        addition_embed_type="text_time", addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=6 * 8 + TEXT_WIDTH, **common)
+    return random_unet(family, TINY[family], sample_size=16)
 
 
 def _vae() -> AutoencoderKL:
@@ -66,10 +61,8 @@ def _vae() -> AutoencoderKL:
     pair beside a constant (+K, -K) pair in one group: its mean is exactly 0 and its std
     ~K sqrt(2/n) whatever the image, which the norm's weight undoes (see ``_lanes_norm``).
     """
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16, 16, 16), norm_num_groups=1, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        scaling_factor=LATENT_SCALE)
+    vae = random_vae(TINY["sd15"], sample_size=32, latent_channels=4,
+                     scaling_factor=LATENT_SCALE)
     with torch.no_grad():
         for module in vae.modules():
             _pass_through(module)
@@ -143,17 +136,7 @@ def _from_lanes(conv: nn.Conv2d) -> None:
 
 
 def _text_config() -> CLIPTextConfig:
-    return CLIPTextConfig(hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=4, vocab_size=49408, max_position_embeddings=77,
-                          projection_dim=TEXT_WIDTH, bos_token_id=49406, eos_token_id=49407,
-                          pad_token_id=49407)
-
-
-def sd_noise_scheduler() -> DDPMScheduler:
-    """SD's training noise schedule (scaled-linear betas 0.00085-0.012, 1000 steps)."""
-    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                         beta_schedule="scaled_linear", clip_sample=False,
-                         steps_offset=1)
+    return text_config(TINY["sd15"])
 
 
 def _noise_scheduler() -> DDPMScheduler:

@@ -5,7 +5,6 @@ under ``-m fullsize`` (``pytest -m fullsize tests/test_fullsize.py``: SD1.5 ~2.5
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,14 +12,12 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+from benchmarks import recipe_params
 from ldm_ext import fullsize, tiny
 from ldm_ext.backbone import load_backbone
 from ldm_ext.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import recipe_params  # noqa: E402
 
 # published parameter counts (the Hub's safetensors of these repos)
 SD15_UNET, SDXL_UNET, VAE = 859_520_964, 2_567_463_684, 83_653_863

@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import psutil
 import pytest
 
+from benchmarks import fullsize_recipes, recipe_params
+from ldm_ext.methods.loading import run_config
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import fullsize_recipes  # noqa: E402
-import recipe_params  # noqa: E402
-
-from ldm_ext.methods.loading import run_config  # noqa: E402
 
 # above the static bytes: activations at 256², AdamW's temporaries, the runtime, the sample
 # grid (instantfamily_sd15 peaked 5.6 GiB above its 9.5)

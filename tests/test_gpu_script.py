@@ -3,15 +3,13 @@ backbones and prints each RESULT line the GPU run is for."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks import gpu
 
-import gpu  # noqa: E402  (benchmarks/gpu.py)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow

@@ -4,22 +4,17 @@ recipe's activations from its measured full-size step (a CPU upper bound)."""
 from __future__ import annotations
 
 import json
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
+
+from benchmarks import memory_plan, recipe_params
+from ldm_ext.config import MethodConfig, load_config
+from ldm_ext.methods.base import IdentityMethod
+from ldm_ext.registry import METHODS, MethodSpec
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import memory_plan  # noqa: E402
-import recipe_params  # noqa: E402
-
-from dataclasses import dataclass  # noqa: E402
-
-from torch import nn  # noqa: E402
-
-from ldm_ext.config import MethodConfig, load_config  # noqa: E402
-from ldm_ext.methods.base import IdentityMethod  # noqa: E402
-from ldm_ext.registry import METHODS, MethodSpec  # noqa: E402
 
 SD15_UNET = 859_520_964  # SD1.5's published UNet
 SD15_BLOCK_WIDTHS = [320, 320, 640, 640, 1280, 1280, 1280] + [1280] * 3 + [640] * 3 + [320] * 3
