@@ -156,6 +156,14 @@ class MethodContract:
         assert first.tobytes() == image(built.method, built.batch).tobytes()
         assert first.tobytes() != image(built.method, built.batch, seed=1).tobytes()
 
+    def test_pipeline_draws_a_prompt_only_image(self, built: Built):
+        """No identities at all (the model card's grid of an export without samples)."""
+        built.method.eval()
+        drawn = built.method.pipeline()("a photo of a person", None, size=(SIDE, SIDE),
+                                        steps=2, guidance=3.0, progress=False,
+                                        generator=torch.Generator().manual_seed(0))
+        assert isinstance(drawn, Image.Image) and drawn.size == (SIDE, SIDE)
+
     def test_export_loads_back_the_weights_and_images(self, stepped: Built, tmp_path):
         from ldm_ext.config import to_yaml
         from ldm_ext.export import export

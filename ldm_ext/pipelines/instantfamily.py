@@ -63,6 +63,11 @@ class InstantFamilyPipeline(MethodPipeline):
                                           device=str(self.method.device))
         return self.detector.detect(np.asarray(photo.convert("RGB")))
 
+    def blank_face(self) -> torch.Tensor:
+        """One empty face slot (1, 3, S, S) at the face encoder's input side."""
+        side = self.method.face_encoder.input_size
+        return torch.zeros(1, 3, side, side)
+
     def legend(self, identities: torch.Tensor, size: tuple[int, int]) -> Image.Image:
         return control_legend(identities, size)
 
@@ -92,18 +97,22 @@ class InstantFamilyPipeline(MethodPipeline):
                  progress: bool = True, store: AttentionStore | None = None,
                  people: list[Person] | None = None) -> Image.Image:
         """One image of the identities (K, 3, S, S) (or a list of (3, S, S) crops) placed on
-        the pose template ``people`` (default: side by side); the first K people get them.
+        the pose template ``people`` (default: side by side); the first K people get them;
+        None: a prompt-only image (one person, face slot empty, as an export's card draws).
         ``size`` is (height, width). ``store`` records the attention maps of the layers it
         wants at every step (batch: one entry per guidance branch, the conditional last),
         e.g. for ``callbacks.images.attention_overlay``. Guidance follows
         ``method.identity_guidance`` / ``identity_scale`` (see ``branches``)."""
         method, device = self.method, self.method.device
         crops = self.stacked(identities)
+        faces = crops is not None  # none: one person of the pose, its face slot left empty
+        crops = crops if faces else self.blank_face()
         num_ids = crops.shape[0]
         people = people if people is not None else pose_template(num_ids, size)
         control, boxes = self.control_inputs(people, num_ids, size)
         latent_hw = self.latent_shape(size)[-2:]
         prompts, valid, scales = self.branches(prompt, negative_prompt, num_ids, guidance)
+        valid = valid if faces else torch.zeros_like(valid)
         k = len(prompts)
         text, pooled = method.encode_text(prompts)
         stack, ctx = method.conditioning(text, crops[None].expand(k, -1, -1, -1, -1).to(device),
