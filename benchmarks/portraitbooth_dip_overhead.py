@@ -85,8 +85,8 @@ def main() -> None:
         "method.empty_prompt_prob=0", "method.text_only_prob=0",
         f"method.dip_decode={args.decode}"]).to(args.device).train()
     fix_timesteps(method, TIMESTEPS)
-    m = method.cfg.method
-    weights = {k: float(getattr(m, k)) for k in ("id_weight", "loc_identity_weight",
+    hp = method.cfg.method
+    weights = {k: float(getattr(hp, k)) for k in ("id_weight", "loc_identity_weight",
                                                  "loc_expression_weight")}
     batch = {k: v.to(args.device) if torch.is_tensor(v) else v
              for k, v in portrait_batch(len(TIMESTEPS), args.resolution).items()}

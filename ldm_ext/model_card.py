@@ -118,10 +118,10 @@ def write_sample(method, run_dir: Path, out: Path) -> str:
         return f"The last sample grid of training (`{grids[-1].name}`)."
     from ldm_ext.pipelines.sampling import image_grid
 
-    m, size = method.cfg.method, (method.cfg.data.resolution,) * 2
+    hp, size = method.cfg.method, (method.cfg.data.resolution,) * 2
     pipe, generator = method.pipeline(), torch.Generator().manual_seed(method.cfg.seed)
-    images = [pipe(prompt, None, size=size, steps=m.sample_steps, guidance=m.guidance_scale,
-                   generator=generator, progress=False) for prompt in m.sample_prompts]
+    images = [pipe(prompt, None, size=size, steps=hp.sample_steps, guidance=hp.guidance_scale,
+                   generator=generator, progress=False) for prompt in hp.sample_prompts]
     image_grid(images, 1).save(out / SAMPLE)
     return "Sampled at export time from the sample prompts, without identities."
 

@@ -41,9 +41,9 @@ class PortraitBooth(IdentityMethod):
     def from_config(cls, cfg) -> "PortraitBooth":
         from ldm_ext.face import build_face_encoder
 
-        m = cfg.method
-        block = {} if m.shallow_block == "auto" else {"shallow_block": m.shallow_block}
-        encoder = build_face_encoder(m.face_encoder, weights=m.face_weights, **block)
+        hp = cfg.method
+        block = {} if hp.shallow_block == "auto" else {"shallow_block": hp.shallow_block}
+        encoder = build_face_encoder(hp.face_encoder, weights=hp.face_weights, **block)
         return cls(cfg, load_backbone(cfg.model), encoder)
 
     def trainable_modules(self) -> dict[str, nn.Module]:
@@ -98,24 +98,24 @@ class PortraitBooth(IdentityMethod):
                                               batch["face_valid"] & full[:, None])
         noisy, t, target = self.noised_latents(latents, generator)
         weights = self.noise_weights(batch, tuple(latents.shape[-2:]), generator)
-        m = self.cfg.method
+        hp = self.cfg.method
         entries = (ecac_entries(self, captions, batch["face_valid"])
-                   if m.loc_identity_weight or m.loc_expression_weight else None)
-        store = (AttentionStore(self.attention_layers, m.attention_size, keys=entries.keys)
+                   if hp.loc_identity_weight or hp.loc_expression_weight else None)
+        store = (AttentionStore(self.attention_layers, hp.attention_size, keys=entries.keys)
                  if entries is not None else None)  # only the tokens Eq. 7 reads
         added = self.added_cond_kwargs(pooled, tuple(batch["pixel_values"].shape[-2:]))
         pred = self.predict_noise(noisy, t, text, added, store)
         losses = {"noise": noise_loss(pred, target, weights)}
         counts = {}
-        if m.loc_identity_weight or m.loc_expression_weight:
+        if hp.loc_identity_weight or hp.loc_expression_weight:
             losses["loc"], counts["ecac_empty_masks"] = self.ecac_loss(store, entries, batch)
-        if m.id_weight:  # only samples whose identity word carries subject 0's face (Eq. 4)
+        if hp.id_weight:  # only samples whose identity word carries subject 0's face (Eq. 4)
             named = torch.tensor([bool(found) for found in word_positions(
-                self.backbone.tokenizers[0], captions, list(m.identity_words))],
+                self.backbone.tokenizers[0], captions, list(hp.identity_words))],
                 dtype=torch.bool, device=self.device)
-            need = (t <= m.dip_max_timestep) & full & batch["face_valid"][:, 0] & named
+            need = (t <= hp.dip_max_timestep) & full & batch["face_valid"][:, 0] & named
             reference = self._id_features(faces).unflatten(0, (b, n))[:, 0]  # (B, D)
-            losses["id"] = m.id_weight * self.dip_loss(noisy, pred, t, reference,
+            losses["id"] = hp.id_weight * self.dip_loss(noisy, pred, t, reference,
                                                        batch["face_boxes"][:, 0], need)
         return {"loss": sum(losses.values()), **losses, **counts}
 
@@ -124,10 +124,10 @@ class PortraitBooth(IdentityMethod):
         """Sec. 5.1: per sample u ~ U(0, 1): u < empty_prompt_prob -> "" (unconditional),
         u < + text_only_prob -> caption without face features, else fully conditioned.
         Returns (captions, full (B,) bool)."""
-        m = self.cfg.method
+        hp = self.cfg.method
         u = torch.rand(len(captions), generator=generator, device=generator.device).cpu()
-        empty = (u < m.empty_prompt_prob).tolist()
-        full = u >= m.empty_prompt_prob + m.text_only_prob
+        empty = (u < hp.empty_prompt_prob).tolist()
+        full = u >= hp.empty_prompt_prob + hp.text_only_prob
         return [("" if e else c) for c, e in zip(captions, empty)], full.to(self.device)
 
     def noise_weights(self, batch: dict, latent_hw: tuple[int, int],
@@ -178,8 +178,8 @@ class PortraitBooth(IdentityMethod):
 
     def _window_margin(self) -> int | None:
         """Latents of context around each face box (``window`` decode), None: decode all."""
-        m = self.cfg.method
-        return m.dip_window_margin if m.dip_decode == "window" else None
+        hp = self.cfg.method
+        return hp.dip_window_margin if hp.dip_decode == "window" else None
 
     # ----- ECAC (Eq. 7) ---------------------------------------------------------------------
     def ecac_loss(self, store: AttentionStore | None, entries: "EcacEntries | None",
@@ -230,17 +230,17 @@ def ecac_entries(method: PortraitBooth, captions: list[str],
     """The entries of Eq. 7 for a batch: identity occurrence k (a valid face k) -> mask k,
     cap β, weight λ / count; emotion words -> the union mask, cap γ, weight μ / count;
     None when no caption holds such a token."""
-    m, tokenizer = method.cfg.method, method.backbone.tokenizers[0]
+    hp, tokenizer = method.cfg.method, method.backbone.tokenizers[0]
     num_slots, flags = valid.shape[1], valid.tolist()
-    identity = word_positions(tokenizer, captions, list(m.identity_words))
-    emotion = word_positions(tokenizer, captions, list(m.emotion_words))
+    identity = word_positions(tokenizer, captions, list(hp.identity_words))
+    emotion = word_positions(tokenizer, captions, list(hp.emotion_words))
     out: list[tuple[int, int, int, float, float]] = []
     for b in range(len(captions)):
         ids = [(p, k) for k, found in enumerate(identity[b][:num_slots]) if flags[b][k]
                for p in found]
-        out += [(b, p, k, m.identity_cap, m.loc_identity_weight / len(ids)) for p, k in ids]
+        out += [(b, p, k, hp.identity_cap, hp.loc_identity_weight / len(ids)) for p, k in ids]
         emo = [p for found in emotion[b] for p in found] if any(flags[b]) else []
-        out += [(b, p, num_slots, m.expression_cap, m.loc_expression_weight / len(emo))
+        out += [(b, p, num_slots, hp.expression_cap, hp.loc_expression_weight / len(emo))
                 for p in emo]
     if not out:
         return None

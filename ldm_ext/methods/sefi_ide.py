@@ -86,9 +86,9 @@ class SeFiIDE(IdentityMethod):
 
     def __init__(self, cfg, backbone: Backbone) -> None:
         super().__init__(cfg, backbone)
-        m = cfg.method
-        word, self.stand_in = word_embedding(backbone, m.initializer)
-        self.stage_tokens = StageTokens(word, m.num_stages, m.width, m.heads, m.ff_mult)
+        hp = cfg.method
+        word, self.stand_in = word_embedding(backbone, hp.initializer)
+        self.stage_tokens = StageTokens(word, hp.num_stages, hp.width, hp.heads, hp.ff_mult)
         install_processors(self.unet)
         self._references: dict[tuple, torch.Tensor] = {}  # y_r encodings, by caption
         self.freeze_all_but_trainable()

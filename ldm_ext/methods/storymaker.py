@@ -58,16 +58,16 @@ idforge reads either file as released weights: `method.storymaker_weights={safet
 """
 
 
-def build_ppr(m, token_dim: int, clip_dim: int, id_dim: int) -> PositionalPerceiverResampler:
-    """The PPR of config ``m`` for a UNet of cross-attention width ``token_dim``."""
+def build_ppr(hp, token_dim: int, clip_dim: int, id_dim: int) -> PositionalPerceiverResampler:
+    """The PPR of config ``hp`` for a UNet of cross-attention width ``token_dim``."""
     face = FaceIDPlusTokens(token_dim, id_dim=id_dim, clip_dim=clip_dim,
-                            num_tokens=m.face_tokens, depth=m.face_perceiver_depth,
-                            shortcut_scale=m.face_shortcut_scale)
-    character = Resampler(dim=m.resampler_dim, depth=m.resampler_depth,
-                          dim_head=m.resampler_dim_head, heads=m.resampler_heads,
-                          num_queries=m.character_tokens, embedding_dim=clip_dim,
+                            num_tokens=hp.face_tokens, depth=hp.face_perceiver_depth,
+                            shortcut_scale=hp.face_shortcut_scale)
+    character = Resampler(dim=hp.resampler_dim, depth=hp.resampler_depth,
+                          dim_head=hp.resampler_dim_head, heads=hp.resampler_heads,
+                          num_queries=hp.character_tokens, embedding_dim=clip_dim,
                           output_dim=token_dim)
-    return PositionalPerceiverResampler(face, character, m.max_characters)
+    return PositionalPerceiverResampler(face, character, hp.max_characters)
 
 
 def layer_level(name: str, num_levels: int) -> int:
@@ -86,44 +86,45 @@ class StoryMaker(IdentityMethod):
     def __init__(self, cfg, backbone: Backbone, face_encoder, image_encoder: nn.Module,
                  id_encoder: nn.Module | None = None) -> None:
         super().__init__(cfg, backbone)
-        m = cfg.method
-        if m.num_slots > m.max_characters:
-            raise ValueError(f"method.num_slots={m.num_slots} > max_characters={m.max_characters}")
-        if m.id_loss_weight and id_encoder is None:
+        hp = cfg.method
+        if hp.num_slots > hp.max_characters:
+            raise ValueError(f"method.num_slots={hp.num_slots} > "
+                             f"max_characters={hp.max_characters}")
+        if hp.id_loss_weight and id_encoder is None:
             raise ValueError("method.id_loss_weight > 0 needs a differentiable ArcFace "
                              "(build_id_loss_encoder)")
         self.controlnet = backbone.controlnet  # frozen pose ControlNet, or None
         self.face_encoder, self.image_encoder = face_encoder, image_encoder
         self.id_encoder = id_encoder  # frozen torch ArcFace of the ID loss, or None
-        self.ppr = build_ppr(m, backbone.unet.config.cross_attention_dim,
+        self.ppr = build_ppr(hp, backbone.unet.config.cross_attention_dim,
                              image_encoder.config.hidden_size, face_encoder.global_dim)
         install_processors(self.unet, decoupled=True)  # K_i / V_i start as copies of K_t / V_t
-        if m.lora_rank:
-            add_lora(self.unet, m.lora_rank, list(m.lora_targets), m.lora_layers)
+        if hp.lora_rank:
+            add_lora(self.unet, hp.lora_rank, list(hp.lora_targets), hp.lora_layers)
         self.loss_layers = self._loss_layers()
         self.freeze_all_but_trainable()
 
     @classmethod
     def from_config(cls, cfg) -> "StoryMaker":
-        m = cfg.method
-        encoder = load_image_encoder(m.image_encoder, DTYPES[cfg.model.weight_dtype],
+        hp = cfg.method
+        encoder = load_image_encoder(hp.image_encoder, DTYPES[cfg.model.weight_dtype],
                                      cfg.model.local_files_only)
-        method = cls(cfg, load_backbone(cfg.model), build_identity_encoder(m), encoder,
-                     build_id_loss_encoder(m))
+        method = cls(cfg, load_backbone(cfg.model), build_identity_encoder(hp), encoder,
+                     build_id_loss_encoder(hp))
         method.load_released_weights()
         return method
 
     def load_released_weights(self) -> None:
         """The released checkpoints the config names, by their own keys (``released.py``)."""
-        m = self.cfg.method
+        hp = self.cfg.method
         loads = []
-        if m.faceid_weights:
+        if hp.faceid_weights:
             targets = faceid_plusv2_targets(self.ppr.face, self.unet)
-            loads.append((m.faceid_weights, {s: targets[s] for s in m.faceid_sections}))
-        if m.plus_weights:
-            loads.append((m.plus_weights, ip_adapter_plus_targets(self.ppr.character)))
-        if m.storymaker_weights:
-            loads.append((m.storymaker_weights, storymaker_targets(self.ppr, self.unet)))
+            loads.append((hp.faceid_weights, {s: targets[s] for s in hp.faceid_sections}))
+        if hp.plus_weights:
+            loads.append((hp.plus_weights, ip_adapter_plus_targets(self.ppr.character)))
+        if hp.storymaker_weights:
+            loads.append((hp.storymaker_weights, storymaker_targets(self.ppr, self.unet)))
         for path, targets in loads:
             skipped = load_released(path, targets)
             if skipped:
@@ -209,27 +210,27 @@ class StoryMaker(IdentityMethod):
     # ----- training ----------------------------------------------------------------------
     def model_step(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """L = L_SD (person-weighted) + λ L_attn (Eq. 12) [+ w_id L_id] of one batch."""
-        m, valid = self.cfg.method, batch["face_valid"]
+        hp, valid = self.cfg.method, batch["face_valid"]
         latents = self.encode_latents(batch["pixel_values"], generator)
-        drop, drop_text = draw_drops(len(valid), m.drop_characters, m.empty_prompt_prob,
-                                     m.drop_both, generator)
+        drop, drop_text = draw_drops(len(valid), hp.drop_characters, hp.empty_prompt_prob,
+                                     hp.drop_both, generator)
         zero_face, zero_char = (torch.rand(len(valid), generator=generator,
                                            device=generator.device) < p
-                                for p in (m.drop_face_tokens, m.drop_character_tokens))
+                                for p in (hp.drop_face_tokens, hp.drop_character_tokens))
         captions = [c if not d else "" for c, d in zip(batch["caption"], drop_text.tolist())]
         text, pooled = self.encode_text(captions)
         tokens = self.image_tokens(batch["face_crops"], batch["characters"], valid,
                                    drop, zero_face, zero_char)
-        store = self.loss_store() if m.attn_loss_weight else None
+        store = self.loss_store() if hp.attn_loss_weight else None
         ctx = AttentionContext(image_tokens=tokens, image_mask=self.image_mask(valid),
                                store=store, latent_hw=tuple(latents.shape[-2:]))
         noisy, t, target = self.noised_latents(latents, generator)
         added = self.added_cond_kwargs(pooled, tuple(batch["pixel_values"].shape[-2:]))
         pred = self.predict_noise(noisy, t, text, ctx, added, batch.get("control"))
         out = self.losses(pred, target, batch, ~drop, store)
-        if m.id_loss_weight:
+        if hp.id_loss_weight:
             out["id"] = self.id_loss(noisy, pred, t, batch, ~drop)
-            out["loss"] = out["loss"] + m.id_loss_weight * out["id"]
+            out["loss"] = out["loss"] + hp.id_loss_weight * out["id"]
         return out
 
     def loss_store(self) -> AttentionStore:
@@ -241,16 +242,16 @@ class StoryMaker(IdentityMethod):
                keep: torch.Tensor, store: AttentionStore | None) -> dict[str, torch.Tensor]:
         """noise (weighted by 1 + w · person mask where the characters were kept), attn
         (Eq. 9-12) and their sum ``loss``."""
-        m, valid, masks = self.cfg.method, batch["face_valid"], batch["character_masks"]
+        hp, valid, masks = self.cfg.method, batch["face_valid"], batch["character_masks"]
         weights = (person_weights(masks, valid, keep, tuple(pred.shape[-2:]),
-                                  m.person_loss_weight) if m.person_loss_weight else None)
+                                  hp.person_loss_weight) if hp.person_loss_weight else None)
         out = {"noise": weighted_noise_loss(pred, target, weights)}
         out["loss"] = out["noise"]
         if store is not None:
             maps = [store.maps[f"{n}:ip"] for n in self.loss_layers]
             out["attn"] = attention_loss(maps, masks, valid, self.ppr.tokens_per_character,
-                                         m.attn_loss_form)
-            out["loss"] = out["noise"] + m.attn_loss_weight * out["attn"]
+                                         hp.attn_loss_form)
+            out["loss"] = out["noise"] + hp.attn_loss_weight * out["attn"]
         return out
 
     def id_loss(self, noisy: torch.Tensor, pred: torch.Tensor, t: torch.Tensor, batch: dict,
@@ -262,8 +263,8 @@ class StoryMaker(IdentityMethod):
         the others. Only those characters' face windows are decoded. The batch carries
         boxes, not landmarks, so the generated face is the box crop (as PortraitBooth's)
         while the reference is the 5-point-aligned crop the PPR sees."""
-        m, valid = self.cfg.method, batch["face_valid"]
-        need = valid & keep[:, None] & (t <= m.id_loss_max_timestep)[:, None]  # (B, N)
+        hp, valid = self.cfg.method, batch["face_valid"]
+        need = valid & keep[:, None] & (t <= hp.id_loss_max_timestep)[:, None]  # (B, N)
         rows, slots = need.nonzero(as_tuple=True)  # (E,) each
         if len(rows) == 0:
             return pred.new_zeros((), dtype=torch.float32)
@@ -273,7 +274,7 @@ class StoryMaker(IdentityMethod):
             self.backbone.scheduler, self.vae, self.backbone.vae_scale,
             lambda faces: self.id_encoder(faces).global_, self.id_encoder.input_size,
             noisy[rows], pred[rows], t[rows], reference,
-            batch["face_boxes"][rows, slots].to(self.device), m.id_loss_window_margin)  # (E,)
+            batch["face_boxes"][rows, slots].to(self.device), hp.id_loss_window_margin)  # (E,)
         return losses.sum() / valid.sum()
 
     # ----- hooks ---------------------------------------------------------------------------
