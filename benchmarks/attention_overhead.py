@@ -7,7 +7,7 @@ The layers have SD1.5's real shapes for 512² images: query lengths 4096/1024/25
 widths 320/640/1280, 8 heads, 768-wide text, batch 2 (classifier-free guidance). Three
 cases, each one "pass" (all 16 layers, processors called directly, inference, fp32):
 
-  masked_multiply  `IdAttnProcessor` with 4-face masks, mask_mode multiply, 117 keys
+  masked_multiply  `MaskedTextAttnProcessor` with 4-face masks, mask_mode multiply, 117 keys
                    (77 text + 4 faces x 10 tokens) vs `AttnProcessor2_0` on the same keys
                    without a mask.
   masked_hard      the same, mask_mode hard.
@@ -45,7 +45,7 @@ from diffusers.models.attention_processor import (Attention, AttnProcessor2_0,
 from torch import Tensor
 
 from benchmarks.timing import keep_freed_memory, timed
-from ldm_ext.attention import (AttentionContext, DecoupledAttnProcessor, IdAttnProcessor,
+from ldm_ext.attention import (AttentionContext, DecoupledAttnProcessor, MaskedTextAttnProcessor,
                                TokenLayout, build_face_masks)
 
 LAYOUT = TokenLayout(num_text=77, num_slots=4, tokens_per_face=10)
@@ -105,7 +105,7 @@ def build_cases(device: str) -> dict[str, Case]:
     text = torch.randn(BATCH, LAYOUT.num_text, TEXT_DIM, generator=gen).to(device)
     image = torch.randn(BATCH, IMAGE_TOKENS, TEXT_DIM, generator=gen).to(device)  # (B, M, D)
     plain = [AttnProcessor2_0() for _ in layers]
-    ids = [IdAttnProcessor(f"l{i}") for i in range(len(layers))]
+    ids = [MaskedTextAttnProcessor(f"l{i}") for i in range(len(layers))]
     ours_ip = [DecoupledAttnProcessor(f"l{i}", attn.inner_dim, TEXT_DIM).to(device)
                for i, (attn, _) in enumerate(layers)]
     cases = {f"masked_{mode}": (layer_calls(layers, ids, stack, face_context(mode, device)),
