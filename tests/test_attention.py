@@ -321,6 +321,66 @@ def test_multiply_mode_reuses_virtual_inputs_only_without_graph():
     torch.testing.assert_close(cached_grad, enc.grad)
 
 
+def _count_calls(module: torch.nn.Module) -> list[int]:
+    calls = [0]
+    module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_cross_attention_keys_values_reused_per_context_only_without_autograd():
+    """A context's keys and values are projected once per layer while autograd is off
+    (every step of a sampling run) and equal fresh ones; they are made again when the
+    encoder states or the weights change in place, under autocast, with a new context,
+    and every call with autograd on; self-attention never reuses."""
+    attn, (hidden, enc) = layer(), layer_inputs()
+    attn.set_processor(MaskedTextAttnProcessor("l"))
+    to_k = _count_calls(attn.to_k)
+    ctx = AttentionContext(face_masks=masks("hard", hw=(5, 5)))
+    fresh = lambda: attn(hidden, enc, ctx=AttentionContext(face_masks=ctx.face_masks))
+    with torch.no_grad():
+        first = attn(hidden, enc, ctx=ctx)
+        torch.testing.assert_close(attn(hidden, enc, ctx=ctx), first, atol=0, rtol=0)
+        assert to_k[0] == 1
+        torch.testing.assert_close(first, fresh(), atol=0, rtol=0)
+        enc.mul_(2.0)
+        torch.testing.assert_close(attn(hidden, enc, ctx=ctx), fresh(), atol=0, rtol=0)
+        attn.to_v.weight.mul_(0.5)
+        torch.testing.assert_close(attn(hidden, enc, ctx=ctx), fresh(), atol=0, rtol=0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert attn(hidden, enc, ctx=ctx).dtype == torch.bfloat16
+        own = Attention(query_dim=16, heads=2, dim_head=8, processor=MaskedTextAttnProcessor("s"))
+        own_k = _count_calls(own.to_k)
+        own(hidden, ctx=ctx)  # self-attention: keys from the hidden states themselves
+        own(hidden, ctx=ctx)
+        assert own_k[0] == 2
+    calls = to_k[0]
+    attn(hidden, enc, ctx=ctx)
+    attn(hidden, enc, ctx=ctx)
+    assert to_k[0] == calls + 2
+
+
+def test_decoupled_image_keys_values_reused_per_context_only_without_autograd():
+    """The image branch's K_i, V_i are reused like the text keys: once per context while
+    autograd is off, again when the image tokens change, every call with autograd on."""
+    attn, (hidden, enc) = layer(), layer_inputs()
+    proc = DecoupledAttnProcessor("l", hidden_size=16, cross_attention_dim=12)
+    attn.set_processor(proc)
+    to_k_ip = _count_calls(proc.to_k_ip)
+    image = torch.randn(2, 4, 12)
+    ctx = AttentionContext(image_tokens=image)
+    with torch.no_grad():
+        first = attn(hidden, enc, ctx=ctx)
+        torch.testing.assert_close(attn(hidden, enc, ctx=ctx), first, atol=0, rtol=0)
+        assert to_k_ip[0] == 1
+        image.add_(1.0)
+        torch.testing.assert_close(attn(hidden, enc, ctx=ctx),
+                                   attn(hidden, enc, ctx=AttentionContext(image_tokens=image)),
+                                   atol=0, rtol=0)
+        assert to_k_ip[0] == 3
+    attn(hidden, enc, ctx=ctx).sum().backward()
+    assert to_k_ip[0] == 4 and proc.to_k_ip.weight.grad is not None
+
+
 def test_split_kv():
     attn, (hidden, enc) = layer(), layer_inputs()
     values = torch.randn_like(enc)

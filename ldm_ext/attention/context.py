@@ -33,6 +33,8 @@ class AttentionContext:
     latent_hw: tuple[int, int] | None = None  # full-resolution latent grid, for maps
     # (identity of the encoder states, them, the inputs built from them) of `virtual.virtual_inputs`
     _virtual: tuple | None = field(default=None, init=False, repr=False)
+    # id(layer or processor) -> (tag, sources, keys and values) of `reuse.reused`
+    _reused: dict = field(default_factory=dict, init=False, repr=False)
 
     def grid(self, num_queries: int) -> tuple[int, int]:
         """(h, w) of a layer's query grid, from latent_hw (or the face masks' grid)."""

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from ldm_ext.attention.context import NO_EXTRAS, AttentionContext
 from ldm_ext.attention.core import Prepared, attend, epilogue, heads, prelude, record
 from ldm_ext.attention.masked_text import text_attention
+from ldm_ext.attention.reuse import reused
 
 
 class DecoupledAttnProcessor(nn.Module):
@@ -56,12 +57,20 @@ class DecoupledAttnProcessor(nn.Module):
                          ctx: AttentionContext) -> Tensor:
         """Attn(Q, K_i, V_i) as (B, heads, Q, d) over the tokens ctx.image_mask keeps;
         records its softmax as "<name>:ip"."""
-        tokens = ctx.image_tokens.to(self.to_k_ip.weight.dtype)
-        key = heads(attn, self.to_k_ip(tokens).to(query.dtype))  # (B, heads, M, d)
-        value = heads(attn, self.to_v_ip(tokens).to(query.dtype))
+        sources = (ctx.image_tokens, self.to_k_ip.weight, self.to_v_ip.weight, query.dtype)
+        key, value = reused(ctx, self, sources, query.device,
+                            lambda: self._image_keys_values(attn, ctx.image_tokens, query.dtype))
         name = f"{self.name}:ip"
         keep = ctx.store is not None and ctx.store.wants(name)
         out, probs = attend(query, key, value, ctx.image_mask, attn.scale, keep)
         if keep:
             record(ctx, name, probs, prep)
         return out
+
+    def _image_keys_values(self, attn, tokens: Tensor,
+                           dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """K_i, V_i (B, heads, M, d) of the image tokens (B, M, D_img), in ``dtype``."""
+        tokens = tokens.to(self.to_k_ip.weight.dtype)
+        key = heads(attn, self.to_k_ip(tokens).to(dtype))
+        value = heads(attn, self.to_v_ip(tokens).to(dtype))
+        return key, value

@@ -19,6 +19,7 @@ from ldm_ext.attention.context import NO_EXTRAS, AttentionContext
 from ldm_ext.attention.core import (Prepared, attend, epilogue, heads, norm_context, prelude,
                                     record, softmax)
 from ldm_ext.attention.masks import FaceMasks
+from ldm_ext.attention.reuse import reused
 from ldm_ext.attention.virtual import add_virtual_keys, fold_virtual_probs, virtual_inputs
 
 
@@ -41,6 +42,19 @@ def _masked_attention(query: Tensor, key: Tensor, value: Tensor, faces: FaceMask
 
 
 def _keys_values(attn, prep: Prepared, ctx: AttentionContext) -> tuple[Tensor, Tensor]:
+    """Key and value (B, heads, T, d) of `_project_keys_values`; in cross-attention made
+    once per context while autograd is off (`reuse.reused`: the same at every step of a
+    sampling run)."""
+    if not prep.is_cross:
+        return _project_keys_values(attn, prep, ctx)
+    sources = (prep.context, ctx.value_states, ctx.face_masks, attn.to_k.weight,
+               attn.to_k.bias, attn.to_v.weight, attn.to_v.bias,
+               getattr(attn.norm_k, "weight", None))
+    return reused(ctx, attn, sources, prep.context.device,
+                  lambda: _project_keys_values(attn, prep, ctx))
+
+
+def _project_keys_values(attn, prep: Prepared, ctx: AttentionContext) -> tuple[Tensor, Tensor]:
     """Key and value (B, heads, T, d). In cross-attention the values come from
     ctx.value_states when given (split K/V), and multiply face masks append their N virtual
     tokens (T = K + N): to to_k/to_v's inputs, once per batch, when to_k maps zeros to the

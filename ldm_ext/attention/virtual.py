@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ldm_ext.attention.context import AttentionContext
 from ldm_ext.attention.masks import TokenLayout
+from ldm_ext.attention.reuse import state_tag
 
 
 @functools.lru_cache(maxsize=16)
@@ -37,12 +38,6 @@ def add_virtual_keys(key: Tensor, value: Tensor, layout: TokenLayout) -> tuple[T
     return key, (mixer @ value).to(value.dtype)  # (..., K+N, ·)
 
 
-def _state_tag(tensor: Tensor) -> tuple[int, int | None]:
-    """A tensor's identity and in-place version. Inference tensors keep no version counter,
-    so an in-place edit of encoder states under inference_mode goes unseen."""
-    return id(tensor), None if tensor.is_inference() else tensor._version
-
-
 def virtual_inputs(ctx: AttentionContext, layout: TokenLayout, keys_from: Tensor,
                     values_from: Tensor) -> tuple[Tensor, Tensor]:
     """(B, K+N, D) inputs of to_k / to_v with the virtual tokens appended: a bias-free to_k
@@ -55,7 +50,7 @@ def virtual_inputs(ctx: AttentionContext, layout: TokenLayout, keys_from: Tensor
     if torch.compiler.is_compiling() or (
             torch.is_grad_enabled() and (keys_from.requires_grad or values_from.requires_grad)):
         return add_virtual_keys(keys_from, values_from, layout)
-    tag = (_state_tag(keys_from), _state_tag(values_from))
+    tag = (state_tag(keys_from), state_tag(values_from))
     if ctx._virtual is None or ctx._virtual[0] != tag:
         pair = add_virtual_keys(keys_from, values_from, layout)
         ctx._virtual = (tag, (keys_from, values_from), pair)  # holding them keeps ids unique
