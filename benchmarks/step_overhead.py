@@ -88,18 +88,16 @@ def diffusion_steps(method: InstantFamily, batch: dict, steps: int, device: str)
                                          batch["face_valid"], tuple(latents.shape[-2:]))
     noisy = torch.randn_like(latents)
     t = torch.randint(0, 1000, (latents.shape[0],), device=device)
-    times = []
+    times, clock = [], Stopwatch(device)
     for _ in range(steps):
-        _sync(device)
-        start = time.perf_counter()
+        clock.start()
         down, mid = method.controlnet(noisy, t, stack, batch["control"],
                                       cross_attention_kwargs={"ctx": ctx}, return_dict=False)
         pred = method.unet(noisy, t, stack, down_block_additional_residuals=down,
                            mid_block_additional_residual=mid,
                            cross_attention_kwargs={"ctx": ctx}).sample
         F.mse_loss(pred, noisy).backward()
-        _sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock.elapsed())
     method.zero_grad(set_to_none=True)
     return times
 
