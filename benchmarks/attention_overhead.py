@@ -7,13 +7,17 @@ The layers have SD1.5's real shapes for 512² images: query lengths 4096/1024/25
 widths 320/640/1280, 8 heads, 768-wide text, batch 2 (classifier-free guidance). Three
 cases, each one "pass" (all 16 layers, processors called directly, inference, fp32):
 
-  masked_multiply  `IdAttnProcessor` with 4-face masks, mask_mode multiply, 117 keys
+  masked_multiply  `MaskedTextAttnProcessor` with 4-face masks, mask_mode multiply, 117 keys
                    (77 text + 4 faces x 10 tokens) vs `AttnProcessor2_0` on the same keys
                    without a mask.
   masked_hard      the same, mask_mode hard.
   decoupled        `DecoupledAttnProcessor` (77 text + 4x16 image tokens) vs diffusers'
                    `IPAdapterAttnProcessor2_0` with the same K/V weights, scale 1 (the two
                    outputs are checked equal first).
+
+Each case's context is built once and used by every pass, as a sampling run uses one per
+run: ours projects the cross-attention keys and values at the first pass and reuses them
+while autograd is off (`ldm_ext/attention/reuse.py`); diffusers projects them every call.
 
 Processors are called directly, not through `Attention.forward`: its per-call signature
 inspection costs both sides the same and would only pull the ratios towards 1.
@@ -45,7 +49,7 @@ from diffusers.models.attention_processor import (Attention, AttnProcessor2_0,
 from torch import Tensor
 
 from benchmarks.timing import keep_freed_memory, timed
-from ldm_ext.attention import (AttentionContext, DecoupledAttnProcessor, IdAttnProcessor,
+from ldm_ext.attention import (AttentionContext, DecoupledAttnProcessor, MaskedTextAttnProcessor,
                                TokenLayout, build_face_masks)
 
 LAYOUT = TokenLayout(num_text=77, num_slots=4, tokens_per_face=10)
@@ -56,7 +60,7 @@ SD15_LAYERS = ([(4096, 320)] * 2 + [(1024, 640)] * 2 + [(256, 1280)] * 2 + [(64,
 # four faces side by side, normalised xyxy (raw detector boxes; the 25 % margin is added)
 BOXES = torch.tensor([[0.05, 0.10, 0.25, 0.35], [0.30, 0.15, 0.50, 0.40],
                       [0.55, 0.10, 0.75, 0.35], [0.78, 0.20, 0.98, 0.45]])
-GOALS = {"masked_multiply": 1.10, "masked_hard": 1.02, "decoupled": 1.00}
+GOALS = {"masked_multiply": 1.10, "masked_hard": 1.02, "decoupled": 0.95}
 Call = Callable[[], Tensor]
 Case = list[tuple[Call, Call]]  # per layer: (ours, baseline)
 
@@ -105,7 +109,7 @@ def build_cases(device: str) -> dict[str, Case]:
     text = torch.randn(BATCH, LAYOUT.num_text, TEXT_DIM, generator=gen).to(device)
     image = torch.randn(BATCH, IMAGE_TOKENS, TEXT_DIM, generator=gen).to(device)  # (B, M, D)
     plain = [AttnProcessor2_0() for _ in layers]
-    ids = [IdAttnProcessor(f"l{i}") for i in range(len(layers))]
+    ids = [MaskedTextAttnProcessor(f"l{i}") for i in range(len(layers))]
     ours_ip = [DecoupledAttnProcessor(f"l{i}", attn.inner_dim, TEXT_DIM).to(device)
                for i, (attn, _) in enumerate(layers)]
     cases = {f"masked_{mode}": (layer_calls(layers, ids, stack, face_context(mode, device)),

@@ -14,6 +14,10 @@ median step of each is compared.
 
     python -m benchmarks.step_overhead [--device cpu|cuda] [--steps 6] [--rounds 2] [--tiny]
 
+A third timing, the UNet + ControlNet forward and backward alone on fixed inputs, gives the
+step's non-UNet milliseconds of each side (printed before the RESULT line): the fixed costs
+that stay when a GPU makes the UNet fast.
+
 Ends with ``RESULT step_overhead_ratio=<ours/bare median step time> goal<=1.05``.
 StoryMaker's step is measured by ``python -m benchmarks.storymaker_step``.
 """
@@ -68,6 +72,36 @@ def bare_steps(method: InstantFamily, batch: dict, steps: int, device: str) -> l
     return times
 
 
+def diffusion_steps(method: InstantFamily, batch: dict, steps: int, device: str) -> list[float]:
+    """Seconds of the UNet + ControlNet forward and backward alone, on inputs made once (the
+    embedding stack detached): what a step costs without VAE, text and face encoders,
+    masks, noise, optimizer, Lightning and logging, its "non-UNet" part."""
+    method.to(device).train()
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    gen = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        latents = method.vae.encode(batch["pixel_values"]).latent_dist.sample(gen) * 0.18215
+        ids = method.backbone.tokenizers[0](batch["caption"], padding="max_length",
+                                            max_length=77, return_tensors="pt").input_ids
+        stack, ctx = method.conditioning(method.text_encoders[0](ids.to(device))[0],
+                                         batch["face_crops"], batch["face_boxes"],
+                                         batch["face_valid"], tuple(latents.shape[-2:]))
+    noisy = torch.randn_like(latents)
+    t = torch.randint(0, 1000, (latents.shape[0],), device=device)
+    times, clock = [], Stopwatch(device)
+    for _ in range(steps):
+        clock.start()
+        down, mid = method.controlnet(noisy, t, stack, batch["control"],
+                                      cross_attention_kwargs={"ctx": ctx}, return_dict=False)
+        pred = method.unet(noisy, t, stack, down_block_additional_residuals=down,
+                           mid_block_additional_residual=mid,
+                           cross_attention_kwargs={"ctx": ctx}).sample
+        F.mse_loss(pred, noisy).backward()
+        times.append(clock.elapsed())
+    method.zero_grad(set_to_none=True)
+    return times
+
+
 def main() -> None:
     from datamodules.demo import random_batch
 
@@ -93,13 +127,18 @@ def main() -> None:
     backbone = random_backbone("sd15", Widths(**widths), controlnet=True)
     method = InstantFamily(cfg, backbone, build_face_encoder("facenet", weights="random"))
     batch = random_batch(2, 64 if args.tiny else 128)
-    ours, bare = [], []
+    ours, bare, unet = [], [], []
     for _ in range(args.rounds):
         ours += lightning_steps(method, batch, args.steps + WARMUP, args.device)[WARMUP:]
         bare += bare_steps(method, batch, args.steps + WARMUP, args.device)[WARMUP:]
+        unet += diffusion_steps(method, batch, args.steps + WARMUP, args.device)[WARMUP:]
     med_ours, med_bare = statistics.median(ours), statistics.median(bare)
+    med_unet = statistics.median(unet)
     print(f"median step: ours {med_ours:.3f} s, bare loop {med_bare:.3f} s "
           f"({len(ours)} steps each)")
+    print(f"non-UNet ms per step (step minus UNet + ControlNet forward and backward alone, "
+          f"{med_unet * 1e3:.1f} ms): ours {(med_ours - med_unet) * 1e3:.1f}, "
+          f"bare {(med_bare - med_unet) * 1e3:.1f}")
     print(f"RESULT step_overhead_ratio={med_ours / med_bare:.3f} goal<={GOAL}")
 
 

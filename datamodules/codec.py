@@ -22,6 +22,7 @@ import numpy as np
 import orjson
 from PIL import Image
 
+from datamodules.image_header import image_header
 from datamodules.schema import (KEYS, MAX_CAPTION_BYTES, MAX_PIXELS, OPTIONAL_KEYS,
                                 SCHEMA_VERSION, BadSample, Sample)
 from ldm_ext.perception.pose import Person
@@ -79,6 +80,19 @@ def _open(data: bytes) -> Image.Image:
     return image
 
 
+def _header(data: bytes) -> tuple[str, int, int]:
+    """(format, width, height) of an image from its header (``image_header``, else PIL's),
+    its pixel count checked."""
+    header = image_header(data)
+    bomb = Image.MAX_IMAGE_PIXELS and header and header[1] * header[2] > 2 * Image.MAX_IMAGE_PIXELS
+    if header is None or bomb:  # PIL decides: it refuses bombs as bad_image
+        image = _open(data)
+        return image.format, image.width, image.height
+    if header[1] * header[2] > MAX_PIXELS:
+        raise BadSample("too_large", f"{header[1]}x{header[2]} image")
+    return header
+
+
 # libjpeg's reduced decoding through OpenCV: these flags carry only the scale bits
 # (IMREAD_GRAYSCALE is 0); IMREAD_COLOR_RGB asks for colour
 REDUCED = {1: 0, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
@@ -116,9 +130,9 @@ def _image(data: bytes, mode: str = "RGB") -> np.ndarray:
 def _scene(data: bytes, min_side: int) -> tuple[np.ndarray, tuple[int, int], int]:
     """(the image, its stored (H, W), the reduction k): a JPEG is decoded at the largest
     k in 2, 4, 8 that keeps its shorter side at least ``min_side`` (0: always k = 1)."""
-    header = _open(data)
-    hw = (header.height, header.width)
-    if header.format != "JPEG":
+    kind, width, height = _header(data)
+    hw = (height, width)
+    if kind != "JPEG":
         return _image(data), hw, 1
     factor = 1
     while factor < 8 and min_side and -(-min(hw) // (2 * factor)) >= min_side:
@@ -154,7 +168,7 @@ def _masks(data: bytes, num_faces: int, width: int) -> np.ndarray:
 
 def _check_mask_header(data: bytes, sample: Sample, hw: tuple[int, int]) -> None:
     """The stacked masks' size from the PNG header alone: ``(F * H, W)`` of ``hw``."""
-    width, height = _open(data).size
+    _, width, height = _header(data)
     wanted = (hw[1], sample.num_faces * hw[0])
     if (width, height) != wanted:
         raise BadSample("bad_shape", f"masks {width}x{height}, expected {wanted[0]}x{wanted[1]}")

@@ -15,7 +15,7 @@ from diffusers.models.attention_processor import (Attention, AttnProcessor2_0,
                                                   IPAdapterAttnProcessor2_0)
 
 from ldm_ext.attention import (AttentionContext, AttentionStore, DecoupledAttnProcessor,
-                               IdAttnProcessor, TokenLayout, box_masks, build_face_masks,
+                               MaskedTextAttnProcessor, TokenLayout, box_masks, build_face_masks,
                                decoupled_modules, expand_boxes, install_processors)
 
 LAYOUT = TokenLayout(num_text=7, num_slots=3, tokens_per_face=2)
@@ -267,7 +267,7 @@ def test_masked_processor_equals_eq6(mode, with_attention_mask):
     expected, probs = direct(attn, hidden, enc, enc,
                              masked if extra is None else lambda x: masked(x) + extra[:, None])
     store = AttentionStore(["l"], size=5)
-    attn.set_processor(IdAttnProcessor("l"))
+    attn.set_processor(MaskedTextAttnProcessor("l"))
     fast = attn(hidden, enc, extra, ctx=AttentionContext(face_masks=faces))
     slow = attn(hidden, enc, extra, ctx=AttentionContext(face_masks=faces, store=store))
     torch.testing.assert_close(fast, expected, atol=ATOL, rtol=0)
@@ -286,7 +286,7 @@ def test_multiply_mode_with_biased_to_k_appends_virtual_keys_after_projection():
     boxes = torch.tensor([[0.0, 0.0, 0.5, 0.6], [0.4, 0.5, 1.0, 1.0], [0.2, 0.2, 0.7, 0.7]])
     faces = build_face_masks(boxes.expand(2, 3, 4), torch.ones(2, 3, dtype=torch.bool), LAYOUT,
                              (5, 5), num_levels=1)
-    attn.set_processor(IdAttnProcessor("l"))
+    attn.set_processor(MaskedTextAttnProcessor("l"))
     got = attn(hidden, enc, ctx=AttentionContext(face_masks=faces))
     torch.testing.assert_close(got, direct(attn, hidden, enc, enc, eq6(faces, 25))[0],
                                atol=ATOL, rtol=0)
@@ -301,7 +301,7 @@ def test_multiply_mode_reuses_virtual_inputs_only_without_graph():
     boxes = torch.tensor([[0.0, 0.0, 0.5, 0.6], [0.4, 0.5, 1.0, 1.0], [0.2, 0.2, 0.7, 0.7]])
     faces = build_face_masks(boxes.expand(2, 3, 4), torch.ones(2, 3, dtype=torch.bool), LAYOUT,
                              (5, 5), num_levels=1)
-    attn.set_processor(IdAttnProcessor("l"))
+    attn.set_processor(MaskedTextAttnProcessor("l"))
     ctx = AttentionContext(face_masks=faces)
     with torch.no_grad():
         with torch.autocast("cpu", dtype=torch.bfloat16):  # built under autocast, then fp32
@@ -321,10 +321,70 @@ def test_multiply_mode_reuses_virtual_inputs_only_without_graph():
     torch.testing.assert_close(cached_grad, enc.grad)
 
 
+def _count_calls(module: torch.nn.Module) -> list[int]:
+    calls = [0]
+    module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_cross_attention_keys_values_reused_per_context_only_without_autograd():
+    """A context's keys and values are projected once per layer while autograd is off
+    (every step of a sampling run) and equal fresh ones; they are made again when the
+    encoder states or the weights change in place, under autocast, with a new context,
+    and every call with autograd on; self-attention never reuses."""
+    attn, (hidden, enc) = layer(), layer_inputs()
+    attn.set_processor(MaskedTextAttnProcessor("l"))
+    to_k = _count_calls(attn.to_k)
+    ctx = AttentionContext(face_masks=masks("hard", hw=(5, 5)))
+    fresh = lambda: attn(hidden, enc, ctx=AttentionContext(face_masks=ctx.face_masks))
+    with torch.no_grad():
+        first = attn(hidden, enc, ctx=ctx)
+        torch.testing.assert_close(attn(hidden, enc, ctx=ctx), first, atol=0, rtol=0)
+        assert to_k[0] == 1
+        torch.testing.assert_close(first, fresh(), atol=0, rtol=0)
+        enc.mul_(2.0)
+        torch.testing.assert_close(attn(hidden, enc, ctx=ctx), fresh(), atol=0, rtol=0)
+        attn.to_v.weight.mul_(0.5)
+        torch.testing.assert_close(attn(hidden, enc, ctx=ctx), fresh(), atol=0, rtol=0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert attn(hidden, enc, ctx=ctx).dtype == torch.bfloat16
+        own = Attention(query_dim=16, heads=2, dim_head=8, processor=MaskedTextAttnProcessor("s"))
+        own_k = _count_calls(own.to_k)
+        own(hidden, ctx=ctx)  # self-attention: keys from the hidden states themselves
+        own(hidden, ctx=ctx)
+        assert own_k[0] == 2
+    calls = to_k[0]
+    attn(hidden, enc, ctx=ctx)
+    attn(hidden, enc, ctx=ctx)
+    assert to_k[0] == calls + 2
+
+
+def test_decoupled_image_keys_values_reused_per_context_only_without_autograd():
+    """The image branch's K_i, V_i are reused like the text keys: once per context while
+    autograd is off, again when the image tokens change, every call with autograd on."""
+    attn, (hidden, enc) = layer(), layer_inputs()
+    proc = DecoupledAttnProcessor("l", hidden_size=16, cross_attention_dim=12)
+    attn.set_processor(proc)
+    to_k_ip = _count_calls(proc.to_k_ip)
+    image = torch.randn(2, 4, 12)
+    ctx = AttentionContext(image_tokens=image)
+    with torch.no_grad():
+        first = attn(hidden, enc, ctx=ctx)
+        torch.testing.assert_close(attn(hidden, enc, ctx=ctx), first, atol=0, rtol=0)
+        assert to_k_ip[0] == 1
+        image.add_(1.0)
+        torch.testing.assert_close(attn(hidden, enc, ctx=ctx),
+                                   attn(hidden, enc, ctx=AttentionContext(image_tokens=image)),
+                                   atol=0, rtol=0)
+        assert to_k_ip[0] == 3
+    attn(hidden, enc, ctx=ctx).sum().backward()
+    assert to_k_ip[0] == 4 and proc.to_k_ip.weight.grad is not None
+
+
 def test_split_kv():
     attn, (hidden, enc) = layer(), layer_inputs()
     values = torch.randn_like(enc)
-    attn.set_processor(IdAttnProcessor("l"))
+    attn.set_processor(MaskedTextAttnProcessor("l"))
     plain = attn(hidden, enc)
     torch.testing.assert_close(attn(hidden, enc, ctx=AttentionContext(value_states=enc)), plain,
                                atol=ATOL, rtol=0)
@@ -343,7 +403,7 @@ def test_decoupled_matches_ip_adapter_and_gamma():
     ref.to_v_ip[0].load_state_dict(ours.to_v_ip.state_dict())
     attn.set_processor(ref)
     expected = attn(hidden, encoder_hidden_states=(enc, [image]))
-    attn.set_processor(IdAttnProcessor("l"))
+    attn.set_processor(MaskedTextAttnProcessor("l"))
     plain = attn(hidden, enc)
     attn.set_processor(ours)
     got = attn(hidden, enc, ctx=AttentionContext(image_tokens=image, ip_scale=0.7))
@@ -449,7 +509,7 @@ def test_install_decoupled_layers_and_modules():
         assert "ctx" in inspect.signature(proc.__call__).parameters
     cross = {k: p for k, p in procs.items() if isinstance(p, DecoupledAttnProcessor)}
     assert cross and all(k.endswith("attn2.processor") for k in cross)
-    assert all(isinstance(p, IdAttnProcessor) for k, p in procs.items() if k not in cross)
+    assert all(isinstance(p, MaskedTextAttnProcessor) for k, p in procs.items() if k not in cross)
     key, proc = next(iter(cross.items()))
     to_k = model.get_submodule(key.removesuffix(".processor")).to_k
     torch.testing.assert_close(proc.to_k_ip.weight, to_k.weight)

@@ -338,3 +338,22 @@ def test_too_few_shards_for_the_workers_is_an_error(shards):
     loader = datamodule(shards[:1], num_workers=2).train_dataloader()
     with pytest.raises(ValueError, match="cannot feed"):
         next(iter(loader))
+
+
+@pytest.mark.parametrize("fmt,options", [("JPEG", {}), ("JPEG", {"progressive": True}),
+                                         ("PNG", {})])
+@pytest.mark.parametrize("shape", [(37, 53, 3), (120, 41)])
+def test_image_header_reads_the_size_pil_reads(fmt, options, shape):
+    """The decoders' header reader gives PIL's format and size, and None (PIL decides)
+    for what is not plainly a PNG or JPEG header."""
+    from PIL import Image
+
+    from datamodules.image_header import image_header
+
+    out = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, shape, np.uint8)).save(
+        out, fmt, **options)
+    image = Image.open(io.BytesIO(out.getvalue()))
+    assert image_header(out.getvalue()) == (image.format, image.width, image.height)
+    for junk in (b"", b"GIF89a", b"\xff\xd8\xff", b"\xff\xd8\x00\x00", out.getvalue()[:12]):
+        assert image_header(junk) is None

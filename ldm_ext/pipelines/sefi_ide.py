@@ -103,14 +103,19 @@ class SeFiIDEPipeline(MethodPipeline):
         keys, values, pooled = method.conditions([prompt] * num_stages, [tokens] * num_stages,
                                                  stages)  # (S, 77, D) each
         uncond, uncond_pooled = method.encode_text([negative_prompt])  # (1, 77, D)
+        latent_hw = self.latent_shape(size)[-2:]
+        branches = {}  # stage -> UNet inputs of both branches: built once, not every step
 
         def predict(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             s = int(method.stages(t[:1], num_stages))  # the identities' own split
-            ctx = AttentionContext(value_states=torch.cat([uncond, values[s:s + 1]]),
-                                   store=store, latent_hw=tuple(latents.shape[-2:]))
-            both = None if pooled is None else torch.cat([uncond_pooled, pooled[s:s + 1]])
-            return method.predict_noise(latents, t, torch.cat([uncond, keys[s:s + 1]]), ctx,
-                                        method.added_cond_kwargs(both, size))
+            if s not in branches:
+                ctx = AttentionContext(value_states=torch.cat([uncond, values[s:s + 1]]),
+                                       store=store, latent_hw=latent_hw)
+                both = None if pooled is None else torch.cat([uncond_pooled, pooled[s:s + 1]])
+                branches[s] = (torch.cat([uncond, keys[s:s + 1]]), ctx,
+                               method.added_cond_kwargs(both, size))
+            stage_keys, ctx, added = branches[s]
+            return method.predict_noise(latents, t, stage_keys, ctx, added)
 
         latents = initial_latents(self.latent_shape(size), generator, method.device, keys.dtype)
         latents = denoise(self.scheduler, predict, latents, steps, guidance, progress, generator)
