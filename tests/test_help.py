@@ -24,7 +24,7 @@ def help_text(script: str, module: str | None = None) -> tuple[str, bool]:
 
 
 def test_train_help_lists_groups_presets_experiments_and_keys():
-    text, torch_imported = help_text("train.py")
+    text, torch_imported = help_text("train.py", "ldm_ext.training")
     assert not torch_imported
     for group in ("model", "data", "trainer", "logger", "method"):
         names = sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
