@@ -34,7 +34,7 @@ METHOD_FLAGS = ("Each method adds its own flags (identity photos, pose, scales):
 
 def common_parser(add_help: bool, epilog: str | None = METHOD_FLAGS) -> argparse.ArgumentParser:
     """The flags every method shares."""
-    # raised, not exited: the shared flags are parsed before the run's method adds its own
+    # mistakes are InputErrors: run_cli tells them as every other generate mistake
     parser = ArgumentParser(prog="python -m ldm_ext.generate", add_help=add_help,
                             description=__doc__.split("\n\n")[0], epilog=epilog,
                             raise_errors=True, hint=FLAGS_HINT)
