@@ -38,6 +38,10 @@ SCALE_EXTRA = ["ray>=2.9", "s3fs>=2024.6"]
 # ZeRO training (trainer.strategy=deepspeed): a pure Python install (~10 s), its C++ ops
 # build on first use; in dev so CI runs ZeRO-2 on CPU processes (tests/test_deepspeed.py)
 DEEPSPEED_EXTRA = ["deepspeed>=0.16"]  # Lightning needs >= 0.16 with torch >= 2.6
+# console scripts idforge-<command> -> their function in ldm_ext/commands.py; train.py and
+# eval.py are scripts of the checkout, never installed as modules
+COMMANDS = {"train": "train", "eval": "evaluate", "fit": "fit", "generate": "generate",
+            "export": "export", "prepare": "prepare", "app": "app"}
 
 setup(
     name="idforge",
@@ -45,7 +49,8 @@ setup(
     description="Train, run and benchmark identity-preserving text-to-image methods",
     python_requires=">=3.10",
     packages=find_packages(include=["ldm_ext*", "datamodules*", "callbacks*"]),
-    py_modules=["train", "eval"],
+    entry_points={"console_scripts": [f"idforge-{command}=ldm_ext.commands:{function}"
+                                      for command, function in COMMANDS.items()]},
     install_requires=CORE,
     extras_require={
         "face": FACE_EXTRA,

@@ -9,7 +9,7 @@ fields::
 
 Each group file is merged onto its dataclass, then the experiment body, then the
 command-line ``key=value`` overrides (``group=name`` picks another preset of a group;
-``ldm_ext/compose.py`` reads the layers). Every merge is checked against the dataclasses,
+``ldm_ext/config_layers.py`` reads the layers). Every merge is checked against the dataclasses,
 so an unknown key, a wrong type, a missing required value or a value out of range
 (``CHOICES``, ``RANGES``) fails here, naming the key and the file, before any model is
 loaded.
@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ldm_ext.compose import ConfigError, Layer, compose_layers, merge
+from ldm_ext.config_layers import ConfigError, Layer, compose_layers, merge
 from ldm_ext.pipelines.options import Inputs
 
 SAMPLERS = ("ddim", "unipc", "euler", "dpmsolver++")  # ldm_ext/pipelines/sampling.py
@@ -295,7 +295,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None,
     ``overrides``: ``key=value`` items, and ``group=name`` to use the preset
     ``configs/<group>/<name>.yaml`` for that group instead of the experiment's.
     ``literal``: ``path`` is the config of a run or an export, read as written: a
-    ``${...}`` in it is text, never resolved (``compose.as_written``)."""
+    ``${...}`` in it is text, never resolved (``config_layers.as_written``)."""
     path = Path(path)
     layers = compose_layers(path, list(overrides or []), literal)
     name, name_source = _method_name(layers)

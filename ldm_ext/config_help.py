@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import textwrap
 
-from ldm_ext.compose import GROUPS, experiments, presets
+from ldm_ext.config_layers import GROUPS, experiments, presets
 from ldm_ext.config import ExperimentConfig, MethodConfig
 
 WIDTH = 94

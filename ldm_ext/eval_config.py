@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ldm_ext.compose import CONFIG_ROOT, load_yaml, merge, parse_overrides
+from ldm_ext.config_layers import CONFIG_ROOT, load_yaml, merge, parse_overrides
 from ldm_ext.config import SAMPLERS, ConfigError
 from ldm_ext.evaluation.prompts import prompt_sets
 

@@ -19,7 +19,7 @@ import re
 import sys
 from pathlib import Path
 
-from ldm_ext.cli import InputError, run_cli
+from ldm_ext.cli import ArgumentParser, InputError, run_cli
 from ldm_ext.folders import ADAPTERS, EXPORT_INDEX, TRAINABLE, run_folder
 
 STEP_KEY = "global_step"  # metadata of trainable.safetensors (callbacks/checkpointing.py)
@@ -111,8 +111,8 @@ def trained_steps(run_dir: Path) -> int | None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ldm_ext.export",
-                                     description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m ldm_ext.export",
+                            description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, help="run folder (or a weights file in it)")
     parser.add_argument("--out", required=True, help="export folder to write (new or empty)")
     parser.add_argument("--official-bin", action="store_true",

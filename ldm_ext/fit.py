@@ -2,7 +2,7 @@
 
 For per-identity methods, whose experiment configs read one photo (``data.kind:
 single_image``; SeFi-IDE's ``configs/experiment/sefi_ide_*.yaml``, the SD1.5 paper recipe by
-default). The fit is a training run in ``<output_dir>/<name>/`` (``train.py``: resolved
+default). The fit is a training run in ``<output_dir>/<name>/`` (``ldm_ext.training``: resolved
 config, resumable checkpoints, a progress bar, sample grid at the end) whose
 ``trainable.safetensors`` is the identity file: the trained weights by name, with the
 method's metadata (SeFi-IDE: module sizes and config). Running the same command again
@@ -25,17 +25,18 @@ import sys
 import time
 from pathlib import Path
 
-from ldm_ext.cli import ArgumentParser, open_image, run_cli
+from ldm_ext.cli import ArgumentParser, open_image, run_training_cli
+from ldm_ext.config_layers import CONFIG_ROOT
 
-DEFAULT_CONFIG = "configs/experiment/sefi_ide_sd15.yaml"
-RECIPE = ("model", "data", "method", "seed")  # what a run folder keeps (train.py)
+DEFAULT_CONFIG = str(CONFIG_ROOT / "experiment" / "sefi_ide_sd15.yaml")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--photo", required=True, help="one photo of the identity")
     parser.add_argument("--name", help="run folder name (default: the photo's file stem)")
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help="experiment YAML")
+    parser.add_argument("--config", default=DEFAULT_CONFIG,
+                        help="experiment YAML (default: configs/experiment/sefi_ide_sd15.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. trainer.max_steps=500")
     return parser.parse_args(argv)
 
@@ -48,9 +49,8 @@ def fit_config(config: str | Path, photo: str | Path, name: str,
     name and folder are set after parsing, so a name such as "000001" stays a string. The
     photo must decode (a truncated file is an ``InputError`` naming it); nothing heavy is
     imported."""
-    from train import check_config
-
     from ldm_ext.config import ConfigError, load_config
+    from ldm_ext.training_checks import check_config
 
     cfg = load_config(config, overrides, literal)
     if cfg.data.kind != "single_image":
@@ -68,11 +68,12 @@ def fit_config(config: str | Path, photo: str | Path, name: str,
 def finished_identity(cfg) -> Path | None:
     """The identity file of a fit of this photo and recipe that reached
     ``trainer.max_steps``, else None. A folder fitted with another photo, model, method or
-    seed is not reused: ``train.py`` then refuses it, naming what differs."""
+    seed is not reused: training then refuses it, naming what differs."""
     from omegaconf import OmegaConf
     from safetensors import safe_open
 
     from ldm_ext.methods.loading import TRAINABLE, saved_config
+    from ldm_ext.training import RECIPE
 
     path = Path(cfg.output_dir) / cfg.name / TRAINABLE
     previous = saved_config(path.parent)
@@ -98,8 +99,7 @@ def no_face_warning(photo: str | Path) -> str | None:
 
 def fit_identity(cfg) -> Path:
     """Fit (or resume, or reuse) the identity of a ``fit_config``; its identity file."""
-    import train
-
+    from ldm_ext import training
     from ldm_ext.methods.loading import TRAINABLE
 
     done = finished_identity(cfg)
@@ -110,7 +110,7 @@ def fit_identity(cfg) -> Path:
     if warning:
         print(f"{cfg.name}: warning: {warning}", file=sys.stderr)
     start = time.perf_counter()
-    identity = train.run(cfg) / TRAINABLE
+    identity = training.run(cfg) / TRAINABLE
     print(f"{cfg.name}: fitted in {time.perf_counter() - start:.0f} s -> {identity}",
           file=sys.stderr)
     return identity
@@ -121,14 +121,9 @@ def fit(argv: list[str] | None) -> int:
     args = parse_args(argv)
     cfg = fit_config(args.config, args.photo, args.name or Path(args.photo).stem,
                      args.overrides)
-    from ldm_ext.methods.base import NonFiniteLossError
     from ldm_ext.run_summary import print_summary
 
-    try:
-        identity = fit_identity(cfg)
-    except NonFiniteLossError as err:
-        print(f"fitting stopped: {err}", file=sys.stderr)
-        return 3
+    identity = fit_identity(cfg)
     print_summary(identity.parent, f"fitted {cfg.name}", {
         "identity file": f"{identity} (the trainable weights)",
         "generate": f"python -m ldm_ext.generate --run {identity.parent} "
@@ -139,7 +134,7 @@ def fit(argv: list[str] | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Exit code: 0 fitted; 2 a config or input mistake, told in one line; 3 a non-finite
     loss stopped the fit (the last good checkpoint stays)."""
-    return run_cli(fit, argv, prog="fit")
+    return run_training_cli(fit, argv, prog="fit")
 
 
 if __name__ == "__main__":

@@ -24,25 +24,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from ldm_ext.cli import InputError, positive_int, run_cli
+from ldm_ext.cli import ArgumentParser, InputError, positive_int, run_cli
 from ldm_ext.config import SAMPLERS
 
+FLAGS_HINT = "--help lists the flags; with --run RUN, its method's"
 METHOD_FLAGS = ("Each method adds its own flags (identity photos, pose, scales): "
                 "python -m ldm_ext.generate --run RUN --help lists those of RUN's method.")
 
 
-class FlagParser(argparse.ArgumentParser):
-    """argparse whose mistakes (an unknown flag, a missing value, exclusive flags) end as
-    every other mistake does: one line through ``run_cli``, exit 2."""
-
-    def error(self, message: str):
-        raise InputError(f"{message} (--help lists the flags; with --run RUN, its method's)")
-
-
 def common_parser(add_help: bool, epilog: str | None = METHOD_FLAGS) -> argparse.ArgumentParser:
     """The flags every method shares."""
-    parser = FlagParser(prog="python -m ldm_ext.generate", add_help=add_help,
-                        description=__doc__.split("\n\n")[0], epilog=epilog)
+    # mistakes are InputErrors: run_cli tells them as every other generate mistake
+    parser = ArgumentParser(prog="python -m ldm_ext.generate", add_help=add_help,
+                            description=__doc__.split("\n\n")[0], epilog=epilog,
+                            raise_errors=True, hint=FLAGS_HINT)
     parser.add_argument("--run", help="run folder, export folder, or weights inside a run (a "
                         "file or a DeepSpeed checkpoint folder); required")
     parser.add_argument("--prompt", help="what to generate (required)")

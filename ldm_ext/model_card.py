@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from ldm_ext.compose import written_container
+from ldm_ext.config_layers import written_container
 
 SAMPLE = "sample.png"
 # the licence an export inherits from its base model, by hub id (lower case); else "other"

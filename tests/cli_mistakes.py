@@ -1,6 +1,7 @@
 """Bad invocations of the command lines (train.py, eval.py, ``ldm_ext.fit``,
-``datamodules.prepare``) and how to run one as a user would: a fresh process in a working
-directory of its own, on a machine that shows no CUDA GPU and holds no cloud credentials.
+``datamodules.prepare``, ``ldm_ext.generate``, ``ldm_ext.export``) and how to run one as a
+user would: a fresh process in a working directory of its own, on a machine that shows no
+CUDA GPU and holds no cloud credentials.
 
 Each must end in exit 2 with one stderr line naming the flag or file, leave nothing in its
 working directory (no ``runs/``, ``results/``, ``subjects/``, no output folder) and get
@@ -27,6 +28,8 @@ COMMANDS = {  # each run from a working directory holding the inputs of ``write_
     "eval": [str(ROOT / "eval.py")],
     "fit": ["-m", "ldm_ext.fit", "--config", SEFI_TINY],
     "prepare": ["-m", "datamodules.prepare"],
+    "generate": ["-m", "ldm_ext.generate"],
+    "export": ["-m", "ldm_ext.export"],
 }
 
 
@@ -92,6 +95,9 @@ MISTAKES = {
         "prepare", ("images", "--input", "empty", "--output", "out"), ("no images", "empty")),
     "prepare-pattern-matches-nothing": Mistake(
         "prepare", ("images", "--input", "imgs/*.tar", "--output", "out"), ("imgs/*.tar",)),
+    # python -m ldm_ext.generate / ldm_ext.export: argparse's own mistakes
+    "generate-unknown-flag": Mistake("generate", ("--prmpt", "a photo"), ("--prmpt",)),
+    "export-no-out-flag": Mistake("export", ("--run", "run"), ("--out", "--help")),
 }
 
 

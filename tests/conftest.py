@@ -44,11 +44,11 @@ def tiny_run(tmp_path_factory, idforge_cache) -> Path:
 @pytest.fixture(scope="session")
 def portraitbooth_run(tmp_path_factory, idforge_cache) -> Path:
     """A 2-step tiny PortraitBooth run (experiment portraitbooth_demo)."""
-    import train
+    from ldm_ext import training
 
     out = tmp_path_factory.mktemp("runs")
-    assert train.main(["--config", str(ROOT / "configs" / "experiment" /
-                                       "portraitbooth_demo.yaml"),
+    assert training.main(["--config", str(ROOT / "configs" / "experiment" /
+                                          "portraitbooth_demo.yaml"),
                        f"output_dir={out}", "trainer.max_steps=2",
                        "trainer.checkpoint_every=2", "trainer.progress_bar=false",
                        "logger.wandb=false", "method.sample_steps=2",

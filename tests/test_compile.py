@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-import train
 from callbacks.images import cycled
 from datamodules.factory import build_datamodule
+from ldm_ext import training
 from ldm_ext.config import load_config
 from ldm_ext.methods.loading import build_method
 
@@ -55,11 +55,11 @@ def test_compiled_step_and_sampling_have_no_graph_break(experiment, photo):
 
 def test_trainer_compile_trains_through_the_compiled_unet(tmp_path, photo):
     """``trainer.compile=true`` compiles in train.py and a run still trains and samples."""
-    code = train.main(["--config", "configs/experiment/demo.yaml", f"output_dir={tmp_path}",
-                      "name=compiled", "trainer.max_steps=1", "trainer.compile=true",
-                      "trainer.compile_backend=eager", "trainer.progress_bar=false",
-                      "logger.wandb=false", "method.sample_steps=1", "data.batch_size=2",
-                      "data.num_workers=0", "method.sample_num_ids=[2]"])
+    code = training.main(["--config", "configs/experiment/demo.yaml", f"output_dir={tmp_path}",
+                          "name=compiled", "trainer.max_steps=1", "trainer.compile=true",
+                          "trainer.compile_backend=eager", "trainer.progress_bar=false",
+                          "logger.wandb=false", "method.sample_steps=1", "data.batch_size=2",
+                          "data.num_workers=0", "method.sample_num_ids=[2]"])
     run = tmp_path / "compiled"
     assert code == 0 and (run / "trainable.safetensors").is_file()
     assert list((run / "samples").glob("*.png"))

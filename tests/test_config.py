@@ -57,23 +57,22 @@ def test_missing_required_value(tmp_path: Path):
 
 def test_bad_override_fails_before_models_load(monkeypatch):
     """train.py reports a bad key and exits 2 without touching any loader."""
-    import train
-    from ldm_ext import backbone
+    from ldm_ext import backbone, training
 
     def boom(*a, **k):
         raise AssertionError("a model was loaded")
 
     monkeypatch.setattr(backbone, "load_backbone", boom)
-    assert train.main(["--config", DEMO, "method.lrr=1"]) == 2
+    assert training.main(["--config", DEMO, "method.lrr=1"]) == 2
 
 
 def test_deepspeed_with_fp16_is_refused_before_the_run(tmp_path, capsys):
     """fp16 autocast under ZeRO gets no loss scaling: refused by name, on any machine."""
-    import train
+    from ldm_ext import training
 
-    rc = train.main(["--config", "configs/experiment/instantfamily_sd15.yaml",
-                     "trainer.precision=16-mixed", f"output_dir={tmp_path}",
-                     f"data.root={tmp_path}"])
+    rc = training.main(["--config", "configs/experiment/instantfamily_sd15.yaml",
+                        "trainer.precision=16-mixed", f"output_dir={tmp_path}",
+                        f"data.root={tmp_path}"])
     err = capsys.readouterr().err
     assert rc == 2 and "16-mixed" in err and "loss scaling" in err
     assert not (tmp_path / "instantfamily_sd15").exists()
@@ -84,10 +83,10 @@ def test_deepspeed_without_cuda_fails_fast(tmp_path, capsys):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    import train
+    from ldm_ext import training
 
-    rc = train.main(["--config", "configs/experiment/instantfamily_sd15.yaml",
-                     f"output_dir={tmp_path}", f"data.root={tmp_path}"])
+    rc = training.main(["--config", "configs/experiment/instantfamily_sd15.yaml",
+                        f"output_dir={tmp_path}", f"data.root={tmp_path}"])
     assert rc == 2 and "CUDA" in capsys.readouterr().err
     assert not (tmp_path / "instantfamily_sd15").exists()
 
@@ -140,12 +139,12 @@ def test_values_that_cannot_work_are_refused(override):
 
 # ----- data paths and the run folder ------------------------------------------------------
 def test_wrong_data_root_is_caught_before_the_run_folder(tmp_path, capsys):
-    import train
+    from ldm_ext import training
 
     for root, words in [(tmp_path / "nowhere", "no such folder"),
                         (tmp_path, "no finished `prepare` output")]:
-        rc = train.main(["data=laion_face", f"data.root={root}", f"output_dir={tmp_path}",
-                         "name=run", "trainer.max_steps=1", "logger.wandb=false"])
+        rc = training.main(["data=laion_face", f"data.root={root}", f"output_dir={tmp_path}",
+                            "name=run", "trainer.max_steps=1", "logger.wandb=false"])
         err = capsys.readouterr().err
         assert rc == 2 and "data.root" in err and words in err, err
         assert not (tmp_path / "run").exists()
@@ -154,16 +153,16 @@ def test_wrong_data_root_is_caught_before_the_run_folder(tmp_path, capsys):
 def test_run_folder_without_weights_takes_a_corrected_config(tmp_path):
     """A start that failed before its first checkpoint left config.yaml: the corrected
     config may reuse the folder; once it holds weights, a different config is refused."""
-    import train
+    from ldm_ext import training
 
     first = load_config(DEMO, [f"output_dir={tmp_path}", "data.kind=laion_face",
                                "data.root=wrong"])
     fixed = load_config(DEMO, [f"output_dir={tmp_path}"])
-    run_dir, _ = train.prepare_run_dir(first)
-    assert train.prepare_run_dir(fixed) == (run_dir, None)
+    run_dir, _ = training.prepare_run_dir(first)
+    assert training.prepare_run_dir(fixed) == (run_dir, None)
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
     with pytest.raises(ConfigError, match="different data"):
-        train.prepare_run_dir(first)
+        training.prepare_run_dir(first)
 
 
 def test_config_error_takes_under_three_seconds():
@@ -172,8 +171,8 @@ def test_config_error_takes_under_three_seconds():
     import sys
     import time
 
-    code = ("import sys, train; rc = train.main(['trainer.max_steps=0']); "
-            "print(rc, 'torch' in sys.modules)")
+    code = ("import sys; from ldm_ext import training\n"
+            "rc = training.main(['trainer.max_steps=0']); print(rc, 'torch' in sys.modules)")
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent,
                           capture_output=True, text=True, timeout=120)

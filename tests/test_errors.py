@@ -96,16 +96,16 @@ def test_a_machine_without_a_gpu_is_told_without_torch(monkeypatch, visible, nod
 
 
 def test_fewer_gpus_than_devices_is_named(monkeypatch):
-    import train
     from ldm_ext import devices
     from ldm_ext.config import ConfigError, load_config
+    from ldm_ext.training_checks import check_trainer
 
     monkeypatch.setattr(devices, "cuda_device_count", lambda: 2)
     cfg = load_config(str(Path(SEFI_TINY).parent / "demo.yaml"), ["trainer=ddp"])
     with pytest.raises(ConfigError, match=r"devices=8 needs 8 CUDA GPU\(s\) and 2 are visible"):
-        train.check_trainer(cfg)
+        check_trainer(cfg)
     cfg.trainer.devices = 2
-    train.check_trainer(cfg)
+    check_trainer(cfg)
 
 
 # ----- fit: a photo without a face ------------------------------------------------------
@@ -114,15 +114,14 @@ def test_a_photo_without_a_face_is_fitted_with_a_warning(tmp_path, monkeypatch, 
     told that MTCNN found none (ldm_ext/fit.py)."""
     import skimage.data
 
-    import train
-    from ldm_ext import fit
+    from ldm_ext import fit, training
 
     grey, face = tmp_path / "grey.png", tmp_path / "face.png"
     Image.new("RGB", (128, 128), "gray").save(grey)
     Image.fromarray(skimage.data.astronaut()[0:300, 80:380]).save(face)
     assert fit.no_face_warning(face) is None
     fitted = []
-    monkeypatch.setattr(train, "run", lambda cfg: fitted.append(cfg.name) or tmp_path / "grey")
+    monkeypatch.setattr(training, "run", lambda cfg: fitted.append(cfg.name) or tmp_path / "grey")
     fit.fit_identity(fit.fit_config(SEFI_TINY, grey, "grey", output_dir=tmp_path / "runs"))
     err = capsys.readouterr().err
     assert fitted == ["grey"]

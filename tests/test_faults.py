@@ -12,8 +12,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-import train
-from ldm_ext import fit
+from ldm_ext import fit, training
 from ldm_ext.methods.sefi_ide import SeFiIDE
 
 TINY = "configs/experiment/sefi_ide_tiny.yaml"
@@ -119,7 +118,7 @@ def test_disk_full_never_publishes_weights_ahead_of_the_checkpoint(tmp_path, mon
     with monkeypatch.context() as patch:
         disk_full_at(patch, 3)
         with pytest.raises(OSError, match="No space left"):
-            train.main(demo_args(tmp_path, "full", 4, 1))
+            training.main(demo_args(tmp_path, "full", 4, 1))
     run = tmp_path / "full"
     assert ckpt(run)["global_step"] == 2
     assert_agree(run)
@@ -131,13 +130,13 @@ def test_rerun_after_a_crash_overwrites_the_dead_runs_step_files(tmp_path, monke
     with monkeypatch.context() as patch:
         disk_full_at(patch, 4, "last.ckpt")
         with pytest.raises(OSError, match="No space left"):
-            train.main(demo_args(tmp_path, "dead", 4, 2))
+            training.main(demo_args(tmp_path, "dead", 4, 2))
     run = tmp_path / "dead"
     (run / "checkpoints" / ".step0000006.ckpt.tmp").write_bytes(b"half a checkpoint")
     assert (run / "checkpoints" / "step0000004.ckpt").is_file()
     assert ckpt(run)["global_step"] == 2
     assert_agree(run)
-    assert train.main(demo_args(tmp_path, "dead", 4, 2)) == 0
+    assert training.main(demo_args(tmp_path, "dead", 4, 2)) == 0
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == ["last.ckpt", "step0000002.ckpt", "step0000004.ckpt"], names
     assert ckpt(run, "step0000004.ckpt")["global_step"] == 4
@@ -147,7 +146,7 @@ def test_rerun_after_a_crash_overwrites_the_dead_runs_step_files(tmp_path, monke
 def test_a_run_ending_between_checkpoints_saves_its_last_step(tmp_path):
     """3 steps, a checkpoint every 2: step 3 is saved too, so the finished run's
     checkpoint and its trainable weights are both its end state."""
-    assert train.main(demo_args(tmp_path, "odd", 3, 2)) == 0
+    assert training.main(demo_args(tmp_path, "odd", 3, 2)) == 0
     run = tmp_path / "odd"
     assert ckpt(run)["global_step"] == 3 and ckpt(run, "step0000003.ckpt")["global_step"] == 3
     assert_agree(run)

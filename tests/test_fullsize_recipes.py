@@ -55,16 +55,16 @@ def test_recipe_trains_reloads_samples_and_scores(recipe, fullsize_cache, tmp_pa
 def test_fp16_frozen_weights_on_a_cpu_are_refused(monkeypatch) -> None:
     """sefi_ide_sdxl's fp16 SDXL (model/sdxl.yaml) on a CPU: an fp16 conv there ran 160x
     slower than fp32 and the full-size step did not finish; told before anything loads."""
-    import train
     from ldm_ext import devices
     from ldm_ext.config import ConfigError, load_config
+    from ldm_ext.training_checks import check_trainer
 
     recipe = str(ROOT / "configs/experiment/sefi_ide_sdxl.yaml")  # trainer.accelerator=auto
     monkeypatch.setattr(devices, "cuda_device_count", lambda: 0)
     with pytest.raises(ConfigError, match="model.weight_dtype=fp16 on the CPU"):
-        train.check_trainer(load_config(recipe))
+        check_trainer(load_config(recipe))
     for overrides in (["model.weight_dtype=bf16"], ["trainer.accelerator=cpu",
                                                     "model.weight_dtype=fp32"]):
-        train.check_trainer(load_config(recipe, overrides))
+        check_trainer(load_config(recipe, overrides))
     monkeypatch.setattr(devices, "cuda_device_count", lambda: 1)  # a GPU runs fp16
-    train.check_trainer(load_config(recipe))
+    check_trainer(load_config(recipe))

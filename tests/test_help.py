@@ -24,7 +24,7 @@ def help_text(script: str, module: str | None = None) -> tuple[str, bool]:
 
 
 def test_train_help_lists_groups_presets_experiments_and_keys():
-    text, torch_imported = help_text("train.py")
+    text, torch_imported = help_text("train.py", "ldm_ext.training")
     assert not torch_imported
     for group in ("model", "data", "trainer", "logger", "method"):
         names = sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
@@ -41,14 +41,14 @@ def test_train_help_lists_groups_presets_experiments_and_keys():
 
 def test_train_help_follows_a_new_preset(tmp_path, monkeypatch):
     """Presets are read when help is asked for, not written into it."""
-    from ldm_ext import compose, config_help
+    from ldm_ext import config_help, config_layers
 
-    for group in (*compose.GROUPS, "experiment"):
+    for group in (*config_layers.GROUPS, "experiment"):
         (tmp_path / group).mkdir()
     (tmp_path / "model" / "my_model.yaml").write_text("family: sd15\n")
     (tmp_path / "experiment" / "mine.yaml").write_text(
         "defaults: {model: my_model, method: storymaker}\nname: mine\n")
-    monkeypatch.setattr(compose, "CONFIG_ROOT", tmp_path)
+    monkeypatch.setattr(config_layers, "CONFIG_ROOT", tmp_path)
     text = config_help.config_help("mine")
     assert "  model     my_model" in text and "  mine " in text
 

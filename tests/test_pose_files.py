@@ -198,13 +198,13 @@ def test_annotator_builds_openpose_from_its_pose_weights_folder(tmp_path):
 @pytest.fixture(scope="module")
 def untrained_run(tmp_path_factory) -> Path:
     """A tiny InstantFamily run folder (config + initial trainable weights), no training."""
-    import train
+    from ldm_ext import training
     from ldm_ext.config import load_config
     from ldm_ext.methods.loading import build_method
 
     cfg = load_config(ROOT / "configs" / "experiment" / "demo.yaml",
                       [f"output_dir={tmp_path_factory.mktemp('runs')}", "name=untrained"])
-    run_dir, _ = train.prepare_run_dir(cfg)
+    run_dir, _ = training.prepare_run_dir(cfg)
     build_method(cfg).save_trainable(run_dir / "trainable.safetensors")
     return run_dir
 

@@ -127,14 +127,14 @@ def test_prepared_photos_feed_an_instantfamily_batch(prepared):
 def test_prepared_photos_train_instantfamily_with_train_py(prepared, tmp_path):
     """Issue 4's end to end: real photos -> prepare -> shards -> LaionFaceDataModule ->
     InstantFamily training steps through train.py (tiny backbone, CPU)."""
-    import train
+    from ldm_ext import training
 
     args = [f"output_dir={tmp_path}", "name=real", "trainer.max_steps=2", "logger.wandb=false",
             "trainer.progress_bar=false", "trainer.checkpoint_every=2", "method.sample_steps=1",
             "method.sample_num_ids=[1]",
             "data.kind=laion_face", f"data.root={prepared[0]}", "data.resolution=64",
             "data.batch_size=2", "data.num_workers=0", "data.shuffle_buffer=1"]
-    assert train.main(args) == 0
+    assert training.main(args) == 0
     assert (tmp_path / "real" / "checkpoints" / "last.ckpt").is_file()
 
 

@@ -1,5 +1,5 @@
 """The registry is the one table of methods (their views included) and of data kinds:
-config validation, train.py's checks, the DataModule factory and scoring read it, and
+config validation, training's checks, the DataModule factory and scoring read it, and
 nothing reads a method's fields by name."""
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from dataclasses import dataclass
 
 import pytest
 
-import train
+from datamodules.checks import check_data_paths
 from datamodules.factory import build_datamodule
 from datamodules.views import InstantFamilyView, build_view
 from ldm_ext.config import ConfigError, MethodConfig, load_config
 from ldm_ext.registry import DATA_KINDS, METHODS, DataKind, MethodSpec
+from ldm_ext.training_checks import check_config
 
 DEMO = "configs/experiment/demo.yaml"
 
@@ -29,10 +30,10 @@ def test_a_registered_data_kind_is_checked_and_built_from_its_entry(tmp_path, mo
     with pytest.raises(ConfigError, match=r"data.kind='nope' is not one of .*'captions'"):
         load_config(DEMO, ["data.kind=nope"])
     with pytest.raises(ConfigError, match="data.root=.*no such folder"):
-        train.check_data_paths(load_config(DEMO, ["data.kind=captions", "data.root=missing"]))
+        check_data_paths(load_config(DEMO, ["data.kind=captions", "data.root=missing"]))
     cfg = load_config(DEMO, ["data.kind=captions", f"data.root={tmp_path}",
                              "data.resolution=96"])
-    train.check_config(cfg)
+    check_config(cfg)
     dm = build_datamodule(cfg)
     assert dm.args == (str(tmp_path),) and dm.kwargs["view"] == "instantfamily"
     assert dm.kwargs["size"] == 96 and dm.kwargs["num_slots"] == cfg.method.num_slots

@@ -8,8 +8,7 @@ from pathlib import Path
 from PIL import Image
 
 
-import train
-from ldm_ext import fit
+from ldm_ext import fit, training
 from ldm_ext.run_summary import run_summary
 
 
@@ -59,8 +58,8 @@ def test_summary_of_a_resumed_offline_run_and_of_missing_outputs(tmp_path):
 
 def test_train_ends_with_the_summary(tmp_path, monkeypatch, capsys):
     run = fake_run(tmp_path)
-    monkeypatch.setattr(train, "run", lambda cfg: run)
-    assert train.main([f"output_dir={tmp_path}", "name=r"]) == 0
+    monkeypatch.setattr(training, "run", lambda cfg: run)
+    assert training.main([f"output_dir={tmp_path}", "name=r"]) == 0
     out = capsys.readouterr().out.splitlines()
     start = out.index("trained r:")
     assert out[start + 1:] == run_summary(run)

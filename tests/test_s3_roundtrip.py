@@ -57,14 +57,14 @@ def test_prepare_reads_and_writes_buckets(prepared_bucket):
 
 
 def test_laion_face_datamodule_trains_from_the_bucket(prepared_bucket, tmp_path):
-    import train
+    from ldm_ext import training
 
     args = [f"output_dir={tmp_path}", "name=s3", "trainer.max_steps=2", "logger.wandb=false",
             "trainer.progress_bar=false", "trainer.checkpoint_every=2", "method.sample_steps=1",
             "method.sample_num_ids=[1]", "data.kind=laion_face",
             f"data.root={prepared_bucket[0]}", "data.resolution=64", "data.batch_size=2",
             "data.num_workers=0", "data.shuffle_buffer=1"]
-    assert train.main(args) == 0
+    assert training.main(args) == 0
     assert (tmp_path / "s3" / "checkpoints" / "last.ckpt").is_file()
 
 

@@ -10,8 +10,8 @@ import torch
 from omegaconf import OmegaConf
 from pytorch_lightning.demos.boring_classes import BoringModel
 
-import train
 from callbacks.checkpointing import AtomicCheckpointIO
+from ldm_ext import training
 from ldm_ext.cli import InputError
 from ldm_ext.weights import CheckpointError, read_state
 
@@ -62,7 +62,7 @@ def test_own_run_resumes_weights_only(tmp_path, monkeypatch):
     args = ["trainer.progress_bar=false", "logger.wandb=false", "trainer.checkpoint_every=2",
             "method.sample_steps=2", "method.sample_num_ids=[1]", "data.num_demo_samples=8",
             f"output_dir={tmp_path}", "name=resume"]
-    assert train.main([*args, "trainer.max_steps=2"]) == 0
+    assert training.main([*args, "trainer.max_steps=2"]) == 0
     calls, real = [], torch.load
 
     def spy(*a, **kw):
@@ -70,7 +70,7 @@ def test_own_run_resumes_weights_only(tmp_path, monkeypatch):
         return real(*a, **kw)
 
     monkeypatch.setattr(torch, "load", spy)
-    assert train.main([*args, "trainer.max_steps=3"]) == 0
+    assert training.main([*args, "trainer.max_steps=3"]) == 0
     assert calls and all(calls), calls
     monkeypatch.undo()
     state = read_state(tmp_path / "resume" / "checkpoints" / "last.ckpt")
@@ -184,9 +184,9 @@ def test_hostile_zero_folder_is_refused_on_train_resume(tmp_path, planted):
 def test_hostile_face_weights_are_refused_by_train(tmp_path, capsys):
     marker, evil = tmp_path / "ran", tmp_path / "evil.pt"
     torch.save({"state_dict": {}, "x": Payload(marker)}, evil)
-    assert train.main(["trainer.progress_bar=false", "logger.wandb=false",
-                       "data.num_demo_samples=8", f"output_dir={tmp_path}", "name=face",
-                       f"method.face_weights={evil}"]) == 2
+    assert training.main(["trainer.progress_bar=false", "logger.wandb=false",
+                          "data.num_demo_samples=8", f"output_dir={tmp_path}", "name=face",
+                          f"method.face_weights={evil}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"train: error: {evil}: refused"), err
     assert "weights_only=False" not in err[0] and not marker.exists()
@@ -265,7 +265,7 @@ LEAKS = {"name": "leak-${oc.env:AWS_SECRET_ACCESS_KEY}",  # key -> planted value
 def test_literal_config_reads_every_string_as_written(tmp_path, monkeypatch, text):
     """Whatever backslashes surround an interpolation, a literal config reads, merges and
     writes back the text as the file has it."""
-    from ldm_ext.compose import load_yaml, written_container
+    from ldm_ext.config_layers import load_yaml, written_container
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     path = tmp_path / "config.yaml"
@@ -282,10 +282,10 @@ def test_literal_config_reads_every_string_as_written(tmp_path, monkeypatch, tex
 def trained_run(tmp_path_factory) -> Path:
     """A real 1-step tiny InstantFamily run (its config.yaml is ours, resolved)."""
     out = tmp_path_factory.mktemp("runs")
-    assert train.main(["trainer.progress_bar=false", "logger.wandb=false",
-                       "trainer.max_steps=1", "trainer.checkpoint_every=1",
-                       "method.sample_steps=1", "method.sample_num_ids=[1]",
-                       "data.num_demo_samples=8", f"output_dir={out}", "name=own"]) == 0
+    assert training.main(["trainer.progress_bar=false", "logger.wandb=false",
+                          "trainer.max_steps=1", "trainer.checkpoint_every=1",
+                          "method.sample_steps=1", "method.sample_num_ids=[1]",
+                          "data.num_demo_samples=8", f"output_dir={out}", "name=own"]) == 0
     return out / "own"
 
 
@@ -357,10 +357,10 @@ def test_own_run_still_exports_with_its_resolved_config(trained_run, tmp_path, m
     from ldm_ext import export
 
     monkeypatch.setenv("IDFORGE_TEST_NAME", "from-env")
-    assert train.main(["trainer.progress_bar=false", "logger.wandb=false",
-                       "trainer.max_steps=1", "method.sample_steps=1",
-                       "method.sample_num_ids=[1]", "data.num_demo_samples=8",
-                       f"output_dir={tmp_path}", "name=${oc.env:IDFORGE_TEST_NAME}"]) == 0
+    assert training.main(["trainer.progress_bar=false", "logger.wandb=false",
+                          "trainer.max_steps=1", "method.sample_steps=1",
+                          "method.sample_num_ids=[1]", "data.num_demo_samples=8",
+                          f"output_dir={tmp_path}", "name=${oc.env:IDFORGE_TEST_NAME}"]) == 0
     out = export.main(["--run", str(tmp_path / "from-env"), "--out", str(tmp_path / "x")])
     assert "name: from-env" in (out / "config.yaml").read_text()
 

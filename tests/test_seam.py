@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ldm_ext.evaluation import cli as evaluate
-import train
 from datamodules.views import InstantFamilyView
+from ldm_ext import training
+from ldm_ext.evaluation import cli as evaluate
 from ldm_ext.config import MethodConfig
 from ldm_ext.losses import noise_loss
 from ldm_ext.methods.base import IdentityMethod
@@ -119,10 +119,10 @@ class TestToyContract(MethodContract):
 @pytest.fixture(scope="module")
 def toy_run(toy_registered, toy_experiment, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs")
-    assert train.main(["--config", str(toy_experiment), f"output_dir={out}",
-                       "trainer.max_steps=3", "trainer.eval_every=3",
-                       "trainer.checkpoint_every=3", "trainer.progress_bar=false",
-                       "logger.wandb=false", "data.num_demo_samples=8"]) == 0
+    assert training.main(["--config", str(toy_experiment), f"output_dir={out}",
+                          "trainer.max_steps=3", "trainer.eval_every=3",
+                          "trainer.checkpoint_every=3", "trainer.progress_bar=false",
+                          "logger.wandb=false", "data.num_demo_samples=8"]) == 0
     return out / "toy"
 
 

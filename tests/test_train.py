@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import train
+from ldm_ext import training
 from ldm_ext.methods.instantfamily import InstantFamily
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +29,7 @@ def overrides(tmp: Path, name: str, steps: int, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("runs")
-    assert train.main(overrides(tmp, "e2e", 4, "logger.wandb=true")) == 0
+    assert training.main(overrides(tmp, "e2e", 4, "logger.wandb=true")) == 0
     return tmp / "e2e"
 
 
@@ -69,7 +69,7 @@ def test_only_trainable_weights_are_saved(demo_run: Path):
 
 def test_changed_config_is_refused(demo_run: Path):
     tmp = demo_run.parent
-    assert train.main(overrides(tmp, "e2e", 4, "method.mask_mode=hard")) == 2
+    assert training.main(overrides(tmp, "e2e", 4, "method.mask_mode=hard")) == 2
     assert (demo_run / "checkpoints" / "last.ckpt").is_file()
 
 
@@ -83,7 +83,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, ca
         return losses
 
     monkeypatch.setattr(InstantFamily, "model_step", poisoned)
-    assert train.main(overrides(tmp_path, "nan", 6)) == 3
+    assert training.main(overrides(tmp_path, "nan", 6)) == 3
     assert "step 3" in capsys.readouterr().err
     ckpt = torch.load(tmp_path / "nan" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 2
@@ -156,8 +156,8 @@ def test_corrupt_shard_is_skipped_counted_and_logged(tmp_path):
     shards = tmp_path / "shards"
     write_demo_shards(shards, num_samples=8, size=128, samples_per_shard=4)
     (shards / "demo-99999.tar").write_bytes(b"this is not a tar archive" * 40)
-    assert train.main(overrides(tmp_path, "corrupt", 2, "data.kind=shards",
-                                f"data.shards={shards}/*.tar")) == 0
+    assert training.main(overrides(tmp_path, "corrupt", 2, "data.kind=shards",
+                                   f"data.shards={shards}/*.tar")) == 0
     metrics = (tmp_path / "corrupt" / "csv" / "version_0" / "metrics.csv").read_text()
     assert "data/skipped/" in metrics
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ldm_ext import training
 from ldm_ext.evaluation import cli as evaluate
-import train
 from ldm_ext.evaluation.grid_labels import GridLabels, grid_layout, save_grid, wrap, font
 from ldm_ext.tracking import ID_FILE, run_id, run_tags
 from wandb_offline import read_run
@@ -43,7 +43,7 @@ def wandb_dirs(tmp_path_factory):
 def trained(tmp_path_factory, wandb_dirs) -> Path:
     """3 steps of the tiny demo with wandb offline and an evaluation at step 3."""
     out = tmp_path_factory.mktemp("runs")
-    assert train.main([f"output_dir={out}", "name=w", *TRAIN]) == 0
+    assert training.main([f"output_dir={out}", "name=w", *TRAIN]) == 0
     return out / "w"
 
 
@@ -101,8 +101,8 @@ def test_sample_grid_cells_are_captioned_beside_their_references(run):
 @pytest.mark.slow
 def test_resume_continues_the_run_and_another_folder_never_joins_it(trained, run):
     out = trained.parent
-    assert train.main([f"output_dir={out}", "name=w", *TRAIN, "trainer.max_steps=4",
-                       "trainer.eval_every=0"]) == 0
+    assert training.main([f"output_dir={out}", "name=w", *TRAIN, "trainer.max_steps=4",
+                          "trainer.eval_every=0"]) == 0
     runs = sorted((trained / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and read_run(runs[-1]).run_id == run.run_id
     assert run_id(out / "elsewhere" / "w") != run.run_id  # same name, another folder
@@ -166,7 +166,7 @@ def test_a_fit_is_its_own_run_typed_fit(tmp_path):
     Image.new("RGB", (64, 64)).save(photo)
     cfg = fit_config(ROOT / "configs" / "experiment" / "sefi_ide_tiny.yaml", photo, "alice",
                      ["logger.wandb=true"], output_dir=tmp_path)
-    logger = train.build_loggers(cfg, tmp_path / "alice")[0]
+    logger = training.build_loggers(cfg, tmp_path / "alice")[0]
     init = logger._wandb_init  # what wandb.init gets once the run starts
     assert (init["job_type"], init["group"], init["name"]) == ("fit", "sefi_ide", "alice")
     assert init["tags"] == ["sefi_ide", "sd15", "sefi_ide_tiny"]

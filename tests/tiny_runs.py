@@ -12,14 +12,14 @@ SEFI_FAST = ["trainer.progress_bar=false", "trainer.checkpoint_every=2", "method
 
 def train_storymaker(out: Path) -> Path:
     """2 steps of the StoryMaker demo at 64 px, evaluated at step 2."""
-    import train
+    from ldm_ext import training
 
-    assert train.main(["--config", "configs/experiment/storymaker_demo.yaml",
-                       f"output_dir={out}", "trainer.max_steps=2",
-                       "trainer.checkpoint_every=2", "trainer.log_every=1", "trainer.eval_every=2",
-                       "trainer.progress_bar=false", "logger.wandb=false",
-                       "data.num_demo_samples=8", "data.resolution=64",
-                       "method.sample_steps=2"]) == 0
+    assert training.main(["--config", "configs/experiment/storymaker_demo.yaml",
+                          f"output_dir={out}", "trainer.max_steps=2",
+                          "trainer.checkpoint_every=2", "trainer.log_every=1",
+                          "trainer.eval_every=2", "trainer.progress_bar=false",
+                          "logger.wandb=false", "data.num_demo_samples=8", "data.resolution=64",
+                          "method.sample_steps=2"]) == 0
     return out / "storymaker_demo"
 
 

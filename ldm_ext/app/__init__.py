@@ -14,16 +14,13 @@ import argparse
 import importlib.util
 import sys
 
-from ldm_ext.cli import InputError
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise InputError(message)
+from ldm_ext.cli import ArgumentParser, InputError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = _Parser(prog="python -m ldm_ext.app", description=__doc__.split("\n\n")[0])
+    """The app's flags; a mistake is an :class:`InputError` (``run_cli`` tells it)."""
+    parser = ArgumentParser(prog="python -m ldm_ext.app", description=__doc__.split("\n\n")[0],
+                            raise_errors=True)
     parser.add_argument("--run", action="append", required=True,
                         help="run folder, export folder or weights inside a run; repeat to "
                              "compare several (one column each)")

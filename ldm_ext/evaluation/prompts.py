@@ -12,7 +12,7 @@ from functools import lru_cache
 
 from omegaconf import OmegaConf
 
-from ldm_ext.compose import CONFIG_ROOT, load_yaml
+from ldm_ext.config_layers import CONFIG_ROOT, load_yaml
 
 PROMPTS = CONFIG_ROOT / "prompts.yaml"
 

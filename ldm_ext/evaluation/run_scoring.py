@@ -18,7 +18,7 @@ def run_scoring(cfg, overrides: list[str] | None = None):
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from ldm_ext.compose import ConfigError, parse_overrides
+    from ldm_ext.config_layers import ConfigError, parse_overrides
     from ldm_ext.eval_config import ScoringConfig, second_encoder_name
     from ldm_ext.registry import identity_encoder, scoring_encoder
 

@@ -24,13 +24,15 @@ from diffusers import ModelMixin
 from torch import nn
 
 from ldm_ext.backbone import Backbone, encode_prompt, load_backbone, tokenize
+from ldm_ext.cli import RunStopped
 from ldm_ext.losses import noise_target
 from ldm_ext import weights
 from ldm_ext.methods.schedule import build_optimizer
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN/inf; the run stops before the optimizer step."""
+class NonFiniteLossError(RunStopped, FloatingPointError):
+    """The training loss became NaN/inf; the run stops before the optimizer step (the
+    commands that train tell it in one line, exit 3: ``ldm_ext.cli.run_training_cli``)."""
 
 
 class IdentityMethod(pl.LightningModule):

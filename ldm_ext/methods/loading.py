@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ldm_ext.cli import InputError
-from ldm_ext.compose import load_yaml
+from ldm_ext.config_layers import load_yaml
 from ldm_ext.config import load_config
 from ldm_ext.folders import (EXPORT_INDEX, RUN_CONFIG, TRAINABLE, Shapes,  # noqa: F401
                              header_shapes, run_folder)  # (run_folder imported from here)
@@ -99,6 +99,6 @@ def load_run(path: str | Path, weights: str | Path | None = None) -> IdentityMet
 
 def saved_config(run_dir: Path):
     """The resolved config a run folder was started with, or None; read as written (a
-    ``${...}`` in it stays text: ``compose.as_written``)."""
+    ``${...}`` in it stays text: ``config_layers.as_written``)."""
     path = run_dir / RUN_CONFIG
     return load_yaml(path, literal=True) if path.is_file() else None
