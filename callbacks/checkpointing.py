@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -14,12 +15,19 @@ from ldm_ext.weights import load_checkpoint
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write each checkpoint to a temporary file and rename it into place, so a process
-    killed mid-write (SIGKILL, preemption) never leaves a truncated ``last.ckpt``."""
+    killed mid-write (SIGKILL, preemption) never leaves a truncated ``last.ckpt``.
+
+    ``torch.save`` streams into that file: Lightning's own save serialises the whole
+    checkpoint into an in-memory buffer first and copies it once more to write it (two
+    checkpoint-sized copies in RAM: ~19 GB more for a full SD1.5 UNet with AdamW state)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
+        torch.save(checkpoint, tmp)
         os.replace(tmp, path)
 
     def load_checkpoint(self, path, map_location: Any = "cpu",

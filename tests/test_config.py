@@ -205,3 +205,19 @@ def test_another_method_on_an_experiment_names_the_experiment_to_use(experiment,
 
 def test_the_same_method_on_its_experiment_is_fine():
     assert load_config(DEMO, ["method=instantfamily"]).method.name == "instantfamily"
+
+
+@pytest.mark.parametrize("recipe", sorted(Path("configs/experiment").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_sample_prompts_name_a_subject_for_every_grid_column(recipe: Path):
+    """A method that places identities on subject words (``identity_words``) refuses a
+    prompt with fewer of them than identities: the end-of-run grid renders every sample
+    prompt with each of ``sample_num_ids``, so each prompt must name the largest count."""
+    from ldm_ext.word_tokens import word_spans
+
+    method = load_config(recipe).method
+    words = list(method.get("identity_words") or [])
+    if not words:
+        return
+    for prompt in method.sample_prompts:
+        assert len(word_spans(prompt, words)) >= max(method.sample_num_ids), prompt

@@ -150,3 +150,21 @@ def test_a_run_ending_between_checkpoints_saves_its_last_step(tmp_path):
     run = tmp_path / "odd"
     assert ckpt(run)["global_step"] == 3 and ckpt(run, "step0000003.ckpt")["global_step"] == 3
     assert_agree(run)
+
+
+def test_checkpoint_streams_to_its_file_not_through_memory(tmp_path, monkeypatch):
+    """AtomicCheckpointIO hands torch.save the temporary file itself: no in-memory copy of
+    the whole checkpoint (Lightning's own save buffers it, twice the RAM of its size), and
+    the file still lands whole under its name with no temporary left beside it."""
+    import io
+
+    from callbacks.checkpointing import AtomicCheckpointIO
+
+    targets, real = [], torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: (targets.append(f),
+                                                               real(obj, f, *a, **k))[1])
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.arange(4.0)}}, path)
+    assert targets and not any(isinstance(f, io.BytesIO) for f in targets)
+    assert torch.equal(torch.load(path, weights_only=True)["state_dict"]["w"], torch.arange(4.0))
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
