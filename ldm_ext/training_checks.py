@@ -40,8 +40,8 @@ def check_trainer(cfg) -> None:
     on_cpu = t.accelerator == "cpu" or (t.accelerator == "auto" and not devices.cuda_device_count())
     if on_cpu and cfg.model.weight_dtype == "fp16":  # a CPU has bf16 kernels, not fp16 ones
         raise ConfigError(
-            "model.weight_dtype=fp16 on the CPU: its fp16 convolutions fall back to a slow "
-            "path (a 3x3 conv 160x slower than fp32, an SDXL step not done in 10 min); use "
+            "model.weight_dtype=fp16 on the CPU: a CPU has no fp16 convolution kernels, so "
+            "its fp16 path is orders of magnitude slower than fp32; use "
             "model.weight_dtype=bf16 (the same bytes) or fp32")
     if zero and importlib.util.find_spec("deepspeed") is None:
         raise ConfigError("DeepSpeed strategy but deepspeed is not installed: "
