@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from ldm_ext.cli import InputError
 from ldm_ext.config import Bounds, MethodConfig
+from ldm_ext.methods.face_encoder_hooks import FaceEncoderHooks
 from ldm_ext.pipelines.options import (Inputs, Option, check_photo_options, existing_path,
                                        photo, photo_options)
 from ldm_ext.perception.pose.names import (ANNOTATOR_FILES, DEFAULT_POSE_WEIGHTS, POSE_FORMATS,
@@ -23,7 +24,7 @@ def check_generation_inputs(values: dict, cfg) -> None:
 
 
 @dataclass
-class InstantFamilyConfig(MethodConfig):
+class InstantFamilyConfig(FaceEncoderHooks, MethodConfig):
     """InstantFamily (docs/methods.md §1): face projector + ControlNet with masked attention."""
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -60,18 +61,3 @@ class InstantFamilyConfig(MethodConfig):
     # eps = eps_u + g (eps_c - eps_f) + s (eps_f - eps_u) (s = 0: the paper's 2-branch CFG)
     identity_guidance: bool = False
     identity_scale: float = 0.0
-
-    @classmethod
-    def identity_encoder(cls, method) -> str:
-        """The face encoder the identity tokens come from, with its weights."""
-        return f"{method.face_encoder}/{method.face_weights}"
-
-    @classmethod
-    def scoring_encoder(cls, method) -> tuple[str, str]:
-        """Scored with the face encoder it conditions on, as configured."""
-        return method.face_encoder, method.face_weights
-
-    @classmethod
-    def published_shapes(cls, method) -> dict[str, str]:
-        """The configured face encoder with random weights."""
-        return {"face_weights": "random"}

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ldm_ext.config import Bounds, MethodConfig
+from ldm_ext.methods.face_encoder_hooks import FaceEncoderHooks
 from ldm_ext.pipelines.options import Inputs, Option, existing_path, photo
 from ldm_ext.perception.pose.names import POSE_FORMATS
 
@@ -15,7 +16,7 @@ EMOTION_WORDS = ["happy", "sad", "angry", "surprised", "disgusted", "fearful", "
 
 
 @dataclass
-class PortraitBoothConfig(MethodConfig):
+class PortraitBoothConfig(FaceEncoderHooks, MethodConfig):
     """PortraitBooth (docs/methods.md §4): STEA (Eq. 4), DIP (Eq. 5-6), ECAC (Eq. 7), Eq. 8.
 
     The UNet and the STEA MLP train. Per sample: ``empty_prompt_prob`` unconditional
@@ -86,18 +87,3 @@ class PortraitBoothConfig(MethodConfig):
         default_factory=lambda: ["a photo of a happy person and a sad person in a park"])
     sample_num_ids: list[int] = field(default_factory=lambda: [1, 2])
     region_margin: float = 0.1  # pose-template regions: keypoint box + this x image side
-
-    @classmethod
-    def identity_encoder(cls, method) -> str:
-        """The face encoder phi its tokens and DIP loss use, with its weights."""
-        return f"{method.face_encoder}/{method.face_weights}"
-
-    @classmethod
-    def scoring_encoder(cls, method) -> tuple[str, str]:
-        """Scored with the face encoder it conditions on and optimises, as configured."""
-        return method.face_encoder, method.face_weights
-
-    @classmethod
-    def published_shapes(cls, method) -> dict[str, str]:
-        """The configured face encoder with random weights."""
-        return {"face_weights": "random"}
