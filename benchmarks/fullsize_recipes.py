@@ -18,8 +18,10 @@ Per recipe (``configs/experiment/<recipe>.yaml``), with the random full-size fol
 3. ``eval.py`` on the tiny protocol (random-weight scorers): the checkpoint reloaded again,
    one image generated with 2 sampling steps at the same resolution, then scored.
 
-Each stage's peak RSS is the child's ``ru_maxrss`` (``os.wait4``); seconds per step is the
-run's own ``perf/s_per_step`` (``callbacks/monitors.py``). The figures are written to
+Each stage's peak RSS is the child's ``ru_maxrss`` (``os.wait4``), and its peak swap the
+largest ``VmSwap`` seen while polling it (RAM + swap is what a host without swap needs: the
+SDXL StoryMaker recipes ran here only with a swap file); seconds per step is the run's own
+``perf/s_per_step`` (``callbacks/monitors.py``). The figures are written to
 ``--json``, which ``memory_plan.py`` reads for its SDXL rows. CPU kernels keep more
 activations than fused CUDA ones, so these peaks are upper bounds for a GPU step.
 """
@@ -38,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MEASURED = ROOT / "benchmarks" / "fullsize_recipes.json"
 GIB = 2**30
+SWAP_POLL_S = 0.5
 # recipe -> (family, the parts fullsize.write adds beside the pipeline folder)
 RECIPES: dict[str, tuple[str, dict]] = {
     "instantfamily_sd15": ("sd15", {"face_encoder": "facenet"}),
@@ -61,6 +64,7 @@ STORYMAKER = ["method.face_encoder=arcface", "method.face_arch=r100",
 class Stage:
     seconds: float
     peak_rss_gib: float
+    peak_swap_gib: float = 0.0  # the most of the child's pages the OS had swapped out
 
 
 @dataclass
@@ -141,20 +145,35 @@ def eval_overrides(run: Path, out: Path, people: Path, resolution: int) -> list[
 
 
 def measured_child(cmd: list[str], log: Path) -> Stage:
-    """Run ``cmd`` from the repository root; its wall seconds and peak RSS (its own
-    ``ru_maxrss``, KiB on Linux). A failure raises with the log's tail."""
+    """Run ``cmd`` from the repository root; its wall seconds, peak RSS (its own
+    ``ru_maxrss``, KiB on Linux) and peak swap. A failure raises with the log's tail."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    start = time.perf_counter()
+    start, swapped = time.perf_counter(), 0
     with log.open("w") as handle:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
                                 env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            swapped = max(swapped, swapped_bytes(proc.pid))
+            time.sleep(SWAP_POLL_S)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         tail = "\n".join(log.read_text().splitlines()[-30:])
         raise RuntimeError(f"{' '.join(cmd[:3])} exited {proc.returncode} ({log}):\n{tail}")
-    return Stage(time.perf_counter() - start, usage.ru_maxrss * 1024 / GIB)
+    return Stage(time.perf_counter() - start, usage.ru_maxrss * 1024 / GIB, swapped / GIB)
+
+
+def swapped_bytes(pid: int) -> int:
+    """Bytes of process ``pid`` swapped out now (``VmSwap`` in /proc; 0 where there is none)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) * 1024 for line in status.splitlines()
+                 if line.startswith("VmSwap:")), 0)
 
 
 def step_seconds(run: Path) -> float:
@@ -201,13 +220,15 @@ def run_recipe(recipe: str, cache: Path, out: Path, resolution: int = 256) -> Me
 
 def table(results: list[Measured]) -> str:
     """A markdown table of what ``results`` measured (wall: every stage, the folder write
-    included, which is ~0 s once the folders exist)."""
+    included, which is ~0 s once the folders exist; a stage's swap beside its RSS)."""
     lines = ["| recipe | trainable | frozen | s/step | peak RSS train / reload / sample+score "
              "(GiB) | wall train / reload / sample+score (s) | wall, all stages |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
         stages = [r.stages[name] for name in ("train", "reload", "sample + score")]
-        rss = " / ".join(f"{s.peak_rss_gib:.1f}" for s in stages)
+        rss = " / ".join(f"{s.peak_rss_gib:.1f}" + (f" +{s.peak_swap_gib:.1f} swap" if
+                                                     s.peak_swap_gib >= 0.05 else "")
+                         for s in stages)
         wall = " / ".join(f"{s.seconds:.0f}" for s in stages)
         total = sum(s.seconds for s in r.stages.values())
         lines.append(f"| {r.recipe} ({r.resolution}²) | {r.trainable / 1e6:.1f} M | "

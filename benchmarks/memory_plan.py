@@ -220,12 +220,14 @@ def full_size_step(name: str, path: Path = FULL_SIZE) -> dict | None:
 
 def full_size_activations(cfg, step: dict) -> float:
     """Activation bytes per sample at ``cfg``'s resolution from a measured full-size step:
-    its training peak RSS less the static bytes of its exact counts (one process, AdamW),
+    its training peak RSS and swap (each's peak: their sum bounds the peak from above) less
+    the static bytes of its exact counts (one process, AdamW),
     scaled by latent area (``step['resolution']`` -> ``cfg.data.resolution``)."""
     setup = check_setup(cfg)
     static = step["frozen"] * setup.frozen_bytes + step["trainable"] * (
         setup.module_bytes + setup.grad_bytes + setup.optimizer_bytes)
-    peak = step["stages"]["train"]["peak_rss_gib"] * GIB
+    train = step["stages"]["train"]
+    peak = (train["peak_rss_gib"] + train.get("peak_swap_gib", 0.0)) * GIB  # swap: RAM too
     return (peak - static) * (cfg.data.resolution / step["resolution"]) ** 2
 
 

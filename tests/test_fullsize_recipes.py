@@ -34,10 +34,11 @@ def fullsize_cache(tmp_path_factory) -> Path:
 @pytest.mark.fullsize
 @pytest.mark.parametrize("recipe", list(fullsize_recipes.RECIPES))
 def test_recipe_trains_reloads_samples_and_scores(recipe, fullsize_cache, tmp_path) -> None:
-    need, free = fullsize_recipes.static_gib(recipe) + HEADROOM_GIB, psutil.virtual_memory(
-        ).available / fullsize_recipes.GIB
+    need = fullsize_recipes.static_gib(recipe) + HEADROOM_GIB
+    free = (psutil.virtual_memory().available + psutil.swap_memory().free) / fullsize_recipes.GIB
     if need > free:  # e.g. StoryMaker SDXL: 5.4 B bf16 frozen + 0.83 B trained at 16 B each
-        pytest.skip(f"{recipe} needs about {need:.0f} GiB of RAM, {free:.0f} GiB available")
+        pytest.skip(f"{recipe} needs about {need:.0f} GiB of RAM and swap, {free:.0f} GiB "
+                    "available")
     result = fullsize_recipes.run_recipe(recipe, fullsize_cache, tmp_path)
     run = tmp_path / recipe / recipe
     counts = recipe_params.recipe_counts(run_config(run))  # the config the run trained with
@@ -68,3 +69,18 @@ def test_fp16_frozen_weights_on_a_cpu_are_refused(monkeypatch) -> None:
         check_trainer(load_config(recipe, overrides))
     monkeypatch.setattr(devices, "cuda_device_count", lambda: 1)  # a GPU runs fp16
     check_trainer(load_config(recipe))
+
+
+def test_a_stage_is_measured_in_its_own_child(tmp_path) -> None:
+    """Peak RSS is the child's (256 MiB touched there), swap is polled, a failure raises
+    with the log's tail."""
+    import sys
+
+    grow = "import numpy; a = numpy.ones(2**28, numpy.uint8); print('held')"
+    stage = fullsize_recipes.measured_child([sys.executable, "-c", grow], tmp_path / "a.log")
+    assert stage.peak_rss_gib >= 0.25 and stage.peak_swap_gib >= 0 and stage.seconds > 0
+    assert (tmp_path / "a.log").read_text() == "held\n"
+    assert fullsize_recipes.swapped_bytes(2**22 + 1) == 0  # no such process
+    with pytest.raises(RuntimeError, match="exited 3.*\n.*boom"):
+        fullsize_recipes.measured_child(
+            [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path / "b.log")

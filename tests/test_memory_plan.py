@@ -93,6 +93,8 @@ def test_sdxl_recipe_uses_its_measured_full_size_step(tmp_path, capsys) -> None:
     static = 3 * 10**9 * 2 + 10**7 * 16  # fp16 frozen; fp32 weights, grads, AdamW
     per_sample = memory_plan.full_size_activations(cfg, step)
     assert per_sample == (7 * gib - static) * 16  # (1024 / 256)² the latent area
+    swapped = {**step, "stages": {"train": {"peak_rss_gib": 7.0, "peak_swap_gib": 1.5}}}
+    assert memory_plan.full_size_activations(cfg, swapped) == (8.5 * gib - static) * 16
     memory_plan.print_recipe(cfg, "sefi_ide_sdxl", {"unet": (10**9, False)}, None, step)
     out = capsys.readouterr().out
     assert "CPU UPPER BOUND" in out and "total, CPU upper bound" in out
