@@ -252,7 +252,7 @@ def save(results: list[Measured], path: Path, command: str) -> None:
     stamp = time.strftime("%Y-%m-%d", time.gmtime())
     for r in results:
         data[r.recipe] = {**asdict(r), "date": stamp, "command": command}
-    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def main() -> None:

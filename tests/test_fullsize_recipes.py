@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import psutil
@@ -51,6 +52,7 @@ def test_recipe_trains_reloads_samples_and_scores(recipe, fullsize_cache, tmp_pa
     if os.environ.get("IDFORGE_FULLSIZE_RECORD"):
         fullsize_recipes.save([result], Path(os.environ["IDFORGE_FULLSIZE_RECORD"]),
                               f"pytest -m fullsize {Path(__file__).name}")
+    shutil.rmtree(run / "checkpoints")  # up to 10 GB (SDXL StoryMaker): pytest keeps 3 runs
 
 
 def test_fp16_frozen_weights_on_a_cpu_are_refused(monkeypatch) -> None:
