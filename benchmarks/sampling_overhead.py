@@ -3,7 +3,7 @@ work on the same weights.
 
     python -m benchmarks.sampling_overhead [--device cpu|cuda] [--tiny | --fullsize DIR]
         [--methods instantfamily portraitbooth sefi_ide storymaker] [--pairs 9] [--steps 4]
-        [--size 512] [--threads N]
+        [--size 512] [--threads N] [--dtype fp32|bf16|fp16]
 
 The method is built from its recipe (``--tiny``: the demo configs on the tiny backbones;
 otherwise the full-size recipes on the random folders ``python -m ldm_ext.fullsize DIR``
@@ -13,14 +13,19 @@ the first step (``encoder_hidden_states`` with every identity token, ``added_con
 processors installed), VAE, scheduler config and steps, with ``prompt_embeds`` /
 ``negative_prompt_embeds`` set to those recorded rows (and SDXL's pooled embeddings), so
 both sides denoise the same tokens; the identity encoders (face, CLIP) are our side's only
-extra work, as they are at real use. The baselines:
+extra work, as they are at real use. ``--dtype`` sets ``model.weight_dtype``, the frozen
+weights' dtype, for both sides (they share the modules; the run stops if the UNet's inputs
+differ in dtype between them): default fp32 on the CPU and the recipe's own on CUDA; bf16
+suits a CPU with bf16 matmul kernels (AVX512-BF16 / AMX: ``lscpu``), where it halves the
+memory of the full-size recipes; fp16 is refused on the CPU (no fp16 convolution kernels).
+The baselines:
 
   instantfamily  ``StableDiffusionControlNetPipeline`` with the method's ControlNet and a
                  pose image of the same size.
   storymaker     ``StableDiffusionXLControlNetPipeline`` when the recipe has a pose
                  ControlNet, else ``StableDiffusionXLPipeline`` / ``StableDiffusionPipeline``,
                  with the same UNet and its decoupled (IP-Adapter-like) processors: the
-                 image tokens reach them through the recorded ``encoder_hidden_states``.
+                 image tokens reach them through the recorded ``cross_attention_kwargs``.
   portraitbooth, sefi_ide  ``StableDiffusion(XL)Pipeline`` with their conditioning.
 
 A pair is one image from each side (who goes first alternates); a method's figure is the
@@ -52,7 +57,7 @@ RECIPES = {
 }
 
 
-def fullsize_overrides(method: str, family: str, root: Path, device: str) -> list[str]:
+def fullsize_overrides(method: str, family: str, root: Path) -> list[str]:
     """The recipe's Hub names replaced by the random full-size folders (written once)."""
     from ldm_ext import fullsize
 
@@ -62,8 +67,6 @@ def fullsize_overrides(method: str, family: str, root: Path, device: str) -> lis
                                                                       "storymaker"),
                            with_image_encoder=method == "storymaker", face_encoder=face)
     overrides = [f"model.pretrained={paths['model.pretrained']}"]
-    if device != "cuda":
-        overrides.append("model.weight_dtype=fp32")  # CPU half matmuls are emulated
     if method == "storymaker":
         overrides += [f"model.controlnet={paths['model.controlnet']}",
                       f"method.image_encoder={paths['method.image_encoder']}",
@@ -74,14 +77,30 @@ def fullsize_overrides(method: str, family: str, root: Path, device: str) -> lis
     return overrides
 
 
-def build(method: str, tiny: bool, root: Path | None, device: str):
+def weight_dtype(device: str, asked: str | None) -> str | None:
+    """The ``model.weight_dtype`` to run (None: the recipe's own); fp32 by default on the
+    CPU. Raises ValueError for fp16 on the CPU: it has no fp16 convolution kernels."""
+    if device == "cuda":
+        return asked
+    if asked == "fp16":
+        raise ValueError("--dtype fp16 on the CPU: a CPU has no fp16 convolution kernels (its "
+                         "fp16 path is orders of magnitude slower); use --dtype bf16 on a CPU "
+                         "with bf16 kernels (lscpu: avx512_bf16 / amx_bf16) or fp32")
+    return asked or "fp32"
+
+
+def build(method: str, tiny: bool, root: Path | None, device: str, dtype: str | None):
+    """The method of its tiny or full-size recipe, frozen weights in ``dtype`` (None: the
+    recipe's), on ``device`` in eval mode."""
     from ldm_ext.config import load_config
     from ldm_ext.methods.loading import build_method
 
     tiny_name, full_name, _ = RECIPES[method]
     path = EXPERIMENTS / f"{tiny_name if tiny else full_name}.yaml"
     family = load_config(path).model.family
-    overrides = [] if tiny else fullsize_overrides(method, family, root, device)
+    overrides = [] if tiny else fullsize_overrides(method, family, root)
+    if dtype:
+        overrides.append(f"model.weight_dtype={dtype}")
     return build_method(load_config(path, overrides)).to(device).eval()
 
 
@@ -118,7 +137,8 @@ def ours_call(pipe, prompt, ids, size, steps):
 
 
 def baseline(method, ours_pipe, prompt, ids, size, steps):
-    """(callable, description) of the diffusers pipeline on the same weights and tokens."""
+    """(callable, description, what ours gave the UNet at its first step) of the diffusers
+    pipeline on the same weights and tokens."""
     import diffusers
 
     seen = record_first_call(method.unet)
@@ -153,16 +173,35 @@ def baseline(method, ours_pipe, prompt, ids, size, steps):
     call = lambda: pipe(height=size[0], width=size[1], num_inference_steps=steps,  # noqa: E731
                         guidance_scale=7.5, generator=torch.Generator().manual_seed(0),
                         output_type="pil", **kwargs)
-    return call, f"{name} ({2 * half} rows x {hidden.shape[1]} keys)"
+    return call, f"{name} ({2 * half} rows x {hidden.shape[1]} keys)", seen
+
+
+def input_dtypes(seen: dict) -> tuple[torch.dtype, torch.dtype]:
+    """(latents, encoder states) dtypes of a recorded UNet call."""
+    return seen["sample"].dtype, seen["encoder_hidden_states"].dtype
+
+
+def same_dtypes(unet: torch.nn.Module, ours: dict, baseline_call) -> str:
+    """Run ``baseline_call`` once and check that its UNet got latents and encoder states of
+    the dtypes ours did (``ours``: our side's recorded UNet call); RuntimeError if not.
+    -> the latents' dtype, e.g. "bfloat16"."""
+    theirs = record_first_call(unet)
+    baseline_call()
+    theirs.pop("handle").remove()
+    if input_dtypes(ours) != input_dtypes(theirs):
+        raise RuntimeError(f"UNet inputs (latents, encoder states) in {input_dtypes(ours)} on "
+                           f"our side but {input_dtypes(theirs)} on the baseline's")
+    return str(input_dtypes(ours)[0]).removeprefix("torch.")
 
 
 def measure(method_name: str, args) -> float:
-    method = build(method_name, args.tiny, args.fullsize, args.device)
+    method = build(method_name, args.tiny, args.fullsize, args.device, args.dtype)
     pipe, prompt = method.pipeline(scheduler="ddim"), RECIPES[method_name][2]
     ids, size = identities(method_name), (args.size, args.size)
     ours = ours_call(pipe, prompt, ids, size, args.steps)
-    theirs, what = baseline(method, pipe, prompt, ids, size, args.steps)
-    ours(), theirs()  # warm-up
+    theirs, what, ours_unet_in = baseline(method, pipe, prompt, ids, size, args.steps)
+    ours()  # warm-up (the baseline's: checking its dtypes)
+    dtype = same_dtypes(method.unet, ours_unet_in, theirs)
     ratios, base_seconds = [], []
     for pair in range(args.pairs):
         first, second = (ours, theirs) if pair % 2 == 0 else (theirs, ours)
@@ -172,7 +211,7 @@ def measure(method_name: str, args) -> float:
         base_seconds.append(base_s)
     q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios * 3)
     ratio = statistics.median(ratios)
-    print(f"{method_name}: vs {what}, {args.steps} steps at {args.size}², quartiles "
+    print(f"{method_name}: vs {what}, {args.steps} steps at {args.size}² in {dtype}, quartiles "
           f"{q1:.3f}-{q3:.3f}, diffusers {args.steps / statistics.median(base_seconds):.2f} "
           f"it/s, ours {args.steps / statistics.median(base_seconds) / ratio:.2f} it/s")
     print(f"RESULT sampling_overhead_{method_name}_ratio={ratio:.3f} goal<={GOAL}", flush=True)
@@ -191,7 +230,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--size", type=int, default=None, help="default: 64 tiny, 512 full")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
+                        help="frozen weights' dtype, both sides (default: fp32 on the CPU, "
+                        "the recipe's on CUDA; fp16 is refused on the CPU)")
     args = parser.parse_args(argv)
+    try:
+        args.dtype = weight_dtype(args.device, args.dtype)
+    except ValueError as err:
+        parser.error(str(err))
     args.size = args.size or (64 if args.tiny else 512)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,0 +1,51 @@
+"""benchmarks/sampling_overhead.py's ``--dtype``: fp32 by default on the CPU, fp16 refused
+there, bf16 run by both sides (they share the frozen modules, and the run checks the UNet's
+input dtypes match)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from benchmarks import sampling_overhead as bench
+
+
+def test_dtype_defaults_fp32_on_cpu_and_the_recipe_s_on_cuda() -> None:
+    assert bench.weight_dtype("cpu", None) == "fp32"
+    assert bench.weight_dtype("cpu", "bf16") == "bf16"
+    assert bench.weight_dtype("cuda", None) is None
+    assert bench.weight_dtype("cuda", "fp16") == "fp16"
+
+
+def test_fp16_on_the_cpu_is_refused_with_the_reason(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--tiny", "--dtype", "fp16", "--methods", "storymaker"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "no fp16 convolution kernels" in err and "--dtype bf16" in err
+
+
+class Recorder(nn.Module):
+    """A stand-in UNet: takes the arguments the benchmark's hook records."""
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        return sample
+
+
+def test_a_baseline_unet_input_dtype_other_than_ours_stops_the_run() -> None:
+    unet, x, text = Recorder(), torch.zeros(1, 4, 2, 2), torch.zeros(1, 3, 8)
+    ours = bench.record_first_call(unet)
+    unet(x.bfloat16(), 0, text.bfloat16())
+    ours.pop("handle").remove()
+    assert bench.same_dtypes(unet, ours, lambda: unet(x.bfloat16(), 0, text.bfloat16())) == (
+        "bfloat16")
+    with pytest.raises(RuntimeError, match="bfloat16.*float32"):
+        bench.same_dtypes(unet, ours, lambda: unet(x, 0, text))
+
+
+def test_tiny_storymaker_runs_both_sides_in_bf16(capsys) -> None:
+    bench.main(["--tiny", "--methods", "storymaker", "--dtype", "bf16", "--pairs", "1",
+                "--steps", "1", "--size", "32"])
+    out = capsys.readouterr().out
+    assert "in bfloat16" in out
+    assert "RESULT sampling_overhead_storymaker_ratio=" in out
