@@ -23,7 +23,8 @@ The baselines:
   instantfamily  ``StableDiffusionControlNetPipeline`` with the method's ControlNet and a
                  pose image of the same size.
   storymaker     ``StableDiffusionXLControlNetPipeline`` when the recipe has a pose
-                 ControlNet, else ``StableDiffusionXLPipeline`` / ``StableDiffusionPipeline``,
+                 ControlNet (ours then gets a one-person pose template, so both sides run
+                 it), else ``StableDiffusionXLPipeline`` / ``StableDiffusionPipeline``,
                  with the same UNet and its decoupled (IP-Adapter-like) processors: the
                  image tokens reach them through the recorded ``cross_attention_kwargs``.
   portraitbooth, sefi_ide  ``StableDiffusion(XL)Pipeline`` with their conditioning.
@@ -71,7 +72,9 @@ def fullsize_overrides(method: str, family: str, root: Path) -> list[str]:
         overrides += [f"model.controlnet={paths['model.controlnet']}",
                       f"method.image_encoder={paths['method.image_encoder']}",
                       "method.face_encoder=arcface", "method.face_arch=r100",
-                      f"method.face_weights={paths['method.face_weights']}"]
+                      f"method.face_weights={paths['method.face_weights']}",
+                      # the IP-Adapter initialisations have no offline stand-in: random PPR
+                      "method.faceid_weights=null", "method.plus_weights=null"]
     elif face:
         overrides.append(f"method.face_weights={paths['method.face_weights']}")
     return overrides
@@ -116,6 +119,16 @@ def identities(method: str):
     return None
 
 
+def pose(method_name: str, method, size: tuple[int, int]) -> dict:
+    """Our pipeline's pose input where the baseline runs the method's ControlNet and ours
+    runs it only when given one (StoryMaker); else nothing."""
+    if method_name != "storymaker" or getattr(method, "controlnet", None) is None:
+        return {}
+    from ldm_ext.perception.pose import pose_template
+
+    return {"people": pose_template(1, size)}
+
+
 def record_first_call(module: torch.nn.Module) -> dict:
     """Hook ``module`` so the arguments of its next forward, by name, are stored in the
     returned dict."""
@@ -131,18 +144,18 @@ def record_first_call(module: torch.nn.Module) -> dict:
     return seen
 
 
-def ours_call(pipe, prompt, ids, size, steps):
+def ours_call(pipe, prompt, ids, size, steps, extra: dict):
     return lambda: pipe(prompt, ids, size=size, steps=steps, guidance=7.5,
-                        generator=torch.Generator().manual_seed(0), progress=False)
+                        generator=torch.Generator().manual_seed(0), progress=False, **extra)
 
 
-def baseline(method, ours_pipe, prompt, ids, size, steps):
+def baseline(method, ours_pipe, prompt, ids, size, steps, extra: dict):
     """(callable, description, what ours gave the UNet at its first step) of the diffusers
     pipeline on the same weights and tokens."""
     import diffusers
 
     seen = record_first_call(method.unet)
-    ours_call(ours_pipe, prompt, ids, size, 1)()
+    ours_call(ours_pipe, prompt, ids, size, 1, extra)()
     seen.pop("handle").remove()
     hidden = seen["encoder_hidden_states"]  # (2B, L, D): negative rows, then conditional
     half = hidden.shape[0] // 2
@@ -198,8 +211,9 @@ def measure(method_name: str, args) -> float:
     method = build(method_name, args.tiny, args.fullsize, args.device, args.dtype)
     pipe, prompt = method.pipeline(scheduler="ddim"), RECIPES[method_name][2]
     ids, size = identities(method_name), (args.size, args.size)
-    ours = ours_call(pipe, prompt, ids, size, args.steps)
-    theirs, what, ours_unet_in = baseline(method, pipe, prompt, ids, size, args.steps)
+    extra = pose(method_name, method, size)
+    ours = ours_call(pipe, prompt, ids, size, args.steps, extra)
+    theirs, what, ours_unet_in = baseline(method, pipe, prompt, ids, size, args.steps, extra)
     ours()  # warm-up (the baseline's: checking its dtypes)
     dtype = same_dtypes(method.unet, ours_unet_in, theirs)
     ratios, base_seconds = [], []
