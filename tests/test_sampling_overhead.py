@@ -49,3 +49,11 @@ def test_tiny_storymaker_runs_both_sides_in_bf16(capsys) -> None:
     out = capsys.readouterr().out
     assert "in bfloat16" in out
     assert "RESULT sampling_overhead_storymaker_ratio=" in out
+
+
+def test_storymaker_gets_a_pose_exactly_when_the_baseline_runs_its_controlnet() -> None:
+    with_controlnet, without = (type("M", (), {"controlnet": c})() for c in (nn.Identity(), None))
+    people = bench.pose("storymaker", with_controlnet, (64, 64))["people"]
+    assert len(people) == 1
+    assert bench.pose("storymaker", without, (64, 64)) == {}
+    assert bench.pose("instantfamily", with_controlnet, (64, 64)) == {}  # its pipeline poses
