@@ -3,7 +3,7 @@ work on the same weights.
 
     python -m benchmarks.sampling_overhead [--device cpu|cuda] [--tiny | --fullsize DIR]
         [--methods instantfamily portraitbooth sefi_ide storymaker] [--pairs 9] [--steps 4]
-        [--size 512] [--threads N] [--dtype fp32|bf16|fp16]
+        [--size 512] [--threads N]
 
 The method is built from its recipe (``--tiny``: the demo configs on the tiny backbones;
 otherwise the full-size recipes on the random folders ``python -m ldm_ext.fullsize DIR``
@@ -13,12 +13,7 @@ the first step (``encoder_hidden_states`` with every identity token, ``added_con
 processors installed), VAE, scheduler config and steps, with ``prompt_embeds`` /
 ``negative_prompt_embeds`` set to those recorded rows (and SDXL's pooled embeddings), so
 both sides denoise the same tokens; the identity encoders (face, CLIP) are our side's only
-extra work, as they are at real use. ``--dtype`` sets ``model.weight_dtype``, the frozen
-weights' dtype, for both sides (they share the modules; the run stops if the UNet's inputs
-differ in dtype between them): default fp32 on the CPU and the recipe's own on CUDA; bf16
-suits a CPU with bf16 matmul kernels (AVX512-BF16 / AMX: ``lscpu``), where it halves the
-memory of the full-size recipes; fp16 is refused on the CPU (no fp16 convolution kernels).
-The baselines:
+extra work, as they are at real use. The baselines:
 
   instantfamily  ``StableDiffusionControlNetPipeline`` with the method's ControlNet and a
                  pose image of the same size.
@@ -28,6 +23,12 @@ The baselines:
                  with the same UNet and its decoupled (IP-Adapter-like) processors: the
                  image tokens reach them through the recorded ``cross_attention_kwargs``.
   portraitbooth, sefi_ide  ``StableDiffusion(XL)Pipeline`` with their conditioning.
+
+``--dtype fp32|bf16|fp16`` sets ``model.weight_dtype``, the frozen weights' dtype, for both
+sides (they share the modules; the run stops if the UNet's latents or encoder states differ
+in dtype between them): default fp32 on the CPU and the recipe's own on CUDA. bf16 suits a
+CPU with bf16 matmul kernels (AVX512-BF16 / AMX: ``lscpu``), where it halves the memory of
+the full-size recipes; fp16 is refused on the CPU (it has no fp16 convolution kernels).
 
 A pair is one image from each side (who goes first alternates); a method's figure is the
 median of its per-pair ratios (ours / diffusers seconds, ``benchmarks/timing.py``: CUDA
@@ -107,6 +108,41 @@ def build(method: str, tiny: bool, root: Path | None, device: str, dtype: str | 
     return build_method(load_config(path, overrides)).to(device).eval()
 
 
+def pose(pipe, size: tuple[int, int]) -> dict:
+    """Our pipeline's pose input where the baseline runs the method's ControlNet and ours
+    runs it only when given a pose (StoryMaker's); else nothing."""
+    from ldm_ext.pipelines.storymaker import StoryMakerPipeline
+
+    if not isinstance(pipe, StoryMakerPipeline) or pipe.method.controlnet is None:
+        return {}
+    from ldm_ext.perception.pose import pose_template
+
+    return {"people": pose_template(1, size)}
+
+
+def unet_input_dtypes(unet: torch.nn.Module) -> set:
+    """A set that collects, from now on, the (latents, encoder states) dtypes of every call
+    of ``unet`` (ours and the baseline's alike)."""
+    seen: set = set()
+
+    def hook(_, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        states = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        seen.add((sample.dtype, getattr(states, "dtype", None)))
+
+    unet.register_forward_pre_hook(hook, with_kwargs=True)
+    return seen
+
+
+def one_dtype(seen: set) -> str:
+    """The latents' dtype of ``unet_input_dtypes``' calls, e.g. "bfloat16"; RuntimeError
+    when the calls differ (one side ran in another dtype)."""
+    if len(seen) != 1:
+        raise RuntimeError(f"the UNet's (latents, encoder states) dtypes differ between "
+                           f"the calls: {sorted(map(str, seen))}")
+    return str(next(iter(seen))[0]).removeprefix("torch.")
+
+
 def identities(method: str):
     """Random reference inputs of the pipeline's identity layout (one or two subjects)."""
     gen = torch.Generator().manual_seed(0)
@@ -117,16 +153,6 @@ def identities(method: str):
     if method == "storymaker":
         return torch.rand(1, 6, 224, 224, generator=gen) * 2 - 1
     return None
-
-
-def pose(method_name: str, method, size: tuple[int, int]) -> dict:
-    """Our pipeline's pose input where the baseline runs the method's ControlNet and ours
-    runs it only when given one (StoryMaker); else nothing."""
-    if method_name != "storymaker" or getattr(method, "controlnet", None) is None:
-        return {}
-    from ldm_ext.perception.pose import pose_template
-
-    return {"people": pose_template(1, size)}
 
 
 def record_first_call(module: torch.nn.Module) -> dict:
@@ -144,18 +170,18 @@ def record_first_call(module: torch.nn.Module) -> dict:
     return seen
 
 
-def ours_call(pipe, prompt, ids, size, steps, extra: dict):
+def ours_call(pipe, prompt, ids, size, steps):
+    extra = pose(pipe, size)
     return lambda: pipe(prompt, ids, size=size, steps=steps, guidance=7.5,
                         generator=torch.Generator().manual_seed(0), progress=False, **extra)
 
 
-def baseline(method, ours_pipe, prompt, ids, size, steps, extra: dict):
-    """(callable, description, what ours gave the UNet at its first step) of the diffusers
-    pipeline on the same weights and tokens."""
+def baseline(method, ours_pipe, prompt, ids, size, steps):
+    """(callable, description) of the diffusers pipeline on the same weights and tokens."""
     import diffusers
 
     seen = record_first_call(method.unet)
-    ours_call(ours_pipe, prompt, ids, size, 1, extra)()
+    ours_call(ours_pipe, prompt, ids, size, 1)()
     seen.pop("handle").remove()
     hidden = seen["encoder_hidden_states"]  # (2B, L, D): negative rows, then conditional
     half = hidden.shape[0] // 2
@@ -186,36 +212,17 @@ def baseline(method, ours_pipe, prompt, ids, size, steps, extra: dict):
     call = lambda: pipe(height=size[0], width=size[1], num_inference_steps=steps,  # noqa: E731
                         guidance_scale=7.5, generator=torch.Generator().manual_seed(0),
                         output_type="pil", **kwargs)
-    return call, f"{name} ({2 * half} rows x {hidden.shape[1]} keys)", seen
-
-
-def input_dtypes(seen: dict) -> tuple[torch.dtype, torch.dtype]:
-    """(latents, encoder states) dtypes of a recorded UNet call."""
-    return seen["sample"].dtype, seen["encoder_hidden_states"].dtype
-
-
-def same_dtypes(unet: torch.nn.Module, ours: dict, baseline_call) -> str:
-    """Run ``baseline_call`` once and check that its UNet got latents and encoder states of
-    the dtypes ours did (``ours``: our side's recorded UNet call); RuntimeError if not.
-    -> the latents' dtype, e.g. "bfloat16"."""
-    theirs = record_first_call(unet)
-    baseline_call()
-    theirs.pop("handle").remove()
-    if input_dtypes(ours) != input_dtypes(theirs):
-        raise RuntimeError(f"UNet inputs (latents, encoder states) in {input_dtypes(ours)} on "
-                           f"our side but {input_dtypes(theirs)} on the baseline's")
-    return str(input_dtypes(ours)[0]).removeprefix("torch.")
+    return call, f"{name} ({2 * half} rows x {hidden.shape[1]} keys)"
 
 
 def measure(method_name: str, args) -> float:
     method = build(method_name, args.tiny, args.fullsize, args.device, args.dtype)
+    dtypes = unet_input_dtypes(method.unet)
     pipe, prompt = method.pipeline(scheduler="ddim"), RECIPES[method_name][2]
     ids, size = identities(method_name), (args.size, args.size)
-    extra = pose(method_name, method, size)
-    ours = ours_call(pipe, prompt, ids, size, args.steps, extra)
-    theirs, what, ours_unet_in = baseline(method, pipe, prompt, ids, size, args.steps, extra)
-    ours()  # warm-up (the baseline's: checking its dtypes)
-    dtype = same_dtypes(method.unet, ours_unet_in, theirs)
+    ours = ours_call(pipe, prompt, ids, size, args.steps)
+    theirs, what = baseline(method, pipe, prompt, ids, size, args.steps)
+    ours(), theirs()  # warm-up
     ratios, base_seconds = [], []
     for pair in range(args.pairs):
         first, second = (ours, theirs) if pair % 2 == 0 else (theirs, ours)
@@ -225,7 +232,8 @@ def measure(method_name: str, args) -> float:
         base_seconds.append(base_s)
     q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios * 3)
     ratio = statistics.median(ratios)
-    print(f"{method_name}: vs {what}, {args.steps} steps at {args.size}² in {dtype}, quartiles "
+    print(f"{method_name}: vs {what}, {args.steps} steps at {args.size}² in "
+          f"{one_dtype(dtypes)}, quartiles "
           f"{q1:.3f}-{q3:.3f}, diffusers {args.steps / statistics.median(base_seconds):.2f} "
           f"it/s, ours {args.steps / statistics.median(base_seconds) / ratio:.2f} it/s")
     print(f"RESULT sampling_overhead_{method_name}_ratio={ratio:.3f} goal<={GOAL}", flush=True)
@@ -242,19 +250,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", choices=sorted(RECIPES), default=list(RECIPES))
     parser.add_argument("--pairs", type=int, default=9)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--size", type=int, default=None, help="default: 64 tiny, 512 full")
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
                         help="frozen weights' dtype, both sides (default: fp32 on the CPU, "
                         "the recipe's on CUDA; fp16 is refused on the CPU)")
+    parser.add_argument("--size", type=int, default=None, help="default: 64 tiny, 512 full")
+    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
+    args.size = args.size or (64 if args.tiny else 512)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         args.dtype = weight_dtype(args.device, args.dtype)
     except ValueError as err:
         parser.error(str(err))
-    args.size = args.size or (64 if args.tiny else 512)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     for name in args.methods:
         measure(name, args)
 

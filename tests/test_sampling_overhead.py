@@ -1,7 +1,9 @@
-"""benchmarks/sampling_overhead.py's ``--dtype``: fp32 by default on the CPU, fp16 refused
-there, bf16 run by both sides (they share the frozen modules, and the run checks the UNet's
-input dtypes match)."""
+"""benchmarks/sampling_overhead.py's ``--dtype`` (fp32 by default on the CPU, fp16 refused
+there, bf16 run by both sides: they share the frozen modules, and the run checks the UNet's
+input dtypes match) and StoryMaker's pose (ours runs the ControlNet the baseline runs)."""
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -26,21 +28,21 @@ def test_fp16_on_the_cpu_is_refused_with_the_reason(capsys) -> None:
 
 
 class Recorder(nn.Module):
-    """A stand-in UNet: takes the arguments the benchmark's hook records."""
+    """A stand-in UNet, called as both pipelines call theirs."""
 
     def forward(self, sample, timestep, encoder_hidden_states):
         return sample
 
 
-def test_a_baseline_unet_input_dtype_other_than_ours_stops_the_run() -> None:
+def test_a_unet_call_in_another_dtype_stops_the_run() -> None:
     unet, x, text = Recorder(), torch.zeros(1, 4, 2, 2), torch.zeros(1, 3, 8)
-    ours = bench.record_first_call(unet)
+    dtypes = bench.unet_input_dtypes(unet)
+    unet(x.bfloat16(), 0, encoder_hidden_states=text.bfloat16())
     unet(x.bfloat16(), 0, text.bfloat16())
-    ours.pop("handle").remove()
-    assert bench.same_dtypes(unet, ours, lambda: unet(x.bfloat16(), 0, text.bfloat16())) == (
-        "bfloat16")
-    with pytest.raises(RuntimeError, match="bfloat16.*float32"):
-        bench.same_dtypes(unet, ours, lambda: unet(x, 0, text))
+    assert bench.one_dtype(dtypes) == "bfloat16"
+    unet(x, 0, encoder_hidden_states=text)
+    with pytest.raises(RuntimeError, match="differ"):
+        bench.one_dtype(dtypes)
 
 
 def test_tiny_storymaker_runs_both_sides_in_bf16(capsys) -> None:
@@ -52,8 +54,16 @@ def test_tiny_storymaker_runs_both_sides_in_bf16(capsys) -> None:
 
 
 def test_storymaker_gets_a_pose_exactly_when_the_baseline_runs_its_controlnet() -> None:
-    with_controlnet, without = (type("M", (), {"controlnet": c})() for c in (nn.Identity(), None))
-    people = bench.pose("storymaker", with_controlnet, (64, 64))["people"]
+    from ldm_ext.pipelines.instantfamily import InstantFamilyPipeline
+    from ldm_ext.pipelines.storymaker import StoryMakerPipeline
+
+    def pipe(cls, controlnet):
+        made = object.__new__(cls)  # no method to build: pose reads only method.controlnet
+        made.method = SimpleNamespace(controlnet=controlnet)
+        return made
+
+    people = bench.pose(pipe(StoryMakerPipeline, nn.Identity()), (64, 64))["people"]
     assert len(people) == 1
-    assert bench.pose("storymaker", without, (64, 64)) == {}
-    assert bench.pose("instantfamily", with_controlnet, (64, 64)) == {}  # its pipeline poses
+    assert bench.pose(pipe(StoryMakerPipeline, None), (64, 64)) == {}
+    # InstantFamily's pipeline makes its own pose template
+    assert bench.pose(pipe(InstantFamilyPipeline, nn.Identity()), (64, 64)) == {}
