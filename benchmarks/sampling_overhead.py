@@ -18,10 +18,17 @@ extra work, as they are at real use. The baselines:
   instantfamily  ``StableDiffusionControlNetPipeline`` with the method's ControlNet and a
                  pose image of the same size.
   storymaker     ``StableDiffusionXLControlNetPipeline`` when the recipe has a pose
-                 ControlNet, else ``StableDiffusionXLPipeline`` / ``StableDiffusionPipeline``,
+                 ControlNet (ours then gets a one-person pose template, so both sides run
+                 it), else ``StableDiffusionXLPipeline`` / ``StableDiffusionPipeline``,
                  with the same UNet and its decoupled (IP-Adapter-like) processors: the
-                 image tokens reach them through the recorded ``encoder_hidden_states``.
+                 image tokens reach them through the recorded ``cross_attention_kwargs``.
   portraitbooth, sefi_ide  ``StableDiffusion(XL)Pipeline`` with their conditioning.
+
+``--dtype fp32|bf16|fp16`` sets ``model.weight_dtype``, the frozen weights' dtype, for both
+sides (they share the modules; the run stops if the UNet's latents or encoder states differ
+in dtype between them): default fp32 on the CPU and the recipe's own on CUDA. bf16 suits a
+CPU with bf16 matmul kernels (AVX512-BF16 / AMX: ``lscpu``), where it halves the memory of
+the full-size recipes; fp16 is refused on the CPU (it has no fp16 convolution kernels).
 
 A pair is one image from each side (who goes first alternates); a method's figure is the
 median of its per-pair ratios (ours / diffusers seconds, ``benchmarks/timing.py``: CUDA
@@ -52,7 +59,7 @@ RECIPES = {
 }
 
 
-def fullsize_overrides(method: str, family: str, root: Path, device: str) -> list[str]:
+def fullsize_overrides(method: str, family: str, root: Path) -> list[str]:
     """The recipe's Hub names replaced by the random full-size folders (written once)."""
     from ldm_ext import fullsize
 
@@ -62,27 +69,78 @@ def fullsize_overrides(method: str, family: str, root: Path, device: str) -> lis
                                                                       "storymaker"),
                            with_image_encoder=method == "storymaker", face_encoder=face)
     overrides = [f"model.pretrained={paths['model.pretrained']}"]
-    if device != "cuda":
-        overrides.append("model.weight_dtype=fp32")  # CPU half matmuls are emulated
     if method == "storymaker":
         overrides += [f"model.controlnet={paths['model.controlnet']}",
                       f"method.image_encoder={paths['method.image_encoder']}",
                       "method.face_encoder=arcface", "method.face_arch=r100",
-                      f"method.face_weights={paths['method.face_weights']}"]
+                      f"method.face_weights={paths['method.face_weights']}",
+                      # the IP-Adapter initialisations have no offline stand-in: random PPR
+                      "method.faceid_weights=null", "method.plus_weights=null"]
     elif face:
         overrides.append(f"method.face_weights={paths['method.face_weights']}")
     return overrides
 
 
-def build(method: str, tiny: bool, root: Path | None, device: str):
+def weight_dtype(device: str, asked: str | None) -> str | None:
+    """The ``model.weight_dtype`` to run (None: the recipe's own); fp32 by default on the
+    CPU. Raises ValueError for fp16 on the CPU: it has no fp16 convolution kernels."""
+    if device == "cuda":
+        return asked
+    if asked == "fp16":
+        raise ValueError("--dtype fp16 on the CPU: a CPU has no fp16 convolution kernels (its "
+                         "fp16 path is orders of magnitude slower); use --dtype bf16 on a CPU "
+                         "with bf16 kernels (lscpu: avx512_bf16 / amx_bf16) or fp32")
+    return asked or "fp32"
+
+
+def build(method: str, tiny: bool, root: Path | None, device: str, dtype: str | None):
+    """The method of its tiny or full-size recipe, frozen weights in ``dtype`` (None: the
+    recipe's), on ``device`` in eval mode."""
     from ldm_ext.config import load_config
     from ldm_ext.methods.loading import build_method
 
     tiny_name, full_name, _ = RECIPES[method]
     path = EXPERIMENTS / f"{tiny_name if tiny else full_name}.yaml"
     family = load_config(path).model.family
-    overrides = [] if tiny else fullsize_overrides(method, family, root, device)
+    overrides = [] if tiny else fullsize_overrides(method, family, root)
+    if dtype:
+        overrides.append(f"model.weight_dtype={dtype}")
     return build_method(load_config(path, overrides)).to(device).eval()
+
+
+def pose(pipe, size: tuple[int, int]) -> dict:
+    """Our pipeline's pose input where the baseline runs the method's ControlNet and ours
+    runs it only when given a pose (StoryMaker's); else nothing."""
+    from ldm_ext.pipelines.storymaker import StoryMakerPipeline
+
+    if not isinstance(pipe, StoryMakerPipeline) or pipe.method.controlnet is None:
+        return {}
+    from ldm_ext.perception.pose import pose_template
+
+    return {"people": pose_template(1, size)}
+
+
+def unet_input_dtypes(unet: torch.nn.Module) -> set:
+    """A set that collects, from now on, the (latents, encoder states) dtypes of every call
+    of ``unet`` (ours and the baseline's alike)."""
+    seen: set = set()
+
+    def hook(_, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        states = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        seen.add((sample.dtype, getattr(states, "dtype", None)))
+
+    unet.register_forward_pre_hook(hook, with_kwargs=True)
+    return seen
+
+
+def one_dtype(seen: set) -> str:
+    """The latents' dtype of ``unet_input_dtypes``' calls, e.g. "bfloat16"; RuntimeError
+    when the calls differ (one side ran in another dtype)."""
+    if len(seen) != 1:
+        raise RuntimeError(f"the UNet's (latents, encoder states) dtypes differ between "
+                           f"the calls: {sorted(map(str, seen))}")
+    return str(next(iter(seen))[0]).removeprefix("torch.")
 
 
 def identities(method: str):
@@ -113,8 +171,9 @@ def record_first_call(module: torch.nn.Module) -> dict:
 
 
 def ours_call(pipe, prompt, ids, size, steps):
+    extra = pose(pipe, size)
     return lambda: pipe(prompt, ids, size=size, steps=steps, guidance=7.5,
-                        generator=torch.Generator().manual_seed(0), progress=False)
+                        generator=torch.Generator().manual_seed(0), progress=False, **extra)
 
 
 def baseline(method, ours_pipe, prompt, ids, size, steps):
@@ -157,7 +216,8 @@ def baseline(method, ours_pipe, prompt, ids, size, steps):
 
 
 def measure(method_name: str, args) -> float:
-    method = build(method_name, args.tiny, args.fullsize, args.device)
+    method = build(method_name, args.tiny, args.fullsize, args.device, args.dtype)
+    dtypes = unet_input_dtypes(method.unet)
     pipe, prompt = method.pipeline(scheduler="ddim"), RECIPES[method_name][2]
     ids, size = identities(method_name), (args.size, args.size)
     ours = ours_call(pipe, prompt, ids, size, args.steps)
@@ -172,7 +232,8 @@ def measure(method_name: str, args) -> float:
         base_seconds.append(base_s)
     q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios * 3)
     ratio = statistics.median(ratios)
-    print(f"{method_name}: vs {what}, {args.steps} steps at {args.size}², quartiles "
+    print(f"{method_name}: vs {what}, {args.steps} steps at {args.size}² in "
+          f"{one_dtype(dtypes)}, quartiles "
           f"{q1:.3f}-{q3:.3f}, diffusers {args.steps / statistics.median(base_seconds):.2f} "
           f"it/s, ours {args.steps / statistics.median(base_seconds) / ratio:.2f} it/s")
     print(f"RESULT sampling_overhead_{method_name}_ratio={ratio:.3f} goal<={GOAL}", flush=True)
@@ -189,12 +250,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", choices=sorted(RECIPES), default=list(RECIPES))
     parser.add_argument("--pairs", type=int, default=9)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
+                        help="frozen weights' dtype, both sides (default: fp32 on the CPU, "
+                        "the recipe's on CUDA; fp16 is refused on the CPU)")
     parser.add_argument("--size", type=int, default=None, help="default: 64 tiny, 512 full")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     args.size = args.size or (64 if args.tiny else 512)
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        args.dtype = weight_dtype(args.device, args.dtype)
+    except ValueError as err:
+        parser.error(str(err))
     for name in args.methods:
         measure(name, args)
 

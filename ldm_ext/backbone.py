@@ -87,14 +87,17 @@ def _text_stack(source: str, family: str, dtype: torch.dtype, kwargs: dict):
     return encoders, tokenizers
 
 
-def load_controlnet(spec: str | None, unet: UNet2DConditionModel, kwargs: dict):
+def load_controlnet(spec: str | None, unet: UNet2DConditionModel, kwargs: dict,
+                    dtype: torch.dtype = torch.float32):
     """``from_unet`` copies the UNet's encoder (ControlNet's recipe, zero-initialised
-    outputs); any other string is a hub id or folder of a pretrained ControlNet."""
+    outputs); any other string is a hub id or folder of a pretrained ControlNet. In
+    ``dtype``, the frozen parts' (a method that trains it upcasts it): a frozen ControlNet
+    in another dtype than the UNet fails on the UNet's latents outside autocast."""
     if spec is None:
         return None
     if spec == "from_unet":
-        return ControlNetModel.from_unet(unet)
-    return _load(ControlNetModel, spec, None, "ControlNet", **kwargs)
+        return ControlNetModel.from_unet(unet).to(dtype)
+    return _load(ControlNetModel, spec, None, "ControlNet", torch_dtype=dtype, **kwargs)
 
 
 def resolve_source(pretrained: str, family: str) -> str:
@@ -128,7 +131,7 @@ def load_backbone(model_cfg) -> Backbone:
     vae = _load(AutoencoderKL, source, "vae", "VAE", torch_dtype=dtype, **kwargs, **variant)
     encoders, tokenizers = _text_stack(source, model_cfg.family, dtype, kwargs)
     scheduler = _load(DDPMScheduler, source, "scheduler", "noise scheduler", **kwargs)
-    controlnet = load_controlnet(model_cfg.controlnet, unet, kwargs)
+    controlnet = load_controlnet(model_cfg.controlnet, unet, kwargs, dtype)
     return Backbone(model_cfg.family, unet, vae, encoders, tokenizers, scheduler,
                     controlnet, source)
 

@@ -85,3 +85,15 @@ def test_building_the_tiny_backbone_leaves_the_random_state_alone(tmp_path):
     before = torch.get_rng_state()
     save_tiny_backbone(tmp_path / "sd15")
     assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("controlnet", ["from_unet", "pretrained"])
+def test_frozen_controlnet_is_loaded_in_the_weight_dtype(tmp_path, controlnet):
+    folder = save_tiny_backbone(tmp_path / "sd")
+    spec = controlnet
+    if controlnet == "pretrained":
+        spec = str(tmp_path / "controlnet")
+        load_backbone(model_cfg(f"model.pretrained={folder}")).controlnet.save_pretrained(spec)
+    bb = load_backbone(model_cfg(f"model.pretrained={folder}", f"model.controlnet={spec}",
+                                 "model.weight_dtype=bf16"))
+    assert bb.controlnet.dtype == bb.unet.dtype == torch.bfloat16
