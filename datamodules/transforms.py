@@ -2,13 +2,14 @@
 
 Geometry is torchvision.transforms.v2's keypoint geometry (``resize_keypoints``,
 ``crop_keypoints``, ``horizontal_flip_keypoints``), computed in numpy with the same float32
-operations in the same order (scale, then shift, then ``x -> (W - 1) - x``), so every point
+operations in the same order (scale, shift, then ``x -> -(x - (W - 1))``), so every point
 lands on the same float32 value (``tests/test_transforms.py`` checks it against the
 kernels): one numpy pass over every point of a sample costs a fraction of three torch
 dispatches, and the loader transforms every training sample. Per-face masks go through
 ``F.resize`` / ``F.crop`` / ``F.horizontal_flip`` on ``tv_tensors.Mask``. Parameters are
 drawn from the sample's own generator, so no global RNG is touched; the pixels go through
-OpenCV with the same output size, crop and flip (faster on one core). Boxes ride along as
+OpenCV with the same output size and crop (faster on one core), the flip as a mirrored view
+that the view's collate mirrors back as it copies the image into the batch. Boxes ride along as
 their two corners among the keypoints: torchvision's box kernels (format conversions,
 clamping) cost about 0.2 ms per sample, 5 % of the whole loader, for four numbers per face.
 We keep torchvision's box geometry: edges flip as ``x -> W - x`` (keypoints, pixel indices,
@@ -177,10 +178,11 @@ class ResizeCrop:
         """``sample`` at R x R; ``rng`` decides the crop offset and the flip.
 
         Geometry is torchvision's keypoint geometry (module doc); the pixels go through
-        OpenCV (area / bilinear resize, slicing, ``cv2.flip``), which is several times
-        faster per image on one core and samples the same grid (align_corners=False).
-        An unflipped crop stays a view of the decoded image (not C-contiguous): the view's
-        collate copies it into the batch, one pass instead of two.
+        OpenCV's area / bilinear resize and slicing, which is several times faster per
+        image on one core than torchvision and samples the same grid (align_corners=False).
+        The crop stays a view of the decoded image (not C-contiguous), a flipped one a
+        mirrored view (negative column stride): the view's collate copies it into the batch
+        (``stack_images``, OpenCV's flip for a mirrored one), one pass instead of two.
         """
         size, hw = self.resolution, self.resized_hw(sample.hw)
         xy, confidence = _points(sample)
@@ -190,7 +192,7 @@ class ResizeCrop:
         _move(xy, scale, np.float32([left, top]), size if flip else 0)
         masks = None if sample.masks is None else self._masks(sample.masks, hw, top, left, flip)
         image = _resize_image(sample.image, hw)[top:top + size, left:left + size]
-        image = cv2.flip(image, 1) if flip else image  # unflipped: a view, copied once by collate
+        image = image[:, ::-1] if flip else image  # a view: collate copies (and mirrors) it once
         return self._rebuild(sample, image, xy, confidence, flip, masks)
 
     def _masks(self, masks: np.ndarray, hw: tuple[int, int], top: int, left: int,

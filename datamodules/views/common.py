@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import get_worker_info
@@ -80,11 +81,6 @@ def valid_slots(count: int, num_slots: int) -> torch.Tensor:
     return torch.from_numpy(np.arange(num_slots) < count)
 
 
-def image_tensor(image: np.ndarray) -> torch.Tensor:
-    """(3, H, W) uint8 view of an (H, W, 3) image (no copy)."""
-    return torch.from_numpy(image).permute(2, 0, 1)
-
-
 def batch_tensor(shape: tuple[int, ...], dtype: torch.dtype, zeroed: bool = False) -> torch.Tensor:
     """A tensor for a collated batch (uninitialised unless ``zeroed``). In a DataLoader
     worker it lives in shared memory, as torch's ``default_collate`` allocates its batches:
@@ -101,11 +97,18 @@ def batch_tensor(shape: tuple[int, ...], dtype: torch.dtype, zeroed: bool = Fals
 
 
 def stack_images(items: list[dict], key: str) -> torch.Tensor:
-    """(B, 3, H, W) uint8 view of a contiguous (B, H, W, 3) stack of ``item[key]``: one copy
-    per image, and channels-last memory as the images were decoded."""
-    first = items[0][key]
-    out = batch_tensor((len(items), *first.shape[1:], first.shape[0]), first.dtype)
-    return torch.stack([i[key].permute(1, 2, 0) for i in items], out=out).permute(0, 3, 1, 2)
+    """(B, 3, H, W) uint8 view of a contiguous (B, H, W, 3) stack of the (H, W, 3) uint8
+    images ``item[key]``: one copy per image, channels-last memory as the images were
+    decoded. A mirrored view (negative column stride: ``ResizeCrop``'s flip) is mirrored
+    back by OpenCV as it is copied, so a flip costs no pass over the image of its own."""
+    out = batch_tensor((len(items), *items[0][key].shape), torch.uint8)
+    for slot, item in zip(out.numpy(), items):
+        image = item[key]
+        if image.strides[1] < 0:
+            cv2.flip(image[:, ::-1], 1, dst=slot)
+        else:
+            slot[...] = image
+    return out.permute(0, 3, 1, 2)
 
 
 def draw_controls(items: list[dict], key: str = "control") -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 
 from datamodules.schema import Sample
 from datamodules.views.common import (SIGNED, UNIT, ControlDrawing, draw_controls, floats,
-                                      image_tensor, normalized_boxes, pad_slots, select_slots,
+                                      normalized_boxes, pad_slots, select_slots,
                                       stack_images, valid_slots)
 from ldm_ext.perception.pose import face_box
 
@@ -26,7 +26,8 @@ class InstantFamilyView:
                      overhang [0, 1] when the face is cut), zeros for empty slots
         face_valid   (B, N) bool
 
-    Per sample (``__call__``) images stay uint8 and unpadded: ``pixel_values`` (3, R, R),
+    Per sample (``__call__``) images stay uint8 and unpadded: ``pixel_values`` the
+    transformed (R, R, 3) image array (a view: a flipped one has a negative column stride),
     ``face_crops`` (n <= N, 3, 160, 160) and ``control`` a :class:`ControlDrawing`.
     ``collate`` writes each into its batch tensor once and converts the whole batch to float
     in one pass. With ``float_batches=False`` batches stay uint8 and ``normalize`` converts
@@ -57,7 +58,7 @@ class InstantFamilyView:
 
     def __call__(self, sample: Sample, rng: torch.Generator) -> dict:
         slots = select_slots(sample.num_faces, self.num_slots, rng)
-        return {"pixel_values": image_tensor(sample.image),  # (3, R, R)
+        return {"pixel_values": sample.image,  # (R, R, 3)
                 "control": self.control(sample, slots), "caption": sample.caption,
                 "key": sample.key, "face_crops": torch.from_numpy(sample.crops[slots]),
                 "face_boxes": normalized_boxes(sample, slots, self.num_slots, clip=False),
