@@ -9,7 +9,7 @@ import math
 import cv2
 import numpy as np
 
-from .draw import draw_body, draw_face
+from .draw import draw_people
 from .face_boxes import face_box
 from .keypoints import Person
 
@@ -75,10 +75,7 @@ def render_control_image(people: list[Person], hw: tuple[int, int],
     canvas = np.zeros((*hw, 3), dtype=np.uint8) if out is None else out
     if canvas.shape != (*hw, 3) or not canvas.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous ({hw[0]}, {hw[1]}, 3) array")
-    for person in people:
-        draw_body(canvas, person.body, hw)
-        if person.face is not None:
-            draw_face(canvas, person.face, hw)
+    draw_people(canvas, people, hw)
     for person, slot in zip(people, circle_slots):
         if slot is None:
             continue
