@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from datamodules.schema import Sample
-from ldm_ext.perception.pose import Person, draw_slot_circle, render_control_image
+from ldm_ext.perception.pose import Person, draw_slot_circles, render_control_image
 
 # 1 / 127.5 rounded down in float32, so that 255 maps to <= 1.0 (not 1 + 1 ulp)
 PIXEL_SCALE = float(np.nextafter(np.float32(1 / 127.5), np.float32(0)))
@@ -53,8 +53,9 @@ class ControlDrawing:
     def draw(self, canvas: np.ndarray) -> np.ndarray:
         """Draw on a black C-contiguous (H, W, 3) uint8 ``canvas``; returns it."""
         render_control_image(self.people, self.hw, [None] * len(self.people), out=canvas)
-        for k, box in self.circles:
-            draw_slot_circle(canvas, box, k)
+        if self.circles:
+            slots, boxes = zip(*self.circles)
+            draw_slot_circles(canvas, np.stack(boxes), list(slots))
         return canvas
 
     def render(self) -> np.ndarray:
