@@ -264,6 +264,25 @@ def _person(entry) -> Person:
                                                                    "face"))
 
 
+def _people(entries: list) -> list[Person]:
+    """The people of pose.json. Well-formed ones (the rule) take one numpy conversion for all
+    bodies and one for all faces, their arrays views of those; anything else goes person by
+    person through ``_person``, whose checks name the fault."""
+    try:
+        bodies = np.asarray([entry["body"] for entry in entries], np.float32)
+        faces = [entry.get("face") for entry in entries]
+        face_points = np.asarray([face for face in faces if face is not None], np.float32)
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return [_person(entry) for entry in entries]
+    if not entries or bodies.shape[1:] != (18, 3) or \
+            (len(face_points) and face_points.shape[1:] != (70, 3)) or \
+            not all(isinstance(entry, dict) for entry in entries):
+        return [_person(entry) for entry in entries]
+    face_points = iter(face_points)
+    return [Person(body=body, face=None if face is None else next(face_points))
+            for body, face in zip(bodies, faces)]
+
+
 def decode_sample(raw: dict, optional: tuple[str, ...] = OPTIONAL_KEYS,
                   min_side: int = 0) -> Sample:
     """Decode the raw bytes of one tar sample with our own decoders (PIL, json, npy).
@@ -296,7 +315,7 @@ def decode_sample(raw: dict, optional: tuple[str, ...] = OPTIONAL_KEYS,
         boxes=_array(boxes, np.float32, (-1, 4), "boxes"),
         landmarks=_array(landmarks, np.float32, (-1, 5, 2), "landmarks"),
         scores=_array(scores, np.float32, (-1,), "scores"), crops=_npy(raw["crops.npy"]),
-        people=[_person(p) for p in people],
+        people=_people(people),
         face_person=_array([-1 if p is None else p for p in face_person], np.int64, (-1,),
                            "face_person"),
         face_model=str(faces.get("model", "")), pose_model=str(pose.get("model", "")))

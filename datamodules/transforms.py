@@ -1,14 +1,19 @@
 """Resize / crop / flip a ``Sample`` with its boxes, landmarks and pose keypoints aligned.
 
-Geometry goes through torchvision.transforms.v2's keypoint kernels (``resize_keypoints``,
-``crop_keypoints``, ``horizontal_flip_keypoints``) and per-face masks through ``F.resize`` /
-``F.crop`` / ``F.horizontal_flip`` on ``tv_tensors.Mask``, with parameters drawn from the
-sample's own generator, so no global RNG is touched; the pixels go through OpenCV with the
-same output size, crop and flip (faster on one core). Boxes ride along as their two corners
-in the one keypoint tensor: torchvision's box kernels (format conversions, clamping) cost
-about 0.2 ms per sample, 5 % of the whole loader, for four numbers per face. We keep
-torchvision's box geometry: edges flip as ``x -> W - x`` (keypoints, pixel indices, as
-``x -> W - 1 - x``), but boxes are not clamped to the crop (torchvision's
+Geometry is torchvision.transforms.v2's keypoint geometry (``resize_keypoints``,
+``crop_keypoints``, ``horizontal_flip_keypoints``), computed in numpy with the same float32
+operations in the same order (scale, shift, then ``x -> -(x - (W - 1))``), so every point
+lands on the same float32 value (``tests/test_transforms.py`` checks it against the
+kernels): one numpy pass over every point of a sample costs a fraction of three torch
+dispatches, and the loader transforms every training sample. Per-face masks go through
+``F.resize`` / ``F.crop`` / ``F.horizontal_flip`` on ``tv_tensors.Mask``. Parameters are
+drawn from the sample's own generator, so no global RNG is touched; the pixels go through
+OpenCV with the same output size and crop (faster on one core), the flip as a mirrored view
+that the view's collate mirrors back as it copies the image into the batch. Boxes ride along as
+their two corners among the keypoints: torchvision's box kernels (format conversions,
+clamping) cost about 0.2 ms per sample, 5 % of the whole loader, for four numbers per face.
+We keep torchvision's box geometry: edges flip as ``x -> W - x`` (keypoints, pixel indices,
+as ``x -> W - 1 - x``), but boxes are not clamped to the crop (torchvision's
 ``clamping_mode=None``): a face cut by the crop keeps its whole detector box, so that
 InstantFamily's 25 % margin is added to the raw box and clipped only after
 (``ldm_ext.attention.masks.build_face_masks``). Whether a face is kept depends on its
@@ -21,6 +26,7 @@ as ``tv_tensors.Mask`` (nearest-neighbour resize).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import cv2
@@ -68,13 +74,29 @@ def _mirror(crops: np.ndarray) -> np.ndarray:
     return cv2.flip(crops.reshape(-1, crops.shape[-1]), 1).reshape(crops.shape)
 
 
-def _points(sample: Sample) -> torch.Tensor:
-    """(M, 2) float32: every 2-D point of a sample in one tensor: box corners (x0, y0),
-    (x1, y1), landmarks, bodies, faces (in that order)."""
-    parts = [sample.boxes.reshape(-1, 2), sample.landmarks.reshape(-1, 2)]
-    parts += [p.body[:, :2] for p in sample.people]
-    parts += [p.face[:, :2] for p in sample.people if p.face is not None]
-    return torch.from_numpy(np.concatenate(parts).astype(np.float32))
+def _points(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+    """Every 2-D point of a sample in one (M, 2) float32 array: box corners (x0, y0),
+    (x1, y1), landmarks, bodies, faces (in that order); and the people's (P,) confidences
+    (bodies, then faces)."""
+    bodies = [p.body for p in sample.people]
+    faces = [p.face for p in sample.people if p.face is not None]
+    xy = np.concatenate([sample.boxes.reshape(-1, 2), sample.landmarks.reshape(-1, 2),
+                         *(k[:, :2] for k in bodies + faces)], dtype=np.float32)
+    confidence = np.concatenate([k[:, 2] for k in bodies + faces]) if bodies else \
+        np.zeros(0, np.float32)
+    return xy, confidence
+
+
+def _move(xy: np.ndarray, scale: np.ndarray, origin: np.ndarray, flip_size: int) -> None:
+    """Points resized by ``scale`` (x, y), cropped at ``origin`` (left, top), flipped in a
+    frame ``flip_size`` wide (0: not flipped), in place, with torchvision's keypoint kernels'
+    float32 operations: multiply, subtract, ``x -> -(x - (W - 1))`` (a point on the last
+    column becomes -0.0, as there)."""
+    np.multiply(xy, scale, out=xy)
+    np.subtract(xy, origin, out=xy)
+    if flip_size:
+        x = xy[:, 0]
+        np.negative(np.subtract(x, np.float32(flip_size - 1), out=x), out=x)
 
 
 def _boxes(corners: np.ndarray, flip: bool) -> np.ndarray:
@@ -87,17 +109,31 @@ def _boxes(corners: np.ndarray, flip: bool) -> np.ndarray:
     return boxes
 
 
-def _people(people: list[Person], xy: np.ndarray, size: int, flip: bool) -> list[Person]:
-    """People with moved keypoints; points outside the image lose their confidence."""
-    def moved(points: np.ndarray, new_xy: np.ndarray, order: np.ndarray) -> np.ndarray:
-        out = np.concatenate([new_xy, points[:, 2:]], axis=1)
-        out[((new_xy < 0) | (new_xy >= size)).any(axis=1), 2] = 0.0
-        return out[order] if flip else out
+@functools.lru_cache(maxsize=64)
+def _flip_order(bodies: int, faces: int) -> np.ndarray:
+    """Index permutation of the people's points (``bodies`` x 18, then ``faces`` x 70) that
+    swaps left and right parts (cached: a handful of layouts recur; never written to)."""
+    return np.concatenate([BODY_FLIP + 18 * i for i in range(bodies)] +
+                          [FACE_FLIP + 18 * bodies + 70 * i for i in range(faces)])
 
-    bodies, faces = xy[:18 * len(people)], iter(xy[18 * len(people):].reshape(-1, 70, 2))
-    return [Person(body=moved(p.body, body, BODY_FLIP),
-                   face=None if p.face is None else moved(p.face, next(faces), FACE_FLIP))
-            for p, body in zip(people, bodies.reshape(-1, 18, 2))]
+
+def _people(people: list[Person], xy: np.ndarray, confidence: np.ndarray, size: int,
+            flip: bool) -> list[Person]:
+    """People with their moved (P, 2) points ``xy`` (bodies, then faces); points outside
+    the image lose their confidence. All in one array: a person's body and face are views
+    of it."""
+    if not people:
+        return []
+    outside = ((xy < 0) | (xy >= size)).any(axis=1)
+    points = np.concatenate([xy, np.where(outside, np.float32(0), confidence)[:, None]],
+                            axis=1)  # (P, 3)
+    faces = (len(points) - 18 * len(people)) // 70
+    if flip:
+        points = points[_flip_order(len(people), faces)]
+    bodies, face_points = points[:18 * len(people)], iter(points[18 * len(people):]
+                                                           .reshape(faces, 70, 3))
+    return [Person(body=body, face=None if p.face is None else next(face_points))
+            for p, body in zip(people, bodies.reshape(-1, 18, 3))]
 
 
 @dataclass
@@ -125,6 +161,12 @@ class ResizeCrop:
             return top, left
         return round((h - self.resolution) / 2), round((w - self.resolution) / 2)
 
+    def _draw_flip(self, rng: torch.Generator) -> bool:
+        """Whether to flip: a float32 uniform draw below ``flip_prob`` (compared in float32,
+        as ``torch.rand(()) < p`` compares; read out with ``item``, one torch call per
+        sample instead of three, each costing tens of microseconds in the loader's stream)."""
+        return bool(torch.rand((), generator=rng).item() < np.float32(self.flip_prob))
+
     def resized_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
         """(H, W) with the shorter side at R, as ``F.resize(x, [R])`` computes it."""
         h, w = hw
@@ -135,23 +177,23 @@ class ResizeCrop:
     def __call__(self, sample: Sample, rng: torch.Generator) -> Sample:
         """``sample`` at R x R; ``rng`` decides the crop offset and the flip.
 
-        Geometry goes through torchvision's kernels (module doc); the pixels through
-        OpenCV (area / bilinear resize, slicing, ``cv2.flip``), which is several times
-        faster per image on one core and samples the same grid (align_corners=False).
-        An unflipped crop stays a view of the decoded image (not C-contiguous): the view's
-        collate copies it into the batch, one pass instead of two.
+        Geometry is torchvision's keypoint geometry (module doc); the pixels go through
+        OpenCV's area / bilinear resize and slicing, which is several times faster per
+        image on one core than torchvision and samples the same grid (align_corners=False).
+        The crop stays a view of the decoded image (not C-contiguous), a flipped one a
+        mirrored view (negative column stride): the view's collate copies it into the batch
+        (``stack_images``, OpenCV's flip for a mirrored one), one pass instead of two.
         """
         size, hw = self.resolution, self.resized_hw(sample.hw)
-        points, _ = F.resize_keypoints(_points(sample), list(hw), canvas_size=sample.hw)
+        xy, confidence = _points(sample)
         top, left = self._origin(hw, rng)
-        points, _ = F.crop_keypoints(points, top, left, size, size)
-        flip = self.flip_prob > 0 and bool(torch.rand((), generator=rng) < self.flip_prob)
-        if flip:
-            points = F.horizontal_flip_keypoints(points, (size, size))
+        flip = self.flip_prob > 0 and self._draw_flip(rng)
+        scale = np.float32([hw[1] / sample.hw[1], hw[0] / sample.hw[0]])  # as resize_keypoints
+        _move(xy, scale, np.float32([left, top]), size if flip else 0)
         masks = None if sample.masks is None else self._masks(sample.masks, hw, top, left, flip)
         image = _resize_image(sample.image, hw)[top:top + size, left:left + size]
-        image = cv2.flip(image, 1) if flip else image  # unflipped: a view, copied once by collate
-        return self._rebuild(sample, image, points.numpy(), flip, masks)
+        image = image[:, ::-1] if flip else image  # a view: collate copies (and mirrors) it once
+        return self._rebuild(sample, image, xy, confidence, flip, masks)
 
     def _masks(self, masks: np.ndarray, hw: tuple[int, int], top: int, left: int,
                flip: bool) -> np.ndarray:
@@ -160,24 +202,26 @@ class ResizeCrop:
                       top, left, self.resolution, self.resolution)
         return (F.horizontal_flip(mask) if flip else mask).numpy()
 
-    def _rebuild(self, sample: Sample, image: np.ndarray, points: np.ndarray, flip: bool,
-                 masks: np.ndarray | None) -> Sample:
+    def _rebuild(self, sample: Sample, image: np.ndarray, points: np.ndarray,
+                 confidence: np.ndarray, flip: bool, masks: np.ndarray | None) -> Sample:
         """The transformed sample; faces cropped away are dropped, the others keep their
         whole (unclamped) boxes."""
         faces = sample.num_faces
         boxes = _boxes(points[:2 * faces], flip)
         visible = np.clip(boxes, 0, self.resolution)  # (F, 4) the part inside the crop
         landmarks = points[2 * faces:7 * faces].reshape(-1, 5, 2)
-        body_face = points[7 * faces:]
         crops = sample.crops
         if flip:
             landmarks, crops = landmarks[:, LANDMARK_FLIP], _mirror(crops)
         keep = ((visible[:, 2:] - visible[:, :2]) >= self.min_face).all(axis=1)
-        return replace(sample, image=image, boxes=boxes[keep],
-                       landmarks=landmarks[keep], scores=sample.scores[keep],
-                       crops=crops if keep.all() else crops[keep],
-                       face_person=sample.face_person[keep],
+        scores, face_person = sample.scores, sample.face_person
+        if not keep.all():
+            boxes, landmarks, scores, crops, face_person = (
+                a[keep] for a in (boxes, landmarks, scores, crops, face_person))
+        return replace(sample, image=image, boxes=boxes, landmarks=landmarks, scores=scores,
+                       crops=crops, face_person=face_person,
                        masks=None if masks is None else np.ascontiguousarray(masks[keep]),
                        reference=sample.reference if keep[:1].all() else None,  # face 0's
-                       people=_people(sample.people, body_face, self.resolution, flip),
+                       people=_people(sample.people, points[7 * faces:], confidence,
+                                      self.resolution, flip),
                        original=sample, original_faces=np.flatnonzero(keep))

@@ -197,6 +197,54 @@ def test_each_reason_is_named(reason):
     assert err.value.reason == reason
 
 
+def person_fault(fault: str) -> dict:
+    """An encoded two-face sample whose pose or links are broken by ``fault``."""
+    sample = good(1)
+    while sample.num_faces < 2 or len(sample.people) < 2:
+        sample = good(sample.num_faces + 10 * len(sample.people))
+    raw = encode_sample(sample)
+    pose, faces = json.loads(raw["pose.json"]), json.loads(raw["faces.json"])
+    if fault == "face_nan":
+        pose["people"][1]["face"][3][0] = float("nan")
+    elif fault == "body_overflow":  # finite in JSON, infinite as float32
+        pose["people"][0]["body"][1][1] = 1e39
+    elif fault == "landmark_inf":
+        faces["landmarks"][1][2][0] = float("inf")
+    elif fault == "link_twice":
+        pose["face_person"] = [0, 0] + pose["face_person"][2:]
+    elif fault == "link_missing_person":
+        pose["face_person"][1] = len(pose["people"])
+    elif fault == "link_below_none":
+        pose["face_person"][0] = -2
+    elif fault == "empty_box":
+        faces["boxes"][1][3] = faces["boxes"][1][1]
+    elif fault == "face_points_missing":
+        pose["people"][0]["face"] = []
+    elif fault == "short_body":
+        pose["people"][1]["body"] = pose["people"][1]["body"][:17]
+    elif fault == "person_not_object":
+        pose["people"][1] = pose["people"][1]["body"]
+    elif fault == "no_body":
+        del pose["people"][0]["body"]
+    raw["pose.json"], raw["faces.json"] = json.dumps(pose).encode(), json.dumps(faces).encode()
+    return raw
+
+
+@pytest.mark.parametrize("fault,reason", [
+    ("face_nan", "nan"), ("body_overflow", "nan"), ("landmark_inf", "nan"),
+    ("link_twice", "bad_person"), ("link_missing_person", "bad_person"),
+    ("link_below_none", "bad_person"), ("empty_box", "box_outside"),
+    ("face_points_missing", "bad_shape"), ("short_body", "bad_shape"),
+    ("person_not_object", "bad_json"), ("no_body", "bad_json")])
+def test_each_pose_and_link_fault_is_named(fault, reason):
+    """Faults in people and links, which the decoder reads for all people at once and the
+    checks test in one pass, are still each refused with their reason."""
+    assert validate(decode_sample(person_fault("none"))).num_faces >= 2
+    with pytest.raises(BadSample) as err, np.errstate(over="ignore"):
+        validate(decode_sample(person_fault(fault)))
+    assert err.value.reason == reason
+
+
 def test_consecutive_duplicate_key_is_counted(tmp_path):
     path = tmp_path / "dup.tar"
     raw = {**encode_sample(good(0)), "__key__": "same"}

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 from ldm_ext.perception.pose import (BODY_PARTS, FACE_TEMPLATE, FACE_TEMPLATE_5, SLOT_COLORS,
-                                     OpenPoseEstimator, Person, PoseModelMissing, face_box,
-                                     face_center, fit_people, people_from_faces, person_from_pose,
+                                     OpenPoseEstimator, circle_radius, draw_slot_circle,
+                                     draw_slot_circles, Person, PoseModelMissing, face_box,
+                                     face_center, fit_people, people_face_boxes, people_from_faces,
+                                     person_from_pose,
                                      pose_template, render_control_image, save_people, slot_color)
 from ldm_ext.perception.pose.files import load_pose
 
@@ -50,6 +52,44 @@ def test_face_box_falls_back_to_head_keypoints():
     np.testing.assert_allclose(face_center(person), [100, 100])
     no_face = Person(body=np.zeros((18, 3)), face=np.zeros((70, 3)))
     assert face_box(no_face) is None and face_center(no_face) is None
+
+
+def test_people_face_boxes_are_each_face_box():
+    """The boxes of all people at once are ``face_box``'s, bit for bit, with its fallbacks:
+    head keypoints (no face, or fewer than two face points), None without either."""
+    rng = np.random.default_rng(3)
+    one_point = _head_only_person()
+    one_point.face = np.zeros((70, 3), np.float32)
+    one_point.face[5] = (40, 50, 1)
+    nothing = Person(body=np.zeros((18, 3)), face=np.zeros((70, 3)))
+    for margin in (0.0, 0.25):
+        for trial in range(20):
+            people = _random_people(rng, (96, 128)) + [_head_only_person(), one_point,
+                                                        nothing][:trial % 4]
+            got = people_face_boxes(people, margin=margin)
+            for box, person in zip(got, people, strict=True):
+                expected = face_box(person, margin=margin)
+                assert (box is None and expected is None) or box.tobytes() == expected.tobytes()
+    [head] = people_face_boxes([_head_only_person()])  # nobody with face keypoints
+    assert np.array_equal(head, face_box(_head_only_person()))
+
+
+def test_slot_circles_at_once_are_each_circle():
+    """Circles drawn together are each drawn alone, in order: centres rounded half to even,
+    radius a quarter of the shorter side (half to even, at least 2)."""
+    rng = np.random.default_rng(4)
+    boxes = np.float32(rng.uniform(0, 60, (12, 2)).repeat(2, axis=1) +
+                       rng.uniform(0, 30, (12, 4)) * [0, 0, 1, 1])
+    boxes[:3] = np.round(boxes[:3] * 2) / 2  # exact halves: ties
+    assert [circle_radius(b) for b in boxes] == \
+        [max(2, int(round(0.25 * min(b[2] - b[0], b[3] - b[1])))) for b in boxes]
+    together, alone = np.zeros((96, 96, 3), np.uint8), np.zeros((96, 96, 3), np.uint8)
+    draw_slot_circles(together, boxes, list(range(12)))
+    for k, box in enumerate(boxes):
+        draw_slot_circle(alone, box, k)
+        centre = (box[:2] + box[2:]) / 2
+        assert tuple(alone[round(centre[1]), round(centre[0])]) == slot_color(k)
+    assert np.array_equal(together, alone)
 
 
 def test_slot_colors_are_distinct_and_not_openpose_colors():

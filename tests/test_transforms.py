@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from datamodules.schema import Sample, validate
-from datamodules.transforms import LANDMARK_FLIP, ResizeCrop
+from datamodules.transforms import LANDMARK_FLIP, ResizeCrop, _move
 from ldm_ext.perception.pose import Person
 
 R = 64  # output resolution
@@ -123,6 +123,32 @@ def test_boxes_move_exactly_as_torchvision_moves_bounding_boxes():
         expected = F.crop(F.resize(moved, list(resized)), top, left, R, R)
         expected = F.horizontal_flip(expected) if flip else expected
         assert np.allclose(out.boxes, expected.numpy(), atol=1e-4)
+
+
+def test_points_move_bit_for_bit_as_torchvision_keypoint_kernels():
+    """The transform's numpy geometry is torchvision's keypoint kernels' float32
+    arithmetic: the same bits (a flipped point on the last column included: -0.0)."""
+    from torchvision.transforms.v2 import functional as F
+
+    rng = np.random.default_rng(1)
+    transform = ResizeCrop(R)
+    for trial in range(40):
+        hw = tuple(int(v) for v in rng.integers(R, 4 * R, 2))
+        resized = transform.resized_hw(hw)
+        points = (rng.uniform(-0.2, 1.2, (50, 2)) * [hw[1], hw[0]]).astype(np.float32)
+        points[:5] = np.round(points[:5])  # integer pixels, some on the crop's last column
+        top, left = (int(rng.integers(0, resized[0] - R + 1)),
+                     int(rng.integers(0, resized[1] - R + 1)))
+        points[5, 0] = (left + R - 1) / (resized[1] / hw[1])
+        flip = bool(trial % 2)
+        expected, _ = F.resize_keypoints(torch.from_numpy(points), list(resized), canvas_size=hw)
+        expected, _ = F.crop_keypoints(expected, top, left, R, R)
+        if flip:
+            expected = F.horizontal_flip_keypoints(expected, (R, R))
+        got = points.copy()
+        _move(got, np.float32([resized[1] / hw[1], resized[0] / hw[0]]),
+              np.float32([left, top]), R if flip else 0)
+        assert got.tobytes() == expected.numpy().tobytes()
 
 
 def test_random_crop_moves_with_the_generator():

@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
 from datamodules.schema import Sample
-from ldm_ext.perception.pose import Person, draw_slot_circle, render_control_image
+from ldm_ext.perception.pose import Person, draw_slot_circles, render_control_image
 
 # 1 / 127.5 rounded down in float32, so that 255 maps to <= 1.0 (not 1 + 1 ulp)
 PIXEL_SCALE = float(np.nextafter(np.float32(1 / 127.5), np.float32(0)))
@@ -34,8 +35,9 @@ def select_slots(num_faces: int, num_slots: int, rng: torch.Generator) -> list[i
     """Faces to stack, in slot order: ``min(N, F)`` faces at random, in random order.
 
     InstantFamily Sec. 4.2: random order so that every slot learns, not just the first.
+    (Cut as a list: each torch call costs tens of microseconds in the loader's stream.)
     """
-    return torch.randperm(num_faces, generator=rng)[:num_slots].tolist()
+    return torch.randperm(num_faces, generator=rng).tolist()[:num_slots]
 
 
 @dataclass
@@ -51,8 +53,9 @@ class ControlDrawing:
     def draw(self, canvas: np.ndarray) -> np.ndarray:
         """Draw on a black C-contiguous (H, W, 3) uint8 ``canvas``; returns it."""
         render_control_image(self.people, self.hw, [None] * len(self.people), out=canvas)
-        for k, box in self.circles:
-            draw_slot_circle(canvas, box, k)
+        if self.circles:
+            slots, boxes = zip(*self.circles)
+            draw_slot_circles(canvas, np.stack(boxes), list(slots))
         return canvas
 
     def render(self) -> np.ndarray:
@@ -79,11 +82,6 @@ def valid_slots(count: int, num_slots: int) -> torch.Tensor:
     return torch.from_numpy(np.arange(num_slots) < count)
 
 
-def image_tensor(image: np.ndarray) -> torch.Tensor:
-    """(3, H, W) uint8 view of an (H, W, 3) image (no copy)."""
-    return torch.from_numpy(image).permute(2, 0, 1)
-
-
 def batch_tensor(shape: tuple[int, ...], dtype: torch.dtype, zeroed: bool = False) -> torch.Tensor:
     """A tensor for a collated batch (uninitialised unless ``zeroed``). In a DataLoader
     worker it lives in shared memory, as torch's ``default_collate`` allocates its batches:
@@ -100,11 +98,18 @@ def batch_tensor(shape: tuple[int, ...], dtype: torch.dtype, zeroed: bool = Fals
 
 
 def stack_images(items: list[dict], key: str) -> torch.Tensor:
-    """(B, 3, H, W) uint8 view of a contiguous (B, H, W, 3) stack of ``item[key]``: one copy
-    per image, and channels-last memory as the images were decoded."""
-    first = items[0][key]
-    out = batch_tensor((len(items), *first.shape[1:], first.shape[0]), first.dtype)
-    return torch.stack([i[key].permute(1, 2, 0) for i in items], out=out).permute(0, 3, 1, 2)
+    """(B, 3, H, W) uint8 view of a contiguous (B, H, W, 3) stack of the (H, W, 3) uint8
+    images ``item[key]``: one copy per image, channels-last memory as the images were
+    decoded. A mirrored view (negative column stride: ``ResizeCrop``'s flip) is mirrored
+    back by OpenCV as it is copied, so a flip costs no pass over the image of its own."""
+    out = batch_tensor((len(items), *items[0][key].shape), torch.uint8)
+    for slot, item in zip(out.numpy(), items):
+        image = item[key]
+        if image.strides[1] < 0:
+            cv2.flip(image[:, ::-1], 1, dst=slot)
+        else:
+            slot[...] = image
+    return out.permute(0, 3, 1, 2)
 
 
 def draw_controls(items: list[dict], key: str = "control") -> torch.Tensor:
@@ -116,12 +121,13 @@ def draw_controls(items: list[dict], key: str = "control") -> torch.Tensor:
 
 
 def pad_slots(items: list[dict], key: str, num_slots: int) -> torch.Tensor:
-    """(B, N, ...) of each item's (n <= N, ...) ``item[key]``, zeros in empty slots."""
+    """(B, N, ...) of each item's (n <= N, ...) ``item[key]``, zeros in empty slots (written
+    through numpy: torch's slicing and copies cost several times more per call)."""
     first = items[0][key]
     padded = batch_tensor((len(items), num_slots, *first.shape[1:]), first.dtype)
-    for out, item in zip(padded, items):
+    for out, item in zip(padded.numpy(), items):
         n = len(item[key])
-        out[:n] = item[key]
+        out[:n] = item[key].numpy()
         out[n:] = 0
     return padded
 

@@ -6,9 +6,9 @@ import torch
 
 from datamodules.schema import Sample
 from datamodules.views.common import (SIGNED, UNIT, ControlDrawing, draw_controls, floats,
-                                      image_tensor, normalized_boxes, pad_slots, select_slots,
+                                      normalized_boxes, pad_slots, select_slots,
                                       stack_images, valid_slots)
-from ldm_ext.perception.pose import face_box
+from ldm_ext.perception.pose import people_face_boxes
 
 
 class InstantFamilyView:
@@ -26,7 +26,8 @@ class InstantFamilyView:
                      overhang [0, 1] when the face is cut), zeros for empty slots
         face_valid   (B, N) bool
 
-    Per sample (``__call__``) images stay uint8 and unpadded: ``pixel_values`` (3, R, R),
+    Per sample (``__call__``) images stay uint8 and unpadded: ``pixel_values`` the
+    transformed (R, R, 3) image array (a view: a flipped one has a negative column stride),
     ``face_crops`` (n <= N, 3, 160, 160) and ``control`` a :class:`ControlDrawing`.
     ``collate`` writes each into its batch tensor once and converts the whole batch to float
     in one pass. With ``float_batches=False`` batches stay uint8 and ``normalize`` converts
@@ -46,18 +47,21 @@ class InstantFamilyView:
         """The control image for the faces in ``slots`` (slot k = ``slots[k]``): circles
         at the person's face keypoint box (as ``render_control_image`` places them), else
         at the detector box's visible part."""
-        h, w = sample.hw
+        persons = sample.face_person[slots].tolist()
+        boxes = iter(people_face_boxes([sample.people[p] for p in persons if p >= 0],
+                                           margin=0.0))
         circles = []
-        for k, face in enumerate(slots):
-            person = int(sample.face_person[face])
-            box = face_box(sample.people[person], margin=0.0) if person >= 0 else None
-            visible = np.clip(sample.boxes[face], 0, np.float32([w, h, w, h]))
-            circles.append((k, visible if box is None else box))
+        for k, (face, person) in enumerate(zip(slots, persons)):
+            box = next(boxes) if person >= 0 else None
+            if box is None:  # the visible part of the detector box
+                h, w = sample.hw
+                box = np.clip(sample.boxes[face], 0, np.float32([w, h, w, h]))
+            circles.append((k, box))
         return ControlDrawing(sample.people, circles, sample.hw)
 
     def __call__(self, sample: Sample, rng: torch.Generator) -> dict:
         slots = select_slots(sample.num_faces, self.num_slots, rng)
-        return {"pixel_values": image_tensor(sample.image),  # (3, R, R)
+        return {"pixel_values": sample.image,  # (R, R, 3)
                 "control": self.control(sample, slots), "caption": sample.caption,
                 "key": sample.key, "face_crops": torch.from_numpy(sample.crops[slots]),
                 "face_boxes": normalized_boxes(sample, slots, self.num_slots, clip=False),

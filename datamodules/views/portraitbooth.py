@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from datamodules.schema import MASK_SEG, Sample
-from datamodules.views.common import (BINARY, SIGNED, floats, image_tensor, normalized_boxes,
+from datamodules.views.common import (BINARY, SIGNED, floats, normalized_boxes,
                                       pad_slots, stack_images, valid_slots)
 from ldm_ext.perception.segmenters import EllipseSegmenter
 
@@ -50,7 +50,7 @@ class PortraitBoothView:
             reference[0] = sample.reference
         masks = EllipseSegmenter()(sample.image, sample.boxes[faces]) if sample.masks is None \
             else (sample.masks[faces] & MASK_SEG) > 0
-        return {"pixel_values": image_tensor(sample.image), "caption": sample.caption,
+        return {"pixel_values": sample.image, "caption": sample.caption,
                 "key": sample.key, "reference": torch.from_numpy(reference),
                 "face_boxes": normalized_boxes(sample, faces, self.num_slots),
                 "face_masks": torch.from_numpy(masks.astype(np.uint8)),

@@ -7,7 +7,7 @@ import torch
 
 from datamodules.schema import MASK_CHAR, Sample
 from datamodules.views.common import (BINARY, SIGNED, UNIT, ControlDrawing, draw_controls,
-                                      floats, image_tensor, normalized_boxes, pad_slots,
+                                      floats, normalized_boxes, pad_slots,
                                       stack_images, valid_slots)
 from ldm_ext.face.align import arcface_crops
 from ldm_ext.perception.character_crop import reference_crop
@@ -101,7 +101,7 @@ class StoryMakerView:
         masks = self.character_masks(sample, faces)
         angles = draw_angles(len(faces), self.reference_rotation, rng)
         photo, found = source_of(sample, faces)
-        return {"pixel_values": image_tensor(sample.image),
+        return {"pixel_values": sample.image,
                 "control": ControlDrawing(sample.people, [], sample.hw),
                 "caption": sample.caption, "key": sample.key,
                 "face_crops": torch.from_numpy(arcface_crops(

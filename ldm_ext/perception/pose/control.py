@@ -9,7 +9,7 @@ import math
 import cv2
 import numpy as np
 
-from .draw import draw_body, draw_face
+from .draw import draw_people
 from .face_boxes import face_box
 from .keypoints import Person
 
@@ -27,7 +27,13 @@ GOLDEN_RATIO = (math.sqrt(5.0) - 1.0) / 2.0  # hue step of generated colours
 
 def circle_radius(box: np.ndarray) -> int:
     """Default slot-circle radius: a quarter of the face box's shorter side (xyxy px)."""
-    return max(2, int(round(0.25 * min(box[2] - box[0], box[3] - box[1]))))
+    return int(_radii(np.asarray(box)[None])[0])
+
+
+def _radii(boxes: np.ndarray) -> np.ndarray:
+    """(K,) default radii (``circle_radius``) of (K, 4) boxes: rounded half to even, >= 2."""
+    sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    return np.maximum(np.rint(0.25 * sides), 2).astype(np.int64)
 
 
 def slot_color(slot: int) -> tuple[int, int, int]:
@@ -49,10 +55,17 @@ def draw_slot_circle(canvas: np.ndarray, box: np.ndarray, slot: int,
                      radius: int | None = None) -> None:
     """Filled ``slot_color(slot)`` circle at the centre of face ``box`` (xyxy px), in
     place; ``radius`` defaults to ``circle_radius(box)``."""
-    centre = (box[:2] + box[2:]) / 2
-    cv2.circle(canvas, tuple(int(round(v)) for v in centre),
-               circle_radius(box) if radius is None else radius, slot_color(slot),
-               thickness=-1)
+    draw_slot_circles(canvas, np.asarray(box)[None], [slot], radius)
+
+
+def draw_slot_circles(canvas: np.ndarray, boxes: np.ndarray, slots: list[int],
+                      radius: int | None = None) -> None:
+    """``draw_slot_circle`` for each of the (K, 4) ``boxes`` and its slot, in order, with
+    the centres (rounded half to even) and radii of all computed at once."""
+    centres = np.rint((boxes[:, :2] + boxes[:, 2:]) / 2).astype(np.int64).tolist()
+    radii = _radii(boxes).tolist() if radius is None else [radius] * len(slots)
+    for (x, y), r, slot in zip(centres, radii, slots):
+        cv2.circle(canvas, (x, y), r, slot_color(slot), thickness=-1)
 
 
 def render_control_image(people: list[Person], hw: tuple[int, int],
@@ -75,10 +88,7 @@ def render_control_image(people: list[Person], hw: tuple[int, int],
     canvas = np.zeros((*hw, 3), dtype=np.uint8) if out is None else out
     if canvas.shape != (*hw, 3) or not canvas.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous ({hw[0]}, {hw[1]}, 3) array")
-    for person in people:
-        draw_body(canvas, person.body, hw)
-        if person.face is not None:
-            draw_face(canvas, person.face, hw)
+    draw_people(canvas, people, hw)
     for person, slot in zip(people, circle_slots):
         if slot is None:
             continue

@@ -7,12 +7,13 @@ polygon ellipse of half-width 4 in 60 % of its colour, each body keypoint a fill
 radius 4, each face keypoint a white circle of radius 3. We keep every rounding of that
 code (float32 normalised coordinates, truncation to int, float32 limb length), so the
 images are identical (``tests/test_pose.py`` checks it on random people), but compute the
-geometry of all limbs at once instead of building small arrays per limb: the data loader
-draws one control image per training sample.
+geometry of all limbs and points of all people at once instead of building small arrays per
+limb or person: the data loader draws one control image per training sample.
 """
 from __future__ import annotations
 
 import math
+from itertools import islice
 
 import cv2
 import numpy as np
@@ -54,34 +55,66 @@ def _canvas_xy(points: np.ndarray, hw: tuple[int, int],
     return xs, ys
 
 
-def draw_body(canvas: np.ndarray, body: np.ndarray, hw: tuple[int, int]) -> None:
-    """Limbs, then keypoints, of one (18, 3) body (x, y, confidence; 0 = missing) given in
-    a frame of ``hw`` (height, width), in place on (H, W, 3) uint8 ``canvas``."""
-    xs, ys = _canvas_xy(body, hw, canvas.shape[:2])
-    present = body[:, 2] > 0
-    drawn = present[LIMBS].all(axis=1)  # (17,) both ends present
-    first, second = LIMBS[drawn, 0], LIMBS[drawn, 1]
-    mid_x, mid_y = (xs[first] + xs[second]) / 2, (ys[first] + ys[second]) / 2
-    dx, dy = xs[first] - xs[second], ys[first] - ys[second]
-    for limb, cx, cy, ddx, ddy in zip(np.flatnonzero(drawn).tolist(), mid_x.tolist(),
-                                      mid_y.tolist(), dx, dy):
-        length = (ddx ** 2 + ddy ** 2) ** 0.5  # float32 scalars, as controlnet_aux rounds
-        angle = math.degrees(math.atan2(float(ddy), float(ddx)))
-        polygon = cv2.ellipse2Poly((int(cx), int(cy)), (int(length / 2), STICK_WIDTH),
-                                   int(angle), 0, 360, 1)
-        cv2.fillConvexPoly(canvas, polygon, LIMB_COLORS[limb])
-    for k in np.flatnonzero(present).tolist():  # int(): truncation, as controlnet_aux does
-        cv2.circle(canvas, (int(xs[k]), int(ys[k])), BODY_RADIUS, COLORS[k], thickness=-1)
+def draw_people(canvas: np.ndarray, people: list, hw: tuple[int, int]) -> None:
+    """Skeletons of ``people`` (``Person``s given in a frame of ``hw``, height and width) in
+    place on the (H, W, 3) uint8 ``canvas``, in controlnet_aux's order: person after person,
+    its limbs, then its body keypoints, then its face dots.
 
-
-def draw_face(canvas: np.ndarray, face: np.ndarray, hw: tuple[int, int]) -> None:
-    """White dots (OpenCV's filled circle of radius 3) at the present points of a (70, 3)
-    face given in a frame of ``hw`` (height, width), in place; like controlnet_aux, points
-    on the canvas's first row or column are not drawn."""
-    xs, ys = (v.astype(np.int64) for v in _canvas_xy(face, hw, canvas.shape[:2]))  # trunc.
-    keep = (face[:, 2] > 0) & (xs > 0) & (ys > 0)
-    xs, ys = xs[keep, None] + FACE_DOT[0], ys[keep, None] + FACE_DOT[1]  # (P, dot pixels)
-    height, width = canvas.shape[:2]
-    inside = (xs >= 0) & (ys >= 0) & (xs < width) & (ys < height)
+    The geometry of all people (canvas coordinates, which limbs and points are drawn) is
+    computed in one numpy pass over every point, not per person: the data loader draws
+    every training sample's people, and each small numpy call costs microseconds there.
+    """
+    if not people:
+        return
+    faces = [p.face for p in people if p.face is not None]
+    points = np.concatenate([p.body for p in people] + faces)  # (18 P + 70 F, 3)
+    xs, ys = _canvas_xy(points, hw, canvas.shape[:2])
+    bodies = 18 * len(people)
+    present = points[:bodies, 2] > 0
+    limbs = _limbs(xs, ys, present.reshape(-1, 18))
+    keypoint = np.flatnonzero(present)  # person by person, COCO order
+    circles = zip((keypoint % 18).tolist(), xs[keypoint].astype(np.int64).tolist(),
+                  ys[keypoint].astype(np.int64).tolist())  # truncated, as controlnet_aux does
+    circle_counts = present.reshape(-1, 18).sum(axis=1).tolist()
+    dots = iter(_face_dots(xs[bodies:], ys[bodies:], points[bodies:, 2], canvas.shape[:2]))
     pixels = canvas.view(RGB_PIXEL).reshape(-1)  # (H * W,) one 3-byte item per pixel
-    pixels[(ys * width + xs)[inside]] = WHITE_PIXEL
+    for person, person_limbs, count in zip(people, limbs, circle_counts):
+        for limb, cx, cy, ddx, ddy in person_limbs:
+            length = (ddx ** 2 + ddy ** 2) ** 0.5  # float32 scalars, as controlnet_aux rounds
+            angle = math.degrees(math.atan2(float(ddy), float(ddx)))
+            polygon = cv2.ellipse2Poly((cx, cy), (int(length / 2), STICK_WIDTH), int(angle),
+                                       0, 360, 1)
+            cv2.fillConvexPoly(canvas, polygon, LIMB_COLORS[limb])
+        for k, x, y in islice(circles, count):
+            cv2.circle(canvas, (x, y), BODY_RADIUS, COLORS[k], thickness=-1)
+        if person.face is not None:
+            pixels[next(dots)] = WHITE_PIXEL
+
+
+def _limbs(xs: np.ndarray, ys: np.ndarray, present: np.ndarray) -> list[list[tuple]]:
+    """Per person, its drawn limbs (both ends present) as (limb, centre x, centre y, dx, dy):
+    the centre truncated to int and the float32 offset between the ends, as controlnet_aux
+    computes them (``xs``, ``ys``: canvas coordinates of the (P, 18) bodies first)."""
+    person, limb = np.nonzero(present[:, LIMBS].all(axis=2))  # person-major, limb order
+    first, second = LIMBS[limb, 0] + 18 * person, LIMBS[limb, 1] + 18 * person
+    mid_x, mid_y = (xs[first] + xs[second]) / 2, (ys[first] + ys[second]) / 2
+    drawn = list(zip(limb.tolist(), mid_x.astype(np.int64).tolist(),
+                     mid_y.astype(np.int64).tolist(), xs[first] - xs[second],
+                     ys[first] - ys[second]))
+    ends = np.cumsum(np.bincount(person, minlength=len(present))).tolist()
+    return [drawn[start:end] for start, end in zip([0] + ends, ends)]
+
+
+def _face_dots(xs: np.ndarray, ys: np.ndarray, confidence: np.ndarray,
+               canvas_hw: tuple[int, int]) -> list[np.ndarray]:
+    """Per (70-point) face, the flat canvas indices of its white dots (OpenCV's filled
+    circle of radius 3) at its present points, inside the canvas; like controlnet_aux,
+    points on the canvas's first row or column are not drawn."""
+    height, width = canvas_hw
+    xs, ys = xs.astype(np.int64), ys.astype(np.int64)  # truncated
+    keep = (confidence > 0) & (xs > 0) & (ys > 0)
+    xs, ys = xs[:, None] + FACE_DOT[0], ys[:, None] + FACE_DOT[1]  # (70 F, dot pixels)
+    inside = keep[:, None] & (xs >= 0) & (ys >= 0) & (xs < width) & (ys < height)
+    ends = np.cumsum(inside.reshape(-1, 70 * len(FACE_DOT[0])).sum(axis=1)).tolist()
+    flat = (ys * width + xs)[inside]
+    return [flat[start:end] for start, end in zip([0] + ends, ends)]

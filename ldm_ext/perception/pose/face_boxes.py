@@ -53,8 +53,34 @@ def face_box(person: Person, margin: float = 0.25) -> np.ndarray | None:
     if extent is None:
         return None
     lo, hi, _ = extent
+    return _grown(lo, hi, margin)
+
+
+def _grown(lo: np.ndarray, hi: np.ndarray, margin: float) -> np.ndarray:
+    """(..., 4) float32 xyxy boxes from (..., 2) corners, grown by ``margin`` about their
+    centres."""
     centre, half = (lo + hi) / 2, (hi - lo) / 2 * (1.0 + margin)
-    return np.concatenate([centre - half, centre + half]).astype(np.float32)
+    return np.concatenate([centre - half, centre + half], axis=-1).astype(np.float32)
+
+
+def people_face_boxes(people: list[Person], margin: float = 0.25) -> list[np.ndarray | None]:
+    """``face_box`` of each person, the face keypoints of all people at once: the same
+    float32 boxes in a few numpy calls instead of a few per person (the data loader asks
+    for every selected face of every training sample)."""
+    faces = [p.face for p in people if p.face is not None]
+    if not faces:
+        return [face_box(p, margin) for p in people]
+    points = np.stack(faces)  # (F, 70, 3)
+    present = (points[:, :, 2] > 0)[:, :, None]
+    enough = present.sum(axis=(1, 2)) >= 2  # else: the head keypoints (face_box)
+    lo = np.where(present, points[:, :, :2], np.inf)[enough].min(axis=1)  # (F', 2)
+    hi = np.where(present, points[:, :, :2], -np.inf)[enough].max(axis=1)
+    boxes, enough = iter(_grown(lo, hi, margin)), iter(enough.tolist())
+    out = []
+    for person in people:
+        found = person.face is not None and next(enough)
+        out.append(next(boxes) if found else face_box(person, margin))
+    return out
 
 
 # Keypoint box -> face detector box, per keypoint source: (centre shift down, width scale,
