@@ -30,6 +30,7 @@ import torch
 
 from benchmarks.portraitbooth_random import random_portraitbooth
 from benchmarks.timing import timed
+from ldm_ext.attention import AttentionContext
 from ldm_ext.pipelines.sampling import decode_images, denoise, initial_latents
 
 GOAL = 1.10
@@ -42,10 +43,11 @@ def plain_generation(pipe, size: tuple[int, int], steps: int, seed: int):
     text, _ = method.encode_text(["", PROMPT, PROMPT, PROMPT])
     latents = initial_latents(pipe.latent_shape(size), torch.Generator().manual_seed(seed),
                               method.device, text.dtype)
+    ctx = AttentionContext(latent_hw=tuple(latents.shape[-2:]))  # one for all steps, as ours
 
     def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         rows = x[:1].expand(len(text), -1, -1, -1)
-        return method.predict_noise(rows, t[:1].expand(len(text)), text)[:2]
+        return method.predict_noise(rows, t[:1].expand(len(text)), text, ctx)[:2]
 
     latents = denoise(pipe.scheduler, predict, latents, steps, 5.0, progress=False)
     return decode_images(method.vae, latents)[0]

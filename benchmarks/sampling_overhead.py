@@ -3,17 +3,21 @@ work on the same weights.
 
     python -m benchmarks.sampling_overhead [--device cpu|cuda] [--tiny | --fullsize DIR]
         [--methods instantfamily portraitbooth sefi_ide storymaker] [--pairs 9] [--steps 4]
-        [--size 512] [--threads N]
+        [--size 512] [--threads 1]
 
 The method is built from its recipe (``--tiny``: the demo configs on the tiny backbones;
 otherwise the full-size recipes on the random folders ``python -m ldm_ext.fullsize DIR``
 writes, built there if missing). Our pipeline runs once to record what its UNet is given at
-the first step (``encoder_hidden_states`` with every identity token, ``added_cond_kwargs``,
+every step (``encoder_hidden_states`` with every identity token, ``added_cond_kwargs``,
 ``cross_attention_kwargs``); the diffusers pipeline then runs on the same UNet (our
 processors installed), VAE, scheduler config and steps, with ``prompt_embeds`` /
-``negative_prompt_embeds`` set to those recorded rows (and SDXL's pooled embeddings), so
-both sides denoise the same tokens; the identity encoders (face, CLIP) are our side's only
-extra work, as they are at real use. The baselines:
+``negative_prompt_embeds`` set to the first step's recorded rows (and SDXL's pooled
+embeddings) and, where ours changes them from step to step (SeFi-IDE's per-stage keys and
+values), each next step's swapped in by ``callback_on_step_end``, so both sides denoise the
+same tokens (checked once before timing). A diffusers call encodes its prompt and negative
+prompt (``encode_prompt``) before the recorded rows take their place, as ours encodes its
+own: the identity encoders (face, CLIP, the identity tokens' text rows) are our side's
+only extra work, as they are at real use. The baselines:
 
   instantfamily  ``StableDiffusionControlNetPipeline`` with the method's ControlNet and a
                  pose image of the same size.
@@ -32,7 +36,11 @@ the full-size recipes; fp16 is refused on the CPU (it has no fp16 convolution ke
 
 A pair is one image from each side (who goes first alternates); a method's figure is the
 median of its per-pair ratios (ours / diffusers seconds, ``benchmarks/timing.py``: CUDA
-wall clock synchronised, CPU process time). Prints per method
+wall clock synchronised, CPU process time with ``--threads`` (default 1) intra-op threads,
+as ``attention_overhead.py`` measures: on a shared 2-core machine a second thread spins
+at every parallel region whose partner lost its core, billing CPU time that is neither
+side's work and moved single figures by ±8 %; glibc is told to keep freed memory, so
+timed calls do not page-fault, ``timing.keep_freed_memory``). Prints per method
 ``RESULT sampling_overhead_<method>_ratio=<x> goal<=1.03`` and the diffusers side's it/s.
 """
 from __future__ import annotations
@@ -44,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.timing import timed
+from benchmarks.timing import keep_freed_memory, timed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -155,19 +163,22 @@ def identities(method: str):
     return None
 
 
-def record_first_call(module: torch.nn.Module) -> dict:
-    """Hook ``module`` so the arguments of its next forward, by name, are stored in the
-    returned dict."""
-    seen: dict = {}
+def recorded_calls(module: torch.nn.Module, run) -> list[dict]:
+    """The arguments, by name, of each forward of ``module`` during ``run()`` (a dict
+    argument as it was then: a caller may change it between calls)."""
+    calls: list[dict] = []
     signature = inspect.signature(module.forward)
 
     def hook(_, args, kwargs):
-        if "sample" not in seen:
-            seen.update(signature.bind(*args, **kwargs).arguments)
-        return None
+        bound = signature.bind(*args, **kwargs).arguments
+        calls.append({k: dict(v) if isinstance(v, dict) else v for k, v in bound.items()})
 
-    seen["handle"] = module.register_forward_pre_hook(hook, with_kwargs=True)
-    return seen
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return calls
 
 
 def ours_call(pipe, prompt, ids, size, steps):
@@ -180,13 +191,14 @@ def baseline(method, ours_pipe, prompt, ids, size, steps):
     """(callable, description) of the diffusers pipeline on the same weights and tokens."""
     import diffusers
 
-    seen = record_first_call(method.unet)
-    ours_call(ours_pipe, prompt, ids, size, 1)()
-    seen.pop("handle").remove()
+    steps_seen = recorded_calls(method.unet, ours_call(ours_pipe, prompt, ids, size, steps))
+    if len(steps_seen) != steps:
+        raise RuntimeError(f"our pipeline called the UNet {len(steps_seen)} times in {steps} "
+                           "steps; the baseline replays one call per step")
+    seen = steps_seen[0]
     hidden = seen["encoder_hidden_states"]  # (2B, L, D): negative rows, then conditional
     half = hidden.shape[0] // 2
-    kwargs = dict(prompt_embeds=hidden[half:], negative_prompt_embeds=hidden[:half],
-                  cross_attention_kwargs=seen.get("cross_attention_kwargs"))
+    kwargs = dict(prompt_embeds=hidden[half:], negative_prompt_embeds=hidden[:half])
     sdxl = method.backbone.family == "sdxl"
     parts = dict(vae=method.vae, unet=method.unet, scheduler=ours_pipe.scheduler,
                  tokenizer=method.backbone.tokenizers[0],
@@ -209,10 +221,58 @@ def baseline(method, ours_pipe, prompt, ids, size, steps):
     if sdxl:
         pipe.watermark = None
     pipe.set_progress_bar_config(disable=True)
-    call = lambda: pipe(height=size[0], width=size[1], num_inference_steps=steps,  # noqa: E731
-                        guidance_scale=7.5, generator=torch.Generator().manual_seed(0),
-                        output_type="pil", **kwargs)
+    text = dict(prompt=prompt, negative_prompt="", device=method.device,
+                num_images_per_prompt=1, do_classifier_free_guidance=True)
+
+    def call():
+        pipe.encode_prompt(**text)  # a diffusers call's own text encoding, then replaced
+        attention = dict(seen.get("cross_attention_kwargs") or {})  # the steps' own, swapped
+        return pipe(height=size[0], width=size[1], num_inference_steps=steps,
+                    guidance_scale=7.5, generator=torch.Generator().manual_seed(0),
+                    output_type="pil", cross_attention_kwargs=attention or None,
+                    **kwargs, **step_swaps(steps_seen, attention, sdxl))
+
+    check_replay(method.unet, call, steps_seen)
     return call, f"{name} ({2 * half} rows x {hidden.shape[1]} keys)"
+
+
+def step_swaps(steps_seen: list[dict], attention: dict, sdxl: bool) -> dict:
+    """diffusers call arguments that give step i + 1 what our UNet got at step i + 1 where
+    that changed: its text rows (and SDXL pooled rows) through ``callback_on_step_end``,
+    its attention context into ``attention`` (the call's ``cross_attention_kwargs``)."""
+    if all(same_step(s, steps_seen[0]) for s in steps_seen[1:]):
+        return {}  # the first step's arguments serve every step
+    names = ["prompt_embeds"] + (["add_text_embeds"] if sdxl else [])
+
+    def next_step(_pipe, i: int, _t, _tensors: dict) -> dict:
+        if i + 1 == len(steps_seen):
+            return {}
+        seen = steps_seen[i + 1]
+        attention.update(seen.get("cross_attention_kwargs") or {})
+        swapped = {"prompt_embeds": seen["encoder_hidden_states"]}
+        if sdxl:
+            swapped["add_text_embeds"] = seen["added_cond_kwargs"]["text_embeds"]
+        return swapped
+
+    return dict(callback_on_step_end=next_step, callback_on_step_end_tensor_inputs=names)
+
+
+def same_step(a: dict, b: dict) -> bool:
+    """Whether two recorded UNet calls got the same conditioning: equal text rows (and
+    SDXL pooled rows), the same attention context objects."""
+    pooled = [(seen.get("added_cond_kwargs") or {}).get("text_embeds") for seen in (a, b)]
+    return (torch.equal(a["encoder_hidden_states"], b["encoder_hidden_states"])
+            and (pooled[0] is None or torch.equal(*pooled))
+            and [id(v) for v in (a.get("cross_attention_kwargs") or {}).values()]
+            == [id(v) for v in (b.get("cross_attention_kwargs") or {}).values()])
+
+
+def check_replay(unet, call, steps_seen: list[dict]) -> None:
+    """Run the baseline once (its warm-up) and refuse it unless its UNet saw, step by step,
+    the conditioning ours saw."""
+    replayed = recorded_calls(unet, call)
+    if len(replayed) != len(steps_seen) or not all(map(same_step, replayed, steps_seen)):
+        raise RuntimeError("the diffusers baseline does not denoise the tokens ours does")
 
 
 def measure(method_name: str, args) -> float:
@@ -221,8 +281,7 @@ def measure(method_name: str, args) -> float:
     pipe, prompt = method.pipeline(scheduler="ddim"), RECIPES[method_name][2]
     ids, size = identities(method_name), (args.size, args.size)
     ours = ours_call(pipe, prompt, ids, size, args.steps)
-    theirs, what = baseline(method, pipe, prompt, ids, size, args.steps)
-    ours(), theirs()  # warm-up
+    theirs, what = baseline(method, pipe, prompt, ids, size, args.steps)  # both warmed up
     ratios, base_seconds = [], []
     for pair in range(args.pairs):
         first, second = (ours, theirs) if pair % 2 == 0 else (theirs, ours)
@@ -254,11 +313,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="frozen weights' dtype, both sides (default: fp32 on the CPU, "
                         "the recipe's on CUDA; fp16 is refused on the CPU)")
     parser.add_argument("--size", type=int, default=None, help="default: 64 tiny, 512 full")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1, help="CPU: torch intra-op threads")
     args = parser.parse_args(argv)
     args.size = args.size or (64 if args.tiny else 512)
-    if args.threads:
+    if args.device == "cpu":
         torch.set_num_threads(args.threads)
+        keep_freed_memory()
     try:
         args.dtype = weight_dtype(args.device, args.dtype)
     except ValueError as err:

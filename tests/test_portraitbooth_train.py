@@ -15,7 +15,7 @@ from PIL import Image
 from ldm_ext.evaluation import cli as evaluate
 from ldm_ext.evaluation.grid_labels import grid_layout
 from ldm_ext.evaluation.subjects import write_demo_subjects
-from ldm_ext.attention import AttentionStore
+from ldm_ext.attention import AttentionContext, AttentionStore
 from ldm_ext.config import load_config
 from ldm_ext.methods.loading import build_method, load_run
 from ldm_ext.methods.portraitbooth import ecac_entries
@@ -73,7 +73,8 @@ def _prediction(method, t: list[int], store=None):
                                        batch["face_valid"])
     noisy = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
     t = torch.tensor(t)
-    return batch, faces, noisy, t, method.predict_noise(noisy, t, text, store=store)
+    ctx = AttentionContext(store=store, latent_hw=(8, 8))
+    return batch, faces, noisy, t, method.predict_noise(noisy, t, text, ctx)
 
 
 def test_dip_reaches_the_unet_and_decodes_only_samples_at_small_t(method, monkeypatch):
@@ -140,6 +141,24 @@ def test_composition_conditions_each_subject_alone(method):
         torch.testing.assert_close(text[k + 2, position], text[1, position])
     image = pipe(prompt, crops, size=(64, 64), steps=1, progress=False)
     assert image.size == (64, 64)
+
+
+@pytest.mark.parametrize("num_ids", [1, 2])
+def test_sampling_projects_the_text_once_per_run(method, num_ids):
+    """The text is the same at every step: each cross-attention layer projects it to keys
+    once per image, not once per step (one attention context serves the whole run)."""
+    layer = next(m for name, m in method.unet.named_modules() if name.endswith("attn2"))
+    calls = []
+    handle = layer.to_k.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        method.eval()
+        crops = torch.rand(num_ids, 3, 160, 160) * 2 - 1
+        method.pipeline()("a photo of a man and a woman", crops, size=(64, 64), steps=3,
+                          progress=False)
+    finally:
+        handle.remove()
+        method.train()
+    assert len(calls) == 1
 
 
 # ----- the demo end to end ---------------------------------------------------------------

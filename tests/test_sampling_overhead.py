@@ -1,6 +1,9 @@
-"""benchmarks/sampling_overhead.py's ``--dtype`` (fp32 by default on the CPU, fp16 refused
+"""benchmarks/sampling_overhead.py: ``--dtype`` (fp32 by default on the CPU, fp16 refused
 there, bf16 run by both sides: they share the frozen modules, and the run checks the UNet's
-input dtypes match) and StoryMaker's pose (ours runs the ControlNet the baseline runs)."""
+input dtypes match), StoryMaker's pose (ours runs the ControlNet the baseline runs), and the
+diffusers baseline denoising the tokens ours does at every step (tiny SeFi-IDE, whose keys
+and values change with the stage) while paying its own text encoding, as a diffusers call
+does."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -10,6 +13,9 @@ import torch
 from torch import nn
 
 from benchmarks import sampling_overhead as bench
+
+PROMPT, SIZE, STEPS = "a photo of V*", (32, 32), 3
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_dtype_defaults_fp32_on_cpu_and_the_recipe_s_on_cuda() -> None:
@@ -67,3 +73,35 @@ def test_storymaker_gets_a_pose_exactly_when_the_baseline_runs_its_controlnet() 
     assert bench.pose(pipe(StoryMakerPipeline, None), (64, 64)) == {}
     # InstantFamily's pipeline makes its own pose template
     assert bench.pose(pipe(InstantFamilyPipeline, nn.Identity()), (64, 64)) == {}
+
+
+@pytest.fixture(scope="module")
+def sefi():
+    method = bench.build("sefi_ide", tiny=True, root=None, device="cpu")
+    return method, method.pipeline(scheduler="ddim")
+
+
+def test_baseline_replays_each_step_s_conditioning_and_encodes_its_prompt(sefi):
+    method, pipe = sefi
+    ours = bench.recorded_calls(method.unet, bench.ours_call(pipe, PROMPT, None, SIZE, STEPS))
+    assert not any(bench.same_step(a, b) for a, b in zip(ours, ours[1:]))  # stages differ
+    call, _ = bench.baseline(method, pipe, PROMPT, None, SIZE, STEPS)  # refuses a bad replay
+    encoder = method.backbone.text_encoders[0]
+    encoded = []
+    handle = encoder.register_forward_hook(lambda _m, args, _o: encoded.append(args[0].shape))
+    try:
+        theirs = bench.recorded_calls(method.unet, call)
+    finally:
+        handle.remove()
+    assert [tuple(s) for s in encoded] == [(1, 77), (1, 77)]  # prompt, then negative prompt
+    for step_theirs, step_ours in zip(theirs, ours, strict=True):  # keys and split values
+        assert torch.equal(step_theirs["encoder_hidden_states"],
+                           step_ours["encoder_hidden_states"])
+        assert torch.equal(step_theirs["cross_attention_kwargs"]["ctx"].value_states,
+                           step_ours["cross_attention_kwargs"]["ctx"].value_states)
+
+
+def test_a_baseline_that_keeps_the_first_step_s_conditioning_is_refused(sefi, monkeypatch):
+    monkeypatch.setattr(bench, "step_swaps", lambda *_: {})
+    with pytest.raises(RuntimeError, match="does not denoise the tokens ours does"):
+        bench.baseline(*sefi, PROMPT, None, SIZE, STEPS)

@@ -266,6 +266,32 @@ def test_sampling_picks_the_stage_by_the_identity_s_own_stage_count(method, monk
         torch.testing.assert_close(values_in, values[stage:stage + 1])
 
 
+@pytest.mark.parametrize("steps, visited", [(4, [1, 2, 3, 4]), (1, [4]), (10, [0, 1, 2, 3, 4])])
+def test_sampling_encodes_only_the_stages_its_steps_visit(method, monkeypatch, steps, visited):
+    """Conditions are encoded for the stages of the schedule's timesteps alone (4 DDIM
+    steps: t = 751, 501, 251, 1, none in stage 0's [800, 1000)), each picked at its step."""
+    encoded, used = [], []
+    conditions, predict = method.conditions, method.predict_noise
+
+    def encode_spy(prompts, identities, stages):
+        encoded.append(stages.tolist())
+        return conditions(prompts, identities, stages)
+
+    def predict_spy(noisy, t, keys, ctx, added=None):
+        used.append((int(method.stages(t[:1])), keys[1:], ctx.value_states[1:]))
+        return predict(noisy, t, keys, ctx, added)
+
+    monkeypatch.setattr(method, "conditions", encode_spy)
+    monkeypatch.setattr(method, "predict_noise", predict_spy)
+    method.pipeline(scheduler="ddim")(TARGET, None, size=(32, 32), steps=steps, progress=False)
+    assert encoded == [visited]
+    tokens = method.identity_tokens()[None]
+    for stage, keys, values in used:
+        want_keys, want_values, _ = conditions([TARGET], [tokens], torch.tensor([stage]))
+        torch.testing.assert_close(keys, want_keys)
+        torch.testing.assert_close(values, want_values)
+
+
 def test_sampling_records_maps_on_the_true_grid_of_a_wide_image(method):
     """A store given to the pipeline gets each layer's real query grid: a 32 x 128 image
     (latent 4 x 16, 64 queries) is not the 8 x 8 square its query count also fits."""

@@ -79,10 +79,10 @@ class PortraitBooth(IdentityMethod):
         return augment_tokens(text, self.stea, shallow, found, valid), pooled
 
     def predict_noise(self, noisy: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
-                      added: dict | None = None, store: AttentionStore | None = None,
-                      ) -> torch.Tensor:
-        """UNet output for the (augmented) text; ``store`` records the maps it wants."""
-        ctx = AttentionContext(store=store, latent_hw=tuple(noisy.shape[-2:]))
+                      ctx: AttentionContext, added: dict | None = None) -> torch.Tensor:
+        """UNet output for the (augmented) text; ``ctx.store`` records the maps it wants.
+        A sampling run passes one ``ctx`` to every step, so that each cross-attention layer
+        projects the run's text to keys and values once (``attention/reuse.py``)."""
         return self.unet(noisy, t, encoder_hidden_states=text, added_cond_kwargs=added,
                          cross_attention_kwargs={"ctx": ctx}).sample
 
@@ -104,7 +104,8 @@ class PortraitBooth(IdentityMethod):
         store = (AttentionStore(self.attention_layers, hp.attention_size, keys=entries.keys)
                  if entries is not None else None)  # only the tokens Eq. 7 reads
         added = self.added_cond_kwargs(pooled, tuple(batch["pixel_values"].shape[-2:]))
-        pred = self.predict_noise(noisy, t, text, added, store)
+        ctx = AttentionContext(store=store, latent_hw=tuple(latents.shape[-2:]))
+        pred = self.predict_noise(noisy, t, text, ctx, added)
         losses = {"noise": noise_loss(pred, target, weights)}
         counts = {}
         if hp.loc_identity_weight or hp.loc_expression_weight:

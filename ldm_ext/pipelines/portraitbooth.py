@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
+from ldm_ext.attention import AttentionContext
 from ldm_ext.cli import InputError
 from ldm_ext.face.align import tensor_to_uint8
 from ldm_ext.pipelines.base import MethodPipeline
@@ -113,16 +114,18 @@ class PortraitBoothPipeline(MethodPipeline):
         text, pooled = self.conditioning(prompt, negative_prompt, crops)
         added = method.added_cond_kwargs(pooled, size)
         latents = initial_latents(self.latent_shape(size), generator, method.device, text.dtype)
+        # one context for every step: each layer projects the text to keys/values once
+        ctx = AttentionContext(store=store, latent_hw=tuple(latents.shape[-2:]))
         if len(text) == 2:
             def predict(x, t):
-                return method.predict_noise(x, t, text, added, store)
+                return method.predict_noise(x, t, text, ctx, added)
         else:
             boxes = regions if regions is not None else self.regions(len(crops), size, people)
             weights = blend_weights(region_masks(boxes, latents.shape[-2:])).to(method.device)
 
             def predict(x, t):  # x: (2, C, h, w), identical rows (negative, conditional)
                 rows = x[:1].expand(len(text), -1, -1, -1)
-                eps = method.predict_noise(rows, t[:1].expand(len(text)), text, added, store)
+                eps = method.predict_noise(rows, t[:1].expand(len(text)), text, ctx, added)
                 return torch.cat([eps[:1], compose(eps[1:], weights)])
         latents = denoise(self.scheduler, predict, latents, steps, guidance, progress, generator)
         return decode_images(method.vae, latents)[0]

@@ -5,8 +5,9 @@ stage-token module + word P, its sizes and config as metadata); its five (key, v
 pairs are computed once. A prompt places identity k at ``V<k>*`` (a bare ``V*`` takes the
 next identity in order): "a photo of V1* and V2* at the beach". At each sampling step the
 stage of the timestep picks the pair, the prompt is encoded with it for the keys and for
-the values (all stages before the loop, one encoder call), and classifier-free guidance
-runs against the negative prompt (DDIM 50 steps, guidance 7.5 in the paper).
+the values (before the loop, in one encoder call, for the stages the schedule's timesteps
+reach: a few steps need not visit all five), and classifier-free guidance runs against
+the negative prompt (DDIM 50 steps, guidance 7.5 in the paper).
 
 Command line (``ldm_ext.generate`` with its ``--identity`` flag, ``identities=`` in the
 Python API)::
@@ -99,9 +100,10 @@ class SeFiIDEPipeline(MethodPipeline):
         method = self.method
         tokens = self._stack(prompt, identities)  # (K, S, 2, D)
         num_stages = tokens.shape[1]
-        stages = torch.arange(num_stages, device=method.device)
-        keys, values, pooled = method.conditions([prompt] * num_stages, [tokens] * num_stages,
-                                                 stages)  # (S, 77, D) each
+        stages = self._visited_stages(steps, num_stages)  # (V,) ascending
+        keys, values, pooled = method.conditions([prompt] * len(stages), [tokens] * len(stages),
+                                                 stages)  # (V, 77, D) each
+        row = {stage: k for k, stage in enumerate(stages.tolist())}
         uncond, uncond_pooled = method.encode_text([negative_prompt])  # (1, 77, D)
         latent_hw = self.latent_shape(size)[-2:]
         branches = {}  # stage -> UNet inputs of both branches: built once, not every step
@@ -109,10 +111,11 @@ class SeFiIDEPipeline(MethodPipeline):
         def predict(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             s = int(method.stages(t[:1], num_stages))  # the identities' own split
             if s not in branches:
-                ctx = AttentionContext(value_states=torch.cat([uncond, values[s:s + 1]]),
+                r = row[s]
+                ctx = AttentionContext(value_states=torch.cat([uncond, values[r:r + 1]]),
                                        store=store, latent_hw=latent_hw)
-                both = None if pooled is None else torch.cat([uncond_pooled, pooled[s:s + 1]])
-                branches[s] = (torch.cat([uncond, keys[s:s + 1]]), ctx,
+                both = None if pooled is None else torch.cat([uncond_pooled, pooled[r:r + 1]])
+                branches[s] = (torch.cat([uncond, keys[r:r + 1]]), ctx,
                                method.added_cond_kwargs(both, size))
             stage_keys, ctx, added = branches[s]
             return method.predict_noise(latents, t, stage_keys, ctx, added)
@@ -120,6 +123,13 @@ class SeFiIDEPipeline(MethodPipeline):
         latents = initial_latents(self.latent_shape(size), generator, method.device, keys.dtype)
         latents = denoise(self.scheduler, predict, latents, steps, guidance, progress, generator)
         return decode_images(method.vae, latents)[0]
+
+    def _visited_stages(self, steps: int, num_stages: int) -> torch.Tensor:
+        """(V,) the stages, ascending, of the timesteps a ``steps``-step run of the
+        scheduler visits (``denoise`` sets the same timesteps again): the conditions of the
+        others would be encoded for nothing."""
+        self.scheduler.set_timesteps(steps, device=self.method.device)
+        return self.method.stages(self.scheduler.timesteps, num_stages).unique()
 
     # ----- generation inputs (the Python API and ldm_ext.generate) ----------------------
     def inputs(self, values: dict[str, Any], size: tuple[int, int] | None) -> dict:
