@@ -77,7 +77,7 @@ def test_storymaker_gets_a_pose_exactly_when_the_baseline_runs_its_controlnet() 
 
 @pytest.fixture(scope="module")
 def sefi():
-    method = bench.build("sefi_ide", tiny=True, root=None, device="cpu")
+    method = bench.build("sefi_ide", tiny=True, root=None, device="cpu", dtype="fp32")
     return method, method.pipeline(scheduler="ddim")
 
 
