@@ -9,7 +9,7 @@ The stream is a stage list (open_clip ``get_wds_dataset`` style), rebuilt for ev
     -> decode (OpenCV / PIL, json, npy; no pickle; large JPEGs at a reduced scale)
     -> validate (skip and count by reason) -> at least ``min_faces`` faces
     -> [skip the samples a resumed run already consumed]
-    -> transform -> per-method view -> batch + collate
+    -> a batch of decoded samples -> transform and per-method view of each -> collate
 
 Epochs repeat forever, so training length is ``max_steps``. Every epoch's shard order is
 the same on all ranks and workers (shared epoch); the per-sample generator (slot choice,
@@ -258,9 +258,14 @@ class ShardStream(IterableDataset):
         worker = logical_worker(worker, workers, self.start, self.batch_size)
         skip = worker_start(self.start, self.batch_size, worker, workers)
         items = islice(self.positioned(worker, workers), skip, None)
-        samples = (self.prepare(item, worker) for item in items)
-        return wds.batched(self.batch_size, collation_fn=self.view.collate,
-                           partial=False)(samples)
+        return self.batches(items, worker)
+
+    def batches(self, items: Iterator[tuple[int, int, Sample]], worker: int) -> Iterator[dict]:
+        """Collated batches of the decoded ``items``: a batch's samples are decoded first,
+        then transformed and viewed one after another (their per-sample code stays warm in
+        the CPU's caches instead of running cold between JPEG decodes), then collated."""
+        while len(chunk := list(islice(items, self.batch_size))) == self.batch_size:
+            yield self.view.collate([self.prepare(item, worker) for item in chunk])
 
 
 class ShardDataModule(pl.LightningDataModule):
