@@ -16,6 +16,7 @@ import functools
 import io
 import json
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -127,17 +128,13 @@ def _image(data: bytes, mode: str = "RGB") -> np.ndarray:
         raise BadSample("bad_image", str(err)) from None
 
 
-def _scene(data: bytes, min_side: int) -> tuple[np.ndarray, tuple[int, int], int]:
-    """(the image, its stored (H, W), the reduction k): a JPEG is decoded at the largest
-    k in 2, 4, 8 that keeps its shorter side at least ``min_side`` (0: always k = 1)."""
-    kind, width, height = _header(data)
-    hw = (height, width)
-    if kind != "JPEG":
-        return _image(data), hw, 1
+def _reduction(kind: str, hw: tuple[int, int], min_side: int) -> int:
+    """The reduction k an image is decoded at: for a JPEG the largest k in 2, 4, 8 that keeps
+    its shorter side at least ``min_side`` (0: always k = 1); 1 for other formats."""
     factor = 1
-    while factor < 8 and min_side and -(-min(hw) // (2 * factor)) >= min_side:
+    while kind == "JPEG" and factor < 8 and min_side and -(-min(hw) // (2 * factor)) >= min_side:
         factor *= 2
-    return _jpeg(data, factor), hw, factor
+    return factor
 
 
 def _rescaled(sample: Sample, factor: int) -> Sample:
@@ -283,6 +280,19 @@ def _people(entries: list) -> list[Person]:
             for body, face in zip(bodies, faces)]
 
 
+@dataclass
+class Unpacked:
+    """A sample read but for its pixels (``read_sample``); ``decode_pixels`` finishes it."""
+
+    raw: dict
+    fields: dict  # the Sample's fields but its image
+    kind: str  # image format
+    stored: tuple[int, int]  # (H, W) of the stored image
+    factor: int  # reduction the image is decoded at
+    optional: tuple[str, ...]
+    fault: BadSample | None  # an annotation fault: raised after the pixels are decoded
+
+
 def decode_sample(raw: dict, optional: tuple[str, ...] = OPTIONAL_KEYS,
                   min_side: int = 0) -> Sample:
     """Decode the raw bytes of one tar sample with our own decoders (PIL, json, npy).
@@ -292,6 +302,15 @@ def decode_sample(raw: dict, optional: tuple[str, ...] = OPTIONAL_KEYS,
     as large is decoded at a reduced scale (module doc). Raises ``BadSample`` for a missing
     key or an undecodable member; ``validate`` checks the rest.
     """
+    return decode_pixels(read_sample(raw, optional, min_side))
+
+
+def read_sample(raw: dict, optional: tuple[str, ...] = OPTIONAL_KEYS,
+                min_side: int = 0) -> Unpacked:
+    """``decode_sample`` but for the pixels: members, JSON, image header, arrays; the light,
+    Python-heavy part, which a loader runs for several samples in a row (its code stays
+    warm) before their pixels. A fault of the arrays waits in ``fault``: ``decode_sample``
+    reports a bad image before it."""
     missing = [k for k in KEYS if k not in raw]
     if missing:
         raise BadSample("missing_key", ", ".join(missing))
@@ -308,15 +327,31 @@ def decode_sample(raw: dict, optional: tuple[str, ...] = OPTIONAL_KEYS,
         raise BadSample("bad_json", f"no field {err}") from None
     if not isinstance(people, list) or not isinstance(face_person, list):
         raise BadSample("bad_json", "pose.json 'people' and 'face_person' must be lists")
-    image, stored, factor = _scene(raw["jpg"], min_side)
-    sample = Sample(
-        key=str(raw.get("__key__", "")), image=image,
-        caption=raw["txt"].decode("utf-8", errors="replace"),
-        boxes=_array(boxes, np.float32, (-1, 4), "boxes"),
-        landmarks=_array(landmarks, np.float32, (-1, 5, 2), "landmarks"),
-        scores=_array(scores, np.float32, (-1,), "scores"), crops=_npy(raw["crops.npy"]),
-        people=_people(people),
-        face_person=_array([-1 if p is None else p for p in face_person], np.int64, (-1,),
-                           "face_person"),
-        face_model=str(faces.get("model", "")), pose_model=str(pose.get("model", "")))
-    return _rescaled(_decode_optional(raw, sample, optional, stored), factor)
+    kind, width, height = _header(raw["jpg"])
+    fields, fault = {}, None
+    try:
+        fields = dict(
+            key=str(raw.get("__key__", "")), caption=raw["txt"].decode("utf-8", errors="replace"),
+            boxes=_array(boxes, np.float32, (-1, 4), "boxes"),
+            landmarks=_array(landmarks, np.float32, (-1, 5, 2), "landmarks"),
+            scores=_array(scores, np.float32, (-1,), "scores"), crops=_npy(raw["crops.npy"]),
+            people=_people(people),
+            face_person=_array([-1 if p is None else p for p in face_person], np.int64, (-1,),
+                               "face_person"),
+            face_model=str(faces.get("model", "")), pose_model=str(pose.get("model", "")))
+    except BadSample as err:
+        fault = err
+    return Unpacked(raw, fields, kind, (height, width),
+                    _reduction(kind, (height, width), min_side), optional, fault)
+
+
+def decode_pixels(unpacked: Unpacked) -> Sample:
+    """The sample of ``read_sample``: its image decoded (a bad image is refused before a
+    fault of its arrays), then its optional members, its geometry scaled to the image."""
+    data = unpacked.raw["jpg"]
+    image = _jpeg(data, unpacked.factor) if unpacked.kind == "JPEG" else _image(data)
+    if unpacked.fault is not None:
+        raise unpacked.fault
+    sample = Sample(image=image, **unpacked.fields)
+    return _rescaled(_decode_optional(unpacked.raw, sample, unpacked.optional,
+                                      unpacked.stored), unpacked.factor)

@@ -6,7 +6,8 @@ The stream is a stage list (open_clip ``get_wds_dataset`` style), rebuilt for ev
     -> tar expand (counting error handler) -> drop keys already seen this epoch (count them)
     -> [repeat samples by their face count: ``oversample``, datamodules/oversample.py]
     -> shuffle buffer (seed (seed, e))
-    -> decode (OpenCV / PIL, json, npy; no pickle; large JPEGs at a reduced scale)
+    -> decode (OpenCV / PIL, json, npy; no pickle; large JPEGs at a reduced scale; a
+       batch's worth at a time: JSON and arrays of each, then pixels of each)
     -> validate (skip and count by reason) -> at least ``min_faces`` faces
     -> [skip the samples a resumed run already consumed]
     -> a batch of decoded samples -> transform and per-method view of each -> collate
@@ -41,7 +42,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules import storage
-from datamodules.codec import decode_sample
+from datamodules.codec import Unpacked, decode_pixels, read_sample
 from datamodules.oversample import REPEAT, check_factors, oversample
 from datamodules.schema import OPTIONAL_KEYS, REASONS, BadSample, Sample, validate
 from datamodules.transforms import ResizeCrop
@@ -146,17 +147,58 @@ def decode_and_validate(raw: dict, min_faces: int = 0,
     ``min_side`` at a reduced scale), then the schema checks, the face count and the
     people count (faces or pose skeletons, whichever is more; ``max_people`` 0: no limit);
     all raise ``BadSample`` (marked with the raw sample's ``REPEAT`` for the counter)."""
+    return _checked(_read(raw, optional, min_side), min_faces, max_people)
+
+
+def _read(raw: dict, optional: tuple[str, ...], min_side: int) -> Unpacked:
+    """``read_sample``, a ``BadSample`` marked with the raw sample's ``REPEAT``."""
     try:
-        sample = validate(decode_sample(raw, optional, min_side))
+        return read_sample(raw, optional, min_side)
+    except BadSample as err:
+        err.repeat = raw.get(REPEAT, 0)
+        raise
+
+
+def _checked(unpacked: Unpacked, min_faces: int, max_people: int) -> Sample:
+    """The rest of ``decode_and_validate``: pixels, schema checks, face and people counts."""
+    try:
+        sample = validate(decode_pixels(unpacked))
         if sample.num_faces < min_faces:
             raise BadSample("no_faces", f"{sample.num_faces} < {min_faces} faces")
         people = max(sample.num_faces, len(sample.people))
         if max_people and people > max_people:
             raise BadSample("too_many_people", f"{people} > {max_people} people")
     except BadSample as err:
-        err.repeat = raw.get(REPEAT, 0)
+        err.repeat = unpacked.raw.get(REPEAT, 0)
         raise
     return sample
+
+
+def decode_in_groups(raws: Iterator[dict], size: int, handler: Callable[[Exception], bool],
+                     min_faces: int = 0, optional: tuple[str, ...] = OPTIONAL_KEYS,
+                     min_side: int = 0, max_people: int = 0) -> Iterator[Sample]:
+    """``decode_and_validate`` of each raw sample, in order (a sample it refuses goes to
+    ``handler``, as in ``wds.map``: True skips it, False ends the stream), ``size`` samples
+    at a time: first the light, Python-heavy part of each (``read_sample``: tar members,
+    JSON, arrays), then the pixels and checks of each. Interleaved with JPEG decodes that
+    Python code ran cold, each step several times slower than warm."""
+    raws = iter(raws)
+    while group := list(islice(raws, size)):
+        unpacked = []
+        for raw in group:
+            try:
+                unpacked.append(_read(raw, optional, min_side))
+            except Exception as exn:  # noqa: BLE001  the handler decides, as in wds.map
+                if not handler(exn):
+                    return
+        for item in unpacked:
+            try:
+                sample = _checked(item, min_faces, max_people)
+            except Exception as exn:  # noqa: BLE001
+                if not handler(exn):
+                    return
+                continue
+            yield sample
 
 
 def drop_duplicates(samples: Iterator[dict], counter: SkipCounter) -> Iterator[dict]:
@@ -223,10 +265,10 @@ class ShardStream(IterableDataset):
             *repeat,
             wds.shuffle(self.shuffle_buffer, self.shuffle_buffer,
                         rng=random.Random(sample_seed)),
-            wds.map(partial(decode_and_validate, min_faces=self.min_faces,
-                            min_side=self.decode_side, max_people=self.max_people,
-                            optional=tuple(getattr(self.view, "optional", OPTIONAL_KEYS))),
-                    handler=self.counter.sample_handler),
+            partial(decode_in_groups, size=self.batch_size, handler=self.counter.sample_handler,
+                    min_faces=self.min_faces, min_side=self.decode_side,
+                    max_people=self.max_people,
+                    optional=tuple(getattr(self.view, "optional", OPTIONAL_KEYS))),
         )
 
     def positioned(self, worker: int, num_workers: int) -> Iterator[tuple[int, int, Sample]]:

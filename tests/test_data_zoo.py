@@ -18,7 +18,8 @@ from PIL import Image
 from datamodules.demo import demo_sample
 from datamodules.codec import _npy, decode_sample, encode_sample
 from datamodules.schema import MASK_BOX, BadSample, Sample, validate
-from datamodules.shards import MAX_EMPTY_EPOCHS, ShardDataModule
+from datamodules.shards import (MAX_EMPTY_EPOCHS, ShardDataModule, decode_and_validate,
+                                decode_in_groups)
 from ldm_ext.perception.pose import pose_template
 
 HW = (48, 48)
@@ -243,6 +244,43 @@ def test_each_pose_and_link_fault_is_named(fault, reason):
     with pytest.raises(BadSample) as err, np.errstate(over="ignore"):
         validate(decode_sample(person_fault(fault)))
     assert err.value.reason == reason
+
+
+def test_a_bad_image_is_named_before_bad_arrays():
+    """The pixels are decoded after the arrays are read (``read_sample``), yet a sample
+    with both faults is still refused as a bad image, as when it was read in one go."""
+    raw = encode_sample(good(1))
+    faces = json.loads(raw["faces.json"])
+    faces["boxes"][0] = "not a box"
+    raw["faces.json"] = json.dumps(faces).encode()
+    cut = raw["jpg"][:len(raw["jpg"]) // 2]  # its header intact, its data cut
+    for jpg, reason in ((cut, "bad_image"), (raw["jpg"], "bad_json")):
+        with pytest.raises(BadSample) as err:
+            decode_sample({**raw, "jpg": jpg})
+        assert err.value.reason == reason
+
+
+def test_decoding_in_groups_is_decoding_each_in_order():
+    """Decoding a group's light parts first, then its pixels, yields the samples one by one
+    decoding yields, in order, and refuses the same ones for the same reasons."""
+    raws = [{**encode_sample(good(i)), "__key__": f"g{i}"} for i in range(6)]
+    raws[1:1] = [broken(reason, f"bad_{reason}") for reason in ZOO[:4]]
+    raws[7:7] = [broken(reason, f"bad_{reason}") for reason in ZOO[4:]]
+
+    def one_by_one():
+        for raw in raws:
+            try:
+                yield decode_and_validate(raw, min_faces=1)
+            except BadSample as err:
+                refused.append(err.reason)
+
+    refused = []
+    expected = [s.key for s in one_by_one()]
+    expected_refused, refused = refused, []
+    grouped = decode_in_groups(raws, size=4, min_faces=1,
+                               handler=lambda err: refused.append(err.reason) or True)
+    assert [s.key for s in grouped] == expected == [f"g{i}" for i in range(6)]
+    assert sorted(refused) == sorted(expected_refused) == sorted(ZOO)
 
 
 def test_consecutive_duplicate_key_is_counted(tmp_path):
