@@ -10,7 +10,8 @@ shards through it.
   without error, so the object appears whole or not at all (a killed writer leaves an
   unfinished upload that no listing shows; a bucket lifecycle rule aborts those);
 - ``tar_samples`` is webdataset's ``tarfile_to_samples`` with an opener that reads URLs
-  through fsspec (webdataset's own opener knows a few schemes through command-line tools).
+  through fsspec (webdataset's own opener knows a few schemes through command-line tools)
+  and a faster member reader (``datamodules.tar_reader``).
 
 Credentials come only from the storage library's own sources (environment variables such
 as ``AWS_ACCESS_KEY_ID`` / ``AWS_ENDPOINT_URL``, its config files, instance roles): no
@@ -199,12 +200,15 @@ def open_urls(src: Iterable[dict], handler: Callable[[Exception], bool]) -> Iter
 def tar_samples(handler: Callable[[Exception], bool] | None = None) -> Callable:
     """webdataset stage: shard URLs -> samples (dicts of tar members by key), for local
     paths and any fsspec URL; errors go to ``handler`` as in ``wds.tarfile_to_samples``
-    (default: raised)."""
+    (default: raised). Members are read by ``datamodules.tar_reader`` (webdataset's
+    expansion, without ``tarfile``'s cost per member)."""
     import webdataset as wds
+
+    from datamodules.tar_reader import tar_members
 
     handler = handler or wds.reraise_exception
 
     def stage(src: Iterable[dict]) -> Iterator[dict]:
-        files = wds.tariterators.tar_file_expander(open_urls(src, handler), handler=handler)
+        files = tar_members(open_urls(src, handler), handler=handler)
         return wds.tariterators.group_by_keys(files, handler=handler)
     return stage

@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 
 from ldm_ext.perception.pose import (BODY_PARTS, FACE_TEMPLATE, FACE_TEMPLATE_5, SLOT_COLORS,
-                                     OpenPoseEstimator, circle_radius, draw_slot_circle,
-                                     draw_slot_circles, Person, PoseModelMissing, face_box,
-                                     face_center, fit_people, people_face_boxes, people_from_faces,
-                                     person_from_pose,
+                                     OpenPoseEstimator, Person, PoseModelMissing, circle_radius,
+                                     draw_slot_circle, draw_slot_circles, face_box, face_center,
+                                     fit_people, people_from_faces, person_from_pose,
                                      pose_template, render_control_image, save_people, slot_color)
 from ldm_ext.perception.pose.files import load_pose
 
@@ -52,26 +51,6 @@ def test_face_box_falls_back_to_head_keypoints():
     np.testing.assert_allclose(face_center(person), [100, 100])
     no_face = Person(body=np.zeros((18, 3)), face=np.zeros((70, 3)))
     assert face_box(no_face) is None and face_center(no_face) is None
-
-
-def test_people_face_boxes_are_each_face_box():
-    """The boxes of all people at once are ``face_box``'s, bit for bit, with its fallbacks:
-    head keypoints (no face, or fewer than two face points), None without either."""
-    rng = np.random.default_rng(3)
-    one_point = _head_only_person()
-    one_point.face = np.zeros((70, 3), np.float32)
-    one_point.face[5] = (40, 50, 1)
-    nothing = Person(body=np.zeros((18, 3)), face=np.zeros((70, 3)))
-    for margin in (0.0, 0.25):
-        for trial in range(20):
-            people = _random_people(rng, (96, 128)) + [_head_only_person(), one_point,
-                                                        nothing][:trial % 4]
-            got = people_face_boxes(people, margin=margin)
-            for box, person in zip(got, people, strict=True):
-                expected = face_box(person, margin=margin)
-                assert (box is None and expected is None) or box.tobytes() == expected.tobytes()
-    [head] = people_face_boxes([_head_only_person()])  # nobody with face keypoints
-    assert np.array_equal(head, face_box(_head_only_person()))
 
 
 def test_slot_circles_at_once_are_each_circle():

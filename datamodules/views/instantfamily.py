@@ -8,7 +8,7 @@ from datamodules.schema import Sample
 from datamodules.views.common import (SIGNED, UNIT, ControlDrawing, draw_controls, floats,
                                       normalized_boxes, pad_slots, select_slots,
                                       stack_images, valid_slots)
-from ldm_ext.perception.pose import people_face_boxes
+from ldm_ext.perception.pose import face_box
 
 
 class InstantFamilyView:
@@ -47,12 +47,9 @@ class InstantFamilyView:
         """The control image for the faces in ``slots`` (slot k = ``slots[k]``): circles
         at the person's face keypoint box (as ``render_control_image`` places them), else
         at the detector box's visible part."""
-        persons = sample.face_person[slots].tolist()
-        boxes = iter(people_face_boxes([sample.people[p] for p in persons if p >= 0],
-                                           margin=0.0))
         circles = []
-        for k, (face, person) in enumerate(zip(slots, persons)):
-            box = next(boxes) if person >= 0 else None
+        for k, (face, person) in enumerate(zip(slots, sample.face_person[slots].tolist())):
+            box = face_box(sample.people[person], margin=0.0) if person >= 0 else None
             if box is None:  # the visible part of the detector box
                 h, w = sample.hw
                 box = np.clip(sample.boxes[face], 0, np.float32([w, h, w, h]))

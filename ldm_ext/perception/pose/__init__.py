@@ -18,8 +18,7 @@ from importlib import import_module
 _HOMES = {
     "BODY_PARTS": "keypoints", "NUM_FACE_POINTS": "keypoints", "Person": "keypoints",
     "fit_people": "keypoints",
-    "face_box": "face_boxes", "people_face_boxes": "face_boxes", "detector_box": "face_boxes",
-    "face_center": "face_boxes",
+    "face_box": "face_boxes", "detector_box": "face_boxes", "face_center": "face_boxes",
     "SLOT_COLORS": "control", "slot_color": "control", "circle_radius": "control",
     "draw_slot_circle": "control", "draw_slot_circles": "control",
     "render_control_image": "control",
