@@ -8,24 +8,26 @@ work on the same weights.
 The method is built from its recipe (``--tiny``: the demo configs on the tiny backbones;
 otherwise the full-size recipes on the random folders ``python -m ldm_ext.fullsize DIR``
 writes, built there if missing). Our pipeline runs once to record what its UNet is given at
-every step (``encoder_hidden_states`` with every identity token, ``added_cond_kwargs``,
-``cross_attention_kwargs``); the diffusers pipeline then runs on the same UNet (our
-processors installed), VAE, scheduler config and steps, with ``prompt_embeds`` /
-``negative_prompt_embeds`` set to the first step's recorded rows (and SDXL's pooled
-embeddings) and, where ours changes them from step to step (SeFi-IDE's per-stage keys and
-values), each next step's swapped in by ``callback_on_step_end``, so both sides denoise the
-same tokens (checked once before timing). A diffusers call encodes its prompt and negative
-prompt (``encode_prompt``) before the recorded rows take their place, as ours encodes its
-own: the identity encoders (face, CLIP, the identity tokens' text rows) are our side's
-only extra work, as they are at real use. The baselines:
+every step and how many rows its text encoder encodes; the diffusers pipeline then runs on
+the same UNet, VAE, text encoders, scheduler config and steps (``sampling_baselines.py``):
+it encodes as many text rows with its own ``encode_prompt`` (a diffusers call of the same
+conditioning would: its prompt and negative prompt, and for SeFi-IDE's per-stage tokens a
+prompt per visited stage and role), then denoises with our recorded rows and attention
+context, step by step where ours changes them (checked once before timing). The identity
+work that has no diffusers counterpart (face encoders, STEA's fusion, masks) is our side's
+only extra work, as it is at real use. The baselines:
 
   instantfamily  ``StableDiffusionControlNetPipeline`` with the method's ControlNet and a
                  pose image of the same size.
   storymaker     ``StableDiffusionXLControlNetPipeline`` when the recipe has a pose
                  ControlNet (ours then gets a one-person pose template, so both sides run
-                 it), else ``StableDiffusionXLPipeline`` / ``StableDiffusionPipeline``,
-                 with the same UNet and its decoupled (IP-Adapter-like) processors: the
-                 image tokens reach them through the recorded ``cross_attention_kwargs``.
+                 it), else ``StableDiffusionXLPipeline`` / ``StableDiffusionPipeline``, with
+                 an IP-Adapter Plus that diffusers' ``load_ip_adapter`` loads from the
+                 method's own character resampler and image K / V (its released layout)
+                 and the CLIP image encoder: it encodes the character crop and zeros, runs
+                 the resampler inside every UNet call and diffusers' IP-Adapter attention.
+                 Both processor sets share the UNet and are swapped before each call; ours
+                 adds the ArcFace and face tokens, background tokens and our attention.
   portraitbooth, sefi_ide  ``StableDiffusion(XL)Pipeline`` with their conditioning.
 
 ``--dtype fp32|bf16|fp16`` sets ``model.weight_dtype``, the frozen weights' dtype, for both
@@ -46,17 +48,21 @@ timed calls do not page-fault, ``timing.keep_freed_memory``). Prints per method
 from __future__ import annotations
 
 import argparse
-import inspect
 import statistics
 from pathlib import Path
 
 import torch
 
+from benchmarks.sampling_baselines import IPAdapter, baseline, record
 from benchmarks.timing import keep_freed_memory, timed
 
 ROOT = Path(__file__).resolve().parent.parent
 
 GOAL = 1.03
+# diffusers' IP-Adapter Plus loader builds a resampler of 4 blocks with heads of 64 (its
+# query width // 64), as released: the tiny StoryMaker's gets those (one head)
+TINY_OVERRIDES = {"storymaker": ["method.resampler_depth=4", "method.resampler_heads=1",
+                                 "method.resampler_dim_head=64"]}
 EXPERIMENTS = ROOT / "configs" / "experiment"
 # method -> (tiny recipe, full-size recipe, prompt)
 RECIPES = {
@@ -110,7 +116,8 @@ def build(method: str, tiny: bool, root: Path | None, device: str, dtype: str | 
     tiny_name, full_name, _ = RECIPES[method]
     path = EXPERIMENTS / f"{tiny_name if tiny else full_name}.yaml"
     family = load_config(path).model.family
-    overrides = [] if tiny else fullsize_overrides(method, family, root)
+    overrides = TINY_OVERRIDES.get(method, []) if tiny else fullsize_overrides(method, family,
+                                                                               root)
     if dtype:
         overrides.append(f"model.weight_dtype={dtype}")
     return build_method(load_config(path, overrides)).to(device).eval()
@@ -163,116 +170,27 @@ def identities(method: str):
     return None
 
 
-def recorded_calls(module: torch.nn.Module, run) -> list[dict]:
-    """The arguments, by name, of each forward of ``module`` during ``run()`` (a dict
-    argument as it was then: a caller may change it between calls)."""
-    calls: list[dict] = []
-    signature = inspect.signature(module.forward)
-
-    def hook(_, args, kwargs):
-        bound = signature.bind(*args, **kwargs).arguments
-        calls.append({k: dict(v) if isinstance(v, dict) else v for k, v in bound.items()})
-
-    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        run()
-    finally:
-        handle.remove()
-    return calls
-
-
 def ours_call(pipe, prompt, ids, size, steps):
     extra = pose(pipe, size)
     return lambda: pipe(prompt, ids, size=size, steps=steps, guidance=7.5,
                         generator=torch.Generator().manual_seed(0), progress=False, **extra)
 
 
-def baseline(method, ours_pipe, prompt, ids, size, steps):
-    """(callable, description) of the diffusers pipeline on the same weights and tokens."""
-    import diffusers
+def ip_adapter(method_name: str, method, ids) -> IPAdapter | None:
+    """The IP-Adapter the baseline loads where ours runs decoupled image attention
+    (StoryMaker): the method's own character resampler and image K / V in IP-Adapter
+    Plus's released layout, its CLIP image encoder and the character crop as the image."""
+    if method_name != "storymaker":
+        return None
+    from PIL import Image
 
-    steps_seen = recorded_calls(method.unet, ours_call(ours_pipe, prompt, ids, size, steps))
-    if len(steps_seen) != steps:
-        raise RuntimeError(f"our pipeline called the UNet {len(steps_seen)} times in {steps} "
-                           "steps; the baseline replays one call per step")
-    seen = steps_seen[0]
-    hidden = seen["encoder_hidden_states"]  # (2B, L, D): negative rows, then conditional
-    half = hidden.shape[0] // 2
-    kwargs = dict(prompt_embeds=hidden[half:], negative_prompt_embeds=hidden[:half])
-    sdxl = method.backbone.family == "sdxl"
-    parts = dict(vae=method.vae, unet=method.unet, scheduler=ours_pipe.scheduler,
-                 tokenizer=method.backbone.tokenizers[0],
-                 text_encoder=method.backbone.text_encoders[0])
-    if sdxl:
-        pooled = seen["added_cond_kwargs"]["text_embeds"]
-        kwargs.update(pooled_prompt_embeds=pooled[half:],
-                      negative_pooled_prompt_embeds=pooled[:half])
-        parts.update(text_encoder_2=method.backbone.text_encoders[1],
-                     tokenizer_2=method.backbone.tokenizers[1])
-    else:
-        parts.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    controlnet = getattr(method, "controlnet", None)
-    name = ("StableDiffusionXL" if sdxl else "StableDiffusion") + (
-        "ControlNet" if controlnet is not None else "") + "Pipeline"
-    if controlnet is not None:
-        parts["controlnet"] = controlnet
-        kwargs["image"] = torch.zeros(1, 3, *size)
-    pipe = getattr(diffusers, name)(**parts)
-    if sdxl:
-        pipe.watermark = None
-    pipe.set_progress_bar_config(disable=True)
-    text = dict(prompt=prompt, negative_prompt="", device=method.device,
-                num_images_per_prompt=1, do_classifier_free_guidance=True)
+    from ldm_ext.adapters.released import ip_adapter_plus_targets
 
-    def call():
-        pipe.encode_prompt(**text)  # a diffusers call's own text encoding, then replaced
-        attention = dict(seen.get("cross_attention_kwargs") or {})  # the steps' own, swapped
-        return pipe(height=size[0], width=size[1], num_inference_steps=steps,
-                    guidance_scale=7.5, generator=torch.Generator().manual_seed(0),
-                    output_type="pil", cross_attention_kwargs=attention or None,
-                    **kwargs, **step_swaps(steps_seen, attention, sdxl))
-
-    check_replay(method.unet, call, steps_seen)
-    return call, f"{name} ({2 * half} rows x {hidden.shape[1]} keys)"
-
-
-def step_swaps(steps_seen: list[dict], attention: dict, sdxl: bool) -> dict:
-    """diffusers call arguments that give step i + 1 what our UNet got at step i + 1 where
-    that changed: its text rows (and SDXL pooled rows) through ``callback_on_step_end``,
-    its attention context into ``attention`` (the call's ``cross_attention_kwargs``)."""
-    if all(same_step(s, steps_seen[0]) for s in steps_seen[1:]):
-        return {}  # the first step's arguments serve every step
-    names = ["prompt_embeds"] + (["add_text_embeds"] if sdxl else [])
-
-    def next_step(_pipe, i: int, _t, _tensors: dict) -> dict:
-        if i + 1 == len(steps_seen):
-            return {}
-        seen = steps_seen[i + 1]
-        attention.update(seen.get("cross_attention_kwargs") or {})
-        swapped = {"prompt_embeds": seen["encoder_hidden_states"]}
-        if sdxl:
-            swapped["add_text_embeds"] = seen["added_cond_kwargs"]["text_embeds"]
-        return swapped
-
-    return dict(callback_on_step_end=next_step, callback_on_step_end_tensor_inputs=names)
-
-
-def same_step(a: dict, b: dict) -> bool:
-    """Whether two recorded UNet calls got the same conditioning: equal text rows (and
-    SDXL pooled rows), the same attention context objects."""
-    pooled = [(seen.get("added_cond_kwargs") or {}).get("text_embeds") for seen in (a, b)]
-    return (torch.equal(a["encoder_hidden_states"], b["encoder_hidden_states"])
-            and (pooled[0] is None or torch.equal(*pooled))
-            and [id(v) for v in (a.get("cross_attention_kwargs") or {}).values()]
-            == [id(v) for v in (b.get("cross_attention_kwargs") or {}).values()])
-
-
-def check_replay(unet, call, steps_seen: list[dict]) -> None:
-    """Run the baseline once (its warm-up) and refuse it unless its UNet saw, step by step,
-    the conditioning ours saw."""
-    replayed = recorded_calls(unet, call)
-    if len(replayed) != len(steps_seen) or not all(map(same_step, replayed, steps_seen)):
-        raise RuntimeError("the diffusers baseline does not denoise the tokens ours does")
+    targets = ip_adapter_plus_targets(method.ppr.character, method.unet)
+    state = {section: {k: p.detach() for k, p in params.items()}
+             for section, params in targets.items()}
+    character = ((ids[0, 3:] + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    return IPAdapter(state, method.image_encoder, Image.fromarray(character))
 
 
 def measure(method_name: str, args) -> float:
@@ -280,8 +198,11 @@ def measure(method_name: str, args) -> float:
     dtypes = unet_input_dtypes(method.unet)
     pipe, prompt = method.pipeline(scheduler="ddim"), RECIPES[method_name][2]
     ids, size = identities(method_name), (args.size, args.size)
-    ours = ours_call(pipe, prompt, ids, size, args.steps)
-    theirs, what = baseline(method, pipe, prompt, ids, size, args.steps)  # both warmed up
+    run_ours = ours_call(pipe, prompt, ids, size, args.steps)
+    seen = record(method, run_ours)
+    theirs, what, restore = baseline(method, pipe.scheduler, prompt, size, args.steps, seen,
+                                     ip_adapter(method_name, method, ids))  # warmed up
+    ours = lambda: (restore(), run_ours())  # noqa: E731 (our processors back in place)
     ratios, base_seconds = [], []
     for pair in range(args.pairs):
         first, second = (ours, theirs) if pair % 2 == 0 else (theirs, ours)
@@ -295,6 +216,8 @@ def measure(method_name: str, args) -> float:
           f"{one_dtype(dtypes)}, quartiles "
           f"{q1:.3f}-{q3:.3f}, diffusers {args.steps / statistics.median(base_seconds):.2f} "
           f"it/s, ours {args.steps / statistics.median(base_seconds) / ratio:.2f} it/s")
+    print("  per pair (ours first, then theirs first, alternating): "
+          + " ".join(f"{r:.3f}" for r in ratios))
     print(f"RESULT sampling_overhead_{method_name}_ratio={ratio:.3f} goal<={GOAL}", flush=True)
     return ratio
 
