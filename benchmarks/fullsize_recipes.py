@@ -20,8 +20,10 @@ Per recipe (``configs/experiment/<recipe>.yaml``), with the random full-size fol
 
 Each stage's peak RSS is the child's ``ru_maxrss`` (``os.wait4``), and its peak swap the
 largest ``VmSwap`` seen while polling it (RAM + swap is what a host without swap needs: the
-SDXL StoryMaker recipes ran here only with a swap file); seconds per step is the run's own
-``perf/s_per_step`` (``callbacks/monitors.py``). The figures are written to
+SDXL StoryMaker recipes ran here only with a swap file); seconds per step and the step's
+memory are the run's own ``perf/s_per_step`` and ``perf/step_mem_gib``
+(``callbacks/monitors.py``: what the forward and backward added to the resident and
+swapped bytes held when the batch started, loading and the optimizer left out). The figures are written to
 ``--json``, which ``memory_plan.py`` reads for its SDXL rows. CPU kernels keep more
 activations than fused CUDA ones, so these peaks are upper bounds for a GPU step.
 """
@@ -75,6 +77,7 @@ class Measured:
     frozen: int = 0
     s_per_step: float = 0.0
     stages: dict[str, Stage] = field(default_factory=dict)
+    step_mem_gib: float = 0.0  # the step's forward + backward above the RSS before it
 
 
 def static_gib(recipe: str) -> float:
@@ -176,11 +179,10 @@ def swapped_bytes(pid: int) -> int:
                  if line.startswith("VmSwap:")), 0)
 
 
-def step_seconds(run: Path) -> float:
-    """The run's logged ``perf/s_per_step`` (the last value)."""
+def logged(run: Path, key: str) -> float:
+    """The run's last logged value of ``key`` (e.g. ``perf/s_per_step``)."""
     [metrics] = sorted((run / "csv").glob("version_*/metrics.csv"))[-1:]
-    values = [row["perf/s_per_step"] for row in csv.DictReader(metrics.open())
-              if row.get("perf/s_per_step")]
+    values = [row[key] for row in csv.DictReader(metrics.open()) if row.get(key)]
     return float(values[-1])
 
 
@@ -208,7 +210,8 @@ def run_recipe(recipe: str, cache: Path, out: Path, resolution: int = 256) -> Me
              *train_overrides(recipe, paths, work, people / "astronaut" / "0.png", resolution)]
     result.stages["train"] = measured_child(train, work / "train.log")
     run = work / recipe
-    result.s_per_step = step_seconds(run)
+    result.s_per_step = logged(run, "perf/s_per_step")
+    result.step_mem_gib = logged(run, "perf/step_mem_gib")
     counts = work / "counts.json"
     reload = [sys.executable, "-m", "benchmarks.fullsize_recipes", "--count", str(run), str(counts)]
     result.stages["reload"] = measured_child(reload, work / "reload.log")
@@ -221,9 +224,9 @@ def run_recipe(recipe: str, cache: Path, out: Path, resolution: int = 256) -> Me
 def table(results: list[Measured]) -> str:
     """A markdown table of what ``results`` measured (wall: every stage, the folder write
     included, which is ~0 s once the folders exist; a stage's swap beside its RSS)."""
-    lines = ["| recipe | trainable | frozen | s/step | peak RSS train / reload / sample+score "
-             "(GiB) | wall train / reload / sample+score (s) | wall, all stages |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| recipe | trainable | frozen | s/step | step memory (GiB) | peak RSS train / "
+             "reload / sample+score (GiB) | wall train / reload / sample+score (s) | wall, all "
+             "stages |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         stages = [r.stages[name] for name in ("train", "reload", "sample + score")]
         rss = " / ".join(f"{s.peak_rss_gib:.1f}" + (f" +{s.peak_swap_gib:.1f} swap" if
@@ -232,7 +235,8 @@ def table(results: list[Measured]) -> str:
         wall = " / ".join(f"{s.seconds:.0f}" for s in stages)
         total = sum(s.seconds for s in r.stages.values())
         lines.append(f"| {r.recipe} ({r.resolution}²) | {r.trainable / 1e6:.1f} M | "
-                     f"{r.frozen / 1e6:.1f} M | {r.s_per_step:.1f} | {rss} | {wall} | "
+                     f"{r.frozen / 1e6:.1f} M | {r.s_per_step:.1f} | "
+                     f"{f'{r.step_mem_gib:.2f}' if r.step_mem_gib else '-'} | {rss} | {wall} | "
                      f"{total / 60:.1f} min |")
     return "\n".join(lines)
 
@@ -242,7 +246,8 @@ def load(path: Path) -> list[Measured]:
     data = json.loads(path.read_text())
     return [Measured(name, data[name]["resolution"], data[name]["trainable"],
                      data[name]["frozen"], data[name]["s_per_step"],
-                     {k: Stage(**v) for k, v in data[name]["stages"].items()})
+                     {k: Stage(**v) for k, v in data[name]["stages"].items()},
+                     data[name].get("step_mem_gib", 0.0))
             for name in RECIPES if name in data]
 
 

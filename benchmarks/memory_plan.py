@@ -34,9 +34,9 @@ SeFi-IDE and StoryMaker on SD1.5 at 512² its activations per sample stand in fo
 (same UNet, same latent size, gradients through the UNet; what differs is printed with
 the table, ``ACTIVATION_NOTES``), an approximation, not a measurement of their step. For
 SDXL recipes the activations come from the recipe's own full-size step on the CPU
-(``fullsize_recipes.py``, figures in ``fullsize_recipes.json``): that run's peak RSS less its
-static bytes (its exact trainable / frozen counts at the check setup), per sample, scaled
-from its resolution to the recipe's by latent area. CPU kernels keep more than a GPU's fused
+(``fullsize_recipes.py``, figures in ``fullsize_recipes.json``): what that step's forward
+and backward added to the process's memory (``perf/step_mem_gib``) less its fp32
+gradients, per sample, scaled from its resolution to the recipe's by latent area. CPU kernels keep more than a GPU's fused
 ones, so the row and the total are a CPU upper bound; no RESULT line (nothing is checked
 against a second measurement). A recipe without a measured step keeps its static memory
 only, printed as a lower bound.
@@ -219,16 +219,21 @@ def full_size_step(name: str, path: Path = FULL_SIZE) -> dict | None:
 
 
 def full_size_activations(cfg, step: dict) -> float:
-    """Activation bytes per sample at ``cfg``'s resolution from a measured full-size step:
-    its training peak RSS and swap (each's peak: their sum bounds the peak from above) less
-    the static bytes of its exact counts (one process, AdamW),
-    scaled by latent area (``step['resolution']`` -> ``cfg.data.resolution``)."""
+    """Activation bytes per sample at ``cfg``'s resolution from a measured full-size step,
+    scaled by latent area (``step['resolution']`` -> ``cfg.data.resolution``): what its
+    forward and backward added (``step_mem_gib``, ``perf/step_mem_gib``) less the fp32
+    gradients of its trainable parameters, which the plan counts apart. A step measured
+    before that figure was logged falls back to its training peak RSS and swap less the
+    static bytes of its exact counts, which also holds loading and the optimizer's update."""
     setup = check_setup(cfg)
+    scale = (cfg.data.resolution / step["resolution"]) ** 2
+    if step.get("step_mem_gib"):
+        return max(0.0, step["step_mem_gib"] * GIB - step["trainable"] * setup.grad_bytes) * scale
     static = step["frozen"] * setup.frozen_bytes + step["trainable"] * (
         setup.module_bytes + setup.grad_bytes + setup.optimizer_bytes)
     train = step["stages"]["train"]
     peak = (train["peak_rss_gib"] + train.get("peak_swap_gib", 0.0)) * GIB  # swap: RAM too
-    return (peak - static) * (cfg.data.resolution / step["resolution"]) ** 2
+    return (peak - static) * scale
 
 
 def print_recipe(cfg, name: str, counts: dict[str, tuple[int, bool]],

@@ -1,13 +1,16 @@
 """Per-step training health for the logger, beside the losses the method logs and the
-learning rate (Lightning's ``LearningRateMonitor``): the gradient norm and the speed.
+learning rate (Lightning's ``LearningRateMonitor``): the gradient norm, the speed and the
+memory a step takes.
 
 Logged through ``pl_module.log``, so they reach every logger (wandb, CSV) at the
 Trainer's ``log_every_n_steps``.
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -54,8 +57,7 @@ class GradNorm(pl.Callback):
 
 class StepSpeed(pl.Callback):
     """``perf/s_per_step`` and ``perf/samples_per_s`` (all ranks' samples) over the last
-    ``window`` optimizer steps, and on CUDA ``perf/peak_gpu_mem_gib``, the most GPU memory
-    this process's tensors held since it started (``torch.cuda.max_memory_allocated``).
+    ``window`` optimizer steps.
 
     Wall clock between optimizer steps: data loading, forward, backward, the optimizer,
     and whatever else ran in that time (a sample grid, a checkpoint), as a researcher's
@@ -83,10 +85,90 @@ class StepSpeed(pl.Callback):
         seconds = sum(s for s, _ in self.steps)
         values = {"perf/s_per_step": seconds / len(self.steps),
                   "perf/samples_per_s": sum(n for _, n in self.steps) / max(seconds, 1e-9)}
+        pl_module.log_dict(values, on_step=True, on_epoch=False)
+
+
+class StepMemory(pl.Callback):
+    """``perf/step_mem_gib``: the memory a batch's forward and backward took above what the
+    process held when the batch started (saved activations, gradients, their temporaries;
+    not the optimizer's state or update), the most over an optimizer step's batches. It is
+    the part that grows with batch size and resolution (``benchmarks/memory_plan.py``
+    reads it from a full-size step). On CUDA also ``perf/peak_gpu_mem_gib``, the most GPU
+    memory this process's tensors held since it started.
+
+    CUDA: the allocator's peak since the batch started (its peak counter is reset there;
+    the all-time peak is kept here). CPU: resident plus swapped bytes of the process, read
+    from ``/proc/self/status`` every 20 ms by a ``ResidentPeak`` thread (nothing is logged
+    where there is no ``/proc``); it counts the whole process, so it leans high.
+    """
+
+    def __init__(self) -> None:
+        self.last_step, self.step_peak, self.all_time = -1, 0, 0
+        self.base, self.watch = 0, None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.last_step = trainer.global_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         device = trainer.strategy.root_device
         if device.type == "cuda":
-            values["perf/peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-        pl_module.log_dict(values, on_step=True, on_epoch=False)
+            self.all_time = max(self.all_time, torch.cuda.max_memory_allocated(device))
+            torch.cuda.reset_peak_memory_stats(device)
+            self.base = torch.cuda.memory_allocated(device)
+        elif PROC_STATUS.is_file():
+            self.watch = ResidentPeak()
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        device = trainer.strategy.root_device
+        if device.type == "cuda":
+            taken = torch.cuda.max_memory_allocated(device) - self.base
+        elif self.watch is not None:
+            taken, self.watch = self.watch.stop(), None
+        else:
+            return
+        self.step_peak = max(self.step_peak, taken)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.last_step:  # accumulating gradients
+            return
+        self.last_step = trainer.global_step
+        values = {"perf/step_mem_gib": self.step_peak / 2**30} if self.step_peak else {}
+        device = trainer.strategy.root_device
+        if device.type == "cuda":
+            self.all_time = max(self.all_time, torch.cuda.max_memory_allocated(device))
+            values["perf/peak_gpu_mem_gib"] = self.all_time / 2**30
+        self.step_peak = 0
+        if values:
+            pl_module.log_dict(values, on_step=True, on_epoch=False)
+
+
+PROC_STATUS = Path("/proc/self/status")
+
+
+def resident_bytes() -> int:
+    """This process's resident plus swapped bytes (Linux ``/proc/self/status``)."""
+    fields = dict(line.split(":", 1) for line in PROC_STATUS.read_text().splitlines())
+    return sum(int(fields.get(name, "0 kB").split()[0]) * 1024 for name in ("VmRSS", "VmSwap"))
+
+
+class ResidentPeak:
+    """The most ``resident_bytes`` rose above their value at construction, polled every
+    ``interval`` seconds by a daemon thread until ``stop()``, which returns it."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.base = self.peak = resident_bytes()
+        self.interval, self.done = interval, threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        while not self.done.wait(self.interval):
+            self.peak = max(self.peak, resident_bytes())
+
+    def stop(self) -> int:
+        self.done.set()
+        self.thread.join()
+        return max(self.peak, resident_bytes()) - self.base
 
 
 def batch_size(batch) -> int:

@@ -101,7 +101,7 @@ def build_trainer(cfg, run_dir: Path):
     from callbacks.loss_summary import LossSummary
     from callbacks.evaluation import build_evaluation_callback
     from callbacks.images import SampleGrid
-    from callbacks.monitors import GradNorm, StepSpeed
+    from callbacks.monitors import GradNorm, StepMemory, StepSpeed
     from ldm_ext.strategy import build_strategy, trainer_precision
 
     t = cfg.trainer
@@ -117,7 +117,8 @@ def build_trainer(cfg, run_dir: Path):
         LossSummary(),
         LearningRateMonitor(logging_interval="step"),  # train/lr (per param group)
         GradNorm(),  # train/grad_norm, before clipping
-        StepSpeed(t.log_every),  # perf/s_per_step, perf/samples_per_s, peak GPU memory
+        StepSpeed(t.log_every),  # perf/s_per_step, perf/samples_per_s
+        StepMemory(),  # perf/step_mem_gib (forward + backward), peak GPU memory
     ]
     evaluation = build_evaluation_callback(cfg, run_dir)  # None unless trainer.eval_every
     if evaluation is not None:

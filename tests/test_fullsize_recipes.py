@@ -46,6 +46,8 @@ def test_recipe_trains_reloads_samples_and_scores(recipe, fullsize_cache, tmp_pa
     assert result.trainable == sum(n for n, trains in counts.values() if trains)
     assert result.frozen == sum(n for n, trains in counts.values() if not trains)
     assert result.s_per_step > 0 and all(s.peak_rss_gib > 0 for s in result.stages.values())
+    # the step's forward + backward holds at least the trained parameters' fp32 gradients
+    assert result.step_mem_gib * 2**30 >= 4 * result.trainable * 0.9
     summary = json.loads((tmp_path / recipe / "eval" / "tiny" / "summary.json").read_text())
     assert summary["num_images"] == 1 and "identity" in summary["overall"]
     print(fullsize_recipes.table([result]))

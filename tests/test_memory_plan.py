@@ -95,6 +95,9 @@ def test_sdxl_recipe_uses_its_measured_full_size_step(tmp_path, capsys) -> None:
     assert per_sample == (7 * gib - static) * 16  # (1024 / 256)² the latent area
     swapped = {**step, "stages": {"train": {"peak_rss_gib": 7.0, "peak_swap_gib": 1.5}}}
     assert memory_plan.full_size_activations(cfg, swapped) == (8.5 * gib - static) * 16
+    # the step's own forward + backward figure, when logged, less its fp32 gradients
+    measured = {**swapped, "step_mem_gib": 1.25}
+    assert memory_plan.full_size_activations(cfg, measured) == (1.25 * gib - 4 * 10**7) * 16
     memory_plan.print_recipe(cfg, "sefi_ide_sdxl", {"unet": (10**9, False)}, None, step)
     out = capsys.readouterr().out
     assert "CPU UPPER BOUND" in out and "total, CPU upper bound" in out

@@ -74,7 +74,7 @@ def test_config_is_the_whole_resolved_config(trained, run):
 def test_history_has_losses_lr_grad_norm_speed_and_skips(run):
     keys = run.history_keys()
     for key in ("train/loss", "train/lr", "train/grad_norm", "perf/s_per_step",
-                "perf/samples_per_s", "data/skipped", "eval/identity", "eval/detect"):
+                "perf/samples_per_s", "perf/step_mem_gib", "data/skipped", "eval/identity", "eval/detect"):
         assert key in keys, key
     assert run.values("train/lr") == [3e-3] * 3  # one per step (constant schedule)
     norms = run.values("train/grad_norm")
@@ -192,30 +192,86 @@ def test_labelled_grid_records_where_each_cell_is(tmp_path):
 
 
 def test_step_speed_counts_all_ranks_samples_per_optimizer_step(monkeypatch):
-    """Two micro-batches of 3 captions per optimizer step on 2 ranks: 12 samples a step;
-    on CUDA also the peak memory, in GiB."""
+    """Two micro-batches of 3 captions per optimizer step on 2 ranks: 12 samples a step."""
     from types import SimpleNamespace
-
-    import torch
 
     from callbacks import monitors
 
     clock = iter([0.0, 2.0, 6.0])  # train start, step 1 done, step 2 done
     monkeypatch.setattr(monitors.time, "perf_counter", lambda: next(clock))
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 3 * 2**30)
     logged = []
     module = SimpleNamespace(log_dict=lambda values, **_: logged.append(values))
-    trainer = SimpleNamespace(global_step=0, world_size=2, strategy=SimpleNamespace(
-        root_device=torch.device("cuda", 0)))
+    trainer = SimpleNamespace(global_step=0, world_size=2)
     speed, batch = monitors.StepSpeed(window=2), {"caption": ["a", "b", "c"]}
     speed.on_train_start(trainer, module)
     for step in (1, 2):
         speed.on_train_batch_end(trainer, module, None, batch, 0)  # accumulating: no step
         trainer.global_step = step
         speed.on_train_batch_end(trainer, module, None, batch, 1)
-    assert logged == [
-        {"perf/s_per_step": 2.0, "perf/samples_per_s": 6.0, "perf/peak_gpu_mem_gib": 3.0},
-        {"perf/s_per_step": 3.0, "perf/samples_per_s": 4.0, "perf/peak_gpu_mem_gib": 3.0}]
+    assert logged == [{"perf/s_per_step": 2.0, "perf/samples_per_s": 6.0},
+                      {"perf/s_per_step": 3.0, "perf/samples_per_s": 4.0}]
+
+
+def test_step_memory_on_cuda_takes_each_step_s_most_over_its_batches(monkeypatch):
+    """CUDA allocator figures: a step's forward + backward above the batch's start (the
+    larger of its two micro-batches), and the all-time peak kept across the resets."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from callbacks import monitors
+
+    gib, state = 2**30, {"allocated": 0, "peak": 0, "resets": 0}
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: state["allocated"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: state["peak"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats",
+                        lambda device: state.update(peak=state["allocated"],
+                                                    resets=state["resets"] + 1))
+    logged = []
+    module = SimpleNamespace(log_dict=lambda values, **_: logged.append(values))
+    trainer = SimpleNamespace(global_step=0, strategy=SimpleNamespace(
+        root_device=torch.device("cuda", 0)))
+    memory = monitors.StepMemory()
+    memory.on_train_start(trainer, module)
+    # step 1: weights 4 GiB; the batches' backward peaks 3 and 5 GiB above them; the
+    # optimizer's update then peaks at 12 GiB in all
+    for index, (extra, step) in enumerate([(3, 0), (5, 1)]):
+        state["allocated"] = 4 * gib
+        memory.on_train_batch_start(trainer, module, None, index)
+        state["peak"] = (4 + extra) * gib
+        memory.on_after_backward(trainer, module)
+        trainer.global_step = step
+        if step:
+            state["peak"] = 12 * gib
+        memory.on_train_batch_end(trainer, module, None, None, index)
+    # step 2: 1 GiB above 6 GiB held (the optimizer state now): the all-time peak stays
+    state["allocated"] = 6 * gib
+    memory.on_train_batch_start(trainer, module, None, 2)
+    state["peak"] = 7 * gib
+    memory.on_after_backward(trainer, module)
+    trainer.global_step = 2
+    memory.on_train_batch_end(trainer, module, None, None, 2)
+    assert logged == [{"perf/step_mem_gib": 5.0, "perf/peak_gpu_mem_gib": 12.0},
+                      {"perf/step_mem_gib": 1.0, "perf/peak_gpu_mem_gib": 12.0}]
+    assert state["resets"] == 3
+
+
+def test_resident_peak_sees_memory_taken_and_given_back_between_its_reads():
+    """A 256 MiB tensor written and freed while the thread polls: the peak holds it."""
+    import time
+
+    import numpy as np
+
+    from callbacks.monitors import ResidentPeak
+
+    watch = ResidentPeak(interval=0.005)
+    block = np.ones(2**28, dtype=np.uint8)  # every page touched
+    time.sleep(0.1)
+    del block
+    time.sleep(0.05)
+    taken = watch.stop()
+    assert 2**28 * 0.9 < taken < 2**28 * 1.5
+    assert not watch.thread.is_alive()
 
 
 def test_wrap_breaks_at_words_and_ends_cut_text_with_an_ellipsis():
