@@ -24,6 +24,7 @@ the images/s per worker of each engine (the sizing figure of README's table).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import tempfile
@@ -88,6 +89,11 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--pairs", type=int, default=8)
     args = parser.parse_args(argv)
+    shards = math.ceil(args.images / args.per_shard)
+    if shards <= args.workers:  # the steady rate is timed after each worker's first shard
+        parser.error(f"--images {args.images} at --per-shard {args.per_shard} make {shards} "
+                     f"shards: the steady rate needs more shards than --workers "
+                     f"({args.workers})")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local benchmark cluster
     # Ray runs its workers at nice 15 (the raylet keeps priority on a dedicated node); on a
     # host shared with other jobs that alone made them 3x slower than the pool's processes
