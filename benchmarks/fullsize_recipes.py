@@ -285,7 +285,8 @@ def main() -> None:
     for recipe in args.recipes:
         results.append(run_recipe(recipe, args.cache, args.out.resolve(), args.resolution))
         print(table(results[-1:]), flush=True)
-        save(results[-1:], args.json, "python " + " ".join(sys.argv))
+        save(results[-1:], args.json,
+             " ".join(["python -m benchmarks.fullsize_recipes", *sys.argv[1:]]))
     print(table(results))
 
 

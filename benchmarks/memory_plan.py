@@ -201,8 +201,10 @@ def print_plan(rows: dict[str, float], setup: Setup, title: str,
     planned = any(name.startswith("activations") for name in rows)
     fits = "fits" if planned else "fit unknown, without activations, on"
     label = f"total, {bound}" if bound else "total" if planned else "total, at least"
+    over = "fit unknown, the upper bound is over," if bound and "upper" in bound else \
+        "does NOT fit"
     print(f"  {label:<20}{total / GIB:>9.2f} GiB of {A100_GIB} "
-          f"({fits if total < A100_GIB * GIB else 'does NOT fit'} an A100 80GB)")
+          f"({fits if total < A100_GIB * GIB else over} an A100 80GB)")
     return total
 
 

@@ -104,3 +104,15 @@ def test_sdxl_recipe_uses_its_measured_full_size_step(tmp_path, capsys) -> None:
     assert "LOWER BOUND" not in out and "at least" not in out
     [row] = [line for line in out.splitlines() if line.strip().startswith("activations, CPU")]
     assert f"{per_sample / gib:.2f} GiB" in row  # batch 1 in the recipe
+
+
+def test_an_upper_bound_over_the_gpu_leaves_the_fit_unknown(capsys) -> None:
+    """Over 80 GiB, a planned total does not fit; a CPU upper bound says only that it is
+    over (the GPU step may well fit)."""
+    cfg = load_config(ROOT / "configs/experiment/sefi_ide_sdxl.yaml")
+    setup, rows = memory_plan.recipe_setup(cfg), {"activations": 90 * memory_plan.GIB}
+    memory_plan.print_plan(rows, setup, "planned")
+    memory_plan.print_plan(rows, setup, "bounded", "CPU upper bound")
+    planned, bounded = capsys.readouterr().out.split("bounded")
+    assert "does NOT fit an A100" in planned
+    assert "fit unknown, the upper bound is over" in bounded and "NOT" not in bounded
