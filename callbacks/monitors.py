@@ -7,6 +7,7 @@ Trainer's ``log_every_n_steps``.
 """
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 from collections import deque
@@ -97,9 +98,9 @@ class StepMemory(pl.Callback):
     memory this process's tensors held since it started.
 
     CUDA: the allocator's peak since the batch started (its peak counter is reset there;
-    the all-time peak is kept here). CPU: resident plus swapped bytes of the process, read
-    from ``/proc/self/status`` every 20 ms by a ``ResidentPeak`` thread (nothing is logged
-    where there is no ``/proc``); it counts the whole process, so it leans high.
+    the all-time peak is kept here). CPU: the bytes ``malloc`` holds in use (glibc's
+    ``mallinfo2``; elsewhere on Linux resident plus swapped bytes), polled every 20 ms by a
+    ``MemoryPeak`` thread; it counts the whole process, so it leans high.
     """
 
     def __init__(self) -> None:
@@ -115,8 +116,8 @@ class StepMemory(pl.Callback):
             self.all_time = max(self.all_time, torch.cuda.max_memory_allocated(device))
             torch.cuda.reset_peak_memory_stats(device)
             self.base = torch.cuda.memory_allocated(device)
-        elif PROC_STATUS.is_file():
-            self.watch = ResidentPeak()
+        elif HOST_READER is not None:
+            self.watch = MemoryPeak(HOST_READER)
 
     def on_after_backward(self, trainer, pl_module) -> None:
         device = trainer.strategy.root_device
@@ -142,7 +143,32 @@ class StepMemory(pl.Callback):
             pl_module.log_dict(values, on_step=True, on_epoch=False)
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _mallinfo2():
+    """glibc's ``mallinfo2`` (2.33+), or None (another C library)."""
+    try:
+        function = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return None
+    function.restype = _MallInfo2
+    return function
+
+
+MALLINFO2 = _mallinfo2()
 PROC_STATUS = Path("/proc/self/status")
+
+
+def heap_bytes() -> int:
+    """Bytes this process's ``malloc`` holds in use, in all arenas and mmapped chunks
+    (glibc ``mallinfo2``; where tensors live on a CPU). Unlike resident bytes it grows
+    when a step reuses memory the allocator kept from loading or an earlier step."""
+    info = MALLINFO2()
+    return info.uordblks + info.hblkhd
 
 
 def resident_bytes() -> int:
@@ -151,24 +177,36 @@ def resident_bytes() -> int:
     return sum(int(fields.get(name, "0 kB").split()[0]) * 1024 for name in ("VmRSS", "VmSwap"))
 
 
-class ResidentPeak:
-    """The most ``resident_bytes`` rose above their value at construction, polled every
+def host_reader():
+    """The CPU figure ``StepMemory`` polls: ``heap_bytes`` with glibc, else
+    ``resident_bytes`` on Linux, else None."""
+    if MALLINFO2 is not None:
+        return heap_bytes
+    return resident_bytes if PROC_STATUS.is_file() else None
+
+
+HOST_READER = host_reader()
+
+
+class MemoryPeak:
+    """The most ``read()`` rose above its value at construction, polled every
     ``interval`` seconds by a daemon thread until ``stop()``, which returns it."""
 
-    def __init__(self, interval: float = 0.02) -> None:
-        self.base = self.peak = resident_bytes()
+    def __init__(self, read, interval: float = 0.02) -> None:
+        self.read = read
+        self.base = self.peak = read()
         self.interval, self.done = interval, threading.Event()
         self.thread = threading.Thread(target=self._poll, daemon=True)
         self.thread.start()
 
     def _poll(self) -> None:
         while not self.done.wait(self.interval):
-            self.peak = max(self.peak, resident_bytes())
+            self.peak = max(self.peak, self.read())
 
     def stop(self) -> int:
         self.done.set()
         self.thread.join()
-        return max(self.peak, resident_bytes()) - self.base
+        return max(self.peak, self.read()) - self.base
 
 
 def batch_size(batch) -> int:

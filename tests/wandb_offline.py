@@ -112,13 +112,19 @@ class OfflineRun:
 def finished_records(path: Path, wait: float) -> list:
     """The records of a finished run's log: wandb's service may still be writing it when
     ``run.finish()`` has returned, so read until its last record is the ``exit`` record,
-    for at most ``wait`` seconds."""
+    for at most ``wait`` seconds. A record caught half written fails its checksum: read
+    again; the file's damage is reported only if it stays so until the deadline."""
     deadline = time.monotonic() + wait
     while True:
-        records = read_records(path)
+        try:
+            records, damage = read_records(path), None
+        except ValueError as err:  # a record being written, or a damaged file
+            records, damage = [], err
         if records and records[-1].WhichOneof("record_type") == "exit":
             return records
         if time.monotonic() > deadline:
+            if damage is not None:
+                raise damage
             raise TimeoutError(f"{path}: no exit record after {wait} s (run not finished)")
         time.sleep(0.2)
 
