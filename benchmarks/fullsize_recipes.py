@@ -22,9 +22,9 @@ Each stage's peak RSS is the child's ``ru_maxrss`` (``os.wait4``), and its peak 
 largest ``VmSwap`` seen while polling it (RAM + swap is what a host without swap needs: the
 SDXL StoryMaker recipes ran here only with a swap file); seconds per step and the step's
 memory are the run's own ``perf/s_per_step`` and ``perf/step_mem_gib``
-(``callbacks/monitors.py``: what the forward and backward added to the resident and
-swapped bytes held when the batch started, loading and the optimizer left out). The figures are written to
-``--json``, which ``memory_plan.py`` reads for its SDXL rows. CPU kernels keep more
+(``callbacks/monitors.py``: what the forward and backward added to the bytes ``malloc``
+held in use when the batch started, loading and the optimizer left out). The figures are
+written to ``--json``, which ``memory_plan.py`` reads for its SDXL rows. CPU kernels keep more
 activations than fused CUDA ones, so these peaks are upper bounds for a GPU step.
 """
 from __future__ import annotations
