@@ -1,6 +1,6 @@
 """The InstantFamily-shaped ControlNet training step whose peak memory ``step_memory.py``
-compares and ``memory_plan.py`` extrapolates: its models, inputs, AdamW, the step itself,
-and a resident-memory peak sampler for the CPU.
+compares and ``memory_plan.py`` extrapolates: its models, inputs, AdamW and the step itself
+(their CPU peak: ``ldm_ext.host_memory.MemoryPeak`` of ``rss_bytes``).
 
 The models have SD1.5's shape (``ldm_ext.random_backbone``'s SD1.5 UNet: 2 layers per
 block, 8-wide heads, 768-wide text; ``ControlNetModel.from_unet``) with channel widths
@@ -10,38 +10,10 @@ frozen UNet, both with our attention processors and 4-face masks (multiply mode,
 """
 from __future__ import annotations
 
-import threading
-import time
-
 # glibc serves allocations above this size with mmap and unmaps them when freed, so the
 # resident memory follows the tensors alive, as CUDA's allocated bytes do (glibc's default
 # threshold grows with use up to 32 MiB and then keeps freed tensors resident).
 MMAP_THRESHOLD = 1 << 20
-
-
-class RssPeak:
-    """Samples this process's resident memory in a thread; `peak` in bytes."""
-
-    def __init__(self, interval: float = 0.005) -> None:
-        import psutil
-
-        self.proc, self.interval, self.peak = psutil.Process(), interval, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(self.interval)
-
-    def __enter__(self) -> "RssPeak":
-        self.peak = self.proc.memory_info().rss
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def build_models(width: int, device: str):

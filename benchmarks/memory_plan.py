@@ -59,6 +59,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import controlnet_step, recipe_params
+from ldm_ext.host_memory import MemoryPeak, rss_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -158,9 +159,7 @@ def child(width: int, batch: int, frozen_dtype: str, autocast: bool,
           checkpointing: bool) -> dict:
     """One measured step, as ``step_memory.child`` with dtype, autocast and checkpointing
     set apart."""
-    import psutil
-
-    runtime = psutil.Process().memory_info().rss
+    runtime = rss_bytes()
     unet, controlnet = controlnet_step.build_models(width, "cpu")
     unet.requires_grad_(False).eval()
     unet.to({"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[frozen_dtype])
@@ -169,7 +168,7 @@ def child(width: int, batch: int, frozen_dtype: str, autocast: bool,
         controlnet.enable_gradient_checkpointing()
     optimizer = controlnet_step.allocated_adamw(controlnet)
     inputs = controlnet_step.step_inputs(batch, "cpu")
-    with controlnet_step.RssPeak() as rss:
+    with MemoryPeak(rss_bytes, interval=0.005) as rss:
         controlnet_step.train_step(unet, controlnet, optimizer, inputs, autocast, "cpu")
     return {"peak_bytes": rss.peak - runtime}
 

@@ -36,8 +36,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.controlnet_step import (MMAP_THRESHOLD, RssPeak, allocated_adamw,
-                                        build_models, step_inputs, train_step)
+from benchmarks.controlnet_step import (MMAP_THRESHOLD, allocated_adamw, build_models,
+                                        step_inputs, train_step)
+from ldm_ext.host_memory import MemoryPeak, rss_bytes
 
 GOAL = 0.6
 SD15_WIDTH = 320
@@ -59,19 +60,18 @@ def prepare(unet, controlnet, ours: bool):
 
 def child(ours: bool, device: str, width: int, batch: int) -> dict:
     """Build, prepare, then measure one step; memory in GiB."""
-    import psutil
     import torch
 
     from benchmarks.timing import Stopwatch
 
-    runtime = psutil.Process().memory_info().rss
+    runtime = rss_bytes()
     unet, controlnet = build_models(width, device)
     optimizer = prepare(unet, controlnet, ours)
     inputs = step_inputs(batch, device)
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    with RssPeak() as rss:
+    with MemoryPeak(rss_bytes, interval=0.005) as rss:
         clock = Stopwatch(device)
         clock.start()
         train_step(unet, controlnet, optimizer, inputs, ours, device)

@@ -7,15 +7,16 @@ Trainer's ``log_every_n_steps``.
 """
 from __future__ import annotations
 
-import ctypes
-import threading
 import time
 from collections import deque
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.strategies import DeepSpeedStrategy
+
+from ldm_ext.host_memory import MemoryPeak, host_reader
+
+HOST_READER = host_reader()  # StepMemory's CPU reading; None: nothing logged on a CPU
 
 
 def total_grad_norm(parameters) -> torch.Tensor | None:
@@ -100,7 +101,7 @@ class StepMemory(pl.Callback):
     CUDA: the allocator's peak since the batch started (its peak counter is reset there;
     the all-time peak is kept here). CPU: the bytes ``malloc`` holds in use (glibc's
     ``mallinfo2``; elsewhere on Linux resident plus swapped bytes), polled every 20 ms by a
-    ``MemoryPeak`` thread; it counts the whole process, so it leans high.
+    ``ldm_ext.host_memory.MemoryPeak`` thread; it counts the whole process, so it leans high.
     """
 
     def __init__(self) -> None:
@@ -141,72 +142,6 @@ class StepMemory(pl.Callback):
         self.step_peak = 0
         if values:
             pl_module.log_dict(values, on_step=True, on_epoch=False)
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-        "fordblks", "keepcost")]
-
-
-def _mallinfo2():
-    """glibc's ``mallinfo2`` (2.33+), or None (another C library)."""
-    try:
-        function = ctypes.CDLL(None).mallinfo2
-    except (OSError, AttributeError):
-        return None
-    function.restype = _MallInfo2
-    return function
-
-
-MALLINFO2 = _mallinfo2()
-PROC_STATUS = Path("/proc/self/status")
-
-
-def heap_bytes() -> int:
-    """Bytes this process's ``malloc`` holds in use, in all arenas and mmapped chunks
-    (glibc ``mallinfo2``; where tensors live on a CPU). Unlike resident bytes it grows
-    when a step reuses memory the allocator kept from loading or an earlier step."""
-    info = MALLINFO2()
-    return info.uordblks + info.hblkhd
-
-
-def resident_bytes() -> int:
-    """This process's resident plus swapped bytes (Linux ``/proc/self/status``)."""
-    fields = dict(line.split(":", 1) for line in PROC_STATUS.read_text().splitlines())
-    return sum(int(fields.get(name, "0 kB").split()[0]) * 1024 for name in ("VmRSS", "VmSwap"))
-
-
-def host_reader():
-    """The CPU figure ``StepMemory`` polls: ``heap_bytes`` with glibc, else
-    ``resident_bytes`` on Linux, else None."""
-    if MALLINFO2 is not None:
-        return heap_bytes
-    return resident_bytes if PROC_STATUS.is_file() else None
-
-
-HOST_READER = host_reader()
-
-
-class MemoryPeak:
-    """The most ``read()`` rose above its value at construction, polled every
-    ``interval`` seconds by a daemon thread until ``stop()``, which returns it."""
-
-    def __init__(self, read, interval: float = 0.02) -> None:
-        self.read = read
-        self.base = self.peak = read()
-        self.interval, self.done = interval, threading.Event()
-        self.thread = threading.Thread(target=self._poll, daemon=True)
-        self.thread.start()
-
-    def _poll(self) -> None:
-        while not self.done.wait(self.interval):
-            self.peak = max(self.peak, self.read())
-
-    def stop(self) -> int:
-        self.done.set()
-        self.thread.join()
-        return max(self.peak, self.read()) - self.base
 
 
 def batch_size(batch) -> int:
