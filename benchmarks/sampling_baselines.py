@@ -83,8 +83,6 @@ def baseline(method, scheduler, prompt: str, size: tuple[int, int], steps: int,
              seen: Record, adapter: IPAdapter | None = None):
     """(callable, description, callable that puts our processors back before our call) of
     the diffusers pipeline doing the work of ``seen``."""
-    import diffusers
-
     if len(seen.steps) != steps:
         raise RuntimeError(f"our pipeline called the UNet {len(seen.steps)} times in {steps} "
                            "steps; the baseline replays one call per step")
@@ -93,32 +91,17 @@ def baseline(method, scheduler, prompt: str, size: tuple[int, int], steps: int,
     half = hidden.shape[0] // 2
     kwargs = dict(prompt_embeds=hidden[half:], negative_prompt_embeds=hidden[:half])
     sdxl = method.backbone.family == "sdxl"
-    parts = dict(vae=method.vae, unet=method.unet, scheduler=scheduler,
-                 tokenizer=method.backbone.tokenizers[0],
-                 text_encoder=method.backbone.text_encoders[0])
     if sdxl:
         pooled = first["added_cond_kwargs"]["text_embeds"]
         kwargs.update(pooled_prompt_embeds=pooled[half:],
                       negative_pooled_prompt_embeds=pooled[:half])
-        parts.update(text_encoder_2=method.backbone.text_encoders[1],
-                     tokenizer_2=method.backbone.tokenizers[1])
-    else:
-        parts.update(safety_checker=None, requires_safety_checker=False)
-    parts.update(feature_extractor=None,
-                 image_encoder=adapter.image_encoder if adapter else None)
-    controlnet = getattr(method, "controlnet", None)
-    name = ("StableDiffusionXL" if sdxl else "StableDiffusion") + (
-        "ControlNet" if controlnet is not None else "") + "Pipeline"
-    if controlnet is not None:
-        parts["controlnet"] = controlnet
+    pipe, name = diffusers_pipeline(method, scheduler, adapter)
+    if getattr(method, "controlnet", None) is not None:
         kwargs["image"] = torch.zeros(1, 3, *size)
-    pipe = getattr(diffusers, name)(**parts)
-    if sdxl:
-        pipe.watermark = None
-    pipe.set_progress_bar_config(disable=True)
     swap = IPAdapterSwap(pipe, adapter.state) if adapter else None
     if adapter:
         kwargs["ip_adapter_image"] = adapter.image
+    varying = not all(same_step(s, first) for s in seen.steps[1:])  # asked once, not timed
 
     def call():
         if swap:
@@ -127,8 +110,8 @@ def baseline(method, scheduler, prompt: str, size: tuple[int, int], steps: int,
         attention = dict(first.get("cross_attention_kwargs") or {}) if not swap else {}
         return pipe(height=size[0], width=size[1], num_inference_steps=steps,
                     guidance_scale=7.5, generator=torch.Generator().manual_seed(0),
-                    output_type="pil", cross_attention_kwargs=attention or None,
-                    **kwargs, **step_swaps(seen.steps, attention, sdxl))
+                    output_type="pil", cross_attention_kwargs=attention or None, **kwargs,
+                    **(step_swaps(seen.steps, attention, sdxl) if varying else {}))
 
     check_replay(method.unet, call, seen.steps, image_tokens=swap is not None)
     what = (f"{name} ({2 * half} rows x {hidden.shape[1]} keys, "
@@ -137,6 +120,33 @@ def baseline(method, scheduler, prompt: str, size: tuple[int, int], steps: int,
         tokens = adapter.state["image_proj"]["latents"].shape[1]
         what += f" with an IP-Adapter Plus ({tokens} image tokens) of the same weights"
     return call, what, (lambda: swap.use(theirs=False)) if swap else (lambda: None)
+
+
+def diffusers_pipeline(method, scheduler, adapter: IPAdapter | None):
+    """(pipeline, class name): the diffusers pipeline of the method's family (its
+    ControlNet's where it has one) on its modules, with the adapter's image encoder."""
+    import diffusers
+
+    sdxl = method.backbone.family == "sdxl"
+    parts = dict(vae=method.vae, unet=method.unet, scheduler=scheduler,
+                 tokenizer=method.backbone.tokenizers[0],
+                 text_encoder=method.backbone.text_encoders[0], feature_extractor=None,
+                 image_encoder=adapter.image_encoder if adapter else None)
+    if sdxl:
+        parts.update(text_encoder_2=method.backbone.text_encoders[1],
+                     tokenizer_2=method.backbone.tokenizers[1])
+    else:
+        parts.update(safety_checker=None, requires_safety_checker=False)
+    controlnet = getattr(method, "controlnet", None)
+    if controlnet is not None:
+        parts["controlnet"] = controlnet
+    name = ("StableDiffusionXL" if sdxl else "StableDiffusion") + (
+        "ControlNet" if controlnet is not None else "") + "Pipeline"
+    pipe = getattr(diffusers, name)(**parts)
+    if sdxl:
+        pipe.watermark = None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, name
 
 
 def encode_rows(pipe, prompt: str, rows: int, device) -> None:
@@ -148,11 +158,10 @@ def encode_rows(pipe, prompt: str, rows: int, device) -> None:
 
 
 def step_swaps(steps_seen: list[dict], attention: dict, sdxl: bool) -> dict:
-    """diffusers call arguments that give step i + 1 what our UNet got at step i + 1 where
-    that changed: its text rows (and SDXL pooled rows) through ``callback_on_step_end``,
-    its attention context into ``attention`` (the call's ``cross_attention_kwargs``)."""
-    if all(same_step(s, steps_seen[0]) for s in steps_seen[1:]):
-        return {}  # the first step's arguments serve every step
+    """diffusers call arguments that give step i + 1 what our UNet got at step i + 1, for
+    steps whose conditioning changes: its text rows (and SDXL pooled rows) through
+    ``callback_on_step_end``, its attention context into ``attention`` (the call's
+    ``cross_attention_kwargs``)."""
     names = ["prompt_embeds"] + (["add_text_embeds"] if sdxl else [])
 
     def next_step(_pipe, i: int, _t, _tensors: dict) -> dict:
